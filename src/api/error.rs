@@ -1,0 +1,179 @@
+//! The one place where errors become HTTP statuses and RFC 9457 problem documents.
+
+use crate::auth::AuthError;
+use crate::ingest::FieldError;
+use crate::store::StoreError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request could not be read at all: malformed JSON, a bad query parameter.
+    #[error("{detail}")]
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// Well-formed, but a field breaks a rule.
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("the request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("this Idempotency-Key was already used with a different request body; use a new key for a new request")]
+    IdempotencyMismatch,
+    #[error("no such resource")]
+    NotFound,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
+    /// A dependency is down or the replica is full or stopping: try again, maybe elsewhere.
+    #[error("{detail}")]
+    Unavailable {
+        detail: String,
+        retry_after: Option<u64>,
+    },
+    /// A bug: logged with its cause, reported without it.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::BadRequest {
+            detail: format!("`{field}` {message}"),
+            errors: vec![FieldError::new(field, message)],
+        }
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        ApiError::Unavailable {
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// (type slug, title) of the problem document.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest { .. } => ("bad-request", "Bad request"),
+            ApiError::Validation(_) => ("validation", "Invalid request"),
+            ApiError::Auth(AuthError::Forbidden(_)) => ("forbidden", "Forbidden"),
+            ApiError::Auth(_) => ("unauthorized", "Unauthorized"),
+            ApiError::PayloadTooLarge(_) => ("payload-too-large", "Request body too large"),
+            ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency key reused"),
+            ApiError::NotFound => ("not-found", "Not found"),
+            ApiError::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
+            ApiError::Internal(_) => ("internal", "Internal server error"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "database unavailable");
+                ApiError::Unavailable {
+                    detail: "the database is unavailable; try again shortly".into(),
+                    retry_after: Some(2),
+                }
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem, such as `urn:tidings:problem:validation`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// For validation errors: every field that breaks a rule, and how.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) | ApiError::IdempotencyMismatch => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let (slug, title) = self.kind();
+        let detail = match self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                "something went wrong on our side; it has been logged".to_owned()
+            }
+            ApiError::Validation(errors) => {
+                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                format!("fix these fields: {}", fields.join(", "))
+            }
+            other => other.to_string(),
+        };
+        let errors = match self {
+            ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: format!("urn:tidings:problem:{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let mut builder = HttpResponse::build(status);
+        builder.content_type("application/problem+json");
+        match self {
+            ApiError::Auth(AuthError::Missing) => {
+                builder.insert_header((header::WWW_AUTHENTICATE, r#"Bearer realm="tidings""#));
+            }
+            ApiError::Auth(AuthError::Invalid(_) | AuthError::Expired) => {
+                builder.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    format!(
+                        r#"Bearer realm="tidings", error="invalid_token", error_description="{}""#,
+                        self.to_string().replace('"', "'")
+                    ),
+                ));
+            }
+            ApiError::Unavailable {
+                retry_after: Some(secs),
+                ..
+            } => {
+                builder.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            _ => {}
+        }
+        builder.body(serde_json::to_string(&problem).unwrap_or_default())
+    }
+}

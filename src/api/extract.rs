@@ -1,0 +1,199 @@
+//! Request extractors: who is calling, and the body and query read within their limits.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::{AuthError, Principal};
+use crate::domain::UserId;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::{ready, Ready};
+
+/// A request body's upper bound, from the contract.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The user a user token speaks for. Reads the `Authorization` header only.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedUser {
+    pub user: UserId,
+    pub expires_at: i64,
+}
+
+/// Like [`AuthenticatedUser`], but also accepts `?access_token=`, because a browser's
+/// EventSource and WebSocket cannot set headers. Only stream endpoints use it, to keep
+/// tokens out of URLs elsewhere.
+#[derive(Debug, Clone)]
+pub struct StreamUser(pub AuthenticatedUser);
+
+/// A service allowed to publish.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedService {
+    pub name: String,
+}
+
+fn bearer(req: &HttpRequest) -> Result<Option<&str>, AuthError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(AuthError::Invalid(
+            "the Authorization header must be `Bearer <token>`".into(),
+        )),
+    }
+}
+
+fn query_token(req: &HttpRequest) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v)
+}
+
+fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("application state is missing".into()))
+}
+
+fn user_from(req: &HttpRequest, token: Option<&str>) -> Result<AuthenticatedUser, ApiError> {
+    let token = token.ok_or(AuthError::Missing)?;
+    let verified = state(req)?.auth.verify(token)?;
+    match verified.principal {
+        Principal::User(user) => {
+            req.extensions_mut().insert(user.clone());
+            Ok(AuthenticatedUser {
+                user,
+                expires_at: verified.expires_at,
+            })
+        }
+        Principal::Service(_) => Err(AuthError::Forbidden(
+            "a service token cannot read an inbox; use a user token",
+        )
+        .into()),
+    }
+}
+
+impl FromRequest for AuthenticatedUser {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            bearer(req)
+                .map_err(ApiError::from)
+                .and_then(|t| user_from(req, t)),
+        )
+    }
+}
+
+impl FromRequest for StreamUser {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let header = bearer(req)?;
+            let query = query_token(req);
+            user_from(req, header.or(query.as_deref())).map(StreamUser)
+        })())
+    }
+}
+
+impl FromRequest for AuthenticatedService {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let token = bearer(req)?.ok_or(AuthError::Missing)?;
+            match state(req)?.auth.verify(token)?.principal {
+                Principal::Service(name) => Ok(AuthenticatedService { name }),
+                Principal::User(_) => Err(AuthError::Forbidden(
+                    "a user token cannot publish; use a service token with the notifications:publish scope",
+                )
+                .into()),
+            }
+        })())
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes. Refuses early on a declared length over
+/// the limit, and stops reading as soon as the body passes it, so a large body never sits
+/// in memory.
+pub async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+/// The query string as a map. A repeated parameter keeps its last value.
+pub fn query_map(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+        .map(|pairs| pairs.into_iter().collect())
+        .map_err(|e| ApiError::bad_request(format!("the query string cannot be read: {e}")))
+}
+
+/// An optional integer query parameter within `min..=max`.
+pub fn int_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = q.get(name) else {
+        return Ok(None);
+    };
+    match raw.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(ApiError::bad_field(
+            name,
+            format!("must be a whole number from {min} to {max}"),
+        )),
+    }
+}
+
+/// An optional `true`/`false` query parameter.
+pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(_) => Err(ApiError::bad_field(name, "must be true or false")),
+    }
+}

@@ -1,0 +1,60 @@
+//! Liveness and readiness, for load balancers and orchestrators.
+
+use super::AppState;
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready`, `not ready` or `shutting down`.
+    status: &'static str,
+    /// `up` or `down`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<&'static str>,
+    /// `in-process`, `up` or `down`. A replica whose Redis is down still serves its own
+    /// clients, so the bus alone does not make it unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bus: Option<&'static str>,
+}
+
+/// 200 while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok",
+        database: None,
+        bus: None,
+    })
+}
+
+/// 200 when the database answers; 503 when it does not, or while shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let bus = Some(state.notifier.bus_state());
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable().json(Health {
+            status: "shutting down",
+            database: None,
+            bus,
+        });
+    }
+    let database_up = matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let body = Health {
+        status: if database_up { "ready" } else { "not ready" },
+        database: Some(if database_up { "up" } else { "down" }),
+        bus,
+    };
+    if database_up {
+        HttpResponse::Ok().json(body)
+    } else {
+        tracing::warn!("readiness check: the database does not answer");
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,77 @@
+//! The HTTP API: routes, extractors and the mapping of errors to problem documents.
+//! Everything below `api` is about HTTP; the core it calls knows nothing of it.
+
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod notifications;
+pub mod openapi;
+
+use crate::auth::Authenticator;
+use crate::notifier::Notifier;
+use crate::store::Store;
+use actix_web::{web, HttpResponse};
+use error::ApiError;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// What every handler can reach. Cloned per worker; everything inside is shared.
+pub struct AppState {
+    pub store: Store,
+    pub notifier: Notifier,
+    pub auth: Arc<Authenticator>,
+    /// Set when the replica starts to stop: readiness fails so no new clients arrive.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let openapi_json = web::Data::new(openapi::document());
+    cfg.service(
+        web::resource("/v1/notifications")
+            .route(web::post().to(notifications::publish))
+            .route(web::get().to(notifications::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/notifications/unread-count")
+            .route(web::get().to(notifications::unread_count))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/notifications/read")
+            .route(web::post().to(notifications::mark_read))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .app_data(openapi_json)
+    .route("/openapi.json", web::get().to(serve_openapi))
+    .route(
+        "/docs",
+        web::get().to(|| async {
+            HttpResponse::PermanentRedirect()
+                .insert_header(("Location", "/docs/"))
+                .finish()
+        }),
+    )
+    .service(
+        utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+            .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+    );
+}
+
+async fn serve_openapi(doc: web::Data<String>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.get_ref().clone())
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Unknown paths get a problem document too.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}

@@ -1,0 +1,225 @@
+//! The REST endpoints: publishing (services) and the inbox (users).
+
+use super::error::{ApiError, Problem};
+use super::extract::{
+    bool_param, int_param, query_map, read_json, AuthenticatedService, AuthenticatedUser,
+    MAX_BODY_BYTES,
+};
+use super::AppState;
+use crate::domain::{IdempotencyKey, Notification};
+use crate::ingest::{fingerprint, parse_mark_read, NewNotification};
+use crate::store::{Counts, Idempotency, ListQuery, PublishCommand, Receipt, MAX_PAGE};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// The body of a publish, as documented; the server validates it by hand to report every
+/// bad field at once.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PublishRequest {
+    /// 1 to 1000 user ids (1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`); duplicates are folded.
+    #[schema(example = json!(["alice", "bob"]))]
+    recipients: Vec<String>,
+    /// 1 to 64 characters of `a-z 0-9 . _ -`.
+    #[schema(rename = "type", example = "order.shipped")]
+    kind: String,
+    /// 1 to 200 characters.
+    #[schema(example = "Your order has shipped")]
+    title: String,
+    /// At most 4000 characters.
+    body: Option<String>,
+    /// A JSON object of at most 16 KiB serialized.
+    #[schema(value_type = Option<Object>)]
+    data: Option<serde_json::Value>,
+    /// An absolute http(s) URL of at most 2048 characters.
+    link: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PublishResponse {
+    /// One entry per distinct recipient, in the order they were named.
+    notifications: Vec<Receipt>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NotificationPage {
+    notifications: Vec<Notification>,
+    /// The caller's unread count.
+    unread: i64,
+    /// The caller's latest seq, 0 if none.
+    seq: i64,
+}
+
+/// Mark read by `ids` or `up_to`: exactly one of them.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReadRequest {
+    /// 1 to 1000 notification ids; ids that are not the caller's are ignored.
+    #[schema(value_type = Option<Vec<String>>)]
+    ids: Option<Vec<String>>,
+    /// Marks every notification with seq ≤ up_to read.
+    up_to: Option<i64>,
+}
+
+/// Publish a notification to one or more users.
+///
+/// One transaction: every recipient gets it, or none does. It is committed before the
+/// response is sent and before any live delivery.
+#[utoipa::path(
+    post, path = "/v1/notifications", tag = "publishing",
+    request_body = PublishRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 characters. The same key from the same service within 24 hours returns the first response again; with a different body it is a 422.")),
+    responses(
+        (status = 201, body = PublishResponse, description = "Committed. An idempotent replay carries `Idempotent-Replayed: true`."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Invalid JSON."),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields, or a reused Idempotency-Key."),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("service_token" = []))
+)]
+pub async fn publish(
+    state: web::Data<AppState>,
+    service: AuthenticatedService,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let key = match req.headers().get("Idempotency-Key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| "must be visible ASCII characters".to_owned())
+                .and_then(IdempotencyKey::parse)
+                .map_err(|m| {
+                    ApiError::Validation(vec![crate::ingest::FieldError::new("Idempotency-Key", m)])
+                })?,
+        ),
+    };
+    let body = read_json(&req, payload, MAX_BODY_BYTES).await?;
+    let notification = NewNotification::parse(&body).map_err(ApiError::Validation)?;
+    let cmd = PublishCommand {
+        service: service.name,
+        idempotency: key.map(|key| Idempotency {
+            key,
+            fingerprint: fingerprint(&body),
+        }),
+        notification,
+    };
+    let outcome = state.notifier.publish(&cmd).await?;
+    let mut response = HttpResponse::Created();
+    if outcome.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(PublishResponse {
+        notifications: outcome.receipts,
+    }))
+}
+
+/// List the caller's notifications.
+///
+/// With `after`: seq > after, oldest first (catching up). Otherwise the inbox view: newest
+/// first, before `before` when given. `after` and `before` cannot be combined.
+#[utoipa::path(
+    get, path = "/v1/notifications", tag = "inbox",
+    params(
+        ("after" = Option<i64>, Query, description = "Only seq > after, ascending."),
+        ("before" = Option<i64>, Query, description = "Only seq < before, descending; omitted means from the newest."),
+        ("limit" = Option<i64>, Query, description = "1 to 200, default 50."),
+        ("unread" = Option<bool>, Query, description = "Only unread notifications."),
+    ),
+    responses(
+        (status = 200, body = NotificationPage),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "A bad query parameter, named in `errors`."),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn list(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let q = query_map(&req)?;
+    let after = int_param(&q, "after", 0, i64::MAX)?;
+    let before = int_param(&q, "before", 1, i64::MAX)?;
+    let limit = int_param(&q, "limit", 1, i64::from(MAX_PAGE))?.unwrap_or(DEFAULT_PAGE);
+    let limit = u32::try_from(limit).unwrap_or(MAX_PAGE);
+    let unread_only = bool_param(&q, "unread")?.unwrap_or(false);
+    let query = match (after, before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_field(
+                "before",
+                "cannot be combined with `after`; use one of them",
+            ))
+        }
+        (Some(after), None) => ListQuery::After {
+            after,
+            limit,
+            unread_only,
+        },
+        (None, before) => ListQuery::Before {
+            before,
+            limit,
+            unread_only,
+        },
+    };
+    let page = state.store.list(&user.user, query).await?;
+    Ok(HttpResponse::Ok().json(NotificationPage {
+        notifications: page.notifications,
+        unread: page.counts.unread,
+        seq: page.counts.seq,
+    }))
+}
+
+/// The caller's unread count and latest seq: the short-poll endpoint.
+#[utoipa::path(
+    get, path = "/v1/notifications/unread-count", tag = "inbox",
+    responses(
+        (status = 200, body = Counts),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn unread_count(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.store.counts(&user.user).await?))
+}
+
+/// Mark the caller's notifications read, by ids or up to a seq.
+///
+/// Ids that are not the caller's are ignored, and nothing says whether they exist. Every
+/// open stream and socket of the caller gets the new unread count.
+#[utoipa::path(
+    post, path = "/v1/notifications/read", tag = "inbox",
+    request_body = ReadRequest,
+    responses(
+        (status = 200, body = Counts),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn mark_read(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json(&req, payload, MAX_BODY_BYTES).await?;
+    let what = parse_mark_read(&body, &[]).map_err(ApiError::Validation)?;
+    let outcome = state.notifier.mark_read(&user.user, &what).await?;
+    Ok(HttpResponse::Ok().json(outcome.counts))
+}

@@ -1,0 +1,69 @@
+//! The OpenAPI 3.1 document. `openapi/openapi.json` is this, pretty-printed; a test fails
+//! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
+
+use super::{error, health, notifications};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tidings",
+        description = "Notifications with a durable inbox and live delivery. Services publish with one REST call; \
+            users read their inbox and unread count, and receive new notifications live over SSE, long-poll or \
+            WebSocket. Every error is an RFC 9457 `application/problem+json` document.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    paths(
+        notifications::publish,
+        notifications::list,
+        notifications::unread_count,
+        notifications::mark_read,
+        health::healthz,
+        health::readyz,
+    ),
+    components(schemas(error::Problem, crate::ingest::FieldError)),
+    modifiers(&BearerTokens),
+    tags(
+        (name = "publishing", description = "Services send notifications."),
+        (name = "inbox", description = "Users read and mark their own notifications."),
+        (name = "operations", description = "Health and readiness."),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerTokens;
+
+impl Modify for BearerTokens {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, description) in [
+            (
+                "user_token",
+                "A JWT whose `sub` is the user id. Streams also accept it as `?access_token=`.",
+            ),
+            (
+                "service_token",
+                "A JWT whose `scope` contains `notifications:publish`; `sub` names the service.",
+            ),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .description(Some(description))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// The document as committed: pretty JSON with a trailing newline.
+pub fn document() -> String {
+    let mut json = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    json.push('\n');
+    json
+}

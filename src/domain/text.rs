@@ -1,0 +1,224 @@
+//! The validated fields of a notification.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// `type`: 1 to 64 characters of `a-z 0-9 . _ -`, such as `order.shipped`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct NotificationType(String);
+
+impl NotificationType {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        if let Some(c) = s.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        }) {
+            return Err(format!("contains {c:?}; only a-z 0-9 . _ - are allowed"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Counts characters the way the contract means them: Unicode scalar values, not bytes.
+fn char_len(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// `title`: 1 to 200 characters, and not only white space (a blank title renders as an
+/// empty row in every inbox, which is never what the sender meant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Title(String);
+
+impl Title {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err("must not be empty or blank".into());
+        }
+        if char_len(s) > Self::MAX_CHARS {
+            return Err(format!("must be at most {} characters", Self::MAX_CHARS));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `body`: at most 4000 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Body(String);
+
+impl Body {
+    pub const MAX_CHARS: usize = 4000;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if char_len(s) > Self::MAX_CHARS {
+            return Err(format!("must be at most {} characters", Self::MAX_CHARS));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `data`: a JSON object of at most 16 KiB once serialized.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct NotificationData(Map<String, Value>);
+
+impl NotificationData {
+    pub const MAX_BYTES: usize = 16 * 1024;
+
+    pub fn parse(v: &Value) -> Result<Self, String> {
+        let Value::Object(map) = v else {
+            return Err("must be a JSON object".into());
+        };
+        let size = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > Self::MAX_BYTES {
+            return Err(format!(
+                "is {size} bytes serialized; at most {} are allowed",
+                Self::MAX_BYTES
+            ));
+        }
+        Ok(Self(map.clone()))
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
+    pub fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+/// `link`: an absolute `http` or `https` URL of at most 2048 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Link(String);
+
+impl Link {
+    pub const MAX_CHARS: usize = 2048;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if char_len(s) > Self::MAX_CHARS {
+            return Err(format!("must be at most {} characters", Self::MAX_CHARS));
+        }
+        let url = url::Url::parse(s).map_err(|e| format!("must be an absolute URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("must use http or https, not {:?}", url.scheme()));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("must name a host".into());
+        }
+        // Keep the sender's spelling: the URL is shown to people and compared by them.
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err("must be visible ASCII characters".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn type_alphabet_and_length() {
+        assert!(NotificationType::parse("order.shipped_v2-x").is_ok());
+        assert!(NotificationType::parse("").is_err());
+        assert!(NotificationType::parse("Order").is_err());
+        assert!(NotificationType::parse("a b").is_err());
+        assert!(NotificationType::parse(&"a".repeat(64)).is_ok());
+        assert!(NotificationType::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn title_counts_characters_not_bytes() {
+        assert!(Title::parse(&"é".repeat(200)).is_ok());
+        assert!(Title::parse(&"é".repeat(201)).is_err());
+        assert!(Title::parse("").is_err());
+        assert!(Title::parse("   ").is_err());
+    }
+
+    #[test]
+    fn body_limit() {
+        assert!(Body::parse("").is_ok());
+        assert!(Body::parse(&"x".repeat(4000)).is_ok());
+        assert!(Body::parse(&"x".repeat(4001)).is_err());
+    }
+
+    #[test]
+    fn data_must_be_a_small_object() {
+        assert!(NotificationData::parse(&json!({"order_id": 1234})).is_ok());
+        assert!(NotificationData::parse(&json!([1, 2])).is_err());
+        assert!(NotificationData::parse(&json!("x")).is_err());
+        let big = json!({ "k": "x".repeat(16 * 1024) });
+        assert!(NotificationData::parse(&big).is_err());
+    }
+
+    #[test]
+    fn link_must_be_absolute_http() {
+        assert!(Link::parse("https://shop.example/orders/1234").is_ok());
+        assert!(Link::parse("http://localhost:8080/x").is_ok());
+        assert!(Link::parse("/orders/1234").is_err());
+        assert!(Link::parse("javascript:alert(1)").is_err());
+        assert!(Link::parse("ftp://example.com/x").is_err());
+        let long = format!("https://e.example/{}", "a".repeat(2048));
+        assert!(Link::parse(&long).is_err());
+    }
+
+    #[test]
+    fn idempotency_key_bounds() {
+        assert!(IdempotencyKey::parse("abc-123").is_ok());
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+        assert!(IdempotencyKey::parse("tab\there").is_err());
+    }
+}

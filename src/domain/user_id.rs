@@ -1,0 +1,69 @@
+use serde::Serialize;
+use std::fmt;
+
+/// A user id as it appears in a token's `sub` and in a publish's `recipients`.
+///
+/// 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`. The alphabet keeps ids safe to use as
+/// Redis channel names, log fields and URL path segments without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        if let Some(c) = s.chars().find(|c| !is_user_id_char(*c)) {
+            return Err(format!(
+                "contains {c:?}; only A-Z a-z 0-9 . _ : @ - are allowed"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_user_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-')
+}
+
+impl AsRef<str> for UserId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_whole_alphabet() {
+        assert!(UserId::parse("Alice.Smith_01:team@example-co").is_ok());
+    }
+
+    #[test]
+    fn rejects_empty_too_long_and_foreign_characters() {
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse(&"a".repeat(129)).is_err());
+        assert!(UserId::parse(&"a".repeat(128)).is_ok());
+        for bad in ["a b", "a/b", "ä", "a\nb", "a*", "a#b"] {
+            assert!(UserId::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

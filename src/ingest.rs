@@ -1,0 +1,375 @@
+//! Ingest: turns a publish request body into a [`NewNotification`] that cannot be invalid.
+//!
+//! The body is parsed as a generic JSON value first, not straight into a struct, so that one
+//! response can name *every* bad or unknown field at once instead of only the first one serde
+//! trips over.
+
+use crate::domain::{Body, Link, NotificationData, NotificationType, Title, UserId};
+use crate::store::MarkRead;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// At most this many distinct recipients per request.
+pub const MAX_RECIPIENTS: usize = 1000;
+
+const KNOWN_FIELDS: [&str; 6] = ["recipients", "type", "title", "body", "data", "link"];
+
+/// One problem with one field of the input, as reported in a problem's `errors` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A validated publish: every field has passed its rule, recipients are distinct.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewNotification {
+    /// Distinct, in the order the sender first named them.
+    pub recipients: Vec<UserId>,
+    pub kind: NotificationType,
+    pub title: Title,
+    pub body: Option<Body>,
+    pub data: Option<NotificationData>,
+    pub link: Option<Link>,
+}
+
+impl NewNotification {
+    /// Validates a publish body. `null` is treated as absent for the optional fields.
+    pub fn parse(value: &Value) -> Result<Self, Vec<FieldError>> {
+        let Value::Object(obj) = value else {
+            return Err(vec![FieldError::new("", "the body must be a JSON object")]);
+        };
+        let mut errors = Vec::new();
+        for key in obj.keys().filter(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+            errors.push(FieldError::new(key.clone(), "is not a known field"));
+        }
+
+        let recipients = parse_recipients(obj.get("recipients"), &mut errors);
+        let kind = required_str(obj, "type", &mut errors).and_then(|s| {
+            NotificationType::parse(s)
+                .map_err(|m| errors.push(FieldError::new("type", m)))
+                .ok()
+        });
+        let title = required_str(obj, "title", &mut errors).and_then(|s| {
+            Title::parse(s)
+                .map_err(|m| errors.push(FieldError::new("title", m)))
+                .ok()
+        });
+        let body = optional_str(obj, "body", &mut errors).and_then(|s| {
+            Body::parse(s)
+                .map_err(|m| errors.push(FieldError::new("body", m)))
+                .ok()
+        });
+        let link = optional_str(obj, "link", &mut errors).and_then(|s| {
+            Link::parse(s)
+                .map_err(|m| errors.push(FieldError::new("link", m)))
+                .ok()
+        });
+        let data = match obj.get("data") {
+            None | Some(Value::Null) => None,
+            Some(v) => NotificationData::parse(v)
+                .map_err(|m| errors.push(FieldError::new("data", m)))
+                .ok(),
+        };
+
+        match (recipients, kind, title) {
+            (Some(recipients), Some(kind), Some(title)) if errors.is_empty() => Ok(Self {
+                recipients,
+                kind,
+                title,
+                body,
+                data,
+                link,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+fn parse_recipients(v: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<Vec<UserId>> {
+    let list = match v {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("recipients", "is required"));
+            return None;
+        }
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "recipients",
+                "must be an array of user ids",
+            ));
+            return None;
+        }
+    };
+    if list.is_empty() {
+        errors.push(FieldError::new("recipients", "must name at least one user"));
+        return None;
+    }
+    let before = errors.len();
+    let mut out: Vec<UserId> = Vec::with_capacity(list.len().min(MAX_RECIPIENTS));
+    let mut seen = std::collections::HashSet::with_capacity(list.len().min(MAX_RECIPIENTS));
+    for (i, item) in list.iter().enumerate() {
+        let field = format!("recipients[{i}]");
+        match item.as_str().map(UserId::parse) {
+            None => errors.push(FieldError::new(field, "must be a string")),
+            Some(Err(m)) => errors.push(FieldError::new(field, m)),
+            Some(Ok(id)) => {
+                if seen.insert(id.clone()) {
+                    out.push(id);
+                }
+            }
+        }
+        // Past a handful of bad entries the rest add noise, not help.
+        if errors.len() - before >= 20 {
+            break;
+        }
+    }
+    if out.len() > MAX_RECIPIENTS {
+        errors.push(FieldError::new(
+            "recipients",
+            format!(
+                "names {} distinct users; at most {MAX_RECIPIENTS} are allowed per request",
+                out.len()
+            ),
+        ));
+    }
+    (errors.len() == before).then_some(out)
+}
+
+fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a str> {
+    match obj.get(field) {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new(field, "is required"));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+    }
+}
+
+fn optional_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a str> {
+    match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+    }
+}
+
+/// At most this many ids per mark-read request.
+pub const MAX_READ_IDS: usize = 1000;
+
+/// Validates a mark-read body: `{"ids": [...]}` or `{"up_to": seq}`, exactly one.
+///
+/// `extra` names fields the caller's envelope adds and that are allowed beside them (the
+/// WebSocket frame's `type`).
+pub fn parse_mark_read(value: &Value, extra: &[&str]) -> Result<MarkRead, Vec<FieldError>> {
+    let Value::Object(obj) = value else {
+        return Err(vec![FieldError::new("", "the body must be a JSON object")]);
+    };
+    let mut errors: Vec<FieldError> = obj
+        .keys()
+        .filter(|k| !["ids", "up_to"].contains(&k.as_str()) && !extra.contains(&k.as_str()))
+        .map(|k| FieldError::new(k.clone(), "is not a known field"))
+        .collect();
+    let result = match (obj.get("ids"), obj.get("up_to")) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(
+                "ids",
+                "give either `ids` or `up_to`, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            errors.push(FieldError::new(
+                "ids",
+                "give `ids` (a list of notification ids) or `up_to` (a seq)",
+            ));
+            None
+        }
+        (None, Some(v)) => match v.as_i64() {
+            Some(seq) if seq >= 0 => Some(MarkRead::UpTo(seq)),
+            _ => {
+                errors.push(FieldError::new(
+                    "up_to",
+                    "must be a whole number, 0 or more",
+                ));
+                None
+            }
+        },
+        (Some(Value::Array(list)), None) if list.is_empty() || list.len() > MAX_READ_IDS => {
+            errors.push(FieldError::new(
+                "ids",
+                format!("must hold 1 to {MAX_READ_IDS} ids"),
+            ));
+            None
+        }
+        (Some(Value::Array(list)), None) => {
+            let mut ids = Vec::with_capacity(list.len());
+            for (i, item) in list.iter().enumerate() {
+                match item.as_str().and_then(|s| Uuid::parse_str(s).ok()) {
+                    Some(id) => ids.push(id),
+                    None if errors.len() < 20 => errors.push(FieldError::new(
+                        format!("ids[{i}]"),
+                        "must be a notification id (a UUID)",
+                    )),
+                    None => {}
+                }
+            }
+            Some(MarkRead::Ids(ids))
+        }
+        (Some(_), None) => {
+            errors.push(FieldError::new(
+                "ids",
+                "must be an array of notification ids",
+            ));
+            None
+        }
+    };
+    match result {
+        Some(r) if errors.is_empty() => Ok(r),
+        _ => Err(errors),
+    }
+}
+
+/// A digest of the request body that ignores formatting and key order, so a client that
+/// retries with the same content under the same `Idempotency-Key` is recognised even if
+/// its JSON serializer reorders keys.
+pub fn fingerprint(value: &Value) -> String {
+    // serde_json's Map is ordered by key (no `preserve_order` feature), so this is canonical.
+    let canonical = serde_json::to_vec(value).unwrap_or_default();
+    let digest = Sha256::digest(&canonical);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(r: Result<NewNotification, Vec<FieldError>>) -> Vec<String> {
+        r.unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn accepts_the_contract_example_and_folds_duplicates() {
+        let n = NewNotification::parse(&json!({
+            "recipients": ["alice", "bob", "alice"],
+            "type": "order.shipped",
+            "title": "Your order has shipped",
+            "body": "Parcel 1Z999 is on its way.",
+            "data": {"order_id": 1234},
+            "link": "https://shop.example/orders/1234"
+        }))
+        .unwrap();
+        let r: Vec<_> = n.recipients.iter().map(|u| u.as_str()).collect();
+        assert_eq!(r, ["alice", "bob"]);
+    }
+
+    #[test]
+    fn names_every_bad_and_unknown_field() {
+        let f = fields(NewNotification::parse(&json!({
+            "recipients": ["ok", "not ok"],
+            "type": "Bad Type",
+            "title": "",
+            "link": "nope",
+            "extra": 1,
+            "other": 2
+        })));
+        for want in ["recipients[1]", "type", "title", "link", "extra", "other"] {
+            assert!(f.contains(&want.to_string()), "{want} missing from {f:?}");
+        }
+    }
+
+    #[test]
+    fn recipients_bounds() {
+        assert_eq!(
+            fields(NewNotification::parse(
+                &json!({"recipients": [], "type": "a", "title": "t"})
+            )),
+            ["recipients"]
+        );
+        let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            fields(NewNotification::parse(
+                &json!({"recipients": many, "type": "a", "title": "t"})
+            )),
+            ["recipients"]
+        );
+        // 1001 entries that fold to 1000 distinct users are fine.
+        let mut folded: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+        folded.push("u0".into());
+        assert!(
+            NewNotification::parse(&json!({"recipients": folded, "type": "a", "title": "t"}))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn null_optionals_are_absent() {
+        let n = NewNotification::parse(
+            &json!({"recipients": ["a"], "type": "a", "title": "t", "body": null, "data": null, "link": null}),
+        )
+        .unwrap();
+        assert!(n.body.is_none() && n.data.is_none() && n.link.is_none());
+    }
+
+    #[test]
+    fn mark_read_takes_ids_or_up_to() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            parse_mark_read(&json!({"ids": [id.to_string()]}), &[]).unwrap(),
+            MarkRead::Ids(vec![id])
+        );
+        assert_eq!(
+            parse_mark_read(&json!({"up_to": 7}), &[]).unwrap(),
+            MarkRead::UpTo(7)
+        );
+        assert!(parse_mark_read(&json!({"type": "read", "up_to": 7}), &["type"]).is_ok());
+        let fields = |v| -> Vec<String> {
+            parse_mark_read(&v, &[])
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        assert_eq!(fields(json!({})), ["ids"]);
+        assert_eq!(fields(json!({"ids": [], "up_to": 1})), ["ids"]);
+        assert_eq!(fields(json!({"ids": []})), ["ids"]);
+        assert_eq!(fields(json!({"ids": ["nope"]})), ["ids[0]"]);
+        assert_eq!(fields(json!({"up_to": -1})), ["up_to"]);
+        assert_eq!(fields(json!({"up_to": 1, "x": 1})), ["x"]);
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":[1,2]}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{ "b": [1, 2], "a": 1 }"#).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&json!({"a": 2, "b": [1, 2]})));
+    }
+}

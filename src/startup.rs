@@ -1,0 +1,166 @@
+//! Wiring: settings in, a bound server out.
+
+use crate::api::{self, AppState};
+use crate::auth::Authenticator;
+use crate::configuration::{JwtAlgorithm, Settings};
+use crate::notifier::Notifier;
+use crate::store::Store;
+use crate::telemetry::RedactingRootSpan;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use secrecy::ExposeSecret;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
+
+/// How often expired idempotency keys are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    store: Store,
+    shutting_down: Arc<AtomicBool>,
+    grace: Duration,
+    /// Cancelled when the replica stops; background tasks watch it.
+    shutdown: CancellationToken,
+}
+
+/// The token checker for these settings, resolving (or, in the local profile, generating)
+/// the HS256 secret. Shared by the server and `tidings token`.
+pub fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {
+    let secret = match settings.auth.algorithm {
+        JwtAlgorithm::HS256 => Some(settings.resolve_jwt_secret()?),
+        _ => None,
+    };
+    Ok(Authenticator::new(&settings.auth, secret.as_ref())?)
+}
+
+impl Application {
+    /// Connects to the database (running migrations) and binds the listener. With
+    /// `server.listen` on port 0 the OS picks a free port: see [`Application::port`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = Arc::new(authenticator(&settings)?);
+        let store = Store::connect(
+            settings.database.url.expose_secret(),
+            settings.database.max_connections,
+        )
+        .await?;
+        let listener = TcpListener::bind(settings.listen_addr()?)?;
+        let port = listener.local_addr()?.port();
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            notifier: Notifier::new(store.clone()),
+            auth,
+            shutting_down: shutting_down.clone(),
+        });
+        let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::<RedactingRootSpan>::new())
+                .app_data(state.clone())
+                .configure(api::configure)
+                .default_service(web::to(api::not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs());
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.run();
+
+        tokio::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
+        tracing::info!(
+            port,
+            backend = store.backend_name(),
+            profile = settings.profile.as_str(),
+            "tidings is listening"
+        );
+        Ok(Self {
+            port,
+            server,
+            store,
+            shutting_down,
+            grace,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops gracefully: readiness fails first so load
+    /// balancers stop sending clients, in-flight requests get the grace period to finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let shutting_down = self.shutting_down.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: readiness now fails, finishing in-flight requests");
+            shutting_down.store(true, Ordering::SeqCst);
+            shutdown.cancel();
+            handle.stop(true).await;
+        });
+        let result = tokio::time::timeout(self.grace + Duration::from_secs(5), self.server).await;
+        self.shutdown.cancel();
+        self.store.close().await;
+        match result {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                tracing::warn!("the grace period passed; exiting anyway");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Keeps the idempotency table bounded: keys live 24 hours.
+async fn purge_idempotency_keys(store: Store, shutdown: CancellationToken) {
+    loop {
+        match store.purge_idempotency_keys().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+    }
+}

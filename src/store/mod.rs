@@ -1,0 +1,356 @@
+//! Store: the inbox, the per-user cursor and unread counter, and idempotency keys.
+//!
+//! The database is the source of truth. Each backend is one struct; [`Store`] picks one by
+//! the URL's scheme, so the rest of the service never knows which it talks to.
+//!
+//! ## Why `seq` is exact
+//! Each user has one row in `user_cursors` (`last_seq`, `unread`). A publish bumps that row
+//! inside its transaction and holds its lock until commit, so two publishes to the same user
+//! commit in the order of the seqs they took. A reader that has seen seq N and asks for
+//! "after N" therefore never misses one that commits later. Recipients are locked in sorted
+//! order so that two multi-recipient publishes cannot deadlock each other.
+
+mod postgres;
+mod sqlite;
+
+use crate::domain::{IdempotencyKey, Notification, Seq, UserId};
+use crate::ingest::NewNotification;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use uuid::Uuid;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// At most this many notifications per page.
+pub const MAX_PAGE: u32 = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is overloaded: a 503, never the caller's fault.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The same idempotency key was used before with a different body.
+    #[error("the idempotency key was already used with a different request body")]
+    IdempotencyMismatch,
+    #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Anything else the database said: a bug on our side, not a client error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// Errors that mean "the database is not there right now", as opposed to a bad query.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // Postgres: 08 connection exception, 53 insufficient resources, 57P0x shutdown.
+            // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED, 13 SQLITE_FULL, 10 SQLITE_IOERR.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || matches!(code.as_ref(), "5" | "6" | "10" | "13" | "261" | "517")
+        }
+        _ => false,
+    }
+}
+
+/// A publish as the store takes it: validated content, who sent it, and its idempotency key.
+#[derive(Debug, Clone)]
+pub struct PublishCommand {
+    pub service: String,
+    pub idempotency: Option<Idempotency>,
+    pub notification: NewNotification,
+}
+
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: IdempotencyKey,
+    /// [`crate::ingest::fingerprint`] of the request body.
+    pub fingerprint: String,
+}
+
+/// What the publisher is told about one recipient's copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Receipt {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: Uuid,
+    #[schema(value_type = String)]
+    pub recipient: String,
+    pub seq: Seq,
+    #[serde(with = "rfc3339_serde")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+}
+
+mod rfc3339_serde {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        crate::domain::serialize_time(t, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a bus needs to announce one committed notification to its recipient, without a
+/// database read per recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub recipient: UserId,
+    pub notification: Notification,
+    /// The recipient's unread count right after this notification committed.
+    pub unread: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishOutcome {
+    pub receipts: Vec<Receipt>,
+    /// Empty when the request was an idempotent replay: nothing new to announce.
+    pub deliveries: Vec<Delivery>,
+    pub replayed: bool,
+}
+
+/// Which slice of the inbox to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListQuery {
+    /// seq > after, oldest first: the catch-up view.
+    After {
+        after: Seq,
+        limit: u32,
+        unread_only: bool,
+    },
+    /// seq < before (or from the newest), newest first: the inbox view.
+    Before {
+        before: Option<Seq>,
+        limit: u32,
+        unread_only: bool,
+    },
+}
+
+/// A user's unread count and latest seq (0 when they have none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
+pub struct Counts {
+    pub unread: i64,
+    pub seq: Seq,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub notifications: Vec<Notification>,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MarkRead {
+    Ids(Vec<Uuid>),
+    UpTo(Seq),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub counts: Counts,
+    /// How many notifications went from unread to read; 0 means nothing to announce.
+    pub changed: u64,
+}
+
+/// The backend, chosen by the database URL.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Dispatches one call to whichever backend this is.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Connects, creating an SQLite file if needed, and runs the embedded migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(
+                SqliteStore::connect(url, max_connections).await?,
+            ))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(
+                PgStore::connect(url, max_connections).await?,
+            ))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A trivial query, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    /// Writes one notification for every recipient in one transaction, or none.
+    pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
+        dispatch!(self, s => s.publish(cmd).await)
+    }
+
+    pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
+        dispatch!(self, s => s.list(user, q).await)
+    }
+
+    pub async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {
+        dispatch!(self, s => s.counts(user).await)
+    }
+
+    pub async fn mark_read(
+        &self,
+        user: &UserId,
+        what: &MarkRead,
+    ) -> Result<ReadOutcome, StoreError> {
+        dispatch!(self, s => s.mark_read(user, what).await)
+    }
+
+    /// Forgets idempotency keys older than [`IDEMPOTENCY_TTL`]; returns how many.
+    pub async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.purge_idempotency_keys(idempotency_cutoff()).await)
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+}
+
+fn idempotency_cutoff() -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(IDEMPOTENCY_TTL).unwrap_or_default()
+}
+
+/// The rows one publish writes, computed before any SQL runs so both backends write the
+/// same thing: one id per recipient, one timestamp for all.
+pub(crate) struct PreparedPublish<'a> {
+    pub cmd: &'a PublishCommand,
+    pub created_at: DateTime<Utc>,
+    /// Sorted by user id: the lock order.
+    pub rows: Vec<(UserId, Uuid)>,
+}
+
+impl<'a> PreparedPublish<'a> {
+    pub fn new(cmd: &'a PublishCommand) -> Self {
+        let mut rows: Vec<(UserId, Uuid)> = cmd
+            .notification
+            .recipients
+            .iter()
+            .map(|u| (u.clone(), Uuid::now_v7()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Self {
+            cmd,
+            created_at: crate::domain::now_micros(),
+            rows,
+        }
+    }
+
+    pub fn notification(&self, id: Uuid, seq: Seq) -> Notification {
+        let n = &self.cmd.notification;
+        Notification {
+            id,
+            seq,
+            kind: n.kind.as_str().to_owned(),
+            title: n.title.as_str().to_owned(),
+            body: n.body.as_ref().map(|b| b.as_str().to_owned()),
+            data: n.data.clone().map(|d| d.into_value()),
+            link: n.link.as_ref().map(|l| l.as_str().to_owned()),
+            created_at: self.created_at,
+            read_at: None,
+        }
+    }
+
+    pub fn data_json(&self) -> Option<String> {
+        self.cmd
+            .notification
+            .data
+            .as_ref()
+            .and_then(|d| serde_json::to_string(d.as_map()).ok())
+    }
+
+    /// Builds the outcome from the (user, seq, unread) triples the cursor update returned,
+    /// with receipts in the order the sender named the recipients.
+    pub fn outcome(&self, bumped: &[(String, Seq, i64)]) -> PublishOutcome {
+        let mut deliveries = Vec::with_capacity(self.rows.len());
+        for ((user, id), (_, seq, unread)) in self.rows.iter().zip(bumped) {
+            deliveries.push(Delivery {
+                recipient: user.clone(),
+                notification: self.notification(*id, *seq),
+                unread: *unread,
+            });
+        }
+        let by_user: std::collections::HashMap<&UserId, &Delivery> =
+            deliveries.iter().map(|d| (&d.recipient, d)).collect();
+        let receipts = self
+            .cmd
+            .notification
+            .recipients
+            .iter()
+            .filter_map(|r| by_user.get(r))
+            .map(|d| Receipt {
+                id: d.notification.id,
+                recipient: d.recipient.as_str().to_owned(),
+                seq: d.notification.seq,
+                created_at: self.created_at,
+            })
+            .collect();
+        PublishOutcome {
+            receipts,
+            deliveries,
+            replayed: false,
+        }
+    }
+}
+
+/// Decodes a stored idempotent response back into receipts.
+pub(crate) fn replay(response: &str) -> Result<PublishOutcome, StoreError> {
+    let receipts: Vec<Receipt> = serde_json::from_str(response)
+        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
+    Ok(PublishOutcome {
+        receipts,
+        deliveries: Vec::new(),
+        replayed: true,
+    })
+}

@@ -1,0 +1,316 @@
+//! The production backend: Postgres, shared by every replica.
+//!
+//! A publish is two statements whatever the number of recipients: one bumps every
+//! recipient's cursor row (locking them in sorted order), one inserts every copy from
+//! arrays. A transaction that loses a deadlock or serialization race is retried whole.
+
+use super::{
+    replay, Counts, ListQuery, MarkRead, Page, PreparedPublish, PublishCommand, PublishOutcome,
+    ReadOutcome, StoreError,
+};
+use crate::domain::{now_micros, Notification, Seq, UserId};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use std::collections::HashMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at";
+const ATTEMPTS: usize = 5;
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("tidings");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
+        let prep = PreparedPublish::new(cmd);
+        retrying(|| self.try_publish(&prep)).await
+    }
+
+    async fn try_publish(&self, prep: &PreparedPublish<'_>) -> Result<PublishOutcome, StoreError> {
+        let cmd = prep.cmd;
+        let mut tx = self.pool.begin().await?;
+
+        if let Some(idem) = &cmd.idempotency {
+            // Blocks on a concurrent first use of the same key until it commits, then sees it.
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (service, key, fingerprint, response, created_at)
+                 VALUES ($1, $2, $3, NULL, $4)
+                 ON CONFLICT (service, key) DO UPDATE
+                   SET fingerprint = EXCLUDED.fingerprint, response = NULL, created_at = EXCLUDED.created_at
+                   WHERE idempotency_keys.created_at < $5",
+            )
+            .bind(&cmd.service)
+            .bind(idem.key.as_str())
+            .bind(&idem.fingerprint)
+            .bind(prep.created_at)
+            .bind(super::idempotency_cutoff())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                let row = sqlx::query(
+                    "SELECT fingerprint, response FROM idempotency_keys WHERE service = $1 AND key = $2",
+                )
+                .bind(&cmd.service)
+                .bind(idem.key.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                let fingerprint: String = row.try_get(0)?;
+                let response: Option<String> = row.try_get(1)?;
+                return match response {
+                    Some(r) if fingerprint == idem.fingerprint => replay(&r),
+                    _ => Err(StoreError::IdempotencyMismatch),
+                };
+            }
+        }
+
+        let users: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
+        let ids: Vec<Uuid> = prep.rows.iter().map(|(_, id)| *id).collect();
+        let bumped_rows = sqlx::query(
+            "INSERT INTO user_cursors (user_id, last_seq, unread)
+             SELECT u, 1, 1 FROM unnest($1::text[]) WITH ORDINALITY AS t(u, ord) ORDER BY ord
+             ON CONFLICT (user_id) DO UPDATE
+               SET last_seq = user_cursors.last_seq + 1, unread = user_cursors.unread + 1
+             RETURNING user_id, last_seq, unread",
+        )
+        .bind(&users)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut by_user: HashMap<String, (Seq, i64)> = HashMap::with_capacity(bumped_rows.len());
+        for r in &bumped_rows {
+            by_user.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+        }
+        let mut bumped = Vec::with_capacity(users.len());
+        for u in &users {
+            let (seq, unread) = by_user.get(*u).copied().ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Protocol(format!("no cursor returned for {u}")))
+            })?;
+            bumped.push(((*u).to_owned(), seq, unread));
+        }
+        let seqs: Vec<Seq> = bumped.iter().map(|b| b.1).collect();
+
+        let n = &cmd.notification;
+        sqlx::query(
+            "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at)
+             SELECT u, s, i, $4, $5, $6, $7::jsonb, $8, $9
+             FROM unnest($1::text[], $2::bigint[], $3::uuid[]) AS t(u, s, i)",
+        )
+        .bind(&users)
+        .bind(&seqs)
+        .bind(&ids)
+        .bind(n.kind.as_str())
+        .bind(n.title.as_str())
+        .bind(n.body.as_ref().map(|b| b.as_str()))
+        .bind(prep.data_json())
+        .bind(n.link.as_ref().map(|l| l.as_str()))
+        .bind(prep.created_at)
+        .execute(&mut *tx)
+        .await?;
+
+        let outcome = prep.outcome(&bumped);
+        if let Some(idem) = &cmd.idempotency {
+            let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
+            sqlx::query(
+                "UPDATE idempotency_keys SET response = $1 WHERE service = $2 AND key = $3",
+            )
+            .bind(response)
+            .bind(&cmd.service)
+            .bind(idem.key.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
+        // One snapshot for the page and the counts, so they agree with each other.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let (filter, order, bound, limit, unread_only) = match q {
+            ListQuery::After {
+                after,
+                limit,
+                unread_only,
+            } => ("seq > $2", "ASC", after, limit, unread_only),
+            ListQuery::Before {
+                before,
+                limit,
+                unread_only,
+            } => (
+                "seq < $2",
+                "DESC",
+                before.unwrap_or(Seq::MAX),
+                limit,
+                unread_only,
+            ),
+        };
+        let unread_filter = if unread_only {
+            "AND read_at IS NULL"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = $1 AND {filter} {unread_filter}
+             ORDER BY seq {order} LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(user.as_str())
+            .bind(bound)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let notifications = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let counts = counts(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(Page {
+            notifications,
+            counts,
+        })
+    }
+
+    pub async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        counts(&mut conn, user).await
+    }
+
+    pub async fn mark_read(
+        &self,
+        user: &UserId,
+        what: &MarkRead,
+    ) -> Result<ReadOutcome, StoreError> {
+        retrying(|| self.try_mark_read(user, what)).await
+    }
+
+    async fn try_mark_read(
+        &self,
+        user: &UserId,
+        what: &MarkRead,
+    ) -> Result<ReadOutcome, StoreError> {
+        let now = now_micros();
+        let mut tx = self.pool.begin().await?;
+        let changed = match what {
+            MarkRead::Ids(ids) => sqlx::query(
+                "UPDATE notifications SET read_at = $1
+                 WHERE user_id = $2 AND read_at IS NULL AND id = ANY($3::uuid[])",
+            )
+            .bind(now)
+            .bind(user.as_str())
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            MarkRead::UpTo(seq) => sqlx::query(
+                "UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND seq <= $3",
+            )
+            .bind(now)
+            .bind(user.as_str())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        if changed > 0 {
+            sqlx::query("UPDATE user_cursors SET unread = unread - $1 WHERE user_id = $2")
+                .bind(i64::try_from(changed).unwrap_or(i64::MAX))
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let counts = counts(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(ReadOutcome { counts, changed })
+    }
+
+    pub async fn purge_idempotency_keys(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Runs a transaction again when Postgres aborted it to break a deadlock (40P01) or a
+/// serialization conflict (40001): the transaction rolled back whole, so a retry is safe.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if tries < ATTEMPTS && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+            {
+                tracing::debug!(code = ?e.code(), tries, "retrying transaction");
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, StoreError> {
+    let row = sqlx::query("SELECT unread, last_seq FROM user_cursors WHERE user_id = $1")
+        .bind(user.as_str())
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(r) => Counts {
+            unread: r.try_get(0)?,
+            seq: r.try_get(1)?,
+        },
+        None => Counts::default(),
+    })
+}
+
+fn decode(row: &PgRow) -> Result<Notification, StoreError> {
+    Ok(Notification {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        kind: row.try_get("type")?,
+        title: row.try_get("title")?,
+        body: row.try_get("body")?,
+        data: row.try_get("data")?,
+        link: row.try_get("link")?,
+        created_at: row.try_get("created_at")?,
+        read_at: row.try_get("read_at")?,
+    })
+}

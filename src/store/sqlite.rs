@@ -1,0 +1,297 @@
+//! The embedded backend: one SQLite file, for a single replica with no set-up.
+//!
+//! SQLite allows one writer at a time. Rather than let connections race for the write lock
+//! (and fail with SQLITE_BUSY when a read transaction tries to upgrade), all writes go
+//! through a pool of exactly one connection, so they queue in-process; reads use a separate
+//! pool and, in WAL mode, never wait for the writer.
+
+use super::{
+    replay, Counts, ListQuery, MarkRead, Page, PreparedPublish, PublishCommand, PublishOutcome,
+    ReadOutcome, StoreError,
+};
+use crate::domain::{format_time, now_micros, Notification, Seq, UserId};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at";
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a notification acknowledged with 201 survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
+        let prep = PreparedPublish::new(cmd);
+        let mut tx = self.writer.begin().await?;
+
+        if let Some(idem) = &cmd.idempotency {
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (service, key, fingerprint, response, created_at)
+                 VALUES (?1, ?2, ?3, NULL, ?4)
+                 ON CONFLICT (service, key) DO UPDATE
+                   SET fingerprint = excluded.fingerprint, response = NULL, created_at = excluded.created_at
+                   WHERE idempotency_keys.created_at < ?5",
+            )
+            .bind(&cmd.service)
+            .bind(idem.key.as_str())
+            .bind(&idem.fingerprint)
+            .bind(format_time(&prep.created_at))
+            .bind(format_time(&super::idempotency_cutoff()))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                let row = sqlx::query(
+                    "SELECT fingerprint, response FROM idempotency_keys WHERE service = ?1 AND key = ?2",
+                )
+                .bind(&cmd.service)
+                .bind(idem.key.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                let fingerprint: String = row.try_get(0)?;
+                let response: Option<String> = row.try_get(1)?;
+                return match response {
+                    Some(r) if fingerprint == idem.fingerprint => replay(&r),
+                    _ => Err(StoreError::IdempotencyMismatch),
+                };
+            }
+        }
+
+        let mut bumped = Vec::with_capacity(prep.rows.len());
+        let data = prep.data_json();
+        let created_at = format_time(&prep.created_at);
+        let n = &cmd.notification;
+        for (user, id) in &prep.rows {
+            let row = sqlx::query(
+                "INSERT INTO user_cursors (user_id, last_seq, unread) VALUES (?1, 1, 1)
+                 ON CONFLICT (user_id) DO UPDATE
+                   SET last_seq = last_seq + 1, unread = unread + 1
+                 RETURNING last_seq, unread",
+            )
+            .bind(user.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            let seq: Seq = row.try_get(0)?;
+            let unread: i64 = row.try_get(1)?;
+            sqlx::query(
+                "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .bind(user.as_str())
+            .bind(seq)
+            .bind(id.to_string())
+            .bind(n.kind.as_str())
+            .bind(n.title.as_str())
+            .bind(n.body.as_ref().map(|b| b.as_str()))
+            .bind(data.as_deref())
+            .bind(n.link.as_ref().map(|l| l.as_str()))
+            .bind(&created_at)
+            .execute(&mut *tx)
+            .await?;
+            bumped.push((user.as_str().to_owned(), seq, unread));
+        }
+
+        let outcome = prep.outcome(&bumped);
+        if let Some(idem) = &cmd.idempotency {
+            let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
+            sqlx::query(
+                "UPDATE idempotency_keys SET response = ?1 WHERE service = ?2 AND key = ?3",
+            )
+            .bind(response)
+            .bind(&cmd.service)
+            .bind(idem.key.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
+        // One read transaction: in WAL mode it is a snapshot, so the page and the counts agree.
+        let mut tx = self.reader.begin().await?;
+        let (filter, order, bound, limit, unread_only) = match q {
+            ListQuery::After {
+                after,
+                limit,
+                unread_only,
+            } => ("seq > ?2", "ASC", after, limit, unread_only),
+            ListQuery::Before {
+                before,
+                limit,
+                unread_only,
+            } => (
+                "seq < ?2",
+                "DESC",
+                before.unwrap_or(Seq::MAX),
+                limit,
+                unread_only,
+            ),
+        };
+        let unread_filter = if unread_only {
+            "AND read_at IS NULL"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = ?1 AND {filter} {unread_filter}
+             ORDER BY seq {order} LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(user.as_str())
+            .bind(bound)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let notifications = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let counts = counts(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(Page {
+            notifications,
+            counts,
+        })
+    }
+
+    pub async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        counts(&mut conn, user).await
+    }
+
+    pub async fn mark_read(
+        &self,
+        user: &UserId,
+        what: &MarkRead,
+    ) -> Result<ReadOutcome, StoreError> {
+        let now = format_time(&now_micros());
+        let mut tx = self.writer.begin().await?;
+        let changed = match what {
+            MarkRead::Ids(ids) => {
+                let ids = serde_json::to_string(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+                    .unwrap_or_else(|_| "[]".into());
+                sqlx::query(
+                    "UPDATE notifications SET read_at = ?1
+                     WHERE user_id = ?2 AND read_at IS NULL AND id IN (SELECT value FROM json_each(?3))",
+                )
+                .bind(&now)
+                .bind(user.as_str())
+                .bind(ids)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            }
+            MarkRead::UpTo(seq) => sqlx::query(
+                "UPDATE notifications SET read_at = ?1 WHERE user_id = ?2 AND read_at IS NULL AND seq <= ?3",
+            )
+            .bind(&now)
+            .bind(user.as_str())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        if changed > 0 {
+            sqlx::query("UPDATE user_cursors SET unread = unread - ?1 WHERE user_id = ?2")
+                .bind(i64::try_from(changed).unwrap_or(i64::MAX))
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let counts = counts(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(ReadOutcome { counts, changed })
+    }
+
+    pub async fn purge_idempotency_keys(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
+                .bind(format_time(&cutoff))
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Counts, StoreError> {
+    let row = sqlx::query("SELECT unread, last_seq FROM user_cursors WHERE user_id = ?1")
+        .bind(user.as_str())
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(r) => Counts {
+            unread: r.try_get(0)?,
+            seq: r.try_get(1)?,
+        },
+        None => Counts::default(),
+    })
+}
+
+fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
+    let bad =
+        |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Database(sqlx::Error::Decode(e));
+    let id: String = row.try_get("id")?;
+    let data: Option<String> = row.try_get("data")?;
+    let created_at: String = row.try_get("created_at")?;
+    let read_at: Option<String> = row.try_get("read_at")?;
+    Ok(Notification {
+        id: id.parse().map_err(|e| bad(Box::new(e)))?,
+        seq: row.try_get("seq")?,
+        kind: row.try_get("type")?,
+        title: row.try_get("title")?,
+        body: row.try_get("body")?,
+        data: data
+            .map(|d| serde_json::from_str(&d))
+            .transpose()
+            .map_err(|e| bad(Box::new(e)))?,
+        link: row.try_get("link")?,
+        created_at: parse_time(&created_at).map_err(|e| bad(Box::new(e)))?,
+        read_at: read_at
+            .map(|t| parse_time(&t))
+            .transpose()
+            .map_err(|e| bad(Box::new(e)))?,
+    })
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+}
