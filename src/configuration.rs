@@ -182,6 +182,11 @@ impl Settings {
             .build()?;
         let mut settings: Settings = config.try_deserialize()?;
         settings.profile = profile;
+        // `TIDINGS__SERVER__ALLOWED_ORIGINS=` (as in .env.example) means none, not one empty origin.
+        settings
+            .server
+            .allowed_origins
+            .retain(|o| !o.trim().is_empty());
         settings.validate()?;
         Ok(settings)
     }
@@ -292,13 +297,8 @@ impl Settings {
         if let Some(secret) = &self.auth.jwt_secret {
             return Ok(secret.clone());
         }
-        let path = &self.auth.secret_file;
-        if let Ok(existing) = std::fs::read_to_string(path) {
-            let existing = existing.trim();
-            if existing.len() >= MIN_SECRET_LEN {
-                return Ok(SecretString::from(existing.to_owned()));
-            }
-        }
+        // Production takes only an explicit secret: a file left behind by a local run must
+        // not quietly become a cluster's signing key.
         if !self.auth.generate_secret {
             return Err(SettingsError::invalid(
                 "TIDINGS__AUTH__JWT_SECRET",
@@ -309,6 +309,13 @@ impl Settings {
                     self.profile.as_str()
                 ),
             ));
+        }
+        let path = &self.auth.secret_file;
+        if let Ok(existing) = std::fs::read_to_string(path) {
+            let existing = existing.trim();
+            if existing.len() >= MIN_SECRET_LEN {
+                return Ok(SecretString::from(existing.to_owned()));
+            }
         }
         let secret = generate_secret();
         write_private_file(path, &secret).map_err(|e| {

@@ -101,14 +101,23 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM or SIGINT, then stops gracefully: readiness fails first so load
-    /// balancers stop sending clients, in-flight requests get the grace period to finish.
+    /// Serves until SIGTERM or SIGINT, then stops gracefully.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(wait_for_signal()).await
+    }
+
+    /// Serves until `stop` completes, then stops gracefully: readiness fails first so load
+    /// balancers stop sending clients, in-flight requests get the grace period to finish.
+    /// Tests pass their own trigger; the binary passes the signals.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + 'static,
+    ) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let shutting_down = self.shutting_down.clone();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
+        actix_web::rt::spawn(async move {
+            stop.await;
             tracing::info!("stopping: readiness now fails, finishing in-flight requests");
             shutting_down.store(true, Ordering::SeqCst);
             shutdown.cancel();

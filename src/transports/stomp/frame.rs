@@ -25,7 +25,14 @@
 //! message (megabytes) past the limit before being refused. Here every byte is
 //! accounted for before it is copied, so the memory held for a frame in progress is
 //! bounded by [`Limits::max_buffered_bytes`], whatever the peer sends and however it
-//! is split.
+//! is split. Checking byte by byte in a fixed order also makes the result independent
+//! of the split: the same bytes give the same frames and the same error whether they
+//! arrive in one message or one byte at a time (the unit tests and the fuzz target
+//! assert this).
+//!
+//! Out of scope here, on purpose: which headers a command requires, whether a
+//! command may carry a body, version negotiation and heart-beat timing. Those are
+//! session rules; this layer only guarantees a well-formed, bounded frame.
 
 use std::error::Error;
 use std::fmt;

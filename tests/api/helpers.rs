@@ -1,0 +1,312 @@
+//! The test harness: every test gets its own server on a random port and its own fresh
+//! database, dropped afterwards.
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use tidings::configuration::{Profile, Settings};
+use tidings::startup::Application;
+
+pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Postgres to create test databases in. CI and the README's test command provide it; a
+/// test never skips itself when it is missing, it fails.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TIDINGS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    database: Database,
+}
+
+enum Database {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { name: String },
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts a server with test settings, after `customize` has changed them.
+pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = Settings::defaults(Profile::Local).expect("defaults");
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.server.workers = 2;
+    settings.server.shutdown_grace_seconds = 2;
+    settings.auth.jwt_secret = Some(SecretString::from(SECRET));
+    settings.database.max_connections = 5;
+    let database = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            settings.database.url = SecretString::from(format!(
+                "sqlite://{}",
+                dir.path().join("tidings.db").display()
+            ));
+            Database::Sqlite(dir)
+        }
+        Backend::Postgres => {
+            let name = format!("tidings_test_{}", uuid::Uuid::new_v4().simple());
+            let admin = postgres_admin_url();
+            let mut conn = PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("Postgres is required for the tests at {admin}: {e}"));
+            conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+                .await
+                .expect("create test database");
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+            settings.database.url = SecretString::from(format!("{base}/{name}"));
+            Database::Postgres { name }
+        }
+    };
+    customize(&mut settings);
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            match Application::build(settings).await {
+                Ok(app) => {
+                    let _ = ready_tx.send(Ok(app.port()));
+                    let _ = app
+                        .run_until(async move {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                }
+            }
+        })
+    });
+    let port = tokio::task::spawn_blocking(move || ready_rx.recv())
+        .await
+        .expect("join")
+        .expect("server thread died")
+        .unwrap_or_else(|e| panic!("the app did not start: {e}"));
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        database,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if let Database::Postgres { name } = &self.database {
+            let name = name.clone();
+            // Drop runs inside the test's runtime; a fresh thread may block on its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async {
+                        if let Ok(mut conn) = PgConnection::connect(&postgres_admin_url()).await {
+                            let _ = conn
+                                .execute(
+                                    format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)
+                                        .as_str(),
+                                )
+                                .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+/// Signs arbitrary claims, for tokens the CLI would never mint.
+pub fn sign(alg: Algorithm, secret: &str, sub: &str, exp_in: i64, scope: Option<&str>) -> String {
+    let claims = Claims {
+        sub,
+        exp: chrono::Utc::now().timestamp() + exp_in,
+        scope,
+    };
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub fn user_token(user: &str) -> String {
+    sign(Algorithm::HS256, SECRET, user, 3600, None)
+}
+
+pub fn service_token(service: &str) -> String {
+    sign(
+        Algorithm::HS256,
+        SECRET,
+        service,
+        3600,
+        Some("notifications:publish"),
+    )
+}
+
+pub fn sample(recipients: &[&str]) -> Value {
+    json!({
+        "recipients": recipients,
+        "type": "order.shipped",
+        "title": "Your order has shipped",
+        "body": "Parcel 1Z999 is on its way.",
+        "data": {"order_id": 1234},
+        "link": "https://shop.example/orders/1234"
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn publish_raw(
+        &self,
+        token: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url("/v1/notifications"))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        req.send().await.expect("publish request")
+    }
+
+    /// Publishes as the `billing` service and expects a 201; returns the body.
+    pub async fn publish(&self, body: &Value) -> Value {
+        let resp = self
+            .publish_raw(&service_token("billing"), body, None)
+            .await;
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("publish body");
+        assert_eq!(status, 201, "publish failed: {body}");
+        body
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn list(&self, user: &str, query: &str) -> Value {
+        let (status, body) = self
+            .get(&user_token(user), &format!("/v1/notifications{query}"))
+            .await;
+        assert_eq!(status, 200, "list failed: {body}");
+        body
+    }
+
+    pub async fn unread(&self, user: &str) -> Value {
+        let (status, body) = self
+            .get(&user_token(user), "/v1/notifications/unread-count")
+            .await;
+        assert_eq!(status, 200, "unread-count failed: {body}");
+        body
+    }
+
+    pub async fn mark_read(&self, user: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url("/v1/notifications/read"))
+            .bearer_auth(user_token(user))
+            .json(body)
+            .send()
+            .await
+            .expect("read request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The `seq`s of a listing, in the order given.
+pub fn seqs(page: &Value) -> Vec<i64> {
+    page["notifications"]
+        .as_array()
+        .expect("notifications array")
+        .iter()
+        .map(|n| n["seq"].as_i64().expect("seq"))
+        .collect()
+}
+
+/// The fields named by a problem document's `errors`.
+pub fn problem_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["field"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Defines each listed `async fn name(backend: Backend)` test twice: `sqlite::name` and
+/// `postgres::name`, so the one API suite runs against both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,11 @@
+//! The API suite. Every test talks to a real server over real HTTP, once against SQLite
+//! and once against Postgres.
+
+mod helpers;
+
+mod auth;
+mod cursor;
+mod idempotency;
+mod inbox;
+mod operations;
+mod publish;
