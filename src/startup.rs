@@ -111,28 +111,36 @@ impl Application {
     /// Tests pass their own trigger; the binary passes the signals.
     pub async fn run_until(
         self,
-        stop: impl std::future::Future<Output = ()> + 'static,
+        stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let handle = self.server.handle();
-        let shutting_down = self.shutting_down.clone();
-        let shutdown = self.shutdown.clone();
-        actix_web::rt::spawn(async move {
-            stop.await;
-            tracing::info!("stopping: readiness now fails, finishing in-flight requests");
-            shutting_down.store(true, Ordering::SeqCst);
-            shutdown.cancel();
-            handle.stop(true).await;
-        });
-        let result = tokio::time::timeout(self.grace + Duration::from_secs(5), self.server).await;
+        let mut server = std::pin::pin!(self.server);
+        let result = tokio::select! {
+            // The server ended by itself (it could not serve); nothing to drain.
+            r = &mut server => r.map_err(anyhow::Error::from),
+            () = stop => {
+                tracing::info!("stopping: readiness now fails, finishing in-flight requests");
+                self.shutting_down.store(true, Ordering::SeqCst);
+                self.shutdown.cancel();
+                let stopping = handle.stop(true);
+                // The grace period starts now, at the signal, not when the server started.
+                match tokio::time::timeout(self.grace + Duration::from_secs(2), async {
+                    stopping.await;
+                    (&mut server).await
+                })
+                .await
+                {
+                    Ok(r) => r.map_err(anyhow::Error::from),
+                    Err(_) => {
+                        tracing::warn!("the grace period passed; exiting anyway");
+                        Ok(())
+                    }
+                }
+            }
+        };
         self.shutdown.cancel();
         self.store.close().await;
-        match result {
-            Ok(r) => Ok(r?),
-            Err(_) => {
-                tracing::warn!("the grace period passed; exiting anyway");
-                Ok(())
-            }
-        }
+        result
     }
 }
 
