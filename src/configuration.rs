@@ -76,6 +76,9 @@ pub struct ServerSettings {
     pub shutdown_grace_seconds: u64,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// A connection whose client stops reading (or acknowledging) for this long is closed
+    /// by the kernel (TCP_USER_TIMEOUT), so a stalled client cannot hold buffers forever.
+    pub stalled_client_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +92,8 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// Unset: the in-process bus (one replica).
     pub url: Option<SecretString>,
+    /// The pub/sub channel; deployments (or tests) sharing one Redis use different ones.
+    pub channel: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -344,9 +349,11 @@ fn defaults(
         .set_default("server.connection_queue", 256)?
         .set_default("server.shutdown_grace_seconds", 10)?
         .set_default("server.workers", 0)?
+        .set_default("server.stalled_client_seconds", 30)?
         .set_default("database.url", "sqlite://tidings.db")?
         .set_default("database.max_connections", 10)?
         .set_default("redis.url", None::<String>)?
+        .set_default("redis.channel", "tidings:events")?
         .set_default("auth.algorithm", "HS256")?
         .set_default("auth.secret_file", "tidings.secret")?
         .set_default("auth.generate_secret", !production)?

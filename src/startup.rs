@@ -2,7 +2,10 @@
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
+use crate::bus::{Bus, RedisBus};
 use crate::configuration::{JwtAlgorithm, Settings};
+use crate::hub::{Hub, HubSettings};
+use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::store::Store;
 use crate::telemetry::RedactingRootSpan;
@@ -23,6 +26,7 @@ pub struct Application {
     port: u16,
     server: Server,
     store: Store,
+    hub: Hub,
     shutting_down: Arc<AtomicBool>,
     grace: Duration,
     /// Cancelled when the replica stops; background tasks watch it.
@@ -54,12 +58,34 @@ impl Application {
         let shutting_down = Arc::new(AtomicBool::new(false));
         let shutdown = CancellationToken::new();
 
+        let metrics = Metrics::new();
+        let hub = Hub::new(
+            store.clone(),
+            metrics.clone(),
+            HubSettings {
+                max_connections: settings.server.max_connections,
+                connection_queue: settings.server.connection_queue,
+            },
+        );
+        let bus = match &settings.redis.url {
+            Some(url) => Bus::Redis(RedisBus::start(
+                url.expose_secret(),
+                settings.redis.channel.clone(),
+                hub.clone(),
+                shutdown.clone(),
+            )?),
+            None => Bus::InProcess(hub.clone()),
+        };
         let state = web::Data::new(AppState {
             store: store.clone(),
-            notifier: Notifier::new(store.clone()),
+            notifier: Notifier::new(store.clone(), bus, metrics),
             auth,
+            hub: hub.clone(),
+            heartbeat: Duration::from_secs(settings.server.heartbeat_seconds),
+            allowed_origins: settings.server.allowed_origins.clone(),
             shutting_down: shutting_down.clone(),
         });
+        let stalled = Duration::from_secs(settings.server.stalled_client_seconds);
         let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
         let mut server = HttpServer::new(move || {
             App::new()
@@ -68,6 +94,7 @@ impl Application {
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
         })
+        .on_connect(move |io, _| set_stall_timeout(io, stalled))
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(grace.as_secs());
@@ -87,6 +114,7 @@ impl Application {
             port,
             server,
             store,
+            hub,
             shutting_down,
             grace,
             shutdown,
@@ -119,14 +147,21 @@ impl Application {
             // The server ended by itself (it could not serve); nothing to drain.
             r = &mut server => r.map_err(anyhow::Error::from),
             () = stop => {
-                tracing::info!("stopping: readiness now fails, finishing in-flight requests");
+                tracing::info!(
+                    connections = self.hub.open_connections(),
+                    "stopping: readiness fails, streams are told to reconnect elsewhere, in-flight requests finish"
+                );
                 self.shutting_down.store(true, Ordering::SeqCst);
-                self.shutdown.cancel();
+                // Streams end with a "reconnect now" (SSE retry, WebSocket 1012) so clients
+                // move to another replica at once; a moment lets those last frames go out.
+                self.hub.shutdown();
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 let stopping = handle.stop(true);
                 // The grace period starts now, at the signal, not when the server started.
+                // The stop command is carried out by the server future itself: poll both.
                 match tokio::time::timeout(self.grace + Duration::from_secs(2), async {
-                    stopping.await;
-                    (&mut server).await
+                    let ((), served) = tokio::join!(stopping, &mut server);
+                    served
                 })
                 .await
                 {
@@ -141,6 +176,18 @@ impl Application {
         self.shutdown.cancel();
         self.store.close().await;
         result
+    }
+}
+
+/// Sets TCP_USER_TIMEOUT on an accepted connection: the kernel closes it when sent data
+/// stays unacknowledged, or unsent behind a zero window, for longer than `timeout`. This is
+/// what finally disconnects a client that stopped reading, without a task or a timer per
+/// connection in the process.
+fn set_stall_timeout(io: &dyn std::any::Any, timeout: Duration) {
+    if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
+            tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+        }
     }
 }
 

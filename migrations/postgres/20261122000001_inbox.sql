@@ -4,7 +4,10 @@
 CREATE TABLE user_cursors (
     user_id  TEXT   PRIMARY KEY,
     last_seq BIGINT NOT NULL,
-    unread   BIGINT NOT NULL CHECK (unread >= 0)
+    unread   BIGINT NOT NULL CHECK (unread >= 0),
+    -- Bumped by every change to this row, so live updates that arrive out of order
+    -- (from several replicas, over Redis) can be put back in order.
+    version  BIGINT NOT NULL
 );
 
 CREATE TABLE notifications (

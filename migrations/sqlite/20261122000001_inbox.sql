@@ -3,7 +3,10 @@
 CREATE TABLE user_cursors (
     user_id  TEXT    PRIMARY KEY NOT NULL,
     last_seq INTEGER NOT NULL,
-    unread   INTEGER NOT NULL CHECK (unread >= 0)
+    unread   INTEGER NOT NULL CHECK (unread >= 0),
+    -- Bumped by every change to this row, so live updates that arrive out of order
+    -- (from several replicas, over Redis) can be put back in order.
+    version  INTEGER NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE notifications (

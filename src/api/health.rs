@@ -34,7 +34,7 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let bus = Some(state.notifier.bus_state());
+    let bus = Some(state.notifier.bus_state().as_str());
     if state.shutting_down.load(Ordering::Relaxed) {
         return HttpResponse::ServiceUnavailable().json(Health {
             status: "shutting down",
@@ -57,4 +57,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         tracing::warn!("readiness check: the database does not answer");
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// Prometheus metrics: connections by transport, notifications published and delivered,
+/// publish-to-delivery latency, bus reconnects, dropped slow consumers.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.hub.metrics().render())
 }

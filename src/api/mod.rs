@@ -8,18 +8,26 @@ pub mod notifications;
 pub mod openapi;
 
 use crate::auth::Authenticator;
+use crate::hub::Hub;
 use crate::notifier::Notifier;
 use crate::store::Store;
+use crate::transports::{longpoll, sse, ws};
 use actix_web::{web, HttpResponse};
 use error::ApiError;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What every handler can reach. Cloned per worker; everything inside is shared.
 pub struct AppState {
     pub store: Store,
     pub notifier: Notifier,
     pub auth: Arc<Authenticator>,
+    pub hub: Hub,
+    /// Between SSE `: ping` comments and WebSocket pings.
+    pub heartbeat: Duration,
+    /// Origins allowed to open a WebSocket besides the server's own.
+    pub allowed_origins: Vec<String>,
     /// Set when the replica starts to stop: readiness fails so no new clients arrive.
     pub shutting_down: Arc<AtomicBool>,
 }
@@ -43,6 +51,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(notifications::mark_read))
             .default_service(web::to(method_not_allowed)),
     )
+    .route("/v1/notifications/stream", web::get().to(sse::stream))
+    .route("/v1/notifications/poll", web::get().to(longpoll::poll))
+    .route("/v1/ws", web::get().to(ws::socket))
+    .route("/metrics", web::get().to(health::metrics))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .app_data(openapi_json)

@@ -44,6 +44,23 @@ pub struct PublishResponse {
     notifications: Vec<Receipt>,
 }
 
+/// The caller's unread count and latest seq.
+#[derive(Serialize, ToSchema)]
+pub struct UnreadCount {
+    unread: i64,
+    /// The caller's latest seq, 0 if none.
+    seq: i64,
+}
+
+impl From<Counts> for UnreadCount {
+    fn from(c: Counts) -> Self {
+        Self {
+            unread: c.unread,
+            seq: c.seq,
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct NotificationPage {
     notifications: Vec<Notification>,
@@ -182,7 +199,7 @@ pub async fn list(
 #[utoipa::path(
     get, path = "/v1/notifications/unread-count", tag = "inbox",
     responses(
-        (status = 200, body = Counts),
+        (status = 200, body = UnreadCount),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
@@ -192,7 +209,7 @@ pub async fn unread_count(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.store.counts(&user.user).await?))
+    Ok(HttpResponse::Ok().json(UnreadCount::from(state.store.counts(&user.user).await?)))
 }
 
 /// Mark the caller's notifications read, by ids or up to a seq.
@@ -203,7 +220,7 @@ pub async fn unread_count(
     post, path = "/v1/notifications/read", tag = "inbox",
     request_body = ReadRequest,
     responses(
-        (status = 200, body = Counts),
+        (status = 200, body = UnreadCount),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -221,5 +238,5 @@ pub async fn mark_read(
     let body = read_json(&req, payload, MAX_BODY_BYTES).await?;
     let what = parse_mark_read(&body, &[]).map_err(ApiError::Validation)?;
     let outcome = state.notifier.mark_read(&user.user, &what).await?;
-    Ok(HttpResponse::Ok().json(outcome.counts))
+    Ok(HttpResponse::Ok().json(UnreadCount::from(outcome.counts)))
 }

@@ -2,6 +2,7 @@
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
 use super::{error, health, notifications};
+use crate::transports::{longpoll, sse, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -19,15 +20,20 @@ use utoipa::{Modify, OpenApi};
         notifications::list,
         notifications::unread_count,
         notifications::mark_read,
+        sse::stream,
+        longpoll::poll,
+        ws::socket,
         health::healthz,
         health::readyz,
+        health::metrics,
     ),
     components(schemas(error::Problem, crate::ingest::FieldError)),
     modifiers(&BearerTokens),
     tags(
         (name = "publishing", description = "Services send notifications."),
         (name = "inbox", description = "Users read and mark their own notifications."),
-        (name = "operations", description = "Health and readiness."),
+        (name = "live", description = "New notifications as they commit, resuming from the client's cursor: SSE, long-poll, WebSocket."),
+        (name = "operations", description = "Health, readiness and metrics."),
     )
 )]
 pub struct ApiDoc;

@@ -1,5 +1,5 @@
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ pub enum Cursor {
 }
 
 /// A notification as its recipient sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Notification {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,

@@ -1,13 +1,27 @@
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A user id as it appears in a token's `sub` and in a publish's `recipients`.
 ///
 /// 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`. The alphabet keeps ids safe to use as
 /// Redis channel names, log fields and URL path segments without escaping.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct UserId(String);
+
+impl TryFrom<String> for UserId {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        UserId::parse(&s)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.0
+    }
+}
 
 impl UserId {
     pub const MAX_LEN: usize = 128;

@@ -127,8 +127,8 @@ mod rfc3339_serde {
 pub struct Delivery {
     pub recipient: UserId,
     pub notification: Notification,
-    /// The recipient's unread count right after this notification committed.
-    pub unread: i64,
+    /// The recipient's counters right after this notification committed.
+    pub counts: Counts,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,10 +157,12 @@ pub enum ListQuery {
 }
 
 /// A user's unread count and latest seq (0 when they have none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub unread: i64,
     pub seq: Seq,
+    /// How many times the user's counters changed: orders updates that arrive out of order.
+    pub version: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,15 +312,15 @@ impl<'a> PreparedPublish<'a> {
             .and_then(|d| serde_json::to_string(d.as_map()).ok())
     }
 
-    /// Builds the outcome from the (user, seq, unread) triples the cursor update returned,
+    /// Builds the outcome from the counters the cursor update returned (in `rows` order),
     /// with receipts in the order the sender named the recipients.
-    pub fn outcome(&self, bumped: &[(String, Seq, i64)]) -> PublishOutcome {
+    pub fn outcome(&self, bumped: &[Counts]) -> PublishOutcome {
         let mut deliveries = Vec::with_capacity(self.rows.len());
-        for ((user, id), (_, seq, unread)) in self.rows.iter().zip(bumped) {
+        for ((user, id), counts) in self.rows.iter().zip(bumped) {
             deliveries.push(Delivery {
                 recipient: user.clone(),
-                notification: self.notification(*id, *seq),
-                unread: *unread,
+                notification: self.notification(*id, counts.seq),
+                counts: *counts,
             });
         }
         let by_user: std::collections::HashMap<&UserId, &Delivery> =

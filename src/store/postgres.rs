@@ -94,27 +94,33 @@ impl PgStore {
         let users: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
         let ids: Vec<Uuid> = prep.rows.iter().map(|(_, id)| *id).collect();
         let bumped_rows = sqlx::query(
-            "INSERT INTO user_cursors (user_id, last_seq, unread)
-             SELECT u, 1, 1 FROM unnest($1::text[]) WITH ORDINALITY AS t(u, ord) ORDER BY ord
+            "INSERT INTO user_cursors (user_id, last_seq, unread, version)
+             SELECT u, 1, 1, 1 FROM unnest($1::text[]) WITH ORDINALITY AS t(u, ord) ORDER BY ord
              ON CONFLICT (user_id) DO UPDATE
-               SET last_seq = user_cursors.last_seq + 1, unread = user_cursors.unread + 1
-             RETURNING user_id, last_seq, unread",
+               SET last_seq = user_cursors.last_seq + 1, unread = user_cursors.unread + 1,
+                   version = user_cursors.version + 1
+             RETURNING user_id, last_seq, unread, version",
         )
         .bind(&users)
         .fetch_all(&mut *tx)
         .await?;
-        let mut by_user: HashMap<String, (Seq, i64)> = HashMap::with_capacity(bumped_rows.len());
+        let mut by_user: HashMap<String, Counts> = HashMap::with_capacity(bumped_rows.len());
         for r in &bumped_rows {
-            by_user.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+            let counts = Counts {
+                seq: r.try_get(1)?,
+                unread: r.try_get(2)?,
+                version: r.try_get(3)?,
+            };
+            by_user.insert(r.try_get(0)?, counts);
         }
         let mut bumped = Vec::with_capacity(users.len());
         for u in &users {
-            let (seq, unread) = by_user.get(*u).copied().ok_or_else(|| {
+            let counts = by_user.get(*u).copied().ok_or_else(|| {
                 StoreError::Database(sqlx::Error::Protocol(format!("no cursor returned for {u}")))
             })?;
-            bumped.push(((*u).to_owned(), seq, unread));
+            bumped.push(counts);
         }
-        let seqs: Vec<Seq> = bumped.iter().map(|b| b.1).collect();
+        let seqs: Vec<Seq> = bumped.iter().map(|c| c.seq).collect();
 
         let n = &cmd.notification;
         sqlx::query(
@@ -240,7 +246,7 @@ impl PgStore {
             .rows_affected(),
         };
         if changed > 0 {
-            sqlx::query("UPDATE user_cursors SET unread = unread - $1 WHERE user_id = $2")
+            sqlx::query("UPDATE user_cursors SET unread = unread - $1, version = version + 1 WHERE user_id = $2")
                 .bind(i64::try_from(changed).unwrap_or(i64::MAX))
                 .bind(user.as_str())
                 .execute(&mut *tx)
@@ -288,7 +294,7 @@ where
 }
 
 async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, StoreError> {
-    let row = sqlx::query("SELECT unread, last_seq FROM user_cursors WHERE user_id = $1")
+    let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = $1")
         .bind(user.as_str())
         .fetch_optional(conn)
         .await?;
@@ -296,6 +302,7 @@ async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, 
         Some(r) => Counts {
             unread: r.try_get(0)?,
             seq: r.try_get(1)?,
+            version: r.try_get(2)?,
         },
         None => Counts::default(),
     })

@@ -98,22 +98,25 @@ impl SqliteStore {
         let n = &cmd.notification;
         for (user, id) in &prep.rows {
             let row = sqlx::query(
-                "INSERT INTO user_cursors (user_id, last_seq, unread) VALUES (?1, 1, 1)
+                "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES (?1, 1, 1, 1)
                  ON CONFLICT (user_id) DO UPDATE
-                   SET last_seq = last_seq + 1, unread = unread + 1
-                 RETURNING last_seq, unread",
+                   SET last_seq = last_seq + 1, unread = unread + 1, version = version + 1
+                 RETURNING last_seq, unread, version",
             )
             .bind(user.as_str())
             .fetch_one(&mut *tx)
             .await?;
-            let seq: Seq = row.try_get(0)?;
-            let unread: i64 = row.try_get(1)?;
+            let counts = Counts {
+                seq: row.try_get(0)?,
+                unread: row.try_get(1)?,
+                version: row.try_get(2)?,
+            };
             sqlx::query(
                 "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .bind(user.as_str())
-            .bind(seq)
+            .bind(counts.seq)
             .bind(id.to_string())
             .bind(n.kind.as_str())
             .bind(n.title.as_str())
@@ -123,7 +126,7 @@ impl SqliteStore {
             .bind(&created_at)
             .execute(&mut *tx)
             .await?;
-            bumped.push((user.as_str().to_owned(), seq, unread));
+            bumped.push(counts);
         }
 
         let outcome = prep.outcome(&bumped);
@@ -225,7 +228,7 @@ impl SqliteStore {
             .rows_affected(),
         };
         if changed > 0 {
-            sqlx::query("UPDATE user_cursors SET unread = unread - ?1 WHERE user_id = ?2")
+            sqlx::query("UPDATE user_cursors SET unread = unread - ?1, version = version + 1 WHERE user_id = ?2")
                 .bind(i64::try_from(changed).unwrap_or(i64::MAX))
                 .bind(user.as_str())
                 .execute(&mut *tx)
@@ -253,7 +256,7 @@ impl SqliteStore {
 }
 
 async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Counts, StoreError> {
-    let row = sqlx::query("SELECT unread, last_seq FROM user_cursors WHERE user_id = ?1")
+    let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = ?1")
         .bind(user.as_str())
         .fetch_optional(conn)
         .await?;
@@ -261,6 +264,7 @@ async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Coun
         Some(r) => Counts {
             unread: r.try_get(0)?,
             seq: r.try_get(1)?,
+            version: r.try_get(2)?,
         },
         None => Counts::default(),
     })

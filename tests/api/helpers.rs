@@ -25,6 +25,10 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+pub fn redis_url() -> String {
+    std::env::var("TIDINGS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
@@ -70,6 +74,10 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
                 .expect("create test database");
             let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
             settings.database.url = SecretString::from(format!("{base}/{name}"));
+            // The production topology: Postgres with Redis pub/sub, on a channel of its own
+            // so tests running side by side on one Redis never see each other's events.
+            settings.redis.url = Some(SecretString::from(redis_url()));
+            settings.redis.channel = name.clone();
             Database::Postgres { name }
         }
     };

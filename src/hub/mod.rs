@@ -1,0 +1,303 @@
+//! The hub: this replica's live connections, grouped per user into one actix actor each.
+//!
+//! The registry finds or starts a user's [`UserSession`] actor when a connection opens, and
+//! the actor removes itself when its last connection goes, so an idle user costs nothing.
+//! Events from the bus are handed to the user's actor, which fans them out to every open
+//! stream, socket and waiting long-poll of that user, in every tab.
+//!
+//! Every queue here is bounded: the actor's mailbox, and each connection's outgoing queue.
+//! A connection whose queue is full is cut off (it resumes by cursor and loses nothing); an
+//! actor whose mailbox is full gets one "catch up" message and re-reads the database.
+
+mod sequencer;
+mod session;
+
+pub use sequencer::{Live, Merged, Sequencer};
+
+use crate::bus::Event;
+use crate::domain::{Cursor, Seq, UserId};
+use crate::metrics::{Metrics, Transport};
+use crate::store::{Counts, Store};
+use actix::{Actor, Addr};
+use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+/// What a connection's transport receives, already rendered where that can be shared:
+/// one notification's JSON is built once, whatever the number of tabs.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// Notifications in seq order (none, when only the counters changed), then the user's
+    /// counters after them. `last` is the seq of the last notification this connection was
+    /// sent (or its starting cursor), which SSE uses as the event id. A replay is one
+    /// update, so it takes one slot of the bounded queue.
+    Update {
+        notifications: Vec<(Seq, Arc<str>)>,
+        counts: Counts,
+        last: Seq,
+    },
+    /// More than the replay cap was missed: page through the REST API up to `seq`.
+    Resync { seq: Seq },
+    /// This replica is stopping: reconnect, to another one.
+    Shutdown,
+}
+
+/// Shared between a connection and its user's actor.
+#[derive(Debug, Default)]
+pub struct ConnControl {
+    /// Set by the actor when the connection's queue overflowed and it was cut off.
+    overflowed: AtomicBool,
+}
+
+impl ConnControl {
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HubError {
+    #[error("this replica holds its maximum of {0} connections")]
+    Full(usize),
+    #[error("this replica is shutting down")]
+    Stopping,
+}
+
+/// One open live connection. Dropping it leaves the hub (idempotently).
+#[derive(Debug)]
+pub struct Connection {
+    pub rx: mpsc::Receiver<Frame>,
+    pub control: Arc<ConnControl>,
+    guard: ConnGuard,
+}
+
+impl Connection {
+    pub fn user(&self) -> &UserId {
+        &self.guard.user
+    }
+}
+
+#[derive(Debug)]
+struct ConnGuard {
+    hub: Hub,
+    user: UserId,
+    id: u64,
+    transport: Transport,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let inner = &self.hub.inner;
+        if let Some(handle) = inner.lock().get(&self.user) {
+            handle.addr.do_send(Leave { id: self.id });
+        }
+        inner.open.fetch_sub(1, Ordering::AcqRel);
+        inner.metrics.connection_closed(self.transport);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SessionHandle {
+    addr: Addr<UserSession>,
+    /// Joins sent but not yet handled: the actor may not stop while any are in flight.
+    pending_joins: Arc<AtomicUsize>,
+    /// A catch-up is queued because the mailbox was full; coalesces further ones.
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub max_connections: usize,
+    pub connection_queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    sessions: Mutex<HashMap<UserId, SessionHandle>>,
+    store: Store,
+    metrics: Metrics,
+    settings: HubSettings,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl HubInner {
+    /// The registry lock. Held only for map operations and non-blocking sends; a panic
+    /// elsewhere while holding it cannot leave the map half-changed, so poison is ignored.
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, SessionHandle>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Hub {
+    pub fn new(store: Store, metrics: Metrics, settings: HubSettings) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                sessions: Mutex::new(HashMap::new()),
+                store,
+                metrics,
+                settings,
+                next_id: AtomicU64::new(1),
+                open: AtomicUsize::new(0),
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Open connections on this replica.
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Users with a live actor on this replica.
+    pub fn online_users(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Registers a connection for `user`, then replays from `cursor`.
+    ///
+    /// Registration happens before the actor reads the backlog, so an event that commits
+    /// while the backlog is read is either in the read or arrives live (and is merged by
+    /// seq): it cannot fall between the two. Must be called on an actix arbiter (a request
+    /// handler), where a new actor can start.
+    pub fn connect(
+        &self,
+        user: &UserId,
+        cursor: Cursor,
+        transport: Transport,
+    ) -> Result<Connection, HubError> {
+        let inner = &self.inner;
+        if inner.stopping.load(Ordering::Acquire) {
+            return Err(HubError::Stopping);
+        }
+        let max = inner.settings.max_connections;
+        if inner
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(HubError::Full(max));
+        }
+        inner.metrics.connection_opened(transport);
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(inner.settings.connection_queue);
+        let control = Arc::new(ConnControl::default());
+        {
+            let mut sessions = inner.lock();
+            let handle = match sessions.get(user) {
+                Some(h) if h.addr.connected() => h.clone(),
+                _ => {
+                    let handle = self.start_session(user);
+                    sessions.insert(user.clone(), handle.clone());
+                    handle
+                }
+            };
+            handle.pending_joins.fetch_add(1, Ordering::AcqRel);
+            handle.addr.do_send(Join {
+                id,
+                tx,
+                cursor,
+                control: control.clone(),
+            });
+        }
+        Ok(Connection {
+            rx,
+            control,
+            guard: ConnGuard {
+                hub: self.clone(),
+                user: user.clone(),
+                id,
+                transport,
+            },
+        })
+    }
+
+    fn start_session(&self, user: &UserId) -> SessionHandle {
+        let pending_joins = Arc::new(AtomicUsize::new(0));
+        let lagged = Arc::new(AtomicBool::new(false));
+        let addr = UserSession::new(
+            user.clone(),
+            self.clone(),
+            self.inner.store.clone(),
+            pending_joins.clone(),
+            lagged.clone(),
+        )
+        .start();
+        SessionHandle {
+            addr,
+            pending_joins,
+            lagged,
+        }
+    }
+
+    /// Called by a session whose last connection left. Removes it from the registry unless
+    /// a join is on its way to it; returns whether it may stop.
+    fn release(&self, user: &UserId, pending_joins: &Arc<AtomicUsize>) -> bool {
+        let mut sessions = self.inner.lock();
+        if pending_joins.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        if sessions
+            .get(user)
+            .is_some_and(|h| Arc::ptr_eq(&h.pending_joins, pending_joins))
+        {
+            sessions.remove(user);
+        }
+        true
+    }
+
+    /// Hands one event to its user's actor, if the user is online here.
+    pub fn dispatch(&self, event: Arc<Event>) {
+        let Some(user) = event.user() else {
+            self.catch_up_all();
+            return;
+        };
+        let handle = match self.inner.lock().get(user) {
+            Some(h) => h.clone(),
+            None => return,
+        };
+        if let Err(e) = handle.addr.try_send(Deliver(event)) {
+            if matches!(e, actix::dev::SendError::Full(_))
+                && !handle.lagged.swap(true, Ordering::AcqRel)
+            {
+                // The mailbox is full: drop the event and have the actor re-read the
+                // database instead, once, however many more events are dropped meanwhile.
+                handle.addr.do_send(CatchUp);
+            }
+        }
+    }
+
+    /// Every session re-reads the database from each connection's last delivered seq:
+    /// after the bus was down, events may have been missed.
+    pub fn catch_up_all(&self) {
+        let handles: Vec<SessionHandle> = self.inner.lock().values().cloned().collect();
+        for h in handles {
+            if !h.lagged.swap(true, Ordering::AcqRel) {
+                h.addr.do_send(CatchUp);
+            }
+        }
+    }
+
+    /// Refuses new connections and tells every open one to reconnect elsewhere.
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let handles: Vec<SessionHandle> = self.inner.lock().values().cloned().collect();
+        for h in handles {
+            h.addr.do_send(Shutdown);
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! One user's actor: the user's open connections on this replica, and their cursors.
+
+use super::{ConnControl, Frame, Hub, Live, Sequencer};
+use crate::bus::Event;
+use crate::domain::{Cursor, Seq, UserId};
+use crate::store::{Counts, ListQuery, Page, Store, StoreError};
+use actix::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+/// More than this many missed notifications are not replayed: the client gets `resync`
+/// and pages through the REST API instead.
+pub const REPLAY_CAP: usize = 500;
+
+/// The actor's mailbox bound. Past it, events are dropped and replaced by one catch-up.
+const MAILBOX: usize = 1024;
+
+/// A failed database read is retried after this long (the store may be restarting).
+const READ_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    pub id: u64,
+    pub tx: mpsc::Sender<Frame>,
+    pub cursor: Cursor,
+    pub control: Arc<ConnControl>,
+}
+
+/// Idempotent: a connection may be reported gone more than once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub id: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Arc<Event>);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatchUp;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    control: Arc<ConnControl>,
+    seq: Sequencer<(Seq, Arc<str>)>,
+    /// The seq of the last notification queued to this connection, or its starting point.
+    last_sent: Seq,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReadFrom {
+    After(Seq),
+    /// Start at the latest seq: the client wants only what is new.
+    Latest,
+}
+
+pub struct UserSession {
+    user: UserId,
+    hub: Hub,
+    store: Store,
+    pending_joins: Arc<AtomicUsize>,
+    lagged: Arc<AtomicBool>,
+    /// Usually one to three tabs: a vector beats a map at that size.
+    conns: Vec<Conn>,
+    /// The newest counters seen, by version.
+    counts: Counts,
+}
+
+impl UserSession {
+    pub fn new(
+        user: UserId,
+        hub: Hub,
+        store: Store,
+        pending_joins: Arc<AtomicUsize>,
+        lagged: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            user,
+            hub,
+            store,
+            pending_joins,
+            lagged,
+            conns: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    fn observe(&mut self, counts: Counts) -> bool {
+        if counts.version > self.counts.version {
+            self.counts = counts;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn read(&mut self, ctx: &mut Context<Self>, id: u64, from: ReadFrom) {
+        let store = self.store.clone();
+        let user = self.user.clone();
+        let fut = async move {
+            match from {
+                ReadFrom::After(after) => {
+                    let q = ListQuery::After {
+                        after,
+                        limit: (REPLAY_CAP + 1) as u32,
+                        unread_only: false,
+                    };
+                    store.list(&user, q).await
+                }
+                ReadFrom::Latest => store.counts(&user).await.map(|counts| Page {
+                    notifications: Vec::new(),
+                    counts,
+                }),
+            }
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |res, act, ctx| act.read_done(ctx, id, from, res)),
+        );
+    }
+
+    fn read_done(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: u64,
+        from: ReadFrom,
+        res: Result<Page, StoreError>,
+    ) {
+        let page = match res {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(user = %self.user, error = %e, "replay read failed; retrying");
+                ctx.run_later(READ_RETRY, move |act, ctx| {
+                    if act.conns.iter().any(|c| c.id == id) {
+                        act.read(ctx, id, from);
+                    }
+                });
+                return;
+            }
+        };
+        self.observe(page.counts);
+        let counts = self.counts;
+        let Some(conn) = self.conns.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        let mut resync = None;
+        let merged = match from {
+            ReadFrom::Latest => {
+                conn.last_sent = page.counts.seq;
+                conn.seq.finish_read(Vec::new(), Some(page.counts.seq))
+            }
+            ReadFrom::After(_) if page.notifications.len() > REPLAY_CAP => {
+                resync = Some(Frame::Resync {
+                    seq: page.counts.seq,
+                });
+                conn.seq.finish_read(Vec::new(), Some(page.counts.seq))
+            }
+            ReadFrom::After(_) => {
+                let rows = page
+                    .notifications
+                    .iter()
+                    .map(|n| (n.seq, (n.seq, render(n))))
+                    .collect();
+                conn.seq.finish_read(rows, None)
+            }
+        };
+        if let Some((seq, _)) = merged.deliver.last() {
+            conn.last_sent = *seq;
+        }
+        let update = Frame::Update {
+            notifications: merged.deliver,
+            counts,
+            last: conn.last_sent,
+        };
+        let again = merged.again;
+        let sent = resync.is_none_or(|r| self.push(id, r)) && self.push(id, update);
+        if !sent {
+            self.forget_cut(ctx);
+        } else if let Some(after) = again {
+            self.read(ctx, id, ReadFrom::After(after));
+        }
+    }
+
+    /// Queues a frame without waiting. A full queue means the client does not read: it is
+    /// cut off (its stream says `resync` if it still can, and it resumes by cursor).
+    /// Returns false when the connection is gone or was cut.
+    fn push(&mut self, id: u64, frame: Frame) -> bool {
+        let Some(conn) = self.conns.iter().find(|c| c.id == id) else {
+            return false;
+        };
+        match conn.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                conn.control.overflowed.store(true, Ordering::Release);
+                self.hub.metrics().slow_consumers.inc();
+                tracing::info!(user = %self.user, "cut off a connection that does not read fast enough");
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Drops connections that were cut or closed; their streams see the queue close.
+    fn forget_cut(&mut self, ctx: &mut Context<Self>) {
+        self.conns
+            .retain(|c| !c.tx.is_closed() && !c.control.overflowed());
+        self.stop_if_idle(ctx);
+    }
+
+    fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.conns.is_empty() && self.hub.release(&self.user, &self.pending_joins) {
+            ctx.stop();
+        }
+    }
+}
+
+/// One notification's JSON, built once and shared by every connection it goes to.
+fn render(n: &crate::domain::Notification) -> Arc<str> {
+    serde_json::to_string(n).unwrap_or_default().into()
+}
+
+impl Actor for UserSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+    }
+}
+
+impl Handler<Join> for UserSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        self.pending_joins.fetch_sub(1, Ordering::AcqRel);
+        let (start, from) = match msg.cursor {
+            Cursor::After(after) => (after, ReadFrom::After(after)),
+            Cursor::Live => (0, ReadFrom::Latest),
+        };
+        self.conns.push(Conn {
+            id: msg.id,
+            tx: msg.tx,
+            control: msg.control,
+            seq: Sequencer::reading_from(start),
+            last_sent: start,
+        });
+        self.read(ctx, msg.id, from);
+    }
+}
+
+impl Handler<Leave> for UserSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) {
+        self.conns.retain(|c| c.id != msg.id);
+        self.stop_if_idle(ctx);
+    }
+}
+
+impl Handler<Deliver> for UserSession {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(event): Deliver, ctx: &mut Context<Self>) {
+        match &*event {
+            Event::Notification {
+                notification,
+                counts,
+                committed_at_us,
+                ..
+            } => {
+                self.observe(*counts);
+                let counts = self.counts;
+                let json = render(notification);
+                let seq = notification.seq;
+                let mut reads = Vec::new();
+                let mut frames = Vec::new();
+                for conn in &mut self.conns {
+                    match conn.seq.on_live(seq, (seq, json.clone())) {
+                        Live::Deliver(item) => {
+                            conn.last_sent = seq;
+                            frames.push((
+                                conn.id,
+                                Frame::Update {
+                                    notifications: vec![item],
+                                    counts,
+                                    last: seq,
+                                },
+                            ));
+                        }
+                        Live::Drop => {}
+                        Live::CatchUp { after } => reads.push((conn.id, after)),
+                    }
+                }
+                let delivered = frames.len();
+                let mut cut = false;
+                for (id, frame) in frames {
+                    cut |= !self.push(id, frame);
+                }
+                if delivered > 0 {
+                    let metrics = self.hub.metrics();
+                    metrics.delivered.inc_by(delivered as u64);
+                    let now = chrono::Utc::now().timestamp_micros();
+                    let latency = (now - committed_at_us).max(0) as f64 / 1e6;
+                    for _ in 0..delivered {
+                        metrics.latency.observe(latency);
+                    }
+                }
+                for (id, after) in reads {
+                    self.read(ctx, id, ReadFrom::After(after));
+                }
+                if cut {
+                    self.forget_cut(ctx);
+                }
+            }
+            Event::Counts { counts, .. } => {
+                if !self.observe(*counts) {
+                    return;
+                }
+                let counts = self.counts;
+                let targets: Vec<(u64, Seq)> = self
+                    .conns
+                    .iter()
+                    .filter(|c| !c.seq.is_reading())
+                    .map(|c| (c.id, c.last_sent))
+                    .collect();
+                let mut cut = false;
+                for (id, last) in targets {
+                    let update = Frame::Update {
+                        notifications: Vec::new(),
+                        counts,
+                        last,
+                    };
+                    cut |= !self.push(id, update);
+                }
+                if cut {
+                    self.forget_cut(ctx);
+                }
+            }
+            Event::CatchUp => self.handle(CatchUp, ctx),
+        }
+    }
+}
+
+impl Handler<CatchUp> for UserSession {
+    type Result = ();
+
+    fn handle(&mut self, _: CatchUp, ctx: &mut Context<Self>) {
+        self.lagged.store(false, Ordering::Release);
+        let reads: Vec<(u64, Seq)> = self
+            .conns
+            .iter_mut()
+            .filter_map(|c| c.seq.start_read().map(|after| (c.id, after)))
+            .collect();
+        for (id, after) in reads {
+            self.read(ctx, id, ReadFrom::After(after));
+        }
+    }
+}
+
+impl Handler<Shutdown> for UserSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        let ids: Vec<u64> = self.conns.iter().map(|c| c.id).collect();
+        for id in ids {
+            self.push(id, Frame::Shutdown);
+        }
+        self.forget_cut(ctx);
+    }
+}

@@ -1,0 +1,145 @@
+//! Prometheus metrics, exported at `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    WebSocket,
+    LongPoll,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::WebSocket => "websocket",
+            Transport::LongPoll => "longpoll",
+        }
+    }
+}
+
+impl EncodeLabelValue for Transport {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: Transport,
+}
+
+/// Every metric the service keeps. Cheap to clone: the handles are shared.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    connections: Family<TransportLabel, Gauge>,
+    pub published: Counter,
+    pub delivered: Counter,
+    pub latency: Histogram,
+    pub bus_reconnects: Counter,
+    pub slow_consumers: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidings");
+        let connections = Family::<TransportLabel, Gauge>::default();
+        let published = Counter::default();
+        let delivered = Counter::default();
+        // 0.5 ms to ~16 s: local delivery is sub-millisecond, cross-replica a few ms.
+        let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.0005, 2.0, 16,
+        ));
+        let bus_reconnects = Counter::default();
+        let slow_consumers = Counter::default();
+        registry.register(
+            "connections",
+            "Open streams, sockets and waiting long-polls",
+            connections.clone(),
+        );
+        registry.register(
+            "notifications_published",
+            "Notifications committed (one per recipient)",
+            published.clone(),
+        );
+        registry.register(
+            "notifications_delivered",
+            "Notifications handed to a live connection",
+            delivered.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From commit to hand-off to a live connection",
+            latency.clone(),
+        );
+        registry.register(
+            "bus_reconnects",
+            "Times the Redis subscription was re-established",
+            bus_reconnects.clone(),
+        );
+        registry.register(
+            "slow_consumers_dropped",
+            "Connections cut off because they did not read fast enough",
+            slow_consumers.clone(),
+        );
+        for transport in [Transport::Sse, Transport::WebSocket, Transport::LongPoll] {
+            let _ = connections.get_or_create(&TransportLabel { transport });
+        }
+        Self {
+            registry: Arc::new(registry),
+            connections,
+            published,
+            delivered,
+            latency,
+            bus_reconnects,
+            slow_consumers,
+        }
+    }
+
+    pub fn connection_opened(&self, transport: Transport) {
+        self.connections
+            .get_or_create(&TransportLabel { transport })
+            .inc();
+    }
+
+    pub fn connection_closed(&self, transport: Transport) {
+        self.connections
+            .get_or_create(&TransportLabel { transport })
+            .dec();
+    }
+
+    pub fn connections(&self, transport: Transport) -> i64 {
+        self.connections
+            .get_or_create(&TransportLabel { transport })
+            .get()
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,153 @@
+//! Long-polling: `GET /v1/notifications/poll`.
+//!
+//! The request is answered as soon as there is anything after the cursor, or the unread
+//! count differs from what the client has; otherwise it is held until something commits or
+//! the timeout passes (204). It first asks the database, then, if there is nothing yet,
+//! waits on a hub connection opened from the same cursor, so a notification that commits
+//! between the two is found by the connection's own replay read.
+
+use crate::api::error::ApiError;
+use crate::api::extract::{int_param, query_map, StreamUser};
+use crate::api::AppState;
+use crate::domain::{Cursor, Notification, Seq};
+use crate::hub::Frame;
+use crate::metrics::Transport;
+use crate::store::{Counts, ListQuery, MAX_PAGE};
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_TIMEOUT: i64 = 30;
+pub const MAX_TIMEOUT: i64 = 120;
+
+/// Wait for notifications after a cursor, or for the unread count to change.
+#[utoipa::path(
+    get, path = "/v1/notifications/poll", tag = "live",
+    params(
+        ("after" = i64, Query, description = "The last seq the client has seen."),
+        ("unread" = Option<i64>, Query, description = "The unread count the client shows; a different count answers at once."),
+        ("timeout" = Option<i64>, Query, description = "Seconds to wait, 1 to 120, default 30."),
+        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set."),
+    ),
+    responses(
+        (status = 200, body = crate::api::notifications::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq."),
+        (status = 204, description = "Nothing new before the timeout: poll again with the same cursor."),
+        (status = 400, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 503, body = crate::api::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn poll(
+    state: web::Data<AppState>,
+    user: StreamUser,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let q = query_map(&req)?;
+    let after = int_param(&q, "after", 0, i64::MAX)?.ok_or_else(|| {
+        ApiError::bad_field(
+            "after",
+            "is required: the last seq the client has seen (0 for all)",
+        )
+    })?;
+    let unread = int_param(&q, "unread", 0, i64::MAX)?;
+    let timeout = int_param(&q, "timeout", 1, MAX_TIMEOUT)?.unwrap_or(DEFAULT_TIMEOUT);
+    let user = user.0.user;
+
+    let page = state
+        .store
+        .list(
+            &user,
+            ListQuery::After {
+                after,
+                limit: MAX_PAGE,
+                unread_only: false,
+            },
+        )
+        .await?;
+    if !page.notifications.is_empty() || unread.is_some_and(|u| u != page.counts.unread) {
+        return Ok(answer_page(&page.notifications, page.counts));
+    }
+
+    let mut conn = state
+        .hub
+        .connect(&user, Cursor::After(after), Transport::LongPoll)?;
+    let deadline = tokio::time::sleep(Duration::from_secs(timeout as u64));
+    tokio::pin!(deadline);
+    let mut found: Vec<(Seq, Arc<str>)> = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            _ = &mut deadline => return Ok(HttpResponse::NoContent().finish()),
+            f = conn.rx.recv() => f,
+        };
+        match frame {
+            Some(Frame::Update {
+                notifications,
+                counts: c,
+                ..
+            }) => {
+                let mut counts = c;
+                found.extend(notifications);
+                // Take whatever else is already queued, so one answer carries a burst.
+                while let Ok(Frame::Update {
+                    notifications,
+                    counts: c,
+                    ..
+                }) = conn.rx.try_recv()
+                {
+                    counts = c;
+                    found.extend(notifications);
+                }
+                if !found.is_empty() || unread.is_some_and(|u| u != counts.unread) {
+                    found.truncate(MAX_PAGE as usize);
+                    return Ok(answer_rendered(&found, counts));
+                }
+            }
+            Some(Frame::Resync { .. }) => {
+                // Far behind: answer with the first page; the client polls on from there.
+                let page = state
+                    .store
+                    .list(
+                        &user,
+                        ListQuery::After {
+                            after,
+                            limit: MAX_PAGE,
+                            unread_only: false,
+                        },
+                    )
+                    .await?;
+                return Ok(answer_page(&page.notifications, page.counts));
+            }
+            // Stopping, or cut off: the client polls again with the same cursor.
+            Some(Frame::Shutdown) | None => return Ok(HttpResponse::NoContent().finish()),
+        }
+    }
+}
+
+fn answer_page(notifications: &[Notification], counts: Counts) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "notifications": notifications,
+        "unread": counts.unread,
+        "seq": counts.seq,
+    }))
+}
+
+/// The same body as [`answer_page`], from notifications already rendered by the hub.
+fn answer_rendered(found: &[(Seq, Arc<str>)], counts: Counts) -> HttpResponse {
+    let mut body = String::from("{\"notifications\":[");
+    for (i, (_, json)) in found.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(json);
+    }
+    let _ = write!(
+        body,
+        "],\"unread\":{},\"seq\":{}}}",
+        counts.unread, counts.seq
+    );
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body)
+}

@@ -1,0 +1,222 @@
+//! WebSocket: `GET /v1/ws`, JSON text frames both ways.
+
+use super::sse::expiry_instant;
+use super::{check_origin, cursor_param};
+use crate::api::error::ApiError;
+use crate::api::extract::{query_map, StreamUser};
+use crate::api::AppState;
+use crate::domain::UserId;
+use crate::hub::{Connection, Frame};
+use crate::ingest::parse_mark_read;
+use crate::metrics::Transport;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The largest message a client may send: a `read` of 1000 ids fits easily.
+const MAX_MESSAGE: usize = 64 * 1024;
+/// A client that does not take a frame within this long is treated as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+
+/// Open a WebSocket for the caller's notifications.
+///
+/// Server frames: `{"type":"notification","notification":{…}}`, `{"type":"unread","unread":n,"seq":s}`,
+/// `{"type":"resync","seq":s}`, `{"type":"pong"}`, `{"type":"error","detail":"…"}`. Client frames:
+/// `{"type":"read","ids":[…]}` or `{"type":"read","up_to":seq}`, and `{"type":"ping"}`. Close codes:
+/// 4001 token expired, 4008 too slow (resume with the cursor), 1012 server restarting.
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "live",
+    params(
+        ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, description = "The user token, for browsers, which cannot set headers on a WebSocket."),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::api::error::Problem, content_type = "application/problem+json", description = "The Origin is not allowed."),
+        (status = 503, body = crate::api::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn socket(
+    state: web::Data<AppState>,
+    user: StreamUser,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state.allowed_origins)?;
+    let cursor = cursor_param(&query_map(&req)?)?;
+    let user = user.0;
+    let conn = state
+        .hub
+        .connect(&user.user, cursor, Transport::WebSocket)?;
+    let (response, session, messages) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request(format!("not a WebSocket handshake: {e}")))?;
+    let messages = messages
+        .max_frame_size(MAX_MESSAGE)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_MESSAGE);
+    let task = SocketTask {
+        state: state.clone(),
+        user: user.user,
+        session,
+        conn,
+        heartbeat: state.heartbeat,
+        expires: expiry_instant(user.expires_at),
+    };
+    actix_web::rt::spawn(task.run(messages));
+    Ok(response)
+}
+
+struct SocketTask {
+    state: web::Data<AppState>,
+    user: UserId,
+    session: Session,
+    conn: Connection,
+    heartbeat: Duration,
+    expires: Instant,
+}
+
+enum End {
+    Close(CloseCode, &'static str),
+    Gone,
+}
+
+impl SocketTask {
+    async fn run(mut self, mut messages: actix_ws::AggregatedMessageStream) {
+        let mut ping = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        let expiry = tokio::time::sleep_until(self.expires);
+        tokio::pin!(expiry);
+        let mut missed_pongs = 0u8;
+        let end = loop {
+            tokio::select! {
+                _ = &mut expiry => break End::Close(CloseCode::Other(CLOSE_TOKEN_EXPIRED), "token expired"),
+                frame = self.conn.rx.recv() => match frame {
+                    Some(Frame::Shutdown) => break End::Close(CloseCode::Restart, "server restarting"),
+                    Some(frame) => {
+                        if !self.send_all(render(&frame)).await {
+                            break End::Gone;
+                        }
+                    }
+                    None if self.conn.control.overflowed() => {
+                        break End::Close(CloseCode::Other(CLOSE_TOO_SLOW), "too slow; reconnect with your cursor")
+                    }
+                    None => break End::Close(CloseCode::Restart, "session restarted"),
+                },
+                msg = messages.recv() => match msg {
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        let reply = self.on_client_message(&text).await;
+                        if let Some(reply) = reply {
+                            if !self.send(reply).await {
+                                break End::Gone;
+                            }
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        if self.session.pong(&bytes).await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => missed_pongs = 0,
+                    Some(Ok(AggregatedMessage::Binary(_))) => {
+                        break End::Close(CloseCode::Unsupported, "send JSON text frames")
+                    }
+                    Some(Ok(AggregatedMessage::Close(_))) | None => break End::Gone,
+                    Some(Err(_)) => break End::Close(CloseCode::Protocol, "protocol error"),
+                },
+                _ = ping.tick() => {
+                    if missed_pongs >= 2 {
+                        break End::Close(CloseCode::Away, "missed two pongs");
+                    }
+                    missed_pongs += 1;
+                    if self.session.ping(b"").await.is_err() {
+                        break End::Gone;
+                    }
+                }
+            }
+        };
+        if let End::Close(code, description) = end {
+            let reason = CloseReason {
+                code,
+                description: Some(description.to_owned()),
+            };
+            let _ = tokio::time::timeout(SEND_TIMEOUT, self.session.close(Some(reason))).await;
+        }
+    }
+
+    async fn send_all(&mut self, texts: Vec<String>) -> bool {
+        for text in texts {
+            if !self.send(text).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&mut self, text: String) -> bool {
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.session.text(text)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn on_client_message(&self, text: &str) -> Option<String> {
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return Some(error_frame(&format!("not JSON: {e}"))),
+        };
+        match value.get("type").and_then(|t| t.as_str()) {
+            Some("ping") => Some(r#"{"type":"pong"}"#.to_owned()),
+            Some("read") => match parse_mark_read(&value, &["type"]) {
+                // The new count reaches this socket (and every other) through the bus.
+                Ok(what) => match self.state.notifier.mark_read(&self.user, &what).await {
+                    Ok(_) => None,
+                    Err(e) => Some(error_frame(&ApiError::from(e).to_string())),
+                },
+                Err(errors) => {
+                    let fields: Vec<String> = errors
+                        .iter()
+                        .map(|e| format!("{} {}", e.field, e.message))
+                        .collect();
+                    Some(error_frame(&fields.join("; ")))
+                }
+            },
+            _ => Some(error_frame(
+                "unknown message type; send {\"type\":\"read\",...} or {\"type\":\"ping\"}",
+            )),
+        }
+    }
+}
+
+fn error_frame(detail: &str) -> String {
+    serde_json::json!({"type": "error", "detail": detail}).to_string()
+}
+
+/// One hub frame as WebSocket messages, one JSON object per text frame.
+fn render(frame: &Frame) -> Vec<String> {
+    match frame {
+        Frame::Update {
+            notifications,
+            counts,
+            ..
+        } => {
+            let mut out = Vec::with_capacity(notifications.len() + 1);
+            for (_, json) in notifications {
+                out.push(format!(
+                    "{{\"type\":\"notification\",\"notification\":{json}}}"
+                ));
+            }
+            out.push(format!(
+                "{{\"type\":\"unread\",\"unread\":{},\"seq\":{}}}",
+                counts.unread, counts.seq
+            ));
+            out
+        }
+        Frame::Resync { seq } => vec![format!("{{\"type\":\"resync\",\"seq\":{seq}}}")],
+        Frame::Shutdown => Vec::new(),
+    }
+}
