@@ -54,4 +54,8 @@ cargo clippy --locked --all-targets -- -D warnings
 say "cargo test"
 cargo test --locked --all-targets
 
+say "browser client unit tests (node --test)"
+command -v node >/dev/null 2>&1 || apt_install nodejs
+(cd clients/js && node --test)
+
 say "all tests passed"

@@ -75,6 +75,7 @@ fn token(
 ) -> anyhow::Result<()> {
     let settings = Settings::load()?;
     let auth = authenticator(&settings)?;
+    let demo_user = user.clone();
     let token = match (user, service) {
         (Some(user), _) => {
             auth.mint_user(&user, ttl.unwrap_or(std::time::Duration::from_secs(3600)))?
@@ -86,5 +87,10 @@ fn token(
         (None, None) => anyhow::bail!("give --user or --service"),
     };
     println!("{token}");
+    if let Some(user) = demo_user {
+        // On stderr, so `TOKEN=$(tidings token --user alice)` captures only the token.
+        let host = settings.server.listen.replace("0.0.0.0", "127.0.0.1");
+        eprintln!("Demo page for {user}: http://{host}/demo#token={token}");
+    }
     Ok(())
 }

@@ -13,6 +13,8 @@ pub enum Transport {
     Sse,
     WebSocket,
     LongPoll,
+    /// NDJSON and iframe streaming.
+    Stream,
 }
 
 impl Transport {
@@ -21,6 +23,7 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::WebSocket => "websocket",
             Transport::LongPoll => "longpoll",
+            Transport::Stream => "stream",
         }
     }
 }
@@ -102,7 +105,12 @@ impl Metrics {
             "Connections cut off because they did not read fast enough",
             slow_consumers.clone(),
         );
-        for transport in [Transport::Sse, Transport::WebSocket, Transport::LongPoll] {
+        for transport in [
+            Transport::Sse,
+            Transport::WebSocket,
+            Transport::LongPoll,
+            Transport::Stream,
+        ] {
             let _ = connections.get_or_create(&TransportLabel { transport });
         }
         Self {

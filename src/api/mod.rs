@@ -1,6 +1,7 @@
 //! The HTTP API: routes, extractors and the mapping of errors to problem documents.
 //! Everything below `api` is about HTTP; the core it calls knows nothing of it.
 
+pub mod demo;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -11,7 +12,7 @@ use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::notifier::Notifier;
 use crate::store::Store;
-use crate::transports::{longpoll, sse, ws};
+use crate::transports::{iframe, longpoll, ndjson, sse, ws};
 use actix_web::{web, HttpResponse};
 use error::ApiError;
 use std::sync::atomic::AtomicBool;
@@ -52,9 +53,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .route("/v1/notifications/stream", web::get().to(sse::stream))
+    .route(
+        "/v1/notifications/stream.ndjson",
+        web::get().to(ndjson::stream),
+    )
+    .route(
+        "/v1/notifications/stream.html",
+        web::get().to(iframe::stream),
+    )
     .route("/v1/notifications/poll", web::get().to(longpoll::poll))
     .route("/v1/ws", web::get().to(ws::socket))
     .route("/metrics", web::get().to(health::metrics))
+    .configure(demo::configure)
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .app_data(openapi_json)

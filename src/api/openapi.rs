@@ -2,7 +2,7 @@
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
 use super::{error, health, notifications};
-use crate::transports::{longpoll, sse, ws};
+use crate::transports::{iframe, longpoll, ndjson, sse, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -21,6 +21,8 @@ use utoipa::{Modify, OpenApi};
         notifications::unread_count,
         notifications::mark_read,
         sse::stream,
+        ndjson::stream,
+        iframe::stream,
         longpoll::poll,
         ws::socket,
         health::healthz,

@@ -1,8 +1,11 @@
 //! The live transports: SSE, long-poll and WebSocket. Each opens a hub connection from a
 //! cursor and turns [`Frame`](crate::hub::Frame)s into its own wire format.
 
+pub mod iframe;
 pub mod longpoll;
+pub mod ndjson;
 pub mod sse;
+pub mod stream;
 pub mod ws;
 
 use crate::api::error::ApiError;
@@ -35,21 +38,29 @@ pub fn cursor_param(q: &HashMap<String, String>) -> Result<Cursor, ApiError> {
     )
 }
 
-/// Refuses a cross-site WebSocket (or iframe) request: browsers always send `Origin`, so
-/// a page on another site cannot ride the user's cookies or token into a socket. Requests
-/// without `Origin` come from non-browser clients and are allowed.
+/// Refuses a cross-site WebSocket request: browsers always send `Origin`, so a page on
+/// another site cannot open a socket with the user's credentials. Requests without `Origin`
+/// come from non-browser clients and are allowed.
 pub fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or("");
+    match req.headers().get(header::ORIGIN) {
+        None => Ok(()),
+        Some(origin) => check_origin_value(req, origin.to_str().unwrap_or(""), allowed),
+    }
+}
+
+/// Whether `origin` is this server's own (its host and port are the request's Host) or one
+/// of the allowed origins (`*` allows any).
+pub fn check_origin_value(
+    req: &HttpRequest,
+    origin: &str,
+    allowed: &[String],
+) -> Result<(), ApiError> {
     if allowed
         .iter()
         .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
     {
         return Ok(());
     }
-    // Same origin: the Origin's host and port are the Host the request was sent to.
     let host = req.connection_info().host().to_owned();
     let same = url::Url::parse(origin).ok().is_some_and(|u| {
         let origin_host = match (u.host_str(), u.port()) {
@@ -62,9 +73,9 @@ pub fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiErro
     if same {
         Ok(())
     } else {
-        Err(
-            crate::auth::AuthError::Forbidden("this Origin is not allowed to open a socket here")
-                .into(),
+        Err(crate::auth::AuthError::Forbidden(
+            "this origin is not allowed; add it to TIDINGS__SERVER__ALLOWED_ORIGINS",
         )
+        .into())
     }
 }

@@ -1,6 +1,6 @@
 //! WebSocket: `GET /v1/ws`, JSON text frames both ways.
 
-use super::sse::expiry_instant;
+use super::stream::expiry_instant;
 use super::{check_origin, cursor_param};
 use crate::api::error::ApiError;
 use crate::api::extract::{query_map, StreamUser};

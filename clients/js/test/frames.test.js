@@ -1,0 +1,84 @@
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  parseSseEvent,
+  parseWsMessage,
+  parsePollResponse,
+  parsePage,
+  normalizeNotification,
+} from '../tidings.js';
+
+const raw = {
+  id: '0b6f8f4e-4a59-4c0e-9a57-0d0f0c1c2b3a',
+  seq: 7,
+  type: 'order.shipped',
+  title: 'Your order has shipped',
+  body: 'Parcel 1Z999 is on its way.',
+  data: { order_id: 1234 },
+  link: 'https://shop.example/orders/1234',
+  created_at: '2024-05-01T10:00:00Z',
+  read_at: null,
+};
+
+test('the same notification normalises identically from every transport', () => {
+  const sse = parseSseEvent('notification', JSON.stringify(raw), '7');
+  const ws = parseWsMessage(JSON.stringify({ type: 'notification', notification: raw }));
+  const poll = parsePollResponse(200, { notifications: [raw], unread: 3, seq: 7 });
+  assert.deepEqual(sse, { type: 'notification', notification: raw });
+  assert.deepEqual(ws, sse);
+  assert.deepEqual(poll[0], sse);
+  assert.deepEqual(poll[1], { type: 'unread', unread: 3, seq: 7 });
+});
+
+test('unread, resync and token-expired frames', () => {
+  assert.deepEqual(parseSseEvent('unread', '{"unread":2,"seq":9}'), { type: 'unread', unread: 2, seq: 9 });
+  assert.deepEqual(parseWsMessage('{"type":"unread","unread":0,"seq":0}'), { type: 'unread', unread: 0, seq: 0 });
+  assert.deepEqual(parseSseEvent('resync', '{"seq":900}'), { type: 'resync', seq: 900 });
+  assert.deepEqual(parseWsMessage('{"type":"resync","seq":900}'), { type: 'resync', seq: 900 });
+  assert.deepEqual(parseSseEvent('token-expired', ''), { type: 'token-expired' });
+  assert.deepEqual(parseWsMessage('{"type":"pong"}'), { type: 'pong' });
+});
+
+test('the SSE id fills in a missing seq', () => {
+  const { seq, ...noSeq } = raw;
+  assert.equal(seq, 7);
+  assert.equal(parseSseEvent('notification', JSON.stringify(noSeq), '7').notification.seq, 7);
+});
+
+test('malformed frames are ignored, not thrown', () => {
+  assert.equal(parseSseEvent('notification', '{not json'), null);
+  assert.equal(parseSseEvent('notification', '{"title":"no seq"}'), null);
+  assert.equal(parseSseEvent('unread', '{}'), null);
+  assert.equal(parseSseEvent('something-new', '{}'), null);
+  assert.equal(parseWsMessage('garbage'), null);
+  assert.equal(parseWsMessage('{"type":"notification"}'), null);
+  assert.equal(parseWsMessage('{"type":"later-feature"}'), null);
+  assert.equal(parseWsMessage('[1,2]'), null);
+  assert.deepEqual(parseSseEvent('resync', 'oops'), { type: 'resync', seq: null });
+});
+
+test('long-poll: 204 has no frames; 200 frames are sorted by seq', () => {
+  assert.deepEqual(parsePollResponse(204, null), []);
+  const frames = parsePollResponse(200, {
+    notifications: [{ ...raw, seq: 9 }, { ...raw, seq: 8 }],
+    unread: 2,
+    seq: 9,
+  });
+  assert.deepEqual(frames.map((f) => f.type), ['notification', 'notification', 'unread']);
+  assert.deepEqual(frames.slice(0, 2).map((f) => f.notification.seq), [8, 9]);
+});
+
+test('normalizeNotification fills optional fields and keeps extra ones', () => {
+  const n = normalizeNotification({ id: 1, seq: '3', title: 'Hi', extra: true });
+  assert.deepEqual(n, {
+    id: '1', seq: 3, type: '', title: 'Hi', body: null, data: null, link: null,
+    created_at: null, read_at: null, extra: true,
+  });
+  assert.equal(normalizeNotification({ seq: 0 }), null);
+  assert.equal(normalizeNotification(null), null);
+});
+
+test('parsePage tolerates missing fields', () => {
+  assert.deepEqual(parsePage({}), { notifications: [], unread: null, seq: null });
+  assert.deepEqual(parsePage('{"notifications":[{"seq":1}],"unread":1,"seq":1}').notifications.length, 1);
+});

@@ -1,0 +1,251 @@
+// Types for @tidings/client (tidings.js).
+
+export interface Notification {
+  id: string;
+  /** The user's own cursor: 1, 2, 3, … with no holes. */
+  seq: number;
+  type: string;
+  title: string;
+  body: string | null;
+  data: Record<string, unknown> | null;
+  link: string | null;
+  /** RFC 3339 */
+  created_at: string | null;
+  /** null while unread */
+  read_at: string | null;
+}
+
+export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'follower' | 'closed';
+export type Transport = 'sse' | 'websocket' | 'longpoll';
+export type TransportOption = 'auto' | Transport;
+export type Role = 'leader' | 'follower';
+
+/** Where a delivered notification came from. */
+export type NotificationSource =
+  | 'history' //  the first-connect page (option `history: 'latest'`)
+  | 'live' //     the stream (including the server's replay after reconnect)
+  | 'catchup'; // paging via GET /v1/notifications?after= (gap or resync)
+
+export interface NotificationMeta {
+  source: NotificationSource;
+  transport: Transport | null;
+}
+
+export interface StateInfo {
+  transport: Transport | null;
+  role: Role | null;
+  /** The leader tab's state (this tab's own when it is the leader). */
+  leaderState: ConnectionState | null;
+}
+
+export interface TokenRequest {
+  /** 'initial', 'expired' (SSE token-expired / WS 4001 / exp reached) or 'unauthorized' (a 401). */
+  reason: 'initial' | 'expired' | 'unauthorized';
+  /** true when the previous token was rejected or expired: do not hand it back. */
+  forceRefresh: boolean;
+}
+
+export interface UnreadCount {
+  unread: number | null;
+  seq: number | null;
+}
+
+export interface Page {
+  notifications: Notification[];
+  unread: number | null;
+  seq: number | null;
+}
+
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+export interface ConnectOptions {
+  /** Server origin (and path prefix), e.g. "https://tidings.example.com". '' = this page's origin. */
+  baseUrl?: string;
+  /** Returns (a Promise of) a user JWT. Called at start, on a 401, and on token expiry. */
+  getToken: (req: TokenRequest) => string | Promise<string>;
+  /** Default 'auto': SSE, falling back to long-poll (see README). */
+  transport?: TransportOption;
+  onNotification?: (n: Notification, meta: NotificationMeta) => void;
+  onUnread?: (unread: number, info: { seq: number }) => void;
+  onStateChange?: (state: ConnectionState, info: StateInfo) => void;
+  /** Reads made by this or another tab (to update read marks in lists). */
+  onRead?: (read: { ids: string[] } | { upTo: number }) => void;
+  /** Where the cursor is kept. Default localStorage; null = memory only. */
+  storage?: StorageLike | null;
+  /** Overrides the cursor key (default `tidings:cursor:<baseUrl>:<sub>`). */
+  storageKey?: string;
+
+  /** First connect only (no stored cursor). Default 'latest'. */
+  history?: 'latest' | 'all' | 'none';
+  /** Size of the first-connect page for history 'latest'. Default 50. */
+  historyLimit?: number;
+  /** One connection per browser (leader tab). Default true. */
+  shareConnection?: boolean;
+  /** A stream that sends no frame within this time counts as stalled. Default 5000. */
+  openTimeoutMs?: number;
+  /** Stalled SSE attempts in a row (REST answering) before auto switches to long-poll. Default 3. */
+  sseStrikes?: number;
+  backoffBaseMs?: number; // 500
+  backoffCapMs?: number; // 30000
+  /** Upper bound of the quick reconnect after 1012 / 4008 / token expiry / a healthy SSE end. Default 250. */
+  promptMs?: number;
+  /** A connection that lived this long resets the backoff. Default 5000. */
+  stableMs?: number;
+  /** Long-poll `timeout` (seconds). Default 30. */
+  pollTimeoutSec?: number;
+  /** WebSocket {"type":"ping"} interval. Default 20000. */
+  wsPingMs?: number;
+  /** Wait before fetching a tail the unread seq says is missing. Default 3000. */
+  lagCheckMs?: number;
+  /** Heartbeat election (only without Web Locks). Defaults 1000 / 5000 / 1200. */
+  heartbeatMs?: number;
+  leaderTimeoutMs?: number;
+  leaderClaimMs?: number;
+
+  /** Injection points for tests and non-browser runtimes. */
+  fetch?: typeof fetch;
+  EventSource?: unknown;
+  WebSocket?: unknown;
+  BroadcastChannel?: unknown;
+  locks?: unknown;
+  random?: () => number;
+}
+
+export interface TidingsClient {
+  /** Current state of this tab. */
+  readonly state: ConnectionState;
+  /** Last seq delivered to onNotification (null before the first connect has settled). */
+  readonly cursor: number | null;
+  /** The live transport: this tab's, or the leader tab's when a follower. */
+  readonly transport: Transport | null;
+  readonly role: Role | null;
+  readonly leaderState: ConnectionState | null;
+  /** Last unread count from the server. */
+  readonly unread: number | null;
+  /** The user (JWT `sub`), once started. */
+  readonly user: string | null;
+  /** Resolves once the token is read and the tab has joined the election. */
+  readonly ready: Promise<void>;
+
+  /** POST /v1/notifications/read {ids} (chunks of 1000). */
+  markRead(ids: string | string[]): Promise<UnreadCount | null>;
+  /** POST /v1/notifications/read {up_to: cursor}: never marks what was not delivered. */
+  markAllRead(): Promise<UnreadCount | null>;
+  /** GET /v1/notifications?before=&limit=&unread= (newest first), for rendering a list. */
+  list(params?: { before?: number; limit?: number; unread?: boolean }): Promise<Page>;
+  /** Skip the backoff wait and reconnect now (leader only). */
+  reconnect(): void;
+  /** Closes the connection, hands leadership to another tab. */
+  close(): void;
+}
+
+export function connect(options: ConnectOptions): TidingsClient;
+
+// ---- pure building blocks (exported for tests and custom transports) ----
+
+export const VERSION: string;
+export const STATES: readonly ConnectionState[];
+export const TRANSPORTS: readonly Transport[];
+export const PAGE_LIMIT: number;
+
+export type Frame =
+  | { type: 'notification'; notification: Notification }
+  | { type: 'unread'; unread: number; seq: number | null }
+  | { type: 'resync'; seq: number | null }
+  | { type: 'token-expired' }
+  | { type: 'pong' };
+
+export function decodeJwtPayload(token: string): Record<string, unknown> | null;
+export function normalizeBaseUrl(baseUrl?: string, href?: string): string;
+export function buildUrl(baseUrl: string, path: string, query?: Record<string, unknown>): string;
+export function toWebSocketUrl(httpUrl: string): string;
+export function storageKeyFor(baseUrl: string, user: string): string;
+export function channelNameFor(baseUrl: string, user: string): string;
+export function toSeq(v: unknown): number | null;
+
+export class CursorStore {
+  constructor(storage: StorageLike | null, key: string);
+  get(): number | null;
+  set(seq: number): void;
+  clear(): void;
+}
+
+export interface AcceptResult {
+  delivered: Notification[];
+  duplicate: boolean;
+  /** Missing: seqs after+1 .. before-1. */
+  gap: { after: number; before: number } | null;
+}
+
+export class SeqTracker {
+  constructor(cursor?: number | null, options?: { maxPending?: number });
+  cursor: number | null;
+  highestSeen: number;
+  duplicates: number;
+  skipped: number;
+  accept(n: Notification): AcceptResult;
+  acceptPage(list: Notification[]): { delivered: Notification[]; duplicates: number; skipped: number };
+  skipGap(): Notification[];
+  advanceTo(seq: number): Notification[];
+  reset(seq: number | null): void;
+  gap(): { after: number; before: number } | null;
+  hasGap(): boolean;
+}
+
+export interface BackoffOptions {
+  baseMs?: number;
+  capMs?: number;
+  random?: () => number;
+}
+export function backoffDelay(attempt: number, options?: BackoffOptions): number;
+export function reconnectDelay(
+  outcome: { reason: string; healthy?: boolean; attempt?: number },
+  options?: BackoffOptions & { promptMs?: number },
+): number;
+export function closeCodeReason(code: number | undefined, healthy?: boolean): string;
+export function chooseTransport(
+  requested: TransportOption | undefined,
+  env: { hasEventSource: boolean; hasWebSocket: boolean; sseDisabled?: boolean },
+): Transport;
+
+export class SseFallbackPolicy {
+  constructor(options?: { maxStrikes?: number });
+  strikes: number;
+  tripped: boolean;
+  record(attempt: { healthy: boolean; serverReachable?: boolean }): boolean;
+}
+
+export function normalizeNotification(raw: unknown): Notification | null;
+export function parseSseEvent(event: string, data: string, lastEventId?: string): Frame | null;
+export function parseWsMessage(text: string): Frame | null;
+export function parsePage(body: unknown): Page;
+export function parsePollResponse(status: number, body: unknown): Frame[];
+
+export type ElectionMessage = { t: 'hb' | 'hb?' | 'bye'; from: string; since?: number };
+export class HeartbeatElection {
+  constructor(options?: { id?: string; heartbeatMs?: number; timeoutMs?: number; claimMs?: number });
+  readonly id: string;
+  role: 'idle' | 'candidate' | 'leader' | 'follower' | 'stopped';
+  leaderId: string | null;
+  start(now: number): ElectionMessage[];
+  receive(msg: ElectionMessage, now: number): ElectionMessage[];
+  tick(now: number): ElectionMessage[];
+  stop(): ElectionMessage[];
+}
+
+export class TokenSource {
+  constructor(getToken: ConnectOptions['getToken'], options?: { skewMs?: number; now?: () => number });
+  get(options?: { force?: boolean; reason?: TokenRequest['reason'] }): Promise<string>;
+}
+
+export class HttpError extends Error {
+  status: number;
+  problem: { type?: string; title?: string; status?: number; detail?: string } | null;
+}
+
+declare const _default: { connect: typeof connect };
+export default _default;

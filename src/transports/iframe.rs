@@ -1,0 +1,144 @@
+//! The hidden-iframe stream: `GET /v1/notifications/stream.html?origin=…`, for browsers
+//! and proxies where neither EventSource nor streaming fetch works. The response is an HTML
+//! document that never ends; each event is a `<script>` chunk that hands it to the parent
+//! page with `postMessage`, addressed to the parent's origin only (never `*`), and only when
+//! that origin is allowed.
+
+use super::stream::{EventStream, Format};
+use super::{check_origin_value, cursor_param};
+use crate::api::error::ApiError;
+use crate::api::extract::{query_map, StreamUser};
+use crate::api::AppState;
+use crate::domain::Seq;
+use crate::metrics::Transport;
+use crate::store::Counts;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::fmt::Write;
+
+/// Browsers render a partial document only after a first kilobyte or two: this much
+/// padding goes out before the first event.
+const PADDING: usize = 2048;
+
+pub struct Iframe {
+    /// The parent's origin as a JS string literal, escaped for a `<script>` block.
+    origin_js: String,
+}
+
+/// JSON made safe inside `<script>`: `<` cannot appear outside a JSON string, and inside
+/// one `\u003c` means the same, so no `</script>` or `<!--` can end the block early.
+fn script_safe(json: &str) -> String {
+    json.replace('<', "\\u003c")
+}
+
+impl Iframe {
+    fn post(&self, out: &mut String, event: &str) {
+        let _ = writeln!(out, "<script>p({})</script>", script_safe(event));
+    }
+}
+
+impl Format for Iframe {
+    fn open(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>tidings</title></head><body>\n\
+             <script>var o={};function p(e){{parent.postMessage(e,o)}}</script>\n<!--",
+            self.origin_js
+        );
+        out.extend(std::iter::repeat_n(' ', PADDING));
+        out.push_str("-->\n");
+    }
+
+    fn notification(&self, out: &mut String, _: Seq, json: &str) {
+        self.post(
+            out,
+            &format!("{{\"type\":\"notification\",\"notification\":{json}}}"),
+        );
+    }
+
+    fn unread(&self, out: &mut String, counts: &Counts, last: Seq) {
+        let event = format!(
+            "{{\"type\":\"unread\",\"unread\":{},\"seq\":{},\"last\":{last}}}",
+            counts.unread, counts.seq
+        );
+        self.post(out, &event);
+    }
+
+    fn resync(&self, out: &mut String, seq: Seq) {
+        self.post(out, &format!("{{\"type\":\"resync\",\"seq\":{seq}}}"));
+    }
+
+    fn token_expired(&self, out: &mut String) {
+        self.post(out, "{\"type\":\"token-expired\"}");
+        out.push_str("</body></html>\n");
+    }
+
+    fn reconnect(&self, out: &mut String) {
+        self.post(out, "{\"type\":\"reconnect\"}");
+        out.push_str("</body></html>\n");
+    }
+
+    fn ping(&self, out: &mut String) {
+        out.push_str("<!-- ping -->\n");
+    }
+}
+
+/// Stream the caller's notifications into a hidden iframe, as `postMessage` calls to the parent.
+#[utoipa::path(
+    get, path = "/v1/notifications/stream.html", tag = "live",
+    params(
+        ("origin" = String, Query, description = "The parent page's origin: it must be an allowed origin (or this server's own), and events are posted to it only."),
+        ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, description = "The user token (an iframe cannot set headers)."),
+    ),
+    responses(
+        (status = 200, content_type = "text/html", body = String, description = "A never-ending HTML document of `<script>` chunks; each calls `parent.postMessage(event, origin)` with the same events as the NDJSON stream."),
+        (status = 400, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::api::error::Problem, content_type = "application/problem+json", description = "The origin is not allowed."),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn stream(
+    state: web::Data<AppState>,
+    user: StreamUser,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let q = query_map(&req)?;
+    let origin = q.get("origin").ok_or_else(|| {
+        ApiError::bad_field(
+            "origin",
+            "is required: the parent page's origin, such as https://app.example",
+        )
+    })?;
+    let parsed = url::Url::parse(origin)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| {
+            ApiError::bad_field("origin", "must be an origin such as https://app.example")
+        })?;
+    let origin = parsed.origin().ascii_serialization();
+    check_origin_value(&req, &origin, &state.allowed_origins)?;
+    let cursor = cursor_param(&q)?;
+    let user = user.0;
+    let conn = state.hub.connect(&user.user, cursor, Transport::Stream)?;
+    let format = Iframe {
+        origin_js: script_safe(&serde_json::to_string(&origin).unwrap_or_default()),
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        // Only the parent it posts to may frame it.
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            format!("frame-ancestors {origin}"),
+        ))
+        .streaming(EventStream::new(
+            format,
+            conn,
+            state.heartbeat,
+            user.expires_at,
+        )))
+}

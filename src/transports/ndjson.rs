@@ -1,0 +1,85 @@
+//! HTTP streaming as newline-delimited JSON: `GET /v1/notifications/stream.ndjson`, for
+//! fetch/XHR-streaming clients and for scripts (`curl -N`). Same cursor rules as SSE.
+
+use super::cursor_param;
+use super::stream::{EventStream, Format};
+use crate::api::error::ApiError;
+use crate::api::extract::{query_map, StreamUser};
+use crate::api::AppState;
+use crate::domain::Seq;
+use crate::metrics::Transport;
+use crate::store::Counts;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::fmt::Write;
+
+/// One JSON object per line: `{"type":"notification","notification":{…}}`,
+/// `{"type":"unread","unread":n,"seq":s,"last":l}`, `{"type":"resync","seq":s}`,
+/// `{"type":"token-expired"}`, `{"type":"reconnect"}`, `{"type":"ping"}`.
+pub struct Ndjson;
+
+impl Format for Ndjson {
+    fn open(&self, _: &mut String) {}
+
+    fn notification(&self, out: &mut String, _: Seq, json: &str) {
+        let _ = writeln!(out, "{{\"type\":\"notification\",\"notification\":{json}}}");
+    }
+
+    fn unread(&self, out: &mut String, counts: &Counts, last: Seq) {
+        let _ = writeln!(
+            out,
+            "{{\"type\":\"unread\",\"unread\":{},\"seq\":{},\"last\":{last}}}",
+            counts.unread, counts.seq
+        );
+    }
+
+    fn resync(&self, out: &mut String, seq: Seq) {
+        let _ = writeln!(out, "{{\"type\":\"resync\",\"seq\":{seq}}}");
+    }
+
+    fn token_expired(&self, out: &mut String) {
+        out.push_str("{\"type\":\"token-expired\"}\n");
+    }
+
+    fn reconnect(&self, out: &mut String) {
+        out.push_str("{\"type\":\"reconnect\"}\n");
+    }
+
+    fn ping(&self, out: &mut String) {
+        out.push_str("{\"type\":\"ping\"}\n");
+    }
+}
+
+/// Stream the caller's notifications as newline-delimited JSON.
+#[utoipa::path(
+    get, path = "/v1/notifications/stream.ndjson", tag = "live",
+    params(
+        ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set."),
+    ),
+    responses(
+        (status = 200, content_type = "application/x-ndjson", body = String, description = "One JSON event per line."),
+        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 503, body = crate::api::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn stream(
+    state: web::Data<AppState>,
+    user: StreamUser,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let cursor = cursor_param(&query_map(&req)?)?;
+    let user = user.0;
+    let conn = state.hub.connect(&user.user, cursor, Transport::Stream)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/x-ndjson"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(EventStream::new(
+            Ndjson,
+            conn,
+            state.heartbeat,
+            user.expires_at,
+        )))
+}
