@@ -18,9 +18,13 @@ use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Writes (publish, mark read) and reads (listing, replay, catch-up) use separate pools,
+/// so a storm of reconnecting clients replaying their backlog can never starve publishing
+/// of connections: the notification that the clients are waiting for must still commit.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    read_pool: PgPool,
 }
 
 const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at";
@@ -32,10 +36,15 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let read_pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.application_name("tidings-read"))
+            .await?;
+        Ok(Self { pool, read_pool })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -43,7 +52,7 @@ impl PgStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.read_pool).await?;
         Ok(())
     }
 
@@ -158,7 +167,7 @@ impl PgStore {
 
     pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
         // One snapshot for the page and the counts, so they agree with each other.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
@@ -205,7 +214,7 @@ impl PgStore {
     }
 
     pub async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_pool.acquire().await?;
         counts(&mut conn, user).await
     }
 
@@ -269,6 +278,7 @@ impl PgStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.read_pool.close().await;
     }
 }
 

@@ -7,5 +7,6 @@ mod auth;
 mod cursor;
 mod idempotency;
 mod inbox;
+mod live;
 mod operations;
 mod publish;

@@ -1,0 +1,457 @@
+//! Real `tidings` processes, a fresh Postgres database and a private `redis-server`.
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use sqlx::{Connection, Executor, PgConnection};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep, Instant};
+
+/// The same secret as the API suite's.
+pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";
+/// `TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS` of every replica.
+pub const GRACE_SECONDS: u64 = 3;
+
+const START_WITHIN: Duration = Duration::from_secs(30);
+
+fn postgres_admin_url() -> String {
+    std::env::var("TIDINGS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+fn sign(sub: &str, exp_in: i64, scope: Option<&str>) -> String {
+    let claims = Claims {
+        sub,
+        exp: chrono::Utc::now().timestamp() + exp_in,
+        scope,
+    };
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub fn user_token(user: &str) -> String {
+    sign(user, 3600, None)
+}
+
+pub fn service_token(service: &str) -> String {
+    sign(service, 3600, Some("notifications:publish"))
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn log_file(path: &Path) -> (Stdio, Stdio) {
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log file");
+    let clone = file.try_clone().expect("log file");
+    (Stdio::from(file), Stdio::from(clone))
+}
+
+/// The last `lines` lines of a log, for failure messages.
+fn tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let _ = f.read_to_string(&mut text);
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits up to `within` for a child to exit.
+async fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn kill_now(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub struct Replica {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Replica {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl RedisServer {
+    fn spawn(&mut self) {
+        let (out, err) = log_file(&self.log);
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("redis-server must be installed for the cluster tests");
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_WITHIN;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "redis-server on port {} exited with {status}:\n{}",
+                        self.port,
+                        tail(&self.log, 20)
+                    );
+                }
+            }
+            if self.ping().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer within {START_WITHIN:?}:\n{}",
+                self.port,
+                tail(&self.log, 20)
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ping(&self) -> bool {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .ok()?;
+            s.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 16];
+            let n = s.read(&mut buf).await.ok()?;
+            Some(buf[..n].starts_with(b"+PONG"))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), attempt).await,
+            Ok(Some(true))
+        )
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_now(&mut child);
+        }
+    }
+}
+
+/// Replicas of one deployment: one database, one Redis, one channel.
+pub struct Cluster {
+    pub client: reqwest::Client,
+    dir: tempfile::TempDir,
+    db_name: String,
+    db_url: String,
+    channel: String,
+    redis: RedisServer,
+    replicas: Vec<Replica>,
+}
+
+impl Cluster {
+    /// A fresh database, a private Redis, and `n` replicas, each answering `/healthz`.
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db_name = format!("tidings_cluster_{}", uuid::Uuid::new_v4().simple());
+        let admin = postgres_admin_url();
+        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("Postgres is required for the cluster tests at {admin}: {e}")
+        });
+        conn.execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
+            .await
+            .expect("create the cluster database");
+        let _ = conn.close().await;
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let db_url = format!("{base}/{db_name}");
+
+        let redis_port = free_port();
+        let mut cluster = Cluster {
+            client: reqwest::Client::new(),
+            db_name,
+            db_url,
+            channel: format!("tidings-test-{}", uuid::Uuid::new_v4().simple()),
+            redis: RedisServer {
+                port: redis_port,
+                child: None,
+                dir: dir.path().to_owned(),
+                log: dir.path().join("redis.log"),
+            },
+            replicas: Vec::new(),
+            dir,
+        };
+        cluster.redis.spawn();
+        cluster.redis.wait_ready().await;
+        for i in 0..n {
+            cluster.replicas.push(Replica {
+                port: free_port(),
+                child: None,
+                log: cluster.dir.path().join(format!("replica-{i}.log")),
+            });
+            // One at a time: the first one runs the migrations.
+            cluster.spawn_replica(i);
+            cluster.wait_healthy(i).await;
+        }
+        cluster
+    }
+
+    #[allow(dead_code)] // harness API, handy in new tests
+    pub fn replica(&self, i: usize) -> &Replica {
+        &self.replicas[i]
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.replicas[i].url()
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas.iter().map(Replica::url).collect()
+    }
+
+    fn spawn_replica(&mut self, i: usize) {
+        let replica = &mut self.replicas[i];
+        assert!(replica.child.is_none(), "replica {i} is already running");
+        let (out, err) = log_file(&replica.log);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        cmd.arg("serve")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // Only what this test sets: nothing from the environment the tests run in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TIDINGS") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .env("TIDINGS_PROFILE", "local")
+            .env(
+                "TIDINGS__SERVER__LISTEN",
+                format!("127.0.0.1:{}", replica.port),
+            )
+            .env("TIDINGS__SERVER__WORKERS", "2")
+            .env("TIDINGS__SERVER__HEARTBEAT_SECONDS", "2")
+            .env(
+                "TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS",
+                GRACE_SECONDS.to_string(),
+            )
+            .env("TIDINGS__DATABASE__URL", &self.db_url)
+            .env("TIDINGS__DATABASE__MAX_CONNECTIONS", "5")
+            .env(
+                "TIDINGS__REDIS__URL",
+                format!("redis://127.0.0.1:{}", self.redis.port),
+            )
+            .env("TIDINGS__REDIS__CHANNEL", &self.channel)
+            .env("TIDINGS__AUTH__JWT_SECRET", SECRET)
+            .env(
+                "TIDINGS__AUTH__SECRET_FILE",
+                self.dir.path().join("tidings.secret"),
+            )
+            .env("TIDINGS__LOG__LEVEL", "info");
+        if let Ok(mut f) = File::options().append(true).open(&replica.log) {
+            let _ = writeln!(f, "==== test harness: starting replica {i} ====");
+        }
+        replica.child = Some(cmd.spawn().expect("start tidings"));
+    }
+
+    async fn wait_healthy(&mut self, i: usize) {
+        let deadline = Instant::now() + START_WITHIN;
+        let url = format!("{}/healthz", self.url(i));
+        loop {
+            let replica = &mut self.replicas[i];
+            if let Some(child) = replica.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    replica.child = None;
+                    panic!(
+                        "replica {i} exited with {status} while starting:\n{}",
+                        tail(&replica.log, 40)
+                    );
+                }
+            }
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(2), self.client.get(&url).send()).await,
+                Ok(Ok(resp)) if resp.status() == 200
+            );
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} did not answer /healthz within {START_WITHIN:?}:\n{}",
+                tail(&self.replicas[i].log, 40)
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9`: no goodbye to anyone.
+    pub fn kill9(&mut self, i: usize) {
+        let child = self.replicas[i]
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("replica {i} is not running"));
+        kill_now(child);
+        self.replicas[i].child = None;
+    }
+
+    /// Sends SIGTERM and returns at once; see [`Cluster::wait_exit`].
+    pub fn sigterm(&mut self, i: usize) {
+        let child = self.replicas[i]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("replica {i} is not running"));
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {}", child.id());
+    }
+
+    /// Waits for replica `i` to exit; panics (and kills it) if it does not within `within`.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> ExitStatus {
+        let replica = &mut self.replicas[i];
+        let child = replica
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("replica {i} is not running"));
+        match wait_child(child, within).await {
+            Some(status) => {
+                replica.child = None;
+                status
+            }
+            None => {
+                kill_now(child);
+                replica.child = None;
+                panic!(
+                    "replica {i} did not exit within {within:?} of SIGTERM:\n{}",
+                    tail(&replica.log, 40)
+                );
+            }
+        }
+    }
+
+    /// Starts replica `i` again on its port (killing it first if it still runs).
+    pub async fn restart(&mut self, i: usize) {
+        if let Some(child) = self.replicas[i].child.as_mut() {
+            kill_now(child);
+            self.replicas[i].child = None;
+        }
+        self.spawn_replica(i);
+        self.wait_healthy(i).await;
+    }
+
+    /// Kills the Redis server (its data goes with it: there is none worth keeping).
+    pub fn redis_stop(&mut self) {
+        self.redis.stop();
+    }
+
+    /// Starts Redis again on the same port.
+    pub async fn redis_start(&mut self) {
+        assert!(self.redis.child.is_none(), "Redis is already running");
+        self.redis.spawn();
+        self.redis.wait_ready().await;
+    }
+
+    #[allow(dead_code)] // harness API, handy in new tests
+    pub async fn redis_restart(&mut self) {
+        self.redis_stop();
+        self.redis_start().await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for replica in &mut self.replicas {
+            if let Some(child) = replica.child.as_mut() {
+                kill_now(child);
+            }
+            replica.child = None;
+        }
+        self.redis.stop();
+        if std::thread::panicking() {
+            for (i, replica) in self.replicas.iter().enumerate() {
+                eprintln!(
+                    "---- replica {i} ({}) log, last lines ----\n{}",
+                    replica.url(),
+                    tail(&replica.log, 60)
+                );
+            }
+            eprintln!("---- redis log ----\n{}", tail(&self.redis.log, 20));
+        }
+        let name = self.db_name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut conn) = PgConnection::connect(&postgres_admin_url()).await {
+                        let _ = conn
+                            .execute(
+                                format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)
+                                    .as_str(),
+                            )
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
