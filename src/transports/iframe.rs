@@ -4,7 +4,8 @@
 //! page with `postMessage`, addressed to the parent's origin only (never `*`), and only when
 //! that origin is allowed.
 
-use super::stream::{EventStream, Format};
+use super::ndjson::Ndjson;
+use super::stream::{stream_response, EventStream, Format};
 use super::{check_origin_value, cursor_param};
 use crate::api::error::ApiError;
 use crate::api::extract::{query_map, StreamUser};
@@ -32,8 +33,13 @@ fn script_safe(json: &str) -> String {
 }
 
 impl Iframe {
-    fn post(&self, out: &mut String, event: &str) {
-        let _ = writeln!(out, "<script>p({})</script>", script_safe(event));
+    /// Each NDJSON event, posted to the parent by one `<script>` chunk.
+    fn post(&self, out: &mut String, render: impl FnOnce(&mut String)) {
+        let mut lines = String::new();
+        render(&mut lines);
+        for event in lines.lines() {
+            let _ = writeln!(out, "<script>p({})</script>", script_safe(event));
+        }
     }
 }
 
@@ -49,32 +55,25 @@ impl Format for Iframe {
         out.push_str("-->\n");
     }
 
-    fn notification(&self, out: &mut String, _: Seq, json: &str) {
-        self.post(
-            out,
-            &format!("{{\"type\":\"notification\",\"notification\":{json}}}"),
-        );
+    fn notification(&self, out: &mut String, seq: Seq, json: &str) {
+        self.post(out, |o| Ndjson.notification(o, seq, json));
     }
 
     fn unread(&self, out: &mut String, counts: &Counts, last: Seq) {
-        let event = format!(
-            "{{\"type\":\"unread\",\"unread\":{},\"seq\":{},\"last\":{last}}}",
-            counts.unread, counts.seq
-        );
-        self.post(out, &event);
+        self.post(out, |o| Ndjson.unread(o, counts, last));
     }
 
     fn resync(&self, out: &mut String, seq: Seq) {
-        self.post(out, &format!("{{\"type\":\"resync\",\"seq\":{seq}}}"));
+        self.post(out, |o| Ndjson.resync(o, seq));
     }
 
     fn token_expired(&self, out: &mut String) {
-        self.post(out, "{\"type\":\"token-expired\"}");
+        self.post(out, |o| Ndjson.token_expired(o));
         out.push_str("</body></html>\n");
     }
 
     fn reconnect(&self, out: &mut String) {
-        self.post(out, "{\"type\":\"reconnect\"}");
+        self.post(out, |o| Ndjson.reconnect(o));
         out.push_str("</body></html>\n");
     }
 
@@ -125,10 +124,7 @@ pub async fn stream(
     let format = Iframe {
         origin_js: script_safe(&serde_json::to_string(&origin).unwrap_or_default()),
     };
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
+    Ok(stream_response("text/html; charset=utf-8")
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         // Only the parent it posts to may frame it.
         .insert_header((

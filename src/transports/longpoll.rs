@@ -9,10 +9,10 @@
 use crate::api::error::ApiError;
 use crate::api::extract::{int_param, query_map, StreamUser};
 use crate::api::AppState;
-use crate::domain::{Cursor, Notification, Seq};
+use crate::domain::{Cursor, Notification, Seq, UserId};
 use crate::hub::Frame;
 use crate::metrics::Transport;
-use crate::store::{Counts, ListQuery, MAX_PAGE};
+use crate::store::{Counts, ListQuery, Page, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -55,17 +55,7 @@ pub async fn poll(
     let timeout = int_param(&q, "timeout", 1, MAX_TIMEOUT)?.unwrap_or(DEFAULT_TIMEOUT);
     let user = user.0.user;
 
-    let page = state
-        .store
-        .list(
-            &user,
-            ListQuery::After {
-                after,
-                limit: MAX_PAGE,
-                unread_only: false,
-            },
-        )
-        .await?;
+    let page = first_page(&state, &user, after).await?;
     if !page.notifications.is_empty() || unread.is_some_and(|u| u != page.counts.unread) {
         return Ok(answer_page(&page.notifications, page.counts));
     }
@@ -106,23 +96,23 @@ pub async fn poll(
             }
             Some(Frame::Resync { .. }) => {
                 // Far behind: answer with the first page; the client polls on from there.
-                let page = state
-                    .store
-                    .list(
-                        &user,
-                        ListQuery::After {
-                            after,
-                            limit: MAX_PAGE,
-                            unread_only: false,
-                        },
-                    )
-                    .await?;
+                let page = first_page(&state, &user, after).await?;
                 return Ok(answer_page(&page.notifications, page.counts));
             }
             // Stopping, or cut off: the client polls again with the same cursor.
             Some(Frame::Shutdown) | None => return Ok(HttpResponse::NoContent().finish()),
         }
     }
+}
+
+/// Up to a page of what follows the cursor, with the counters.
+async fn first_page(state: &AppState, user: &UserId, after: Seq) -> Result<Page, ApiError> {
+    let q = ListQuery::After {
+        after,
+        limit: MAX_PAGE,
+        unread_only: false,
+    };
+    Ok(state.store.list(user, q).await?)
 }
 
 fn answer_page(notifications: &[Notification], counts: Counts) -> HttpResponse {

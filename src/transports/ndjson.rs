@@ -2,14 +2,13 @@
 //! fetch/XHR-streaming clients and for scripts (`curl -N`). Same cursor rules as SSE.
 
 use super::cursor_param;
-use super::stream::{EventStream, Format};
+use super::stream::{stream_response, EventStream, Format};
 use crate::api::error::ApiError;
 use crate::api::extract::{query_map, StreamUser};
 use crate::api::AppState;
 use crate::domain::Seq;
 use crate::metrics::Transport;
 use crate::store::Counts;
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
 
@@ -72,14 +71,6 @@ pub async fn stream(
     let cursor = cursor_param(&query_map(&req)?)?;
     let user = user.0;
     let conn = state.hub.connect(&user.user, cursor, Transport::Stream)?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "application/x-ndjson"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(EventStream::new(
-            Ndjson,
-            conn,
-            state.heartbeat,
-            user.expires_at,
-        )))
+    let body = EventStream::new(Ndjson, conn, state.heartbeat, user.expires_at);
+    Ok(stream_response("application/x-ndjson").streaming(body))
 }

@@ -1,14 +1,13 @@
 //! Server-Sent Events: `GET /v1/notifications/stream`.
 
 use super::cursor_param;
-use super::stream::{EventStream, Format};
+use super::stream::{stream_response, EventStream, Format};
 use crate::api::error::ApiError;
 use crate::api::extract::{query_map, StreamUser};
 use crate::api::AppState;
 use crate::domain::{Cursor, Seq};
 use crate::metrics::Transport;
 use crate::store::Counts;
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
 
@@ -52,12 +51,14 @@ pub async fn stream(
     };
     let user = user.0;
     let conn = state.hub.connect(&user.user, cursor, Transport::Sse)?;
-    let body = EventStream::new(Sse, conn, state.heartbeat, user.expires_at);
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    Ok(
+        stream_response("text/event-stream").streaming(EventStream::new(
+            Sse,
+            conn,
+            state.heartbeat,
+            user.expires_at,
+        )),
+    )
 }
 
 /// The `text/event-stream` wire format.

@@ -4,7 +4,9 @@
 use crate::domain::Seq;
 use crate::hub::{Connection, Frame};
 use crate::store::Counts;
+use actix_web::http::header;
 use actix_web::web::Bytes;
+use actix_web::{HttpResponse, HttpResponseBuilder};
 use futures_util::Stream;
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +30,17 @@ pub trait Format: Unpin {
     /// The replica is stopping, or the stream must be reopened: tell the client to come back soon.
     fn reconnect(&self, out: &mut String);
     fn ping(&self, out: &mut String);
+}
+
+/// The start of every stream response: never cached, never buffered by a proxy (nginx
+/// honours `X-Accel-Buffering`), so each event reaches the client as it is written.
+pub fn stream_response(content_type: &'static str) -> HttpResponseBuilder {
+    let mut builder = HttpResponse::Ok();
+    builder
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"));
+    builder
 }
 
 /// When a token's `exp` (Unix seconds) passes, as a timer deadline.
