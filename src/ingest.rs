@@ -4,7 +4,7 @@
 //! response can name *every* bad or unknown field at once instead of only the first one serde
 //! trips over.
 
-use crate::domain::{Body, Link, NotificationData, NotificationType, Title, UserId};
+use crate::domain::{Body, Link, NotificationData, NotificationType, Title, TopicName, UserId};
 use crate::store::MarkRead;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -14,7 +14,15 @@ use uuid::Uuid;
 /// At most this many distinct recipients per request.
 pub const MAX_RECIPIENTS: usize = 1000;
 
-const KNOWN_FIELDS: [&str; 6] = ["recipients", "type", "title", "body", "data", "link"];
+const KNOWN_FIELDS: [&str; 7] = [
+    "recipients",
+    "topic",
+    "type",
+    "title",
+    "body",
+    "data",
+    "link",
+];
 
 /// One problem with one field of the input, as reported in a problem's `errors` list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -35,8 +43,11 @@ impl FieldError {
 /// A validated publish: every field has passed its rule, recipients are distinct.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewNotification {
-    /// Distinct, in the order the sender first named them.
+    /// Distinct, in the order the sender first named them. Empty for a topic publish until
+    /// the notifier fills it with one batch of the topic's subscribers at a time.
     pub recipients: Vec<UserId>,
+    /// A publish to a topic's subscribers instead of named recipients.
+    pub topic: Option<TopicName>,
     pub kind: NotificationType,
     pub title: Title,
     pub body: Option<Body>,
@@ -55,7 +66,27 @@ impl NewNotification {
             errors.push(FieldError::new(key.clone(), "is not a known field"));
         }
 
-        let recipients = parse_recipients(obj.get("recipients"), &mut errors);
+        let (recipients, topic) = match (obj.get("recipients"), obj.get("topic")) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    "topic",
+                    "give either `recipients` or `topic`, not both",
+                ));
+                (None, None)
+            }
+            (None, Some(t)) => match t.as_str().map(TopicName::parse) {
+                Some(Ok(topic)) => (Some(Vec::new()), Some(topic)),
+                Some(Err(m)) => {
+                    errors.push(FieldError::new("topic", m));
+                    (None, None)
+                }
+                None => {
+                    errors.push(FieldError::new("topic", "must be a string"));
+                    (None, None)
+                }
+            },
+            (r, None) => (parse_recipients(r, &mut errors), None),
+        };
         let kind = required_str(obj, "type", &mut errors).and_then(|s| {
             NotificationType::parse(s)
                 .map_err(|m| errors.push(FieldError::new("type", m)))
@@ -86,6 +117,7 @@ impl NewNotification {
         match (recipients, kind, title) {
             (Some(recipients), Some(kind), Some(title)) if errors.is_empty() => Ok(Self {
                 recipients,
+                topic,
                 kind,
                 title,
                 body,
@@ -100,7 +132,10 @@ impl NewNotification {
 fn parse_recipients(v: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<Vec<UserId>> {
     let list = match v {
         None | Some(Value::Null) => {
-            errors.push(FieldError::new("recipients", "is required"));
+            errors.push(FieldError::new(
+                "recipients",
+                "is required (or give `topic`)",
+            ));
             return None;
         }
         Some(Value::Array(list)) => list,
@@ -326,6 +361,27 @@ mod tests {
         assert!(
             NewNotification::parse(&json!({"recipients": folded, "type": "a", "title": "t"}))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn topic_or_recipients() {
+        let n =
+            NewNotification::parse(&json!({"topic": "release-notes", "type": "a", "title": "t"}))
+                .unwrap();
+        assert_eq!(n.topic.unwrap().as_str(), "release-notes");
+        assert!(n.recipients.is_empty());
+        assert_eq!(
+            fields(NewNotification::parse(
+                &json!({"topic": "x", "recipients": ["a"], "type": "a", "title": "t"})
+            )),
+            ["topic"]
+        );
+        assert_eq!(
+            fields(NewNotification::parse(
+                &json!({"topic": "a b", "type": "a", "title": "t"})
+            )),
+            ["topic"]
         );
     }
 

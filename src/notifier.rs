@@ -8,6 +8,9 @@ use crate::domain::UserId;
 use crate::metrics::Metrics;
 use crate::store::{MarkRead, PublishCommand, PublishOutcome, ReadOutcome, Store, StoreError};
 
+/// Recipients per transaction in a topic fan-out.
+pub const TOPIC_BATCH: u32 = 500;
+
 #[derive(Debug, Clone)]
 pub struct Notifier {
     store: Store,
@@ -38,6 +41,40 @@ impl Notifier {
             );
         }
         Ok(outcome)
+    }
+
+    /// Publishes to every subscriber of the command's topic, in batches of [`TOPIC_BATCH`]
+    /// recipients, each its own transaction: a topic of 100,000 users neither holds one giant
+    /// transaction nor keeps its subscribers' cursor rows locked against other publishers for
+    /// the whole fan-out. Each subscriber still gets a seq and an unread count as usual.
+    /// Subscribers are read in user id order with keyset paging, so the list is never held
+    /// whole. Returns how many recipients it reached. Not atomic across batches: if the
+    /// database fails midway, the batches before committed and were delivered.
+    pub async fn publish_topic(&self, cmd: &PublishCommand) -> Result<u64, StoreError> {
+        let Some(topic) = &cmd.notification.topic else {
+            return Ok(0);
+        };
+        let mut reached = 0u64;
+        let mut after: Option<UserId> = None;
+        loop {
+            let batch = self
+                .store
+                .topic_subscribers(topic, after.as_ref(), TOPIC_BATCH)
+                .await?;
+            let Some(last) = batch.last().cloned() else {
+                break;
+            };
+            let full = batch.len() == TOPIC_BATCH as usize;
+            let mut part = cmd.clone();
+            part.idempotency = None;
+            part.notification.recipients = batch;
+            reached += self.publish(&part).await?.receipts.len() as u64;
+            if !full {
+                break;
+            }
+            after = Some(last);
+        }
+        Ok(reached)
     }
 
     pub async fn mark_read(

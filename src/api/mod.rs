@@ -7,6 +7,7 @@ pub mod extract;
 pub mod health;
 pub mod notifications;
 pub mod openapi;
+pub mod topics;
 
 use crate::auth::Authenticator;
 use crate::hub::Hub;
@@ -65,6 +66,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/ws", web::get().to(ws::socket))
     .route("/metrics", web::get().to(health::metrics))
     .configure(demo::configure)
+    .service(
+        web::resource("/v1/topics/{topic}/subscribers/{user}")
+            .route(web::put().to(topics::subscribe))
+            .route(web::delete().to(topics::unsubscribe))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/topics/{topic}/subscribers")
+            .route(web::post().to(topics::bulk))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/topics/{topic}")
+            .route(web::get().to(topics::info))
+            .default_service(web::to(method_not_allowed)),
+    )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .app_data(openapi_json)

@@ -21,8 +21,12 @@ pub const DEFAULT_PAGE: i64 = 50;
 #[allow(dead_code)]
 pub struct PublishRequest {
     /// 1 to 1000 user ids (1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`); duplicates are folded.
+    /// Either this or `topic`.
     #[schema(example = json!(["alice", "bob"]))]
-    recipients: Vec<String>,
+    recipients: Option<Vec<String>>,
+    /// Publish to every current subscriber of this topic instead (see `/v1/topics`). Users who
+    /// subscribe later do not get it. Not combined with an `Idempotency-Key`.
+    topic: Option<String>,
     /// 1 to 64 characters of `a-z 0-9 . _ -`.
     #[schema(rename = "type", example = "order.shipped")]
     kind: String,
@@ -38,10 +42,17 @@ pub struct PublishRequest {
     link: Option<String>,
 }
 
+/// A publish to `recipients` answers `notifications`; a publish to a `topic` answers
+/// `topic` and `recipients` (how many subscribers it reached).
 #[derive(Serialize, ToSchema)]
 pub struct PublishResponse {
     /// One entry per distinct recipient, in the order they were named.
-    notifications: Vec<Receipt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notifications: Option<Vec<Receipt>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipients: Option<u64>,
 }
 
 /// The caller's unread count and latest seq.
@@ -120,6 +131,25 @@ pub async fn publish(
     };
     let body = read_json(&req, payload, MAX_BODY_BYTES).await?;
     let notification = NewNotification::parse(&body).map_err(ApiError::Validation)?;
+    if let Some(topic) = notification.topic.as_ref().map(|t| t.as_str().to_owned()) {
+        if key.is_some() {
+            return Err(ApiError::Validation(vec![crate::ingest::FieldError::new(
+                "Idempotency-Key",
+                "is not supported with `topic`: a topic fan-out commits in batches",
+            )]));
+        }
+        let cmd = PublishCommand {
+            service: service.name,
+            idempotency: None,
+            notification,
+        };
+        let reached = state.notifier.publish_topic(&cmd).await?;
+        return Ok(HttpResponse::Created().json(PublishResponse {
+            notifications: None,
+            topic: Some(topic),
+            recipients: Some(reached),
+        }));
+    }
     let cmd = PublishCommand {
         service: service.name,
         idempotency: key.map(|key| Idempotency {
@@ -134,7 +164,9 @@ pub async fn publish(
         response.insert_header(("Idempotent-Replayed", "true"));
     }
     Ok(response.json(PublishResponse {
-        notifications: outcome.receipts,
+        notifications: Some(outcome.receipts),
+        topic: None,
+        recipients: None,
     }))
 }
 

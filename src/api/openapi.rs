@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document. `openapi/openapi.json` is this, pretty-printed; a test fails
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
-use super::{error, health, notifications};
+use super::{error, health, notifications, topics};
 use crate::transports::{iframe, longpoll, ndjson, sse, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -25,6 +25,10 @@ use utoipa::{Modify, OpenApi};
         iframe::stream,
         longpoll::poll,
         ws::socket,
+        topics::info,
+        topics::subscribe,
+        topics::unsubscribe,
+        topics::bulk,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -35,6 +39,7 @@ use utoipa::{Modify, OpenApi};
         (name = "publishing", description = "Services send notifications."),
         (name = "inbox", description = "Users read and mark their own notifications."),
         (name = "live", description = "New notifications as they commit, resuming from the client's cursor: SSE, long-poll, WebSocket."),
+        (name = "topics", description = "Services manage who is subscribed to a topic; a publish with `topic` reaches every subscriber."),
         (name = "operations", description = "Health, readiness and metrics."),
     )
 )]

@@ -25,7 +25,8 @@ pub enum Event {
     /// database read per recipient.
     Notification {
         user: UserId,
-        notification: Notification,
+        /// Boxed: it is most of the event's size, and the other variants are small.
+        notification: Box<Notification>,
         counts: Counts,
         /// When it committed, for the publish-to-delivery latency histogram.
         committed_at_us: i64,
@@ -47,7 +48,7 @@ impl Event {
     pub fn from_delivery(d: Delivery, committed_at_us: i64) -> Self {
         Event::Notification {
             user: d.recipient,
-            notification: d.notification,
+            notification: Box::new(d.notification),
             counts: d.counts,
             committed_at_us,
         }

@@ -39,6 +39,9 @@ pub struct Notification {
     #[serde(serialize_with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub read_at: Option<DateTime<Utc>>,
+    /// The topic it was published to; absent for a publish to named recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 /// One timestamp format everywhere, with microseconds: both databases keep exactly that
@@ -80,6 +83,7 @@ mod tests {
             link: None,
             created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             read_at: None,
+            topic: None,
         };
         let v = serde_json::to_value(&n).unwrap();
         assert_eq!(v["type"], "order.shipped");

@@ -62,6 +62,28 @@ impl fmt::Display for UserId {
     }
 }
 
+/// A topic name: 1 to 128 characters of the user id alphabet, `A-Z a-z 0-9 . _ : @ -`,
+/// so it is safe in a URL path and in a STOMP destination (`/topic/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TopicName(String);
+
+impl TopicName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        UserId::parse(s).map(|u| Self(u.0))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 mod postgres;
 mod sqlite;
 
-use crate::domain::{IdempotencyKey, Notification, Seq, UserId};
+use crate::domain::{IdempotencyKey, Notification, Seq, TopicName, UserId};
 use crate::ingest::NewNotification;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -250,6 +250,43 @@ impl Store {
         dispatch!(self, s => s.mark_read(user, what).await)
     }
 
+    /// Adds users to a topic; returns how many were not subscribed yet.
+    pub async fn subscribe(&self, topic: &TopicName, users: &[UserId]) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.subscribe(topic, users).await)
+    }
+
+    /// Removes users from a topic; returns how many were subscribed.
+    pub async fn unsubscribe(
+        &self,
+        topic: &TopicName,
+        users: &[UserId],
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.unsubscribe(topic, users).await)
+    }
+
+    /// One page of a topic's subscribers in user id order, after `after` (keyset paging, so
+    /// a fan-out over 100,000 users never holds a giant result or transaction).
+    pub async fn topic_subscribers(
+        &self,
+        topic: &TopicName,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserId>, StoreError> {
+        dispatch!(self, s => s.topic_subscribers(topic, after, limit).await)
+    }
+
+    pub async fn is_topic_subscriber(
+        &self,
+        topic: &TopicName,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.is_topic_subscriber(topic, user).await)
+    }
+
+    pub async fn topic_size(&self, topic: &TopicName) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.topic_size(topic).await)
+    }
+
     /// Forgets idempotency keys older than [`IDEMPOTENCY_TTL`]; returns how many.
     pub async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
         dispatch!(self, s => s.purge_idempotency_keys(idempotency_cutoff()).await)
@@ -301,6 +338,7 @@ impl<'a> PreparedPublish<'a> {
             link: n.link.as_ref().map(|l| l.as_str().to_owned()),
             created_at: self.created_at,
             read_at: None,
+            topic: n.topic.as_ref().map(|t| t.as_str().to_owned()),
         }
     }
 

@@ -8,7 +8,7 @@ use super::{
     replay, Counts, ListQuery, MarkRead, Page, PreparedPublish, PublishCommand, PublishOutcome,
     ReadOutcome, StoreError,
 };
-use crate::domain::{now_micros, Notification, Seq, UserId};
+use crate::domain::{now_micros, Notification, Seq, TopicName, UserId};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
@@ -27,7 +27,7 @@ pub struct PgStore {
     read_pool: PgPool,
 }
 
-const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at";
+const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at, topic";
 const ATTEMPTS: usize = 5;
 
 impl PgStore {
@@ -133,8 +133,8 @@ impl PgStore {
 
         let n = &cmd.notification;
         sqlx::query(
-            "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at)
-             SELECT u, s, i, $4, $5, $6, $7::jsonb, $8, $9
+            "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at, topic)
+             SELECT u, s, i, $4, $5, $6, $7::jsonb, $8, $9, $10
              FROM unnest($1::text[], $2::bigint[], $3::uuid[]) AS t(u, s, i)",
         )
         .bind(&users)
@@ -146,6 +146,7 @@ impl PgStore {
         .bind(prep.data_json())
         .bind(n.link.as_ref().map(|l| l.as_str()))
         .bind(prep.created_at)
+        .bind(n.topic.as_ref().map(|t| t.as_str()))
         .execute(&mut *tx)
         .await?;
 
@@ -266,6 +267,78 @@ impl PgStore {
         Ok(ReadOutcome { counts, changed })
     }
 
+    pub async fn subscribe(&self, topic: &TopicName, users: &[UserId]) -> Result<u64, StoreError> {
+        let users: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        Ok(sqlx::query(
+            "INSERT INTO topic_subscribers (topic, user_id, created_at)
+             SELECT $1, u, now() FROM unnest($2::text[]) AS t(u)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(topic.as_str())
+        .bind(&users)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub async fn unsubscribe(
+        &self,
+        topic: &TopicName,
+        users: &[UserId],
+    ) -> Result<u64, StoreError> {
+        let users: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        Ok(sqlx::query(
+            "DELETE FROM topic_subscribers WHERE topic = $1 AND user_id = ANY($2::text[])",
+        )
+        .bind(topic.as_str())
+        .bind(&users)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub async fn topic_subscribers(
+        &self,
+        topic: &TopicName,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserId>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM topic_subscribers WHERE topic = $1 AND user_id > $2
+             ORDER BY user_id LIMIT $3",
+        )
+        .bind(topic.as_str())
+        .bind(after.map_or("", UserId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read_pool)
+        .await?;
+        Ok(rows.iter().filter_map(|u| UserId::parse(u).ok()).collect())
+    }
+
+    pub async fn is_topic_subscriber(
+        &self,
+        topic: &TopicName,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM topic_subscribers WHERE topic = $1 AND user_id = $2")
+                .bind(topic.as_str())
+                .bind(user.as_str())
+                .fetch_optional(&self.read_pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    pub async fn topic_size(&self, topic: &TopicName) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM topic_subscribers WHERE topic = $1")
+                .bind(topic.as_str())
+                .fetch_one(&self.read_pool)
+                .await?,
+        )
+    }
+
     pub async fn purge_idempotency_keys(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
@@ -329,5 +402,6 @@ fn decode(row: &PgRow) -> Result<Notification, StoreError> {
         link: row.try_get("link")?,
         created_at: row.try_get("created_at")?,
         read_at: row.try_get("read_at")?,
+        topic: row.try_get("topic")?,
     })
 }

@@ -9,7 +9,7 @@ use super::{
     replay, Counts, ListQuery, MarkRead, Page, PreparedPublish, PublishCommand, PublishOutcome,
     ReadOutcome, StoreError,
 };
-use crate::domain::{format_time, now_micros, Notification, Seq, UserId};
+use crate::domain::{format_time, now_micros, Notification, Seq, TopicName, UserId};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -24,7 +24,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at";
+const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at, topic";
 
 impl SqliteStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
@@ -112,8 +112,8 @@ impl SqliteStore {
                 version: row.try_get(2)?,
             };
             sqlx::query(
-                "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at, topic)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .bind(user.as_str())
             .bind(counts.seq)
@@ -124,6 +124,7 @@ impl SqliteStore {
             .bind(data.as_deref())
             .bind(n.link.as_ref().map(|l| l.as_str()))
             .bind(&created_at)
+            .bind(n.topic.as_ref().map(|t| t.as_str()))
             .execute(&mut *tx)
             .await?;
             bumped.push(counts);
@@ -239,6 +240,84 @@ impl SqliteStore {
         Ok(ReadOutcome { counts, changed })
     }
 
+    pub async fn subscribe(&self, topic: &TopicName, users: &[UserId]) -> Result<u64, StoreError> {
+        let now = format_time(&now_micros());
+        let mut tx = self.writer.begin().await?;
+        let mut added = 0;
+        for user in users {
+            added += sqlx::query(
+                "INSERT INTO topic_subscribers (topic, user_id, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(topic.as_str())
+            .bind(user.as_str())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    pub async fn unsubscribe(
+        &self,
+        topic: &TopicName,
+        users: &[UserId],
+    ) -> Result<u64, StoreError> {
+        let users = serde_json::to_string(&users.iter().map(UserId::as_str).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".into());
+        Ok(sqlx::query(
+            "DELETE FROM topic_subscribers WHERE topic = ?1 AND user_id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(topic.as_str())
+        .bind(users)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    pub async fn topic_subscribers(
+        &self,
+        topic: &TopicName,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserId>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM topic_subscribers WHERE topic = ?1 AND user_id > ?2 ORDER BY user_id LIMIT ?3",
+        )
+        .bind(topic.as_str())
+        .bind(after.map_or("", UserId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.iter().filter_map(|u| UserId::parse(u).ok()).collect())
+    }
+
+    pub async fn is_topic_subscriber(
+        &self,
+        topic: &TopicName,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM topic_subscribers WHERE topic = ?1 AND user_id = ?2")
+                .bind(topic.as_str())
+                .bind(user.as_str())
+                .fetch_optional(&self.reader)
+                .await?
+                .is_some(),
+        )
+    }
+
+    pub async fn topic_size(&self, topic: &TopicName) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM topic_subscribers WHERE topic = ?1")
+                .bind(topic.as_str())
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
     pub async fn purge_idempotency_keys(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
@@ -293,6 +372,7 @@ fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
             .map(|t| parse_time(&t))
             .transpose()
             .map_err(|e| bad(Box::new(e)))?,
+        topic: row.try_get("topic")?,
     })
 }
 

@@ -10,3 +10,4 @@ mod inbox;
 mod live;
 mod operations;
 mod publish;
+mod topics;
