@@ -10,6 +10,7 @@
 //! "after N" therefore never misses one that commits later. Recipients are locked in sorted
 //! order so that two multi-recipient publishes cannot deadlock each other.
 
+mod group_commit;
 mod postgres;
 mod sqlite;
 

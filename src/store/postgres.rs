@@ -4,6 +4,7 @@
 //! recipient's cursor row (locking them in sorted order), one inserts every copy from
 //! arrays. A transaction that loses a deadlock or serialization race is retried whole.
 
+use super::group_commit::GroupCommit;
 use super::{
     replay, Counts, ListQuery, MarkRead, Page, PreparedPublish, PublishCommand, PublishOutcome,
     ReadOutcome, StoreError,
@@ -25,6 +26,7 @@ use uuid::Uuid;
 pub struct PgStore {
     pool: PgPool,
     read_pool: PgPool,
+    group: GroupCommit,
 }
 
 const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at, topic";
@@ -44,7 +46,12 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.application_name("tidings-read"))
             .await?;
-        Ok(Self { pool, read_pool })
+        let group = GroupCommit::start(pool.clone());
+        Ok(Self {
+            pool,
+            read_pool,
+            group,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -57,6 +64,9 @@ impl PgStore {
     }
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
+        if cmd.idempotency.is_none() {
+            return self.group.publish(cmd).await;
+        }
         let prep = PreparedPublish::new(cmd);
         retrying(|| self.try_publish(&prep)).await
     }

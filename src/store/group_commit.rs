@@ -1,0 +1,257 @@
+//! Group commit for Postgres: concurrent publishes share one transaction.
+//!
+//! A durable commit costs a WAL flush, and one flush per request caps single-recipient
+//! ingest at a few thousand per second. Here a few committer tasks each take whatever
+//! publishes are queued (up to a bound), write them all in one transaction of three
+//! statements, commit once, and only then answer each request with its own outcome: every
+//! request still gets its 201 only after its own rows are durable.
+//!
+//! The seq rule is unchanged: each user's cursor row is bumped once per batch by the number
+//! of that user's notifications in it (locked in sorted order, held until commit), and the
+//! seqs are handed out in queue order, so per user they are contiguous and in commit order.
+//!
+//! Publishes with an `Idempotency-Key` take the single-request path: their claim-or-replay
+//! step must see other requests' commits, which a shared transaction would hide.
+
+use super::{Counts, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
+use crate::domain::Seq;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use uuid::Uuid;
+
+/// Publishes waiting for a committer; past it, publishers wait (backpressure).
+const QUEUE: usize = 4096;
+/// At most this many requests, and about this many rows, per transaction.
+const MAX_JOBS: usize = 512;
+const MAX_ROWS: usize = 8192;
+/// Transactions in flight at once.
+const COMMITTERS: usize = 4;
+
+struct Job {
+    cmd: PublishCommand,
+    reply: oneshot::Sender<Result<PublishOutcome, StoreError>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    tx: mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the committers; they end when the last handle is dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(committer(pool.clone(), rx.clone()));
+        }
+        Self { tx }
+    }
+
+    pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            cmd: cmd.clone(),
+            reply,
+        };
+        let closed = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        self.tx.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+async fn committer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS);
+    loop {
+        {
+            // Whoever holds the queue takes a batch, then lets the next committer take one
+            // while this batch commits.
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut rows = first.cmd.notification.recipients.len();
+            jobs.push(first);
+            while jobs.len() < MAX_JOBS && rows < MAX_ROWS {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        rows += job.cmd.notification.recipients.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let prepared: Vec<PreparedPublish<'_>> =
+            jobs.iter().map(|j| PreparedPublish::new(&j.cmd)).collect();
+        let mut result = commit(&pool, &prepared).await;
+        if matches!(&result, Err(StoreError::Database(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
+        {
+            result = commit(&pool, &prepared).await;
+        }
+        drop(prepared);
+        match result {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                if jobs.len() > 1 {
+                    tracing::warn!(error = %e, requests = jobs.len(), "a group commit failed");
+                }
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(replicate(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// The same error for every request of a failed batch (sqlx errors cannot be cloned).
+fn replicate(e: &StoreError) -> StoreError {
+    let message = e.to_string();
+    match e {
+        StoreError::Unavailable(_) => StoreError::Unavailable(sqlx::Error::Protocol(message)),
+        _ => StoreError::Database(sqlx::Error::Protocol(message)),
+    }
+}
+
+/// Writes every prepared publish in one transaction; outcomes in the same order.
+async fn commit(
+    pool: &PgPool,
+    batch: &[PreparedPublish<'_>],
+) -> Result<Vec<PublishOutcome>, StoreError> {
+    // How many notifications each user gets in this batch, in lock (sorted) order.
+    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
+    for prep in batch {
+        for (user, _) in &prep.rows {
+            *per_user.entry(user.as_str()).or_default() += 1;
+        }
+    }
+    let users: Vec<&str> = per_user.keys().copied().collect();
+    let ks: Vec<i64> = per_user.values().copied().collect();
+
+    let mut tx = pool.begin().await?;
+    let bumped = sqlx::query(
+        "INSERT INTO user_cursors (user_id, last_seq, unread, version)
+         SELECT u, k, k, k FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS t(u, k, ord) ORDER BY ord
+         ON CONFLICT (user_id) DO UPDATE
+           SET last_seq = user_cursors.last_seq + EXCLUDED.last_seq,
+               unread = user_cursors.unread + EXCLUDED.unread,
+               version = user_cursors.version + EXCLUDED.version
+         RETURNING user_id, last_seq, unread, version",
+    )
+    .bind(&users)
+    .bind(&ks)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Per user: the counters after the whole batch, and how many of its seqs are handed out.
+    let mut after: HashMap<String, (Counts, i64)> = HashMap::with_capacity(bumped.len());
+    for r in &bumped {
+        let counts = Counts {
+            seq: r.try_get(1)?,
+            unread: r.try_get(2)?,
+            version: r.try_get(3)?,
+        };
+        after.insert(r.try_get(0)?, (counts, 0));
+    }
+
+    let mut per_job: Vec<Vec<Counts>> = Vec::with_capacity(batch.len());
+    let mut columns = Columns::default();
+    for prep in batch {
+        let mut bumped = Vec::with_capacity(prep.rows.len());
+        let data = prep.data_json();
+        for (user, id) in &prep.rows {
+            let k = per_user.get(user.as_str()).copied().unwrap_or(0);
+            let (total, handed) = after.get_mut(user.as_str()).ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Protocol(format!(
+                    "no cursor returned for {user}"
+                )))
+            })?;
+            *handed += 1;
+            // This user's i-th notification of the batch: the counters as they were right after it.
+            let behind = k - *handed;
+            let counts = Counts {
+                seq: total.seq - behind,
+                unread: total.unread - behind,
+                version: total.version - behind,
+            };
+            bumped.push(counts);
+            columns.push(user.as_str(), counts.seq, *id, prep, data.clone());
+        }
+        per_job.push(bumped);
+    }
+    columns.insert(&mut tx).await?;
+    tx.commit().await?;
+    Ok(batch
+        .iter()
+        .zip(per_job)
+        .map(|(prep, bumped)| prep.outcome(&bumped))
+        .collect())
+}
+
+/// The notification rows of a batch, column by column, for one `unnest` insert.
+#[derive(Default)]
+struct Columns {
+    users: Vec<String>,
+    seqs: Vec<Seq>,
+    ids: Vec<Uuid>,
+    kinds: Vec<String>,
+    titles: Vec<String>,
+    bodies: Vec<Option<String>>,
+    data: Vec<Option<String>>,
+    links: Vec<Option<String>>,
+    created: Vec<DateTime<Utc>>,
+    topics: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(
+        &mut self,
+        user: &str,
+        seq: Seq,
+        id: Uuid,
+        prep: &PreparedPublish<'_>,
+        data: Option<String>,
+    ) {
+        let n = &prep.cmd.notification;
+        self.users.push(user.to_owned());
+        self.seqs.push(seq);
+        self.ids.push(id);
+        self.kinds.push(n.kind.as_str().to_owned());
+        self.titles.push(n.title.as_str().to_owned());
+        self.bodies
+            .push(n.body.as_ref().map(|b| b.as_str().to_owned()));
+        self.data.push(data);
+        self.links
+            .push(n.link.as_ref().map(|l| l.as_str().to_owned()));
+        self.created.push(prep.created_at);
+        self.topics
+            .push(n.topic.as_ref().map(|t| t.as_str().to_owned()));
+    }
+
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at, topic)
+             SELECT u, s, i, ty, ti, b, d::jsonb, l, c, tp
+             FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                  AS t(u, s, i, ty, ti, b, d, l, c, tp)",
+        )
+        .bind(&self.users)
+        .bind(&self.seqs)
+        .bind(&self.ids)
+        .bind(&self.kinds)
+        .bind(&self.titles)
+        .bind(&self.bodies)
+        .bind(&self.data)
+        .bind(&self.links)
+        .bind(&self.created)
+        .bind(&self.topics)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
