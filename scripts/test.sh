@@ -1,23 +1,40 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine or a used one: makes sure PostgreSQL and Redis
-# are installed and running (starting them if not), then runs the format check, clippy and
-# every test. It fails loudly when a service cannot be had; it never skips a test.
+# The whole test suite, on a fresh machine or a used one. It installs what the tests need
+# (Debian packages, npm and PyPI packages) and starts PostgreSQL and Redis if they are down,
+# then runs the format check, clippy, every Rust test (API on SQLite and on Postgres+Redis,
+# multi-process cluster, nginx topology), the browser client's unit tests, the end-to-end
+# tests in headless Chromium, the STOMP client tests, a short fuzz run and a small benchmark
+# against Nchan. It fails loudly when something cannot be had; it never skips a test.
+#
+# QUICK=1 runs only fmt, clippy and the Rust tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
-
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-apt_install() {
-  say "installing $*"
+# Debian packages the tests use, installed in one pass when any is missing.
+# command-or-file:package
+NEEDED=(
+  pg_ctlcluster:postgresql psql:postgresql-client redis-server:redis-server redis-cli:redis-tools
+  nginx:nginx /usr/lib/nginx/modules/ngx_nchan_module.so:libnginx-mod-nchan
+  docker-compose:docker-compose /usr/bin/chromium:chromium curl:curl node:nodejs npm:npm
+)
+missing=()
+for entry in "${NEEDED[@]}"; do
+  what=${entry%%:*} pkg=${entry#*:}
+  if [[ $what == /* ]]; then [ -e "$what" ] || missing+=("$pkg")
+  else command -v "$what" >/dev/null 2>&1 || missing+=("$pkg"); fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
   as_root apt-get update -qq || true
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
-}
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "could not install ${missing[*]}"
+fi
 
 ensure_postgres() {
-  if ! command -v pg_ctlcluster >/dev/null 2>&1; then apt_install postgresql postgresql-client; fi
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     say "starting PostgreSQL"
     as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
@@ -29,7 +46,6 @@ ensure_postgres() {
 }
 
 ensure_redis() {
-  if ! command -v redis-server >/dev/null 2>&1; then apt_install redis-server redis-tools; fi
   if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
     say "starting Redis"
     as_root mkdir -p /var/lib/redis /var/log/redis
@@ -44,18 +60,38 @@ say "services"
 ensure_postgres
 ensure_redis
 echo "PostgreSQL and Redis are up"
+# Streams and multi-process tests hold many sockets.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 say "cargo fmt --check"
 cargo fmt --all -- --check || die "run 'cargo fmt'"
 
 say "cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 say "cargo test"
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
+
+[ "${QUICK:-0}" = 1 ] && { say "QUICK=1: stopping after the Rust tests"; exit 0; }
 
 say "browser client unit tests (node --test)"
-command -v node >/dev/null 2>&1 || apt_install nodejs
 (cd clients/js && node --test)
+
+for suite in tests/browser/run.sh tests/stomp/run.sh; do
+  if [ -f "$suite" ]; then
+    say "$suite"
+    bash "$suite"
+  fi
+done
+
+if [ -f fuzz/run.sh ]; then
+  say "fuzzing the STOMP frame decoder briefly"
+  bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
+fi
+
+if [ -f bench/run.sh ]; then
+  say "small benchmark against Nchan (checks for loss, not speed)"
+  bash bench/run.sh unicast --small
+fi
 
 say "all tests passed"

@@ -303,6 +303,50 @@ mod tests {
         assert!(matches!(a.verify(none), Err(AuthError::Invalid(_))));
     }
 
+    fn with_keys(alg: JwtAlgorithm, name: &str) -> Authenticator {
+        let mut settings = Settings::defaults(Profile::Local).unwrap().auth;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        settings.algorithm = alg;
+        settings.public_key_file = Some(format!("{dir}/{name}-public.pem").into());
+        settings.private_key_file = Some(format!("{dir}/{name}-private.pem").into());
+        Authenticator::new(&settings, None).unwrap()
+    }
+
+    #[test]
+    fn rs256_and_es256_with_pem_keys() {
+        for (alg, name) in [
+            (JwtAlgorithm::RS256, "rs256"),
+            (JwtAlgorithm::ES256, "es256"),
+        ] {
+            let a = with_keys(alg, name);
+            let token = a.mint_user("alice", Duration::from_secs(60)).unwrap();
+            assert_eq!(
+                a.verify(&token).unwrap().principal,
+                Principal::User(UserId::parse("alice").unwrap()),
+                "{name}"
+            );
+        }
+        // An HS256 token is refused by an RS256 server, even one signed with the public key
+        // as the HMAC secret (the classic algorithm-confusion attack).
+        let rs = with_keys(JwtAlgorithm::RS256, "rs256");
+        let public = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/rs256-public.pem"
+        ))
+        .unwrap();
+        let settings = Settings::defaults(Profile::Local).unwrap();
+        let confused =
+            Authenticator::new(&settings.auth, Some(&SecretString::from(public))).unwrap();
+        let token = confused
+            .mint_user("alice", Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(rs.verify(&token), Err(AuthError::Invalid(_))));
+        // And an ES256 token on the RS256 server.
+        let es = with_keys(JwtAlgorithm::ES256, "es256");
+        let token = es.mint_user("alice", Duration::from_secs(60)).unwrap();
+        assert!(matches!(rs.verify(&token), Err(AuthError::Invalid(_))));
+    }
+
     #[test]
     fn ttl_parsing() {
         assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
