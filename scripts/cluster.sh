@@ -365,6 +365,12 @@ write_nginx_conf() {
         for ((i = 1; i <= REPLICAS; i++)); do
             echo "    server $HOST:$(replica_port "$i") max_fails=1 fail_timeout=5s;"
         done
+        # The same replicas again as backups that are never marked failed: see
+        # deploy/nginx-compose.d/upstream.conf (a rolling restart faster than
+        # fail_timeout must not leave nginx with "no live upstreams").
+        for ((i = 1; i <= REPLICAS; i++)); do
+            echo "    server $HOST:$(replica_port "$i") backup max_fails=0;"
+        done
         echo "    keepalive 32;"
         echo "    keepalive_timeout 4s;"
         echo "}"
