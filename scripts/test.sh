@@ -77,7 +77,7 @@ cargo test --locked --workspace --all-targets
 say "browser client unit tests (node --test)"
 (cd clients/js && node --test)
 
-for suite in tests/browser/run.sh tests/stomp/run.sh; do
+for suite in tests/browser/run.sh tests/stomp/run.sh; do  # end-to-end in Chromium; STOMP clients
   if [ -f "$suite" ]; then
     say "$suite"
     bash "$suite"

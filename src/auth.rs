@@ -152,6 +152,9 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
+        // RFC 7519: a token is expired *at* `exp`, not one second after it. Streams close at
+        // `exp`, so accepting it for that second would open a stream only to end it at once.
+        validation.reject_tokens_expiring_in_less_than = 1;
         match &settings.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
