@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# bench/run.sh SCENARIO|all [--small]
+#
+# Runs a benchmark scenario against Tidings and against Nchan in the same run, on this
+# machine, and prints the side-by-side table with ratios. SCENARIO is one of
+#   idle           15,000 idle SSE connections, then WebSocket: server RSS per connection
+#   unicast        10,000 users, 2,000 notifications/s for 60 s, each to one random user
+#   fanout         one notification to 1,000 online users (Nchan: 1,000 publishes)
+#   ingest         highest durable publish rate, 1 and 100 recipients per request
+#   cross-replica  unicast with subscribers on replica B, publishes to replica A, via Redis
+#   all            every one of them (about 13 minutes), then results/summary.md and
+#                  results/latency.svg
+# --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
+# users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
+# or misordered anything or a request failed. `SCENARIO --small` runs a small version of any
+# scenario (a smoke test of the harness).
+#
+# It starts what it needs and stops it again (trap EXIT): Tidings release builds on a fresh
+# PostgreSQL database per server (dropped afterwards), with Redis for cross-replica; Nchan via
+# ../shared/peers/nchan/start.sh with its memory store and with `redis`. Only loopback.
+#
+# Needs: cargo, PostgreSQL reachable as postgres@127.0.0.1:5432 (trust auth, as scripts/test.sh
+# sets up), redis-server (started here if nothing answers on 6379), and
+#   apt-get install -y nginx libnginx-mod-nchan
+# Environment:
+#   BENCH_SKIP_BUILD=1     use the existing target/release binaries
+#   BENCH_RESULTS=DIR      where JSON results go (default bench/results; --small: a temp dir)
+#   BENCH_PG_ADMIN=URL     admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
+#   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan (default 18080)
+#   NCHAN_PEER_DIR=DIR     the Nchan peer scripts (default ../shared/peers/nchan)
+#   TIDINGS__*             passed through to the Tidings servers (e.g. DATABASE__MAX_CONNECTIONS)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+PEER="${NCHAN_PEER_DIR:-$(cd "$ROOT/.." && pwd)/shared/peers/nchan}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TIDINGS="$TARGET_DIR/release/tidings"
+BENCH="$TARGET_DIR/release/tidings-bench"
+PG_ADMIN="${BENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}"
+PORT_BASE="${BENCH_PORT_BASE:-18080}"
+T_PORT_A=$PORT_BASE
+T_PORT_B=$((PORT_BASE + 1))
+N_PORT=$((PORT_BASE + 10))
+N_PORT_A=$((PORT_BASE + 11))
+N_PORT_B=$((PORT_BASE + 12))
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+log() { echo "run.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+SCEN="${1:-}"
+[ -n "$SCEN" ] || usage
+shift
+SMALL=0
+for a in "$@"; do
+  case "$a" in
+    --small) SMALL=1 ;;
+    *) usage ;;
+  esac
+done
+case "$SCEN" in
+  idle | unicast | fanout | ingest | cross-replica | all) ;;
+  *) usage ;;
+esac
+if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
+
+RUNID="$(date +%s | tail -c 7)$$"
+WORK="$(mktemp -d "/tmp/tidings-bench.XXXXXX")"
+if [ "$SMALL" = 1 ]; then
+  RESULTS="${BENCH_RESULTS:-$WORK/results}"
+else
+  RESULTS="${BENCH_RESULTS:-$HERE/results}"
+fi
+mkdir -p "$RESULTS"
+SECRET="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export TIDINGS__AUTH__JWT_SECRET="$SECRET"
+
+# ------------------------------------------------------------------ cleanup ---
+TIDINGS_PIDS=()
+declare -A T_LOGS=()
+NCHAN_PORTS=()
+DATABASES=()
+REDIS_PIDFILE=""
+FAILED=0
+OUTPUTS=()
+
+stop_tidings_pid() {
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  log "tidings $pid did not stop in 10 s; SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+drop_db() {
+  psql -X -q -d "$PG_ADMIN" -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null 2>&1 ||
+    log "could not drop database $1"
+}
+
+cleanup() {
+  local rc=$? p db
+  for p in "${TIDINGS_PIDS[@]}"; do stop_tidings_pid "$p"; done
+  for p in "${NCHAN_PORTS[@]}"; do NCHAN_PEER_RM_PREFIX=1 "$PEER/stop.sh" "$p" 2>/dev/null || true; done
+  for db in "${DATABASES[@]}"; do drop_db "$db"; done
+  if command -v redis-cli >/dev/null && [ -n "${REDIS_UP:-}" ]; then
+    # Nchan's Redis keys of this run ({channel:/rRUNID...}); Tidings' bus keeps none.
+    redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "*r${RUNID}*" 2>/dev/null |
+      xargs -r -n 1000 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1 || true
+  fi
+  if [ -n "$REDIS_PIDFILE" ] && [ -f "$REDIS_PIDFILE" ]; then
+    kill -TERM "$(cat "$REDIS_PIDFILE")" 2>/dev/null || true
+  fi
+  rm -rf "$WORK/srv"
+  [ "$SMALL" = 1 ] && [ -z "${BENCH_RESULTS:-}" ] && rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# -------------------------------------------------------------------- setup ---
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "open-file limit $(ulimit -n) (servers inherit it; each side needs > 15,000 for idle)"
+
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+  log "building (release)"
+  (cd "$ROOT" && cargo build --release -q -p tidings --bin tidings)
+  (cd "$ROOT" && cargo build --release -q -p tidings-bench)
+fi
+[ -x "$TIDINGS" ] || die "no $TIDINGS (build it: cargo build --release -p tidings --bin tidings)"
+[ -x "$BENCH" ] || die "no $BENCH (build it: cargo build --release -p tidings-bench)"
+[ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
+  die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
+
+PG_OK=0
+if command -v psql >/dev/null && psql -X -q -d "$PG_ADMIN" -tAc 'select 1' >/dev/null 2>&1; then
+  PG_OK=1
+elif [ "$SMALL" = 1 ] && [ "$SCEN" != cross-replica ]; then
+  log "PostgreSQL is not reachable at $PG_ADMIN; the small check uses SQLite instead"
+else
+  die "PostgreSQL is not reachable at $PG_ADMIN (scripts/test.sh starts it)"
+fi
+
+REDIS_UP=""
+need_redis() {
+  [ -n "$REDIS_UP" ] && return 0
+  command -v redis-cli >/dev/null || die "redis-cli not found (apt-get install -y redis-server)"
+  if [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" != PONG ]; then
+    log "starting redis-server on 127.0.0.1:6379"
+    REDIS_PIDFILE="$WORK/redis.pid"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
+      --pidfile "$REDIS_PIDFILE" >/dev/null
+    for _ in $(seq 50); do [ "$(redis-cli ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+  fi
+  REDIS_UP=1
+}
+
+# ------------------------------------------------------------------ servers ---
+SRV_N=0
+# start_tidings PORT [redis]: a fresh database; sets T_PID (and T_DB)
+start_tidings() {
+  local port=$1 mode=${2:-} db_url dir
+  SRV_N=$((SRV_N + 1))
+  dir="$WORK/srv/tidings-$SRV_N"
+  mkdir -p "$dir"
+  if [ -n "${T_SHARED_DB:-}" ]; then
+    db_url="$T_SHARED_DB"
+  elif [ "$PG_OK" = 1 ]; then
+    T_DB="tidings_bench_${RUNID}_$SRV_N"
+    psql -X -q -d "$PG_ADMIN" -c "CREATE DATABASE \"$T_DB\"" >/dev/null
+    DATABASES+=("$T_DB")
+    db_url="${PG_ADMIN%/*}/$T_DB"
+  else
+    db_url="sqlite://$dir/tidings.db"
+  fi
+  T_DB_URL="$db_url"
+  local -a extra=()
+  if [ "$mode" = redis ]; then
+    need_redis
+    extra=(TIDINGS__REDIS__URL=redis://127.0.0.1:6379 TIDINGS__REDIS__CHANNEL="bench:$RUNID")
+  fi
+  # A fresh working directory: no .env or tidings.toml of the caller is read.
+  (cd "$dir" && exec env -u TIDINGS_CONFIG -u RUST_LOG \
+    TIDINGS__SERVER__LISTEN="127.0.0.1:$port" \
+    TIDINGS__DATABASE__URL="$db_url" \
+    TIDINGS__LOG__LEVEL="${TIDINGS__LOG__LEVEL:-warn}" \
+    TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS="${TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS:-2}" \
+    "${extra[@]}" "$TIDINGS" serve) >"$dir/log" 2>&1 &
+  T_PID=$!
+  TIDINGS_PIDS+=("$T_PID")
+  T_LOGS[$T_PID]="$dir/log"
+  local i
+  for i in $(seq 300); do
+    kill -0 "$T_PID" 2>/dev/null || { cat "$dir/log" >&2; die "tidings on port $port exited at start"; }
+    curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz" && break
+    sleep 0.1
+  done
+  curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz" ||
+    { cat "$dir/log" >&2; die "tidings on port $port did not become ready"; }
+  log "tidings up on $port (pid $T_PID, ${mode:-in-process bus}, $(echo "$db_url" | sed 's#//[^@]*@#//#'))"
+}
+
+stop_tidings() { # PID
+  stop_tidings_pid "$1"
+  local log="${T_LOGS[$1]:-}"
+  if [ -n "$log" ] && grep -qE 'panicked|ERROR' "$log"; then
+    log "tidings (pid $1) logged errors ($log):"
+    grep -E 'panicked|ERROR' "$log" | tail -5 >&2
+  fi
+}
+
+drop_tidings_db() {
+  [ -n "${T_DB:-}" ] && drop_db "$T_DB"
+  T_DB=""
+}
+
+# start_nchan PORT [redis]: sets N_WORKERS (comma-separated worker pids)
+start_nchan() {
+  local port=$1 mode=${2:-memory} pidfile master
+  [ "$mode" = redis ] && need_redis
+  pidfile="$("$PEER/start.sh" "$port" "$mode")"
+  NCHAN_PORTS+=("$port")
+  master="$(cat "$pidfile")"
+  N_WORKERS="$(pgrep -P "$master" | paste -sd, -)"
+  log "nchan up on $port ($mode; master $master, workers $N_WORKERS)"
+}
+
+stop_nchan() { NCHAN_PEER_RM_PREFIX=1 "$PEER/stop.sh" "$1" 2>/dev/null || true; }
+
+# bench NAME ARGS...: runs tidings-bench, result in $RESULTS/NAME.json
+bench() {
+  local name=$1
+  shift
+  local out="$RESULTS/$name.json"
+  SRV_N=$((SRV_N + 1))
+  local prefix="r${RUNID}x${SRV_N}-"
+  echo
+  echo "=== $name"
+  if "$BENCH" "$@" --prefix "$prefix" --json "$out" 2>&1 | tee "$WORK/$name.log" |
+    grep -v '^  connecting:'; then
+    OUTPUTS+=("$out")
+  else
+    log "$name failed"
+    FAILED=1
+    [ -f "$out" ] && OUTPUTS+=("$out")
+  fi
+}
+
+# ---------------------------------------------------------------- scenarios ---
+if [ "$SMALL" = 1 ]; then
+  IDLE_N=200 UC_USERS=200 UC_RATE=200 UC_DUR=5 FO_N=200 FO_ROUNDS=3 ING_DUR=2 ING_CONC=8 XR_DUR=5
+  CHECK=(--fail-on-loss)
+else
+  IDLE_N=15000 UC_USERS=10000 UC_RATE=2000 UC_DUR=60 FO_N=1000 FO_ROUNDS=10 ING_DUR=8
+  ING_CONC=16,64,256 XR_DUR=30
+  CHECK=()
+fi
+# Overrides, e.g. BENCH_UNICAST_RATE=1000 bench/run.sh unicast
+IDLE_N="${BENCH_IDLE_CONNECTIONS:-$IDLE_N}"
+UC_USERS="${BENCH_UNICAST_USERS:-$UC_USERS}"
+UC_RATE="${BENCH_UNICAST_RATE:-$UC_RATE}"
+UC_DUR="${BENCH_UNICAST_SECS:-$UC_DUR}"
+XR_DUR="${BENCH_CROSS_SECS:-$XR_DUR}"
+FO_N="${BENCH_FANOUT_RECIPIENTS:-$FO_N}"
+FO_ROUNDS="${BENCH_FANOUT_ROUNDS:-$FO_ROUNDS}"
+ING_DUR="${BENCH_INGEST_SECS:-$ING_DUR}"
+ING_CONC="${BENCH_INGEST_CONCURRENCY:-$ING_CONC}"
+
+run_idle() {
+  local tr
+  for tr in sse ws; do
+    start_tidings "$T_PORT_A"
+    bench "idle-$tr-tidings-pg" idle --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+      --connections "$IDLE_N" --transport "$tr" --server-pid "$T_PID" --label tidings-pg
+    stop_tidings "$T_PID"; drop_tidings_db
+    start_nchan "$N_PORT" memory
+    bench "idle-$tr-nchan-memory" idle --target nchan --url "http://127.0.0.1:$N_PORT" \
+      --connections "$IDLE_N" --transport "$tr" --server-pid "$N_WORKERS" --label nchan-memory
+    stop_nchan "$N_PORT"
+  done
+  start_nchan "$N_PORT" redis
+  bench "idle-sse-nchan-redis" idle --target nchan --url "http://127.0.0.1:$N_PORT" \
+    --connections "$IDLE_N" --transport sse --server-pid "$N_WORKERS" --label nchan-redis
+  stop_nchan "$N_PORT"
+}
+
+UC_ARGS=()
+set_uc_args() { UC_ARGS=(--users "$UC_USERS" --rate "$UC_RATE" --duration "$1" --transport sse "${CHECK[@]}"); }
+
+run_unicast() {
+  set_uc_args "$UC_DUR"
+  start_tidings "$T_PORT_A"
+  bench "unicast-sse-tidings-pg" unicast --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+    --server-pid "$T_PID" --label tidings-pg "${UC_ARGS[@]}"
+  stop_tidings "$T_PID"; drop_tidings_db
+  start_nchan "$N_PORT" memory
+  bench "unicast-sse-nchan-memory" unicast --target nchan --url "http://127.0.0.1:$N_PORT" \
+    --server-pid "$N_WORKERS" --label nchan-memory "${UC_ARGS[@]}"
+  stop_nchan "$N_PORT"
+  if [ "$SMALL" != 1 ] || [ "$SCEN" != unicast ]; then
+    start_nchan "$N_PORT" redis
+    bench "unicast-sse-nchan-redis" unicast --target nchan --url "http://127.0.0.1:$N_PORT" \
+      --server-pid "$N_WORKERS" --label nchan-redis "${UC_ARGS[@]}"
+    stop_nchan "$N_PORT"
+  fi
+}
+
+run_fanout() {
+  local args=(--recipients "$FO_N" --rounds "$FO_ROUNDS" --transport sse "${CHECK[@]}")
+  start_tidings "$T_PORT_A"
+  bench "fanout-sse-tidings-pg" fanout --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+    --server-pid "$T_PID" --label tidings-pg "${args[@]}"
+  stop_tidings "$T_PID"; drop_tidings_db
+  local mode
+  for mode in memory redis; do
+    start_nchan "$N_PORT" "$mode"
+    bench "fanout-sse-nchan-$mode" fanout --target nchan --url "http://127.0.0.1:$N_PORT" \
+      --server-pid "$N_WORKERS" --label "nchan-$mode" "${args[@]}"
+    stop_nchan "$N_PORT"
+  done
+}
+
+run_ingest() {
+  local rpr
+  for rpr in 1 100; do
+    local args=(--recipients-per-request "$rpr" --concurrency "$ING_CONC" --duration "$ING_DUR")
+    start_tidings "$T_PORT_A"
+    bench "ingest-x$rpr-tidings-pg" ingest --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+      --server-pid "$T_PID" --label tidings-pg --users 10000 "${args[@]}"
+    stop_tidings "$T_PID"; drop_tidings_db
+    # Reference only: Nchan keeps messages in memory, nothing is durable. It keeps the last 100
+    # messages of every channel in 256 MB of shared memory, which 10,000 channels overflow
+    # within seconds (507 Insufficient Storage), so its publishes go to 1,000 channels.
+    start_nchan "$N_PORT" memory
+    bench "ingest-x$rpr-nchan-memory" ingest --target nchan --url "http://127.0.0.1:$N_PORT" \
+      --server-pid "$N_WORKERS" --label nchan-memory --users 1000 "${args[@]}"
+    stop_nchan "$N_PORT"
+  done
+}
+
+run_cross_replica() {
+  set_uc_args "$XR_DUR"
+  local a b
+  start_tidings "$T_PORT_A" redis
+  a=$T_PID
+  T_SHARED_DB="$T_DB_URL" start_tidings "$T_PORT_B" redis
+  b=$T_PID
+  bench "cross-replica-sse-tidings-pg-redis" cross-replica --target tidings \
+    --url "http://127.0.0.1:$T_PORT_A" --sub-url "http://127.0.0.1:$T_PORT_B" \
+    --server-pid "$b" --cpu-pid "$a" --label tidings-pg-redis "${UC_ARGS[@]}"
+  stop_tidings "$a"; stop_tidings "$b"; drop_tidings_db
+  start_nchan "$N_PORT_A" redis
+  a=$N_WORKERS
+  start_nchan "$N_PORT_B" redis
+  bench "cross-replica-sse-nchan-redis" cross-replica --target nchan \
+    --url "http://127.0.0.1:$N_PORT_A" --sub-url "http://127.0.0.1:$N_PORT_B" \
+    --server-pid "$N_WORKERS" --cpu-pid "$a" --label nchan-redis "${UC_ARGS[@]}"
+  stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
+}
+
+START=$(date +%s)
+case "$SCEN" in
+  idle) run_idle ;;
+  unicast) run_unicast ;;
+  fanout) run_fanout ;;
+  ingest) run_ingest ;;
+  cross-replica) run_cross_replica ;;
+  all) run_idle; run_unicast; run_fanout; run_ingest; run_cross_replica ;;
+esac
+
+echo
+echo "=== summary ($SCEN$([ "$SMALL" = 1 ] && echo ', small'); $(nproc) cores; $(($(date +%s) - START)) s)"
+echo
+if [ "${#OUTPUTS[@]}" -gt 0 ]; then
+  "$BENCH" report "${OUTPUTS[@]}" | tee "$WORK/summary.md"
+  if [ "$SCEN" = all ] && [ "$SMALL" != 1 ]; then
+    cp "$WORK/summary.md" "$RESULTS/summary.md"
+    python3 "$HERE/latency_svg.py" "$RESULTS" "$RESULTS/latency.svg" || log "chart failed"
+  fi
+fi
+if [ "$FAILED" != 0 ]; then
+  log "FAILED: a run lost, duplicated or misordered notifications, or requests failed (see above)"
+  exit 1
+fi
+log "done; results in $RESULTS"

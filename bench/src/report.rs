@@ -1,0 +1,340 @@
+//! `tidings-bench report FILE...`: Markdown tables, one per scenario and variant, with a column
+//! per label (Tidings first, then Nchan) and the ratio of each Tidings column to each Nchan one.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Ms,
+    Kib,
+    Count,
+    Secs,
+    Float,
+}
+
+struct Row {
+    name: &'static str,
+    unit: Unit,
+    get: fn(&Value) -> Option<f64>,
+}
+
+fn ptr(v: &Value, p: &str) -> Option<f64> {
+    v.pointer(p).and_then(Value::as_f64)
+}
+
+fn rows(scenario: &str) -> Vec<Row> {
+    let latency = |name, key: &'static str| Row {
+        name,
+        unit: Unit::Ms,
+        get: match key {
+            "p50" => |v| ptr(v, "/latency_us/p50"),
+            "p90" => |v| ptr(v, "/latency_us/p90"),
+            "p99" => |v| ptr(v, "/latency_us/p99"),
+            "p999" => |v| ptr(v, "/latency_us/p999"),
+            _ => |v| ptr(v, "/latency_us/max"),
+        },
+    };
+    let cpu = || -> Vec<Row> {
+        vec![
+            Row {
+                name: "server CPU (cores)",
+                unit: Unit::Float,
+                get: |v| cpu_of(v).and_then(|c| ptr(c, "/server_cores")),
+            },
+            Row {
+                name: "Postgres CPU, all its processes (cores)",
+                unit: Unit::Float,
+                get: |v| cpu_of(v).and_then(|c| ptr(c, "/named_cores/postgres")),
+            },
+            Row {
+                name: "Redis CPU (cores)",
+                unit: Unit::Float,
+                get: |v| cpu_of(v).and_then(|c| ptr(c, "/named_cores/redis-server")),
+            },
+            Row {
+                name: "load generator CPU (cores)",
+                unit: Unit::Float,
+                get: |v| cpu_of(v).and_then(|c| ptr(c, "/client_cores")),
+            },
+            Row {
+                name: "whole machine busy (cores)",
+                unit: Unit::Float,
+                get: |v| cpu_of(v).and_then(|c| ptr(c, "/machine_busy_cores")),
+            },
+        ]
+    };
+    let loss = vec![
+        Row {
+            name: "lost",
+            unit: Unit::Count,
+            get: |v| ptr(v, "/delivery/lost"),
+        },
+        Row {
+            name: "duplicated",
+            unit: Unit::Count,
+            get: |v| ptr(v, "/delivery/duplicated"),
+        },
+        Row {
+            name: "seq gaps / backwards (Tidings)",
+            unit: Unit::Count,
+            get: |v| Some(ptr(v, "/delivery/seq_gaps")? + ptr(v, "/delivery/seq_backwards")?),
+        },
+        Row {
+            name: "failed publishes",
+            unit: Unit::Count,
+            get: |v| ptr(v, "/publish/failed"),
+        },
+    ];
+    match scenario {
+        "idle" => vec![
+            Row {
+                name: "connections held",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/rss/connections"),
+            },
+            Row {
+                name: "server RSS per connection (KiB)",
+                unit: Unit::Kib,
+                get: |v| ptr(v, "/rss/bytes_per_conn"),
+            },
+            Row {
+                name: "of which private heap, RssAnon (KiB)",
+                unit: Unit::Kib,
+                get: |v| ptr(v, "/rss/anon_bytes_per_conn"),
+            },
+            Row {
+                name: "time to open all (s)",
+                unit: Unit::Secs,
+                get: |v| ptr(v, "/connections/connect_secs"),
+            },
+        ],
+        "unicast" | "cross-replica" => {
+            let mut r = vec![
+                latency("latency p50 (ms)", "p50"),
+                latency("latency p90 (ms)", "p90"),
+                latency("latency p99 (ms)", "p99"),
+                latency("latency p99.9 (ms)", "p999"),
+                latency("latency max (ms)", "max"),
+                Row {
+                    name: "latency p99 counted from the schedule (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/latency_from_schedule_us/p99"),
+                },
+                Row {
+                    name: "delivered per second",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/delivered_per_s"),
+                },
+                Row {
+                    name: "publish request p99 (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/publish/latency_us/p99"),
+                },
+                Row {
+                    name: "server CPU per 1,000 delivered (ms)",
+                    unit: Unit::Float,
+                    get: |v| ptr(v, "/server_cpu_ms_per_1000"),
+                },
+                Row {
+                    name: "connected subscribers",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/connections/connected"),
+                },
+                Row {
+                    name: "server RSS per connection (KiB)",
+                    unit: Unit::Kib,
+                    get: |v| ptr(v, "/rss/bytes_per_conn"),
+                },
+            ];
+            r.extend(loss);
+            r.extend(cpu());
+            r
+        }
+        "fanout" => {
+            let mut r = vec![
+                Row {
+                    name: "time until the last has it, median round (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/fanout/time_to_last_us/median"),
+                },
+                Row {
+                    name: "time until the last has it, best round (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/fanout/time_to_last_us/min"),
+                },
+                Row {
+                    name: "time until the last has it, worst round (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/fanout/time_to_last_us/max"),
+                },
+                latency("delivery p50, all rounds (ms)", "p50"),
+                latency("delivery p99, all rounds (ms)", "p99"),
+            ];
+            r.extend(loss);
+            r.extend(cpu());
+            r
+        }
+        "ingest" => {
+            let mut r = vec![
+                Row {
+                    name: "best notifications per second",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/ingest/best_notifications_per_s"),
+                },
+                Row {
+                    name: "at concurrency",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/ingest/best_concurrency"),
+                },
+                Row {
+                    name: "requests per second at best",
+                    unit: Unit::Count,
+                    get: |v| best_level(v).and_then(|l| ptr(l, "/requests_per_s")),
+                },
+                Row {
+                    name: "request p50 at best (ms)",
+                    unit: Unit::Ms,
+                    get: |v| best_level(v).and_then(|l| ptr(l, "/latency_us/p50")),
+                },
+                Row {
+                    name: "request p99 at best (ms)",
+                    unit: Unit::Ms,
+                    get: |v| best_level(v).and_then(|l| ptr(l, "/latency_us/p99")),
+                },
+                Row {
+                    name: "failed requests, all levels",
+                    unit: Unit::Count,
+                    get: |v| {
+                        Some(
+                            v.pointer("/ingest/levels")?
+                                .as_array()?
+                                .iter()
+                                .filter_map(|l| l["errors"].as_f64())
+                                .sum(),
+                        )
+                    },
+                },
+            ];
+            r.extend(cpu());
+            r
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The CPU figures of a run; for ingest, those of the best concurrency level.
+fn cpu_of(v: &Value) -> Option<&Value> {
+    match v.get("cpu") {
+        Some(c) => Some(c),
+        None => best_level(v).and_then(|l| l.get("cpu")),
+    }
+}
+
+fn best_level(v: &Value) -> Option<&Value> {
+    let best = v.pointer("/ingest/best_concurrency")?.as_u64()?;
+    v.pointer("/ingest/levels")?
+        .as_array()?
+        .iter()
+        .find(|l| l["concurrency"].as_u64() == Some(best))
+}
+
+fn fmt(unit: Unit, x: Option<f64>) -> String {
+    match x {
+        None => "–".into(),
+        Some(x) => match unit {
+            Unit::Ms => format!("{:.2}", x / 1000.0),
+            Unit::Kib => format!("{:.1}", x / 1024.0),
+            Unit::Count => format!("{x:.0}"),
+            Unit::Secs => format!("{x:.1}"),
+            Unit::Float => format!("{x:.2}"),
+        },
+    }
+}
+
+pub fn print(files: &[PathBuf]) -> Result<()> {
+    let mut docs = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+        docs.push(v);
+    }
+    let order = ["idle", "unicast", "fanout", "ingest", "cross-replica"];
+    let mut groups: Vec<(String, String)> = Vec::new();
+    for d in &docs {
+        let key = (
+            d["scenario"].as_str().unwrap_or("?").to_owned(),
+            d["variant"].as_str().unwrap_or("").to_owned(),
+        );
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+    }
+    groups.sort_by_key(|(s, v)| {
+        (
+            order.iter().position(|o| o == s).unwrap_or(order.len()),
+            v.clone(),
+        )
+    });
+    for (scenario, variant) in groups {
+        let mut cols: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["scenario"] == scenario.as_str() && d["variant"] == variant.as_str())
+            .collect();
+        cols.sort_by_key(|d| {
+            (
+                d["target"] != "tidings",
+                d["label"].as_str().unwrap_or("").to_owned(),
+            )
+        });
+        let tidings: Vec<&Value> = cols
+            .iter()
+            .copied()
+            .filter(|d| d["target"] == "tidings")
+            .collect();
+        let nchan: Vec<&Value> = cols
+            .iter()
+            .copied()
+            .filter(|d| d["target"] == "nchan")
+            .collect();
+        let label = |d: &Value| d["label"].as_str().unwrap_or("?").to_owned();
+        println!("### {scenario} ({variant})\n");
+        if let Some(p) = cols.first().map(|d| &d["params"]) {
+            println!("parameters: `{p}`\n");
+        }
+        let mut head = vec!["metric".to_owned()];
+        head.extend(cols.iter().map(|d| label(d)));
+        for t in &tidings {
+            for n in &nchan {
+                head.push(format!("{} ÷ {}", label(t), label(n)));
+            }
+        }
+        println!("| {} |", head.join(" | "));
+        println!(
+            "|{}",
+            head.iter()
+                .enumerate()
+                .map(|(i, _)| if i == 0 { " --- |" } else { " ---: |" })
+                .collect::<String>()
+        );
+        for row in rows(&scenario) {
+            let mut cells = vec![row.name.to_owned()];
+            cells.extend(cols.iter().map(|d| fmt(row.unit, (row.get)(d))));
+            for t in &tidings {
+                for n in &nchan {
+                    let want = !matches!(row.unit, Unit::Count) || row.name.contains("per second");
+                    cells.push(match ((row.get)(t), (row.get)(n)) {
+                        (Some(a), Some(b)) if want && b != 0.0 => format!("{:.2}×", a / b),
+                        _ => String::new(),
+                    });
+                }
+            }
+            println!("| {} |", cells.join(" | "));
+        }
+        println!();
+    }
+    Ok(())
+}
