@@ -35,8 +35,12 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 PEER="${NCHAN_PEER_DIR:-$(cd "$ROOT/.." && pwd)/shared/peers/nchan}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-TIDINGS="$TARGET_DIR/release/tidings"
-BENCH="$TARGET_DIR/release/tidings-bench"
+# Figures come from release builds; the --small loss check (CI) may use the debug build the
+# test suite already made, which spares a cold release build: BENCH_PROFILE=debug|release.
+PROFILE="${BENCH_PROFILE:-release}"
+case "$PROFILE" in release) PROFILE_FLAG=(--release) ;; debug) PROFILE_FLAG=() ;; *) echo "BENCH_PROFILE must be debug or release" >&2; exit 2 ;; esac
+TIDINGS="$TARGET_DIR/$PROFILE/tidings"
+BENCH="$TARGET_DIR/$PROFILE/tidings-bench"
 PG_ADMIN="${BENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}"
 PORT_BASE="${BENCH_PORT_BASE:-18080}"
 T_PORT_A=$PORT_BASE
@@ -127,12 +131,12 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "open-file limit $(ulimit -n) (servers inherit it; each side needs > 15,000 for idle)"
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-  log "building (release)"
-  (cd "$ROOT" && cargo build --release -q -p tidings --bin tidings)
-  (cd "$ROOT" && cargo build --release -q -p tidings-bench)
+  log "building ($PROFILE)"
+  (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings --bin tidings)
+  (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings-bench)
 fi
-[ -x "$TIDINGS" ] || die "no $TIDINGS (build it: cargo build --release -p tidings --bin tidings)"
-[ -x "$BENCH" ] || die "no $BENCH (build it: cargo build --release -p tidings-bench)"
+[ -x "$TIDINGS" ] || die "no $TIDINGS (build it: cargo build ${PROFILE_FLAG[*]} -p tidings --bin tidings)"
+[ -x "$BENCH" ] || die "no $BENCH (build it: cargo build ${PROFILE_FLAG[*]} -p tidings-bench)"
 [ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
   die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
@@ -387,4 +391,8 @@ if [ "$FAILED" != 0 ]; then
   log "FAILED: a run lost, duplicated or misordered notifications, or requests failed (see above)"
   exit 1
 fi
-log "done; results in $RESULTS"
+if [ "$SMALL" = 1 ] && [ -z "${BENCH_RESULTS:-}" ]; then
+  log "done: nothing lost or duplicated"
+else
+  log "done; results in $RESULTS; logs in $WORK"
+fi

@@ -91,7 +91,7 @@ fi
 
 if [ -f bench/run.sh ]; then
   say "small benchmark against Nchan (checks for loss, not speed)"
-  bash bench/run.sh unicast --small
+  BENCH_PROFILE=debug bash bench/run.sh unicast --small
 fi
 
 say "all tests passed"
