@@ -15,6 +15,8 @@ pub enum Transport {
     LongPoll,
     /// NDJSON and iframe streaming.
     Stream,
+    /// STOMP over WebSocket: one per subscription (each holds its own hub connection).
+    Stomp,
 }
 
 impl Transport {
@@ -24,6 +26,7 @@ impl Transport {
             Transport::WebSocket => "websocket",
             Transport::LongPoll => "longpoll",
             Transport::Stream => "stream",
+            Transport::Stomp => "stomp",
         }
     }
 }
@@ -110,6 +113,7 @@ impl Metrics {
             Transport::WebSocket,
             Transport::LongPoll,
             Transport::Stream,
+            Transport::Stomp,
         ] {
             let _ = connections.get_or_create(&TransportLabel { transport });
         }

@@ -13,7 +13,7 @@ use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::notifier::Notifier;
 use crate::store::Store;
-use crate::transports::{iframe, longpoll, ndjson, sse, ws};
+use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use actix_web::{web, HttpResponse};
 use error::ApiError;
 use std::sync::atomic::AtomicBool;
@@ -64,6 +64,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/notifications/poll", web::get().to(longpoll::poll))
     .route("/v1/ws", web::get().to(ws::socket))
+    .route("/v1/stomp", web::get().to(stomp::socket))
     .route("/metrics", web::get().to(health::metrics))
     .configure(demo::configure)
     .service(

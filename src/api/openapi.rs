@@ -2,7 +2,7 @@
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
 use super::{error, health, notifications, topics};
-use crate::transports::{iframe, longpoll, ndjson, sse, ws};
+use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -25,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         iframe::stream,
         longpoll::poll,
         ws::socket,
+        stomp::socket,
         topics::info,
         topics::subscribe,
         topics::unsubscribe,

@@ -5,6 +5,7 @@ pub mod iframe;
 pub mod longpoll;
 pub mod ndjson;
 pub mod sse;
+pub mod stomp;
 pub mod stream;
 pub mod ws;
 

@@ -19,7 +19,9 @@ async fn stream_forever() -> HttpResponse {
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18999".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18999".into());
     HttpServer::new(|| App::new().default_service(web::get().to(stream_forever)))
         .workers(2)
         .bind(addr)?
