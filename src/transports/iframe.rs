@@ -84,7 +84,7 @@ impl Format for Iframe {
 
 /// Stream the caller's notifications into a hidden iframe, as `postMessage` calls to the parent.
 #[utoipa::path(
-    get, path = "/v1/notifications/stream.html", tag = "live",
+    get, path = "/v1/notifications/stream.html", tag = "live", operation_id = "stream_html",
     params(
         ("origin" = String, Query, description = "The parent page's origin: it must be an allowed origin (or this server's own), and events are posted to it only."),
         ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),

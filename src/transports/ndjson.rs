@@ -51,7 +51,7 @@ impl Format for Ndjson {
 
 /// Stream the caller's notifications as newline-delimited JSON.
 #[utoipa::path(
-    get, path = "/v1/notifications/stream.ndjson", tag = "live",
+    get, path = "/v1/notifications/stream.ndjson", tag = "live", operation_id = "stream_ndjson",
     params(
         ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),
         ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set."),
