@@ -41,6 +41,18 @@ async fn served_openapi_matches_the_committed_file(b: Backend) {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
+    // OpenAPI requires every operationId to be unique.
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicate operationIds");
 }
 
 async fn docs_render_offline(b: Backend) {
