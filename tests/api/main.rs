@@ -10,4 +10,5 @@ mod inbox;
 mod live;
 mod operations;
 mod publish;
+mod streams;
 mod topics;
