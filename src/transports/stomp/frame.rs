@@ -701,7 +701,7 @@ impl Decoder {
                     }
                     *input = &input[1..];
                     self.frame_bytes += 1;
-                    return Ok(Some(Item::Frame(self.take_frame())));
+                    return Ok(Some(Item::Frame(self.take_frame()?)));
                 }
             }
         }
@@ -910,7 +910,7 @@ impl Decoder {
         let consumed = chunk_len + usize::from(nul.is_some());
         self.frame_bytes += consumed;
         *input = &input[consumed..];
-        Ok(nul.map(|_| self.take_frame()))
+        nul.map(|_| self.take_frame()).transpose()
     }
 
     fn check_frame_size(&self, more: usize) -> Result<(), FrameError> {
@@ -923,19 +923,20 @@ impl Decoder {
         }
     }
 
-    fn take_frame(&mut self) -> Frame {
+    /// Hands over the frame just completed. A body is only ever read after a command line,
+    /// so the command is always there; should that ever not hold, the frame is reported as
+    /// malformed rather than taking the process down.
+    fn take_frame(&mut self) -> Result<Frame, FrameError> {
         self.state = State::Idle;
         self.frame_bytes = 0;
         self.content_length = None;
         self.line.clear();
-        Frame {
-            command: self
-                .command
-                .take()
-                .expect("a frame in progress has a command"),
+        let command = self.command.take().ok_or(FrameError::UnknownCommand)?;
+        Ok(Frame {
+            command,
             headers: std::mem::take(&mut self.headers),
             body: std::mem::take(&mut self.body),
-        }
+        })
     }
 }
 
