@@ -39,9 +39,17 @@ const UP: u8 = 1;
 const DOWN: u8 = 2;
 
 /// What travels on the channel: the event and the replica that sent it, which already
-/// delivered it to its own users.
-#[derive(Serialize, Deserialize)]
-struct Envelope {
+/// delivered it to its own users. Written from borrowed parts, so the event the local hub
+/// also holds is serialized in place rather than copied.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    origin: &'a str,
+    event: &'a Event,
+}
+
+/// The same envelope, as received.
+#[derive(Deserialize)]
+struct Received {
     origin: String,
     event: Event,
 }
@@ -49,7 +57,7 @@ struct Envelope {
 #[derive(Debug, Clone)]
 pub struct RedisBus {
     hub: Hub,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Arc<Event>>,
     state: Arc<AtomicU8>,
     lost: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -95,7 +103,6 @@ impl RedisBus {
         for event in events {
             let event = Arc::new(event);
             self.hub.dispatch(event.clone());
-            let event = Arc::try_unwrap(event).unwrap_or_else(|e| (*e).clone());
             if self.tx.try_send(event).is_err() {
                 // The publisher is far behind: other replicas will catch up from the database.
                 self.lost.store(true, Ordering::Release);
@@ -120,7 +127,7 @@ async fn publisher(
     client: redis::Client,
     channel: String,
     origin: String,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Arc<Event>>,
     lost: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) {
@@ -144,8 +151,8 @@ async fn publisher(
         }
         for event in batch.drain(..) {
             let envelope = Envelope {
-                origin: origin.clone(),
-                event,
+                origin: &origin,
+                event: &event,
             };
             match serde_json::to_string(&envelope) {
                 Ok(json) if retry.len() < RETRY_BUFFER => retry.push_back(json),
@@ -157,8 +164,8 @@ async fn publisher(
             // Some events were dropped: replace them all with one catch-up.
             retry.clear();
             let envelope = Envelope {
-                origin: origin.clone(),
-                event: Event::CatchUp,
+                origin: &origin,
+                event: &Event::CatchUp,
             };
             retry.push_back(serde_json::to_string(&envelope).unwrap_or_default());
         }
@@ -252,7 +259,7 @@ async fn subscriber(
                     };
                     let Some(msg) = msg else { break };
                     let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                    match serde_json::from_slice::<Envelope>(&payload) {
+                    match serde_json::from_slice::<Received>(&payload) {
                         Ok(env) if env.origin == origin => {}
                         Ok(env) => hub.dispatch(Arc::new(env.event)),
                         Err(e) => tracing::warn!(error = %e, "ignoring an undecodable bus message"),
