@@ -3,12 +3,15 @@
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use sqlx::{Connection, Executor, PgConnection};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, Instant};
+
+#[path = "../support/processes.rs"]
+mod processes;
+use processes::{kill_now, log_file, tail, RedisServer};
 
 /// The same secret as the API suite's.
 pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";
@@ -60,28 +63,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn log_file(path: &Path) -> (Stdio, Stdio) {
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("log file");
-    let clone = file.try_clone().expect("log file");
-    (Stdio::from(file), Stdio::from(clone))
-}
-
-/// The last `lines` lines of a log, for failure messages.
-fn tail(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-        let _ = f.read_to_string(&mut text);
-    }
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Waits up to `within` for a child to exit.
 async fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + within;
@@ -96,11 +77,6 @@ async fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     }
 }
 
-fn kill_now(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 pub struct Replica {
     pub port: u16,
     child: Option<Child>,
@@ -110,86 +86,6 @@ pub struct Replica {
 impl Replica {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl RedisServer {
-    fn spawn(&mut self) {
-        let (out, err) = log_file(&self.log);
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ])
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("redis-server must be installed for the cluster tests");
-        self.child = Some(child);
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_WITHIN;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "redis-server on port {} exited with {status}:\n{}",
-                        self.port,
-                        tail(&self.log, 20)
-                    );
-                }
-            }
-            if self.ping().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer within {START_WITHIN:?}:\n{}",
-                self.port,
-                tail(&self.log, 20)
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn ping(&self) -> bool {
-        let attempt = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .ok()?;
-            s.write_all(b"PING\r\n").await.ok()?;
-            let mut buf = [0u8; 16];
-            let n = s.read(&mut buf).await.ok()?;
-            Some(buf[..n].starts_with(b"+PONG"))
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), attempt).await,
-            Ok(Some(true))
-        )
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_now(&mut child);
-        }
     }
 }
 
