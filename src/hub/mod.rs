@@ -29,19 +29,35 @@ use tokio::sync::mpsc;
 /// one notification's JSON is built once, whatever the number of tabs.
 #[derive(Debug, Clone)]
 pub enum Frame {
-    /// Notifications in seq order (none, when only the counters changed), then the user's
-    /// counters after them. `last` is the seq of the last notification this connection was
-    /// sent (or its starting cursor), which SSE uses as the event id. A replay is one
-    /// update, so it takes one slot of the bounded queue.
-    Update {
-        notifications: Vec<(Seq, Arc<str>)>,
-        counts: Counts,
-        last: Seq,
-    },
+    /// Notifications and counters; boxed so that a frame, and so every slot of every
+    /// connection's queue, is 16 bytes rather than 64 (the queue allocates its first block
+    /// of slots up front, idle or not).
+    Update(Box<Update>),
     /// More than the replay cap was missed: page through the REST API up to `seq`.
     Resync { seq: Seq },
     /// This replica is stopping: reconnect, to another one.
     Shutdown,
+}
+
+/// Notifications in seq order (none, when only the counters changed), then the user's
+/// counters after them. `last` is the seq of the last notification this connection was
+/// sent (or its starting cursor), which SSE uses as the event id. A replay is one update,
+/// so it takes one slot of the bounded queue.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub notifications: Vec<(Seq, Arc<str>)>,
+    pub counts: Counts,
+    pub last: Seq,
+}
+
+impl Frame {
+    pub fn update(notifications: Vec<(Seq, Arc<str>)>, counts: Counts, last: Seq) -> Self {
+        Frame::Update(Box::new(Update {
+            notifications,
+            counts,
+            last,
+        }))
+    }
 }
 
 /// Shared between a connection and its user's actor.

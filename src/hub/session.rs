@@ -178,11 +178,7 @@ impl UserSession {
         if let Some((seq, _)) = merged.deliver.last() {
             conn.last_sent = *seq;
         }
-        let update = Frame::Update {
-            notifications: merged.deliver,
-            counts,
-            last: conn.last_sent,
-        };
+        let update = Frame::update(merged.deliver, counts, conn.last_sent);
         let again = merged.again;
         let sent = resync.is_none_or(|r| self.push(id, r)) && self.push(id, update);
         if !sent {
@@ -288,14 +284,7 @@ impl Handler<Deliver> for UserSession {
                     match conn.seq.on_live(seq, (seq, json.clone())) {
                         Live::Deliver(item) => {
                             conn.last_sent = seq;
-                            frames.push((
-                                conn.id,
-                                Frame::Update {
-                                    notifications: vec![item],
-                                    counts,
-                                    last: seq,
-                                },
-                            ));
+                            frames.push((conn.id, Frame::update(vec![item], counts, seq)));
                         }
                         Live::Drop => {}
                         Live::CatchUp { after } => reads.push((conn.id, after)),
@@ -335,12 +324,7 @@ impl Handler<Deliver> for UserSession {
                     .collect();
                 let mut cut = false;
                 for (id, last) in targets {
-                    let update = Frame::Update {
-                        notifications: Vec::new(),
-                        counts,
-                        last,
-                    };
-                    cut |= !self.push(id, update);
+                    cut |= !self.push(id, Frame::update(Vec::new(), counts, last));
                 }
                 if cut {
                     self.forget_cut(ctx);

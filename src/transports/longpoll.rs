@@ -68,22 +68,13 @@ pub async fn poll(
             f = conn.rx.recv() => f,
         };
         match frame {
-            Some(Frame::Update {
-                notifications,
-                counts: c,
-                ..
-            }) => {
-                let mut counts = c;
-                found.extend(notifications);
+            Some(Frame::Update(u)) => {
+                let mut counts = u.counts;
+                found.extend(u.notifications);
                 // Take whatever else is already queued, so one answer carries a burst.
-                while let Ok(Frame::Update {
-                    notifications,
-                    counts: c,
-                    ..
-                }) = conn.rx.try_recv()
-                {
-                    counts = c;
-                    found.extend(notifications);
+                while let Ok(Frame::Update(u)) = conn.rx.try_recv() {
+                    counts = u.counts;
+                    found.extend(u.notifications);
                 }
                 if !found.is_empty() || unread.is_some_and(|u| u != counts.unread) {
                     found.truncate(MAX_PAGE as usize);

@@ -87,16 +87,12 @@ impl<F: Format> EventStream<F> {
 
     fn write(&mut self, out: &mut String, frame: &Frame) {
         match frame {
-            Frame::Update {
-                notifications,
-                counts,
-                last,
-            } => {
-                for (seq, json) in notifications {
+            Frame::Update(u) => {
+                for (seq, json) in &u.notifications {
                     self.format.notification(out, *seq, json);
                 }
-                self.counts_seq = counts.seq;
-                self.format.unread(out, counts, *last);
+                self.counts_seq = u.counts.seq;
+                self.format.unread(out, &u.counts, u.last);
             }
             Frame::Resync { seq } => {
                 self.counts_seq = *seq;

@@ -199,11 +199,8 @@ fn error_frame(detail: &str) -> String {
 /// One hub frame as WebSocket messages, one JSON object per text frame.
 fn render(frame: &Frame) -> Vec<String> {
     match frame {
-        Frame::Update {
-            notifications,
-            counts,
-            ..
-        } => {
+        Frame::Update(u) => {
+            let (notifications, counts) = (&u.notifications, &u.counts);
             let mut out = Vec::with_capacity(notifications.len() + 1);
             for (_, json) in notifications {
                 out.push(format!(

@@ -17,7 +17,7 @@ use super::transaction::{Transactions, TxLimits};
 use crate::api::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::domain::{Cursor, Seq, TopicName, UserId};
-use crate::hub::{Connection, Frame as HubFrame};
+use crate::hub::{Connection, Frame as HubFrame, Update as HubUpdate};
 use crate::ingest::parse_mark_read;
 use crate::metrics::Transport;
 use crate::store::{MarkRead, StoreError};
@@ -229,11 +229,12 @@ impl Event {
 /// count is the whole inbox's, which the feed carries). Both get `resync`.
 pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
     match frame {
-        HubFrame::Update {
-            notifications,
-            counts,
-            ..
-        } => {
+        HubFrame::Update(u) => {
+            let HubUpdate {
+                notifications,
+                counts,
+                ..
+            } = *u;
             let mut out = Vec::with_capacity(notifications.len() + 1);
             for (seq, json) in notifications {
                 let keep = match destination {
@@ -1128,18 +1129,18 @@ mod tests {
     }
 
     fn update(notifications: &[(Seq, &str)], unread: i64, seq: Seq) -> HubFrame {
-        HubFrame::Update {
-            notifications: notifications
+        HubFrame::update(
+            notifications
                 .iter()
                 .map(|(s, j)| (*s, Arc::from(*j)))
                 .collect(),
-            counts: crate::store::Counts {
+            crate::store::Counts {
                 unread,
                 seq,
                 version: 1,
             },
-            last: seq,
-        }
+            seq,
+        )
     }
 
     #[test]
