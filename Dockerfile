@@ -7,10 +7,12 @@
 #   planner  - reduces the build context to a "recipe": every Cargo.toml of the
 #              workspace (root package, a future bench/ member, ...) plus
 #              Cargo.lock, with stub src/lib.rs + src/main.rs next to each
-#              manifest. Its output only changes when a manifest or the lock
-#              file changes, so the dependency layer below stays cached while
-#              you edit sources. (Hand-rolled cargo-chef, no extra tool needed;
-#              works with the classic builder and BuildKit alike.)
+#              manifest, and vendor/ whole (patched dependencies, see
+#              vendor/README.md). Its output only changes when a manifest,
+#              the lock file or vendor/ changes, so the dependency layer below
+#              stays cached while you edit sources. (Hand-rolled cargo-chef, no
+#              extra tool needed; works with the classic builder and BuildKit
+#              alike.)
 #   build    - compiles the dependencies against the recipe, then the real
 #              sources. Only the `tidings` binary of the `tidings` package is
 #              built (-p tidings --bin tidings), so other workspace members only
@@ -29,7 +31,9 @@ COPY . .
 RUN set -eu; \
     mkdir -p /recipe; \
     cp Cargo.lock /recipe/Cargo.lock; \
+    if [ -d vendor ]; then cp -r vendor /recipe/vendor; fi; \
     find . -name Cargo.toml -not -path '*/target/*' -not -path '*/node_modules/*' \
+      -not -path './vendor/*' \
       | sort | while read -r manifest; do \
         dir="$(dirname "$manifest")"; \
         mkdir -p "/recipe/$dir/src"; \
