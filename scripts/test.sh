@@ -30,8 +30,15 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   as_root apt-get update -qq || true
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || die "could not install ${missing[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    # One package that conflicts with what the machine already has (for example Debian's npm
+    # beside a Node.js installed another way) fails the whole batch: retry one at a time, so
+    # only a package that really cannot be had stops the run.
+    for pkg in $(printf '%s\n' "${missing[@]}" | sort -u); do
+      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
+        || die "could not install $pkg"
+    done
+  fi
 fi
 
 ensure_postgres() {
