@@ -8,6 +8,8 @@
 #   fanout         one notification to 1,000 online users (Nchan: 1,000 publishes)
 #   ingest         highest durable publish rate, 1 and 100 recipients per request
 #   cross-replica  unicast with subscribers on replica B, publishes to replica A, via Redis
+#   baseline       the idle SSE measurement against a bare actix-web server (no hub, no
+#                  actor, no timers): the framework's share of Tidings' figure
 #   all            every one of them (about 13 minutes), then results/summary.md and
 #                  results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
@@ -67,7 +69,7 @@ for a in "$@"; do
   esac
 done
 case "$SCEN" in
-  idle | unicast | fanout | ingest | cross-replica | all) ;;
+  idle | unicast | fanout | ingest | cross-replica | baseline | all) ;;
   *) usage ;;
 esac
 if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
@@ -133,7 +135,7 @@ log "open-file limit $(ulimit -n) (servers inherit it; each side needs > 15,000 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   log "building ($PROFILE)"
   (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings --bin tidings)
-  (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings-bench)
+  (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings-bench --bins)
 fi
 [ -x "$TIDINGS" ] || die "no $TIDINGS (build it: cargo build ${PROFILE_FLAG[*]} -p tidings --bin tidings)"
 [ -x "$BENCH" ] || die "no $BENCH (build it: cargo build ${PROFILE_FLAG[*]} -p tidings-bench)"
@@ -367,6 +369,22 @@ run_cross_replica() {
   stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
 }
 
+run_baseline() {
+  local port=$((PORT_BASE + 18)) pid
+  "$TARGET_DIR/$PROFILE/actix-sse-baseline" "127.0.0.1:$port" >"$WORK/baseline.log" 2>&1 &
+  pid=$!
+  local rc
+  for _ in $(seq 50); do
+    # Up when a GET times out (its stream never ends) rather than being refused.
+    rc=0; curl -s -o /dev/null --max-time 0.2 "http://127.0.0.1:$port/" || rc=$?
+    [ "$rc" = 28 ] && break
+    sleep 0.1
+  done
+  bench "idle-sse-actix-baseline" idle --target tidings --url "http://127.0.0.1:$port" \
+    --connections "$IDLE_N" --transport sse --server-pid "$pid" --label actix-baseline
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
 START=$(date +%s)
 case "$SCEN" in
   idle) run_idle ;;
@@ -374,6 +392,7 @@ case "$SCEN" in
   fanout) run_fanout ;;
   ingest) run_ingest ;;
   cross-replica) run_cross_replica ;;
+  baseline) run_baseline ;;
   all) run_idle; run_unicast; run_fanout; run_ingest; run_cross_replica ;;
 esac
 
