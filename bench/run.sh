@@ -393,7 +393,7 @@ case "$SCEN" in
   ingest) run_ingest ;;
   cross-replica) run_cross_replica ;;
   baseline) run_baseline ;;
-  all) run_idle; run_unicast; run_fanout; run_ingest; run_cross_replica ;;
+  all) run_idle; run_baseline; run_unicast; run_fanout; run_ingest; run_cross_replica ;;
 esac
 
 echo

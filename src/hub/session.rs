@@ -5,6 +5,8 @@ use crate::bus::Event;
 use crate::domain::{Cursor, Seq, UserId};
 use crate::store::{Counts, ListQuery, Page, Store, StoreError};
 use actix::prelude::*;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +93,9 @@ impl UserSession {
             store,
             pending_joins,
             lagged,
-            conns: Vec::new(),
+            // Most users have one tab: room for one connection, not the four a first push
+            // would reserve.
+            conns: Vec::with_capacity(1),
             counts: Counts::default(),
         }
     }
@@ -108,21 +112,24 @@ impl UserSession {
     fn read(&mut self, ctx: &mut Context<Self>, id: u64, from: ReadFrom) {
         let store = self.store.clone();
         let user = self.user.clone();
-        let fut = async move {
-            match from {
-                ReadFrom::After(after) => {
-                    let q = ListQuery::After {
-                        after,
-                        limit: (REPLAY_CAP + 1) as u32,
-                        unread_only: false,
-                    };
-                    store.list(&user, q).await
-                }
-                ReadFrom::Latest => store.counts(&user).await.map(|counts| Page {
+        // One boxed future per kind of read: a connection storm has a read in flight per
+        // new connection, and most are the small counters read, which should not be the
+        // size of the replay read's state machine.
+        let fut: Pin<Box<dyn Future<Output = Result<Page, StoreError>>>> = match from {
+            ReadFrom::After(after) => Box::pin(async move {
+                let q = ListQuery::After {
+                    after,
+                    limit: (REPLAY_CAP + 1) as u32,
+                    unread_only: false,
+                };
+                store.list(&user, q).await
+            }),
+            ReadFrom::Latest => Box::pin(async move {
+                store.counts(&user).await.map(|counts| Page {
                     notifications: Vec::new(),
                     counts,
-                }),
-            }
+                })
+            }),
         };
         ctx.spawn(
             fut.into_actor(self)
