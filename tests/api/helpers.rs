@@ -1,10 +1,13 @@
 //! The test harness: every test gets its own server on a random port and its own fresh
 //! database, dropped afterwards.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+#[path = "../support/harness.rs"]
+mod harness;
+pub use harness::sign;
+
+use jsonwebtoken::Algorithm;
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor, PgConnection};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use tidings::configuration::{Profile, Settings};
@@ -16,13 +19,6 @@ pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";
 pub enum Backend {
     Sqlite,
     Postgres,
-}
-
-/// Postgres to create test databases in. CI and the README's test command provide it; a
-/// test never skips itself when it is missing, it fails.
-pub fn postgres_admin_url() -> String {
-    std::env::var("TIDINGS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn redis_url() -> String {
@@ -64,16 +60,10 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
             Database::Sqlite(dir)
         }
         Backend::Postgres => {
-            let name = format!("tidings_test_{}", uuid::Uuid::new_v4().simple());
-            let admin = postgres_admin_url();
-            let mut conn = PgConnection::connect(&admin)
-                .await
-                .unwrap_or_else(|e| panic!("Postgres is required for the tests at {admin}: {e}"));
-            conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-                .await
-                .expect("create test database");
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            settings.database.url = SecretString::from(format!("{base}/{name}"));
+            // Postgres is required: CI and the README's test command provide it, and a
+            // test never skips itself when it is missing, it fails.
+            let (name, url) = harness::create_database("tidings_test").await;
+            settings.database.url = SecretString::from(url);
             // The production topology: Postgres with Redis pub/sub, on a channel of its own
             // so tests running side by side on one Redis never see each other's events.
             settings.redis.url = Some(SecretString::from(redis_url()));
@@ -125,51 +115,9 @@ impl Drop for TestApp {
             let _ = thread.join();
         }
         if let Database::Postgres { name } = &self.database {
-            let name = name.clone();
-            // Drop runs inside the test's runtime; a fresh thread may block on its own.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                if let Ok(rt) = rt {
-                    rt.block_on(async {
-                        if let Ok(mut conn) = PgConnection::connect(&postgres_admin_url()).await {
-                            let _ = conn
-                                .execute(
-                                    format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)
-                                        .as_str(),
-                                )
-                                .await;
-                        }
-                    });
-                }
-            })
-            .join();
+            harness::drop_database_blocking(name);
         }
     }
-}
-
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<&'a str>,
-}
-
-/// Signs arbitrary claims, for tokens the CLI would never mint.
-pub fn sign(alg: Algorithm, secret: &str, sub: &str, exp_in: i64, scope: Option<&str>) -> String {
-    let claims = Claims {
-        sub,
-        exp: chrono::Utc::now().timestamp() + exp_in,
-        scope,
-    };
-    encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign")
 }
 
 pub fn user_token(user: &str) -> String {

@@ -1,7 +1,6 @@
 //! Real `tidings` processes, a fresh Postgres database and a private `redis-server`.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use sqlx::{Connection, Executor, PgConnection};
+use jsonwebtoken::Algorithm;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
+#[path = "../support/harness.rs"]
+mod harness;
 #[path = "../support/processes.rs"]
 mod processes;
 use processes::{kill_now, log_file, tail, RedisServer};
@@ -20,31 +21,8 @@ pub const GRACE_SECONDS: u64 = 3;
 
 const START_WITHIN: Duration = Duration::from_secs(30);
 
-fn postgres_admin_url() -> String {
-    std::env::var("TIDINGS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<&'a str>,
-}
-
 fn sign(sub: &str, exp_in: i64, scope: Option<&str>) -> String {
-    let claims = Claims {
-        sub,
-        exp: chrono::Utc::now().timestamp() + exp_in,
-        scope,
-    };
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
+    harness::sign(Algorithm::HS256, SECRET, sub, exp_in, scope)
 }
 
 pub fn user_token(user: &str) -> String {
@@ -104,17 +82,7 @@ impl Cluster {
     /// A fresh database, a private Redis, and `n` replicas, each answering `/healthz`.
     pub async fn start(n: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db_name = format!("tidings_cluster_{}", uuid::Uuid::new_v4().simple());
-        let admin = postgres_admin_url();
-        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("Postgres is required for the cluster tests at {admin}: {e}")
-        });
-        conn.execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
-            .await
-            .expect("create the cluster database");
-        let _ = conn.close().await;
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let db_url = format!("{base}/{db_name}");
+        let (db_name, db_url) = harness::create_database("tidings_cluster").await;
 
         let redis_port = free_port();
         let mut cluster = Cluster {
@@ -330,24 +298,6 @@ impl Drop for Cluster {
             }
             eprintln!("---- redis log ----\n{}", tail(&self.redis.log, 20));
         }
-        let name = self.db_name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut conn) = PgConnection::connect(&postgres_admin_url()).await {
-                        let _ = conn
-                            .execute(
-                                format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)
-                                    .as_str(),
-                            )
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
+        harness::drop_database_blocking(&self.db_name);
     }
 }

@@ -4,8 +4,7 @@
 //! directory, the binary under test); starting, stopping, restarting and killing is the
 //! script's job, so these tests also prove the script works.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use sqlx::{Connection, Executor, PgConnection};
+use jsonwebtoken::Algorithm;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -13,6 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
+#[path = "../support/harness.rs"]
+mod harness;
 #[path = "../support/processes.rs"]
 mod processes;
 pub use processes::tail;
@@ -39,31 +40,8 @@ fn script_path() -> PathBuf {
     repo_root().join("scripts/cluster.sh")
 }
 
-fn postgres_admin_url() -> String {
-    std::env::var("TIDINGS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<&'a str>,
-}
-
 fn sign(sub: &str, scope: Option<&str>) -> String {
-    let claims = Claims {
-        sub,
-        exp: chrono::Utc::now().timestamp() + 3600,
-        scope,
-    };
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
+    harness::sign(Algorithm::HS256, SECRET, sub, 3600, scope)
 }
 
 pub fn user_token(user: &str) -> String {
@@ -187,17 +165,7 @@ impl Topology {
             .prefix("tidings-nginx-scratch-")
             .tempdir()
             .expect("tempdir");
-        let db_name = format!("tidings_nginx_{}", uuid::Uuid::new_v4().simple());
-        let admin = postgres_admin_url();
-        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("Postgres is required for the nginx topology tests at {admin}: {e}")
-        });
-        conn.execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
-            .await
-            .expect("create the test database");
-        let _ = conn.close().await;
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let db_url = format!("{base}/{db_name}");
+        let (db_name, db_url) = harness::create_database("tidings_nginx").await;
 
         let (port, base_port) = pick_ports();
         let mut topology = Topology {
@@ -440,24 +408,6 @@ impl Drop for Topology {
             other => eprintln!("cluster.sh down ended with {other:?}"),
         }
         self.redis.stop();
-        let name = self.db_name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut conn) = PgConnection::connect(&postgres_admin_url()).await {
-                        let _ = conn
-                            .execute(
-                                format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)
-                                    .as_str(),
-                            )
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
+        harness::drop_database_blocking(&self.db_name);
     }
 }
