@@ -4,9 +4,10 @@
 //! response can name *every* bad or unknown field at once instead of only the first one serde
 //! trips over.
 
-use crate::domain::{Body, Link, NotificationData, NotificationType, Title, TopicName, UserId};
-use crate::store::MarkRead;
-use serde::Serialize;
+use crate::domain::{
+    Body, FieldError, Link, MarkRead, NewNotification, NotificationData, NotificationType, Title,
+    TopicName, UserId,
+};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -24,37 +25,11 @@ const KNOWN_FIELDS: [&str; 7] = [
     "link",
 ];
 
-/// One problem with one field of the input, as reported in a problem's `errors` list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
 
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
-/// A validated publish: every field has passed its rule, recipients are distinct.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewNotification {
-    /// Distinct, in the order the sender first named them. Empty for a topic publish until
-    /// the notifier fills it with one batch of the topic's subscribers at a time.
-    pub recipients: Vec<UserId>,
-    /// A publish to a topic's subscribers instead of named recipients.
-    pub topic: Option<TopicName>,
-    pub kind: NotificationType,
-    pub title: Title,
-    pub body: Option<Body>,
-    pub data: Option<NotificationData>,
-    pub link: Option<Link>,
-}
 
+/// The parser lives here rather than beside the type in `domain`: turning untrusted JSON
+/// into domain values, naming every bad field at once, is ingest's whole job.
 impl NewNotification {
     /// Validates a publish body. `null` is treated as absent for the optional fields.
     pub fn parse(value: &Value) -> Result<Self, Vec<FieldError>> {

@@ -3,10 +3,10 @@
 //! It commits to the store first and only then tells the bus, so no client can be told of
 //! a notification that a crash could still undo.
 
-use crate::bus::{Bus, BusState, Event};
-use crate::domain::UserId;
+use crate::bus::{Bus, BusState};
+use crate::domain::{Event, MarkRead, UserId};
 use crate::metrics::Metrics;
-use crate::store::{MarkRead, PublishCommand, PublishOutcome, ReadOutcome, Store, StoreError};
+use crate::store::{Delivery, PublishCommand, PublishOutcome, ReadOutcome, Store, StoreError};
 
 /// Recipients per transaction in a topic fan-out.
 pub const TOPIC_BATCH: u32 = 500;
@@ -36,7 +36,7 @@ impl Notifier {
             self.bus.publish(
                 deliveries
                     .into_iter()
-                    .map(|d| Event::from_delivery(d, committed_at_us))
+                    .map(|d| committed(d, committed_at_us))
                     .collect(),
             );
         }
@@ -94,5 +94,16 @@ impl Notifier {
 
     pub fn bus_state(&self) -> BusState {
         self.bus.state()
+    }
+}
+
+/// The event that announces one committed notification: everything a replica needs to
+/// deliver it without a database read per recipient.
+fn committed(d: Delivery, committed_at_us: i64) -> Event {
+    Event::Notification {
+        user: d.recipient,
+        notification: Box::new(d.notification),
+        counts: d.counts,
+        committed_at_us,
     }
 }

@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP statuses and RFC 9457 problem documents.
 
 use crate::auth::AuthError;
-use crate::ingest::FieldError;
+use crate::domain::FieldError;
 use crate::store::StoreError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};

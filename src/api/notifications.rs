@@ -6,9 +6,9 @@ use super::extract::{
     MAX_BODY_BYTES,
 };
 use super::AppState;
-use crate::domain::{IdempotencyKey, Notification};
-use crate::ingest::{fingerprint, parse_mark_read, NewNotification};
-use crate::store::{Counts, Idempotency, ListQuery, PublishCommand, Receipt, MAX_PAGE};
+use crate::domain::{Counts, FieldError, IdempotencyKey, NewNotification, Notification};
+use crate::ingest::{fingerprint, parse_mark_read};
+use crate::store::{Idempotency, ListQuery, PublishCommand, Receipt, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -125,7 +125,7 @@ pub async fn publish(
                 .map_err(|_| "must be visible ASCII characters".to_owned())
                 .and_then(IdempotencyKey::parse)
                 .map_err(|m| {
-                    ApiError::Validation(vec![crate::ingest::FieldError::new("Idempotency-Key", m)])
+                    ApiError::Validation(vec![FieldError::new("Idempotency-Key", m)])
                 })?,
         ),
     };
@@ -133,7 +133,7 @@ pub async fn publish(
     let notification = NewNotification::parse(&body).map_err(ApiError::Validation)?;
     if let Some(topic) = notification.topic.as_ref().map(|t| t.as_str().to_owned()) {
         if key.is_some() {
-            return Err(ApiError::Validation(vec![crate::ingest::FieldError::new(
+            return Err(ApiError::Validation(vec![FieldError::new(
                 "Idempotency-Key",
                 "is not supported with `topic`: a topic fan-out commits in batches",
             )]));

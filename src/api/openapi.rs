@@ -34,7 +34,7 @@ use utoipa::{Modify, OpenApi};
         health::readyz,
         health::metrics,
     ),
-    components(schemas(error::Problem, crate::ingest::FieldError)),
+    components(schemas(error::Problem, crate::domain::FieldError)),
     modifiers(&BearerTokens),
     tags(
         (name = "publishing", description = "Services send notifications."),

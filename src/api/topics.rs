@@ -3,8 +3,7 @@
 use super::error::{ApiError, Problem};
 use super::extract::{read_json, AuthenticatedService, MAX_BODY_BYTES};
 use super::AppState;
-use crate::domain::{TopicName, UserId};
-use crate::ingest::FieldError;
+use crate::domain::{FieldError, TopicName, UserId};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::Value;

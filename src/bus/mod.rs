@@ -9,51 +9,11 @@
 
 mod redis;
 
-use crate::domain::{Notification, UserId};
+use crate::domain::Event;
 use crate::hub::Hub;
-use crate::store::{Counts, Delivery};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub use self::redis::RedisBus;
-
-/// A change that committed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Event {
-    /// A notification committed for `user`: everything needed to deliver it without a
-    /// database read per recipient.
-    Notification {
-        user: UserId,
-        /// Boxed: it is most of the event's size, and the other variants are small.
-        notification: Box<Notification>,
-        counts: Counts,
-        /// When it committed, for the publish-to-delivery latency histogram.
-        committed_at_us: i64,
-    },
-    /// The user's unread count changed (a read, from any tab on any replica).
-    Counts { user: UserId, counts: Counts },
-    /// Events may have been lost on the way: every session re-reads the database.
-    CatchUp,
-}
-
-impl Event {
-    pub fn user(&self) -> Option<&UserId> {
-        match self {
-            Event::Notification { user, .. } | Event::Counts { user, .. } => Some(user),
-            Event::CatchUp => None,
-        }
-    }
-
-    pub fn from_delivery(d: Delivery, committed_at_us: i64) -> Self {
-        Event::Notification {
-            user: d.recipient,
-            notification: Box::new(d.notification),
-            counts: d.counts,
-            committed_at_us,
-        }
-    }
-}
 
 /// The bus's health, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,20 @@
-//! Domain types: values that cannot be invalid once constructed.
+//! Domain types: values that cannot be invalid once constructed, and the types that several
+//! layers share.
 //!
 //! Every input from the network goes through one of these `parse` constructors before the
 //! store sees it, so the store and the bus never have to re-check a user id or a title.
+//! Everything else in the crate may import this module; it imports nothing of the crate's.
 
+mod event;
+mod inbox;
 mod notification;
+mod publish;
 mod text;
 mod user_id;
 
+pub use event::Event;
+pub use inbox::{Counts, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
+pub use publish::{FieldError, NewNotification};
 pub use text::{Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{TopicName, UserId};

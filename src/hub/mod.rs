@@ -14,10 +14,9 @@ mod session;
 
 pub use sequencer::{Live, Merged, Sequencer};
 
-use crate::bus::Event;
-use crate::domain::{Cursor, Seq, UserId};
+use crate::domain::{Counts, Cursor, Event, Seq, UserId};
 use crate::metrics::{Metrics, Transport};
-use crate::store::{Counts, Store};
+use crate::store::Store;
 use actix::{Actor, Addr};
 use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
 use std::collections::HashMap;

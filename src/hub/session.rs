@@ -1,9 +1,9 @@
 //! One user's actor: the user's open connections on this replica, and their cursors.
 
 use super::{ConnControl, Frame, Hub, Live, Sequencer};
-use crate::bus::Event;
 use crate::domain::{Cursor, Seq, UserId};
-use crate::store::{Counts, ListQuery, Page, Store, StoreError};
+use crate::domain::{Counts, Event, Page};
+use crate::store::{ListQuery, Store, StoreError};
 use actix::prelude::*;
 use std::future::Future;
 use std::pin::Pin;

@@ -14,8 +14,9 @@ mod group_commit;
 mod postgres;
 mod sqlite;
 
-use crate::domain::{IdempotencyKey, Notification, Seq, TopicName, UserId};
-use crate::ingest::NewNotification;
+use crate::domain::{
+    Counts, IdempotencyKey, MarkRead, NewNotification, Notification, Page, Seq, TopicName, UserId,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -89,7 +90,7 @@ pub struct PublishCommand {
 #[derive(Debug, Clone)]
 pub struct Idempotency {
     pub key: IdempotencyKey,
-    /// [`crate::ingest::fingerprint`] of the request body.
+    /// A digest of the request body, so a reused key with another body is refused.
     pub fingerprint: String,
 }
 
@@ -157,26 +158,8 @@ pub enum ListQuery {
     },
 }
 
-/// A user's unread count and latest seq (0 when they have none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Counts {
-    pub unread: i64,
-    pub seq: Seq,
-    /// How many times the user's counters changed: orders updates that arrive out of order.
-    pub version: i64,
-}
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    pub notifications: Vec<Notification>,
-    pub counts: Counts,
-}
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MarkRead {
-    Ids(Vec<Uuid>),
-    UpTo(Seq),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOutcome {

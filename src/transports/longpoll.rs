@@ -10,10 +10,10 @@
 use crate::api::error::ApiError;
 use crate::api::extract::{int_param, query_map, StreamUser};
 use crate::api::AppState;
-use crate::domain::{Cursor, Notification, Seq, UserId};
+use crate::domain::{Counts, Cursor, Notification, Page, Seq, UserId};
 use crate::hub::Frame;
 use crate::metrics::Transport;
-use crate::store::{Counts, ListQuery, Page, MAX_PAGE};
+use crate::store::{ListQuery, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
 use std::sync::Arc;

@@ -5,9 +5,8 @@ use super::stream::{stream_response, EventStream, Format};
 use crate::api::error::ApiError;
 use crate::api::extract::{query_map, StreamUser};
 use crate::api::AppState;
-use crate::domain::{Cursor, Seq};
+use crate::domain::{Counts, Cursor, Seq};
 use crate::metrics::Transport;
-use crate::store::Counts;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
 

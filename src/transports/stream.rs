@@ -1,9 +1,8 @@
 //! One streaming response shared by SSE, NDJSON and the iframe stream: the same cursor
 //! rules, heartbeat, token expiry, slow-client cut-off and shutdown, in three wire formats.
 
-use crate::domain::Seq;
+use crate::domain::{Counts, Seq};
 use crate::hub::{Connection, Frame};
-use crate::store::Counts;
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, HttpResponseBuilder};

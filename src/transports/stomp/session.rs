@@ -20,7 +20,8 @@ use crate::domain::{Cursor, Seq, TopicName, UserId};
 use crate::hub::{Connection, Frame as HubFrame, Update as HubUpdate};
 use crate::ingest::parse_mark_read;
 use crate::metrics::Transport;
-use crate::store::{MarkRead, StoreError};
+use crate::domain::MarkRead;
+use crate::store::StoreError;
 use crate::transports::stream::expiry_instant;
 use actix_web::web;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
@@ -1134,7 +1135,7 @@ mod tests {
                 .iter()
                 .map(|(s, j)| (*s, Arc::from(*j)))
                 .collect(),
-            crate::store::Counts {
+            crate::domain::Counts {
                 unread,
                 seq,
                 version: 1,
