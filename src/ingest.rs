@@ -5,9 +5,10 @@
 //! trips over.
 
 use crate::domain::{
-    Body, FieldError, Link, MarkRead, NewNotification, NotificationData, NotificationType, Title,
-    TopicName, UserId,
+    Body, FieldError, IdempotencyKey, Link, MarkRead, NewNotification, NotificationData,
+    NotificationType, Title, TopicName, UserId,
 };
+use crate::store::{Idempotency, PublishCommand};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -264,6 +265,34 @@ pub fn parse_mark_read(value: &Value, extra: &[&str]) -> Result<MarkRead, Vec<Fi
         Some(r) if errors.is_empty() => Ok(r),
         _ => Err(errors),
     }
+}
+
+/// A publish body and its sender, checked against every rule, ready for the store.
+///
+/// The rules that span fields live here, not in a face, so REST, gRPC and any face added
+/// later refuse the same requests with the same words: a topic publish takes no
+/// idempotency key, because its fan-out commits in batches and a retry could not be
+/// answered with "the first response again".
+pub fn publish_command(
+    service: String,
+    key: Option<IdempotencyKey>,
+    body: &Value,
+) -> Result<PublishCommand, Vec<FieldError>> {
+    let notification = NewNotification::parse(body)?;
+    if notification.topic.is_some() && key.is_some() {
+        return Err(vec![FieldError::new(
+            "Idempotency-Key",
+            "is not supported with `topic`: a topic fan-out commits in batches",
+        )]);
+    }
+    Ok(PublishCommand {
+        service,
+        idempotency: key.map(|key| Idempotency {
+            key,
+            fingerprint: fingerprint(body),
+        }),
+        notification,
+    })
 }
 
 /// A digest of the request body that ignores formatting and key order, so a client that

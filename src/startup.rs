@@ -4,10 +4,11 @@ use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::bus::{Bus, RedisBus};
 use crate::configuration::{JwtAlgorithm, Settings};
-use crate::hub::{Hub, HubSettings};
+use crate::domain::{Page, Seq, UserId};
+use crate::hub::{History, HistoryRead, Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
-use crate::store::Store;
+use crate::store::{ListQuery, Store};
 use crate::telemetry::RedactingRootSpan;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
@@ -60,7 +61,7 @@ impl Application {
 
         let metrics = Metrics::new();
         let hub = Hub::new(
-            store.clone(),
+            Arc::new(StoreHistory(store.clone())),
             metrics.clone(),
             HubSettings {
                 max_connections: settings.server.max_connections,
@@ -226,5 +227,34 @@ async fn purge_idempotency_keys(store: Store, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PURGE_EVERY) => {}
         }
+    }
+}
+
+/// The store as the hub's [`History`]: the hub replays from the database without
+/// importing the store, which sits upstream of it.
+#[derive(Debug)]
+struct StoreHistory(Store);
+
+impl History for StoreHistory {
+    fn after(&self, user: UserId, after: Seq, limit: u32) -> HistoryRead {
+        let store = self.0.clone();
+        Box::pin(async move {
+            let q = ListQuery::After {
+                after,
+                limit,
+                unread_only: false,
+            };
+            Ok(store.list(&user, q).await?)
+        })
+    }
+
+    fn latest(&self, user: UserId) -> HistoryRead {
+        let store = self.0.clone();
+        Box::pin(async move {
+            Ok(Page {
+                notifications: Vec::new(),
+                counts: store.counts(&user).await?,
+            })
+        })
     }
 }

@@ -6,9 +6,9 @@ use super::extract::{
     MAX_BODY_BYTES,
 };
 use super::AppState;
-use crate::domain::{Counts, FieldError, IdempotencyKey, NewNotification, Notification};
-use crate::ingest::{fingerprint, parse_mark_read};
-use crate::store::{Idempotency, ListQuery, PublishCommand, Receipt, MAX_PAGE};
+use crate::domain::{Counts, FieldError, IdempotencyKey, Notification};
+use crate::ingest::{parse_mark_read, publish_command};
+use crate::store::{ListQuery, Receipt, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -130,34 +130,15 @@ pub async fn publish(
         ),
     };
     let body = read_json(&req, payload, MAX_BODY_BYTES).await?;
-    let notification = NewNotification::parse(&body).map_err(ApiError::Validation)?;
-    if let Some(topic) = notification.topic.as_ref().map(|t| t.as_str().to_owned()) {
-        if key.is_some() {
-            return Err(ApiError::Validation(vec![FieldError::new(
-                "Idempotency-Key",
-                "is not supported with `topic`: a topic fan-out commits in batches",
-            )]));
-        }
-        let cmd = PublishCommand {
-            service: service.name,
-            idempotency: None,
-            notification,
-        };
+    let cmd = publish_command(service.name, key, &body).map_err(ApiError::Validation)?;
+    if let Some(topic) = &cmd.notification.topic {
         let reached = state.notifier.publish_topic(&cmd).await?;
         return Ok(HttpResponse::Created().json(PublishResponse {
             notifications: None,
-            topic: Some(topic),
+            topic: Some(topic.as_str().to_owned()),
             recipients: Some(reached),
         }));
     }
-    let cmd = PublishCommand {
-        service: service.name,
-        idempotency: key.map(|key| Idempotency {
-            key,
-            fingerprint: fingerprint(&body),
-        }),
-        notification,
-    };
     let outcome = state.notifier.publish(&cmd).await?;
     let mut response = HttpResponse::Created();
     if outcome.replayed {

@@ -9,14 +9,15 @@
 //! A connection whose queue is full is cut off (it resumes by cursor and loses nothing); an
 //! actor whose mailbox is full gets one "catch up" message and re-reads the database.
 
+mod history;
 mod sequencer;
 mod session;
 
+pub use history::{History, HistoryError, HistoryRead};
 pub use sequencer::{Live, Merged, Sequencer};
 
 use crate::domain::{Counts, Cursor, Event, Seq, UserId};
 use crate::metrics::{Metrics, Transport};
-use crate::store::Store;
 use actix::{Actor, Addr};
 use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
 use std::collections::HashMap;
@@ -136,7 +137,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct HubInner {
     sessions: Mutex<HashMap<UserId, SessionHandle>>,
-    store: Store,
+    history: Arc<dyn History>,
     metrics: Metrics,
     settings: HubSettings,
     next_id: AtomicU64,
@@ -153,11 +154,11 @@ impl HubInner {
 }
 
 impl Hub {
-    pub fn new(store: Store, metrics: Metrics, settings: HubSettings) -> Self {
+    pub fn new(history: Arc<dyn History>, metrics: Metrics, settings: HubSettings) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 sessions: Mutex::new(HashMap::new()),
-                store,
+                history,
                 metrics,
                 settings,
                 next_id: AtomicU64::new(1),
@@ -247,7 +248,7 @@ impl Hub {
         let addr = UserSession::new(
             user.clone(),
             self.clone(),
-            self.inner.store.clone(),
+            self.inner.history.clone(),
             pending_joins.clone(),
             lagged.clone(),
         )

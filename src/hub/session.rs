@@ -1,12 +1,9 @@
 //! One user's actor: the user's open connections on this replica, and their cursors.
 
 use super::{ConnControl, Frame, Hub, Live, Sequencer};
-use crate::domain::{Cursor, Seq, UserId};
-use crate::domain::{Counts, Event, Page};
-use crate::store::{ListQuery, Store, StoreError};
+use super::history::{History, HistoryError};
+use crate::domain::{Counts, Cursor, Event, Page, Seq, UserId};
 use actix::prelude::*;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +67,7 @@ enum ReadFrom {
 pub struct UserSession {
     user: UserId,
     hub: Hub,
-    store: Store,
+    history: Arc<dyn History>,
     pending_joins: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
     /// Usually one to three tabs: a vector beats a map at that size.
@@ -83,14 +80,14 @@ impl UserSession {
     pub fn new(
         user: UserId,
         hub: Hub,
-        store: Store,
+        history: Arc<dyn History>,
         pending_joins: Arc<AtomicUsize>,
         lagged: Arc<AtomicBool>,
     ) -> Self {
         Self {
             user,
             hub,
-            store,
+            history,
             pending_joins,
             lagged,
             // Most users have one tab: room for one connection, not the four a first push
@@ -110,26 +107,10 @@ impl UserSession {
     }
 
     fn read(&mut self, ctx: &mut Context<Self>, id: u64, from: ReadFrom) {
-        let store = self.store.clone();
         let user = self.user.clone();
-        // One boxed future per kind of read: a connection storm has a read in flight per
-        // new connection, and most are the small counters read, which should not be the
-        // size of the replay read's state machine.
-        let fut: Pin<Box<dyn Future<Output = Result<Page, StoreError>>>> = match from {
-            ReadFrom::After(after) => Box::pin(async move {
-                let q = ListQuery::After {
-                    after,
-                    limit: (REPLAY_CAP + 1) as u32,
-                    unread_only: false,
-                };
-                store.list(&user, q).await
-            }),
-            ReadFrom::Latest => Box::pin(async move {
-                store.counts(&user).await.map(|counts| Page {
-                    notifications: Vec::new(),
-                    counts,
-                })
-            }),
+        let fut = match from {
+            ReadFrom::After(after) => self.history.after(user, after, (REPLAY_CAP + 1) as u32),
+            ReadFrom::Latest => self.history.latest(user),
         };
         ctx.spawn(
             fut.into_actor(self)
@@ -142,7 +123,7 @@ impl UserSession {
         ctx: &mut Context<Self>,
         id: u64,
         from: ReadFrom,
-        res: Result<Page, StoreError>,
+        res: Result<Page, HistoryError>,
     ) {
         let page = match res {
             Ok(page) => page,
