@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(),
         Command::Token { user, service, ttl } => token(user, service, ttl),
         Command::Openapi => {
-            print!("{}", tidings::api::openapi::document());
+            print!("{}", tidings::routes::openapi::document());
             Ok(())
         }
     };

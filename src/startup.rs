@@ -1,13 +1,14 @@
 //! Wiring: settings in, a bound server out.
 
-use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::bus::{Bus, RedisBus};
 use crate::configuration::{JwtAlgorithm, Settings};
 use crate::domain::{Page, Seq, UserId};
+use crate::http::AppState;
 use crate::hub::{History, HistoryRead, Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
+use crate::routes;
 use crate::store::{ListQuery, Store};
 use crate::telemetry::RedactingRootSpan;
 use actix_web::dev::{Server, ServerHandle};
@@ -92,8 +93,8 @@ impl Application {
             App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(state.clone())
-                .configure(api::configure)
-                .default_service(web::to(api::not_found))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
         })
         .on_connect(move |io, _| set_stall_timeout(io, stalled))
         .listen(listener)?

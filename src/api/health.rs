@@ -1,6 +1,6 @@
 //! Liveness and readiness, for load balancers and orchestrators.
 
-use super::AppState;
+use crate::http::AppState;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use std::sync::atomic::Ordering;

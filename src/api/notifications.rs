@@ -1,12 +1,13 @@
 //! The REST endpoints: publishing (services) and the inbox (users).
 
-use super::error::{ApiError, Problem};
-use super::extract::{
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{
     bool_param, int_param, query_map, read_json, AuthenticatedService, AuthenticatedUser,
     MAX_BODY_BYTES,
 };
-use super::AppState;
-use crate::domain::{Counts, FieldError, IdempotencyKey, Notification};
+use crate::http::AppState;
+use crate::domain::{FieldError, IdempotencyKey};
+use crate::http::pages::{NotificationPage, UnreadCount};
 use crate::ingest::{parse_mark_read, publish_command};
 use crate::store::{ListQuery, Receipt, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -53,32 +54,6 @@ pub struct PublishResponse {
     topic: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recipients: Option<u64>,
-}
-
-/// The caller's unread count and latest seq.
-#[derive(Serialize, ToSchema)]
-pub struct UnreadCount {
-    unread: i64,
-    /// The caller's latest seq, 0 if none.
-    seq: i64,
-}
-
-impl From<Counts> for UnreadCount {
-    fn from(c: Counts) -> Self {
-        Self {
-            unread: c.unread,
-            seq: c.seq,
-        }
-    }
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct NotificationPage {
-    notifications: Vec<Notification>,
-    /// The caller's unread count.
-    unread: i64,
-    /// The caller's latest seq, 0 if none.
-    seq: i64,
 }
 
 /// Mark read by `ids` or `up_to`: exactly one of them.

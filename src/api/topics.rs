@@ -1,8 +1,8 @@
 //! Topics: audiences bigger than one user, managed by services.
 
-use super::error::{ApiError, Problem};
-use super::extract::{read_json, AuthenticatedService, MAX_BODY_BYTES};
-use super::AppState;
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{read_json, AuthenticatedService, MAX_BODY_BYTES};
+use crate::http::AppState;
 use crate::domain::{FieldError, TopicName, UserId};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;

@@ -6,10 +6,11 @@
 
 use super::ndjson::Ndjson;
 use super::stream::{stream_response, EventStream, Format};
-use super::{check_origin_value, cursor_param};
-use crate::api::error::ApiError;
-use crate::api::extract::{query_map, StreamUser};
-use crate::api::AppState;
+use crate::http::extract::cursor_param;
+use crate::http::origin::check_origin_value;
+use crate::http::error::ApiError;
+use crate::http::extract::{query_map, StreamUser};
+use crate::http::AppState;
 use crate::domain::{Counts, Seq};
 use crate::metrics::Transport;
 use actix_web::http::header;
@@ -91,9 +92,9 @@ impl Format for Iframe {
     ),
     responses(
         (status = 200, content_type = "text/html", body = String, description = "A never-ending HTML document of `<script>` chunks; each calls `parent.postMessage(event, origin)` with the same events as the NDJSON stream."),
-        (status = 400, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::api::error::Problem, content_type = "application/problem+json", description = "The origin is not allowed."),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The origin is not allowed."),
     ),
     security(("user_token" = []))
 )]

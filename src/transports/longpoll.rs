@@ -7,9 +7,9 @@
 //! once when there is a backlog, and live events answer it otherwise. One database read per
 //! poll, on the read pool; when the database is slow the poll waits instead of failing.
 
-use crate::api::error::ApiError;
-use crate::api::extract::{int_param, query_map, StreamUser};
-use crate::api::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{int_param, query_map, StreamUser};
+use crate::http::AppState;
 use crate::domain::{Counts, Cursor, Notification, Page, Seq, UserId};
 use crate::hub::Frame;
 use crate::metrics::Transport;
@@ -32,11 +32,11 @@ pub const MAX_TIMEOUT: i64 = 120;
         ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set."),
     ),
     responses(
-        (status = 200, body = crate::api::notifications::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq."),
+        (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq."),
         (status = 204, description = "Nothing new before the timeout: poll again with the same cursor."),
-        (status = 400, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 503, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("user_token" = []))
 )]

@@ -1,11 +1,11 @@
 //! HTTP streaming as newline-delimited JSON: `GET /v1/notifications/stream.ndjson`, for
 //! fetch/XHR-streaming clients and for scripts (`curl -N`). Same cursor rules as SSE.
 
-use super::cursor_param;
+use crate::http::extract::cursor_param;
 use super::stream::{stream_response, EventStream, Format};
-use crate::api::error::ApiError;
-use crate::api::extract::{query_map, StreamUser};
-use crate::api::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{query_map, StreamUser};
+use crate::http::AppState;
 use crate::domain::{Counts, Seq};
 use crate::metrics::Transport;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -57,8 +57,8 @@ impl Format for Ndjson {
     ),
     responses(
         (status = 200, content_type = "application/x-ndjson", body = String, description = "One JSON event per line."),
-        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 503, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("user_token" = []))
 )]

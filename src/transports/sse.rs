@@ -1,10 +1,10 @@
 //! Server-Sent Events: `GET /v1/notifications/stream`.
 
-use super::cursor_param;
+use crate::http::extract::cursor_param;
 use super::stream::{stream_response, EventStream, Format};
-use crate::api::error::ApiError;
-use crate::api::extract::{query_map, StreamUser};
-use crate::api::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{query_map, StreamUser};
+use crate::http::AppState;
 use crate::domain::{Counts, Cursor, Seq};
 use crate::metrics::Transport;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,9 +24,9 @@ use std::fmt::Write;
     ),
     responses(
         (status = 200, content_type = "text/event-stream", body = String, description = "The event stream."),
-        (status = 400, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 503, body = crate::api::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
     ),
     security(("user_token" = []))
 )]

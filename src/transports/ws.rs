@@ -1,10 +1,11 @@
 //! WebSocket: `GET /v1/ws`, JSON text frames both ways.
 
 use super::stream::expiry_instant;
-use super::{check_origin, cursor_param};
-use crate::api::error::ApiError;
-use crate::api::extract::{query_map, StreamUser};
-use crate::api::AppState;
+use crate::http::extract::cursor_param;
+use crate::http::origin::check_origin;
+use crate::http::error::ApiError;
+use crate::http::extract::{query_map, StreamUser};
+use crate::http::AppState;
 use crate::domain::UserId;
 use crate::hub::{Connection, Frame};
 use crate::ingest::parse_mark_read;
@@ -36,9 +37,9 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),
-        (status = 401, body = crate::api::error::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::api::error::Problem, content_type = "application/problem+json", description = "The Origin is not allowed."),
-        (status = 503, body = crate::api::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The Origin is not allowed."),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("user_token" = []))
 )]

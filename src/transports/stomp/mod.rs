@@ -40,9 +40,9 @@ pub mod heartbeat;
 pub mod session;
 pub mod transaction;
 
-use super::check_origin;
-use crate::api::error::ApiError;
-use crate::api::AppState;
+use crate::http::origin::check_origin;
+use crate::http::error::ApiError;
+use crate::http::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 /// The WebSocket subprotocols of STOMP, best first. The client's first one that is in
@@ -93,8 +93,8 @@ pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; STOMP frames follow."),
-        (status = 400, body = crate::api::error::Problem, content_type = "application/problem+json", description = "Not a WebSocket handshake."),
-        (status = 403, body = crate::api::error::Problem, content_type = "application/problem+json", description = "The Origin is not allowed."),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a WebSocket handshake."),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The Origin is not allowed."),
     ),
 )]
 pub async fn socket(

@@ -14,7 +14,7 @@ use super::ack::{truncate, AckMode, Unacked};
 use super::frame::{Command, Decoder, Frame, FrameError, Item, Limits};
 use super::heartbeat::{self, HeartBeat, Negotiated};
 use super::transaction::{Transactions, TxLimits};
-use crate::api::AppState;
+use crate::http::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::domain::{Cursor, Seq, TopicName, UserId};
 use crate::hub::{Connection, Frame as HubFrame, Update as HubUpdate};

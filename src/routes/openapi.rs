@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document. `openapi/openapi.json` is this, pretty-printed; a test fails
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
-use super::{error, health, notifications, topics};
+use crate::api::{health, notifications, topics};
+use crate::http::error;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

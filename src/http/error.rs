@@ -2,6 +2,7 @@
 
 use crate::auth::AuthError;
 use crate::domain::FieldError;
+use crate::hub::HubError;
 use crate::store::StoreError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -91,6 +92,19 @@ impl From<StoreError> for ApiError {
                 }
             }
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        let retry_after = match e {
+            HubError::Full(_) => 5,
+            HubError::Stopping => 1,
+        };
+        ApiError::Unavailable {
+            detail: format!("{e}; try again shortly"),
+            retry_after: Some(retry_after),
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{AuthError, Principal};
-use crate::domain::UserId;
+use crate::domain::{Cursor, UserId};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
@@ -196,4 +196,14 @@ pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<Option<bool
         Some("false" | "0") => Ok(Some(false)),
         Some(_) => Err(ApiError::bad_field(name, "must be true or false")),
     }
+}
+
+/// `after=<seq>` as a cursor; absent means "only what is new from now on".
+pub fn cursor_param(q: &HashMap<String, String>) -> Result<Cursor, ApiError> {
+    Ok(
+        match int_param(q, "after", 0, i64::MAX)? {
+            Some(after) => Cursor::After(after),
+            None => Cursor::Live,
+        },
+    )
 }
