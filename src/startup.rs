@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::routes;
 use crate::store::{ListQuery, Store};
-use crate::telemetry::RedactingRootSpan;
+use crate::telemetry::{Chain, RedactingRootSpan};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use secrecy::ExposeSecret;
@@ -222,7 +222,7 @@ async fn purge_idempotency_keys(store: Store, shutdown: CancellationToken) {
         match store.purge_idempotency_keys().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "purged expired idempotency keys"),
-            Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+            Err(e) => tracing::warn!(error = %Chain(&e), "could not purge idempotency keys"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -9,6 +9,24 @@ use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
+/// An error and every cause under it on one line, `outer: inner: root`, for the log: a
+/// generic "database error" is no use at 3 a.m. without the driver's words under it. Error
+/// types in this crate keep their cause as a `source` and leave it out of their own message,
+/// so nothing is printed twice.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level. Safe to call
 /// more than once (tests): later calls do nothing.
 pub fn init(settings: &LogSettings) {
@@ -72,5 +90,20 @@ impl RootSpanBuilder for RedactingRootSpan {
             }
         }
         DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_prints_every_cause_once() {
+        let e = Outer(std::io::Error::other("connection reset"));
+        assert_eq!(Chain(&e).to_string(), "database error: connection reset");
     }
 }

@@ -3,6 +3,7 @@
 use crate::auth::AuthError;
 use crate::domain::FieldError;
 use crate::hub::HubError;
+use crate::telemetry::Chain;
 use crate::store::StoreError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -35,9 +36,9 @@ pub enum ApiError {
         detail: String,
         retry_after: Option<u64>,
     },
-    /// A bug: logged with its cause, reported without it.
+    /// A bug: logged with its cause chain, reported without it.
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
@@ -82,16 +83,16 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
+        match &e {
             StoreError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
-            StoreError::Unavailable(cause) => {
-                tracing::error!(error = %cause, "database unavailable");
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %Chain(&e), "database unavailable");
                 ApiError::Unavailable {
                     detail: "the database is unavailable; try again shortly".into(),
                     retry_after: Some(2),
                 }
             }
-            other => ApiError::Internal(other.to_string()),
+            _ => ApiError::Internal(Box::new(e)),
         }
     }
 }
@@ -144,8 +145,8 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         let (slug, title) = self.kind();
         let detail = match self {
-            ApiError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
+            ApiError::Internal(_) => {
+                tracing::error!(error = %Chain(self), "internal error");
                 "something went wrong on our side; it has been logged".to_owned()
             }
             ApiError::Validation(errors) => {

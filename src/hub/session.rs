@@ -3,6 +3,7 @@
 use super::{ConnControl, Frame, Hub, Live, Sequencer};
 use super::history::{History, HistoryError};
 use crate::domain::{Counts, Cursor, Event, Page, Seq, UserId};
+use crate::telemetry::Chain;
 use actix::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -128,7 +129,7 @@ impl UserSession {
         let page = match res {
             Ok(page) => page,
             Err(e) => {
-                tracing::warn!(user = %self.user, error = %e, "replay read failed; retrying");
+                tracing::warn!(user = %self.user, error = %Chain(e.as_ref()), "replay read failed; retrying");
                 ctx.run_later(READ_RETRY, move |act, ctx| {
                     if act.conns.iter().any(|c| c.id == id) {
                         act.read(ctx, id, from);

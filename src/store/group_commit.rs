@@ -14,6 +14,7 @@
 //! step must see other requests' commits, which a shared transaction would hide.
 
 use super::{Counts, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
+use crate::telemetry::Chain;
 use crate::domain::Seq;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
@@ -99,7 +100,7 @@ async fn committer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             }
             Err(e) => {
                 if jobs.len() > 1 {
-                    tracing::warn!(error = %e, requests = jobs.len(), "a group commit failed");
+                    tracing::warn!(error = %Chain(&e), requests = jobs.len(), "a group commit failed");
                 }
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(replicate(&e)));
@@ -110,8 +111,9 @@ async fn committer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
 }
 
 /// The same error for every request of a failed batch (sqlx errors cannot be cloned).
+/// The copies keep the whole cause chain as text, so each request's log line still says why.
 fn replicate(e: &StoreError) -> StoreError {
-    let message = e.to_string();
+    let message = Chain(e).to_string();
     match e {
         StoreError::Unavailable(_) => StoreError::Unavailable(sqlx::Error::Protocol(message)),
         _ => StoreError::Database(sqlx::Error::Protocol(message)),

@@ -34,17 +34,17 @@ pub const MAX_PAGE: u32 = 200;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is overloaded: a 503, never the caller's fault.
-    #[error("the database is unavailable: {0}")]
+    #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// The same idempotency key was used before with a different body.
     #[error("the idempotency key was already used with a different request body")]
     IdempotencyMismatch,
     #[error("unsupported database URL {0:?}: use sqlite://… or postgres://…")]
     UnsupportedUrl(String),
-    #[error("database migration failed: {0}")]
+    #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Anything else the database said: a bug on our side, not a client error.
-    #[error("database error: {0}")]
+    #[error("database error")]
     Database(#[source] sqlx::Error),
 }
 

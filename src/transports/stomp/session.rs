@@ -20,6 +20,7 @@ use crate::domain::{Cursor, Seq, TopicName, UserId};
 use crate::hub::{Connection, Frame as HubFrame, Update as HubUpdate};
 use crate::ingest::parse_mark_read;
 use crate::metrics::Transport;
+use crate::telemetry::Chain;
 use crate::domain::MarkRead;
 use crate::store::StoreError;
 use crate::transports::stream::expiry_instant;
@@ -112,12 +113,12 @@ impl From<FrameError> for End {
 
 fn store_failure(e: StoreError) -> End {
     let message = match e {
-        StoreError::Unavailable(cause) => {
-            tracing::error!(error = %cause, "database unavailable");
+        StoreError::Unavailable(_) => {
+            tracing::error!(error = %Chain(&e), "database unavailable");
             "the database is unavailable; reconnect shortly"
         }
-        other => {
-            tracing::error!(error = %other, "database error in a STOMP session");
+        _ => {
+            tracing::error!(error = %Chain(&e), "database error in a STOMP session");
             "internal error"
         }
     };
