@@ -6,7 +6,7 @@
 
 use crate::domain::{
     Body, FieldError, IdempotencyKey, Link, MarkRead, NewNotification, NotificationData,
-    NotificationType, Title, TopicName, UserId,
+    NotificationType, Seq, Title, TopicName, UserId,
 };
 use crate::store::{Idempotency, PublishCommand};
 use serde_json::{Map, Value};
@@ -25,9 +25,6 @@ const KNOWN_FIELDS: [&str; 7] = [
     "data",
     "link",
 ];
-
-
-
 
 /// The parser lives here rather than beside the type in `domain`: turning untrusted JSON
 /// into domain values, naming every bad field at once, is ingest's whole job.
@@ -222,8 +219,8 @@ pub fn parse_mark_read(value: &Value, extra: &[&str]) -> Result<MarkRead, Vec<Fi
             ));
             None
         }
-        (None, Some(v)) => match v.as_i64() {
-            Some(seq) if seq >= 0 => Some(MarkRead::UpTo(seq)),
+        (None, Some(v)) => match v.as_i64().and_then(Seq::try_new) {
+            Some(seq) => Some(MarkRead::UpTo(seq)),
             _ => {
                 errors.push(FieldError::new(
                     "up_to",
@@ -407,7 +404,7 @@ mod tests {
         );
         assert_eq!(
             parse_mark_read(&json!({"up_to": 7}), &[]).unwrap(),
-            MarkRead::UpTo(7)
+            MarkRead::UpTo(Seq::new(7))
         );
         assert!(parse_mark_read(&json!({"type": "read", "up_to": 7}), &["type"]).is_ok());
         let fields = |v| -> Vec<String> {

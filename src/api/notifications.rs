@@ -1,13 +1,13 @@
 //! The REST endpoints: publishing (services) and the inbox (users).
 
+use crate::domain::{FieldError, IdempotencyKey, Seq};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
     bool_param, int_param, query_map, read_json, AuthenticatedService, AuthenticatedUser,
     MAX_BODY_BYTES,
 };
-use crate::http::AppState;
-use crate::domain::{FieldError, IdempotencyKey};
 use crate::http::pages::{NotificationPage, UnreadCount};
+use crate::http::AppState;
 use crate::ingest::{parse_mark_read, publish_command};
 use crate::store::{ListQuery, Receipt, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -99,9 +99,7 @@ pub async fn publish(
             v.to_str()
                 .map_err(|_| "must be visible ASCII characters".to_owned())
                 .and_then(IdempotencyKey::parse)
-                .map_err(|m| {
-                    ApiError::Validation(vec![FieldError::new("Idempotency-Key", m)])
-                })?,
+                .map_err(|m| ApiError::Validation(vec![FieldError::new("Idempotency-Key", m)]))?,
         ),
     };
     let body = read_json(&req, payload, MAX_BODY_BYTES).await?;
@@ -165,12 +163,12 @@ pub async fn list(
             ))
         }
         (Some(after), None) => ListQuery::After {
-            after,
+            after: Seq::new(after),
             limit,
             unread_only,
         },
         (None, before) => ListQuery::Before {
-            before,
+            before: before.map(Seq::new),
             limit,
             unread_only,
         },
@@ -179,7 +177,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(NotificationPage {
         notifications: page.notifications,
         unread: page.counts.unread,
-        seq: page.counts.seq,
+        seq: page.counts.seq.get(),
     }))
 }
 

@@ -1,9 +1,9 @@
 //! Topics: audiences bigger than one user, managed by services.
 
+use crate::domain::{FieldError, TopicName, UserId};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{read_json, AuthenticatedService, MAX_BODY_BYTES};
 use crate::http::AppState;
-use crate::domain::{FieldError, TopicName, UserId};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::Value;

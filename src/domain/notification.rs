@@ -5,7 +5,67 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A user's own cursor: 1, 2, 3, … per user, with no holes, in commit order.
-pub type Seq = i64;
+///
+/// A newtype, not an alias of `i64`: a seq, an unread count and a counters version are all
+/// integers, and swapping two of them compiles silently but loses notifications. 0 means
+/// "before the first notification".
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct Seq(i64);
+
+impl Seq {
+    /// Before the first notification: `after=0` replays from the oldest.
+    pub const ZERO: Seq = Seq(0);
+
+    /// Past every seq: the upper bound of "newest first" reads.
+    pub const MAX: Seq = Seq(i64::MAX);
+
+    pub const fn new(n: i64) -> Self {
+        Seq(n)
+    }
+
+    /// A seq as a client sends it (a query parameter, a header): digits only, 0 or more.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.parse::<i64>() {
+            Ok(n) if n >= 0 && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => Ok(Seq(n)),
+            _ => Err("must be a seq: a whole number, 0 or more".to_owned()),
+        }
+    }
+
+    /// A seq from a JSON number or an integer parameter: refuses a negative one.
+    pub fn try_new(n: i64) -> Option<Self> {
+        (n >= 0).then_some(Seq(n))
+    }
+
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The seq `n` notifications later (saturating: a seq never wraps).
+    pub const fn plus(self, n: i64) -> Self {
+        Seq(self.0.saturating_add(n))
+    }
+}
+
+impl std::fmt::Display for Seq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Where a client wants to start reading from.
 ///
@@ -24,6 +84,7 @@ pub struct Notification {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     /// The recipient's own cursor value for this notification.
+    #[schema(value_type = i64)]
     pub seq: Seq,
     #[serde(rename = "type")]
     #[schema(value_type = String, example = "order.shipped")]
@@ -72,10 +133,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_seq_is_digits_only() {
+        assert_eq!(Seq::parse("0"), Ok(Seq::ZERO));
+        assert_eq!(Seq::parse("42"), Ok(Seq::new(42)));
+        for bad in ["", "-1", "+1", " 1", "1.0", "x", "99999999999999999999"] {
+            assert!(Seq::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Seq::try_new(-1), None);
+        assert_eq!(Seq::new(7).plus(2), Seq::new(9));
+        assert_eq!(Seq::MAX.plus(1), Seq::MAX);
+    }
+
+    #[test]
     fn serializes_with_contract_field_names() {
         let n = Notification {
             id: Uuid::nil(),
-            seq: 3,
+            seq: Seq::new(3),
             kind: "order.shipped".into(),
             title: "t".into(),
             body: None,

@@ -3,8 +3,8 @@
 use crate::auth::AuthError;
 use crate::domain::FieldError;
 use crate::hub::HubError;
-use crate::telemetry::Chain;
 use crate::store::StoreError;
+use crate::telemetry::Chain;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;

@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{AuthError, Principal};
-use crate::domain::{Cursor, UserId};
+use crate::domain::{Cursor, Seq, UserId};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
@@ -200,10 +200,8 @@ pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<Option<bool
 
 /// `after=<seq>` as a cursor; absent means "only what is new from now on".
 pub fn cursor_param(q: &HashMap<String, String>) -> Result<Cursor, ApiError> {
-    Ok(
-        match int_param(q, "after", 0, i64::MAX)? {
-            Some(after) => Cursor::After(after),
-            None => Cursor::Live,
-        },
-    )
+    Ok(match int_param(q, "after", 0, i64::MAX)? {
+        Some(after) => Cursor::After(Seq::new(after)),
+        None => Cursor::Live,
+    })
 }

@@ -32,4 +32,3 @@ pub struct AppState {
     /// Set when the replica starts to stop: readiness fails so no new clients arrive.
     pub shutting_down: Arc<AtomicBool>,
 }
-

@@ -17,7 +17,7 @@ impl From<Counts> for UnreadCount {
     fn from(c: Counts) -> Self {
         Self {
             unread: c.unread,
-            seq: c.seq,
+            seq: c.seq.get(),
         }
     }
 }
@@ -30,4 +30,3 @@ pub struct NotificationPage {
     /// The caller's latest seq, 0 if none.
     pub seq: i64,
 }
-

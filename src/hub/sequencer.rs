@@ -79,7 +79,7 @@ impl<T> Sequencer<T> {
             }
             return Live::Drop;
         }
-        if seq == self.delivered + 1 {
+        if seq == self.delivered.plus(1) {
             self.delivered = seq;
             return Live::Deliver(item);
         }
@@ -111,7 +111,7 @@ impl<T> Sequencer<T> {
             self.delivered = self.delivered.max(to);
         }
         for (seq, item) in rows {
-            if seq == self.delivered + 1 {
+            if seq == self.delivered.plus(1) {
                 self.delivered = seq;
                 deliver.push(item);
             }
@@ -122,7 +122,7 @@ impl<T> Sequencer<T> {
             if seq <= self.delivered {
                 continue;
             }
-            if seq == self.delivered + 1 {
+            if seq == self.delivered.plus(1) {
                 self.delivered = seq;
                 deliver.push(item);
             } else {
@@ -145,17 +145,21 @@ impl<T> Sequencer<T> {
 mod tests {
     use super::*;
 
-    fn live(s: &mut Sequencer<Seq>, seq: Seq) -> Live<Seq> {
-        s.on_live(seq, seq)
+    /// Items are their own seq as a plain number, so the expectations read as numbers.
+    fn live(s: &mut Sequencer<i64>, seq: i64) -> Live<i64> {
+        s.on_live(Seq::new(seq), seq)
     }
 
     #[test]
     fn replay_then_live_without_gap_or_duplicate() {
-        let mut s = Sequencer::reading_from(3);
+        let mut s = Sequencer::reading_from(Seq::new(3));
         // Live events race the replay read.
         assert_eq!(live(&mut s, 6), Live::Drop);
         assert_eq!(live(&mut s, 7), Live::Drop);
-        let m = s.finish_read(vec![(4, 4), (5, 5), (6, 6)], None);
+        let m = s.finish_read(
+            vec![(Seq::new(4), 4), (Seq::new(5), 5), (Seq::new(6), 6)],
+            None,
+        );
         assert_eq!(m.deliver, [4, 5, 6, 7]);
         assert_eq!(m.again, None);
         assert_eq!(live(&mut s, 7), Live::Drop, "duplicate");
@@ -164,24 +168,24 @@ mod tests {
 
     #[test]
     fn a_gap_in_live_events_triggers_a_read() {
-        let mut s = Sequencer::reading_from(0);
+        let mut s = Sequencer::reading_from(Seq::new(0));
         s.finish_read(vec![], None);
         assert_eq!(live(&mut s, 1), Live::Deliver(1));
         // 2 was published on another replica and is late; 3 arrives first.
-        assert_eq!(live(&mut s, 3), Live::CatchUp { after: 1 });
+        assert_eq!(live(&mut s, 3), Live::CatchUp { after: Seq::new(1) });
         assert_eq!(live(&mut s, 2), Live::Drop);
-        let m = s.finish_read(vec![(2, 2), (3, 3)], None);
+        let m = s.finish_read(vec![(Seq::new(2), 2), (Seq::new(3), 3)], None);
         assert_eq!(m.deliver, [2, 3]);
         assert_eq!(live(&mut s, 2), Live::Drop);
-        assert_eq!(s.delivered(), 3);
+        assert_eq!(s.delivered(), Seq::new(3));
     }
 
     #[test]
     fn a_live_start_skips_to_the_latest_seq() {
-        let mut s = Sequencer::reading_from(0);
+        let mut s = Sequencer::reading_from(Seq::new(0));
         assert_eq!(live(&mut s, 10), Live::Drop);
         assert_eq!(live(&mut s, 11), Live::Drop);
-        let m = s.finish_read(vec![], Some(10));
+        let m = s.finish_read(vec![], Some(Seq::new(10)));
         assert_eq!(
             m.deliver,
             [11],
@@ -191,45 +195,48 @@ mod tests {
 
     #[test]
     fn a_resync_jumps_and_keeps_what_follows() {
-        let mut s = Sequencer::reading_from(0);
+        let mut s = Sequencer::reading_from(Seq::new(0));
         assert_eq!(live(&mut s, 901), Live::Drop);
-        let m = s.finish_read(vec![], Some(900));
+        let m = s.finish_read(vec![], Some(Seq::new(900)));
         assert_eq!(m.deliver, [901]);
         assert_eq!(m.again, None);
     }
 
     #[test]
     fn held_events_past_a_hole_read_again() {
-        let mut s = Sequencer::reading_from(0);
+        let mut s = Sequencer::reading_from(Seq::new(0));
         assert_eq!(live(&mut s, 5), Live::Drop);
         // The read saw 1..=3 only (4 committed after the read's snapshot, 5 after that).
-        let m = s.finish_read(vec![(1, 1), (2, 2), (3, 3)], None);
+        let m = s.finish_read(
+            vec![(Seq::new(1), 1), (Seq::new(2), 2), (Seq::new(3), 3)],
+            None,
+        );
         assert_eq!(m.deliver, [1, 2, 3]);
-        assert_eq!(m.again, Some(3));
-        let m = s.finish_read(vec![(4, 4), (5, 5)], None);
+        assert_eq!(m.again, Some(Seq::new(3)));
+        let m = s.finish_read(vec![(Seq::new(4), 4), (Seq::new(5), 5)], None);
         assert_eq!(m.deliver, [4, 5]);
         assert_eq!(m.again, None);
     }
 
     #[test]
     fn overflowing_the_hold_reads_again() {
-        let mut s = Sequencer::reading_from(0);
-        for seq in 1..=(MAX_HELD as Seq + 10) {
+        let mut s = Sequencer::reading_from(Seq::new(0));
+        for seq in 1..=(MAX_HELD as i64 + 10) {
             assert_eq!(live(&mut s, seq), Live::Drop);
         }
         let m = s.finish_read(vec![], None);
         assert_eq!(m.deliver.len(), MAX_HELD);
-        assert_eq!(m.again, Some(MAX_HELD as Seq));
+        assert_eq!(m.again, Some(Seq::new(MAX_HELD as i64)));
     }
 
     #[test]
     fn a_requested_read_during_a_read_runs_after_it() {
-        let mut s: Sequencer<Seq> = Sequencer::reading_from(0);
+        let mut s: Sequencer<i64> = Sequencer::reading_from(Seq::new(0));
         assert_eq!(s.start_read(), None);
-        let m = s.finish_read(vec![(1, 1)], None);
-        assert_eq!(m.again, Some(1));
+        let m = s.finish_read(vec![(Seq::new(1), 1)], None);
+        assert_eq!(m.again, Some(Seq::new(1)));
         let m = s.finish_read(vec![], None);
         assert_eq!(m.again, None);
-        assert_eq!(s.start_read(), Some(1));
+        assert_eq!(s.start_read(), Some(Seq::new(1)));
     }
 }

@@ -1,7 +1,7 @@
 //! One user's actor: the user's open connections on this replica, and their cursors.
 
-use super::{ConnControl, Frame, Hub, Live, Sequencer};
 use super::history::{History, HistoryError};
+use super::{ConnControl, Frame, Hub, Live, Sequencer};
 use crate::domain::{Counts, Cursor, Event, Page, Seq, UserId};
 use crate::telemetry::Chain;
 use actix::prelude::*;
@@ -230,7 +230,7 @@ impl Handler<Join> for UserSession {
         self.pending_joins.fetch_sub(1, Ordering::AcqRel);
         let (start, from) = match msg.cursor {
             Cursor::After(after) => (after, ReadFrom::After(after)),
-            Cursor::Live => (0, ReadFrom::Latest),
+            Cursor::Live => (Seq::ZERO, ReadFrom::Latest),
         };
         self.conns.push(Conn {
             id: msg.id,

@@ -14,8 +14,8 @@
 //! step must see other requests' commits, which a shared transaction would hide.
 
 use super::{Counts, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
-use crate::telemetry::Chain;
 use crate::domain::Seq;
+use crate::telemetry::Chain;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
@@ -176,7 +176,7 @@ async fn commit(
             // This user's i-th notification of the batch: the counters as they were right after it.
             let behind = k - *handed;
             let counts = Counts {
-                seq: total.seq - behind,
+                seq: total.seq.plus(-behind),
                 unread: total.unread - behind,
                 version: total.version - behind,
             };

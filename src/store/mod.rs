@@ -101,6 +101,7 @@ pub struct Receipt {
     pub id: Uuid,
     #[schema(value_type = String)]
     pub recipient: String,
+    #[schema(value_type = i64)]
     pub seq: Seq,
     #[serde(with = "rfc3339_serde")]
     #[schema(value_type = String, format = DateTime)]
@@ -157,9 +158,6 @@ pub enum ListQuery {
         unread_only: bool,
     },
 }
-
-
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOutcome {

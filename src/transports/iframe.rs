@@ -6,12 +6,12 @@
 
 use super::ndjson::Ndjson;
 use super::stream::{stream_response, EventStream, Format};
-use crate::http::extract::cursor_param;
-use crate::http::origin::check_origin_value;
-use crate::http::error::ApiError;
-use crate::http::extract::{query_map, StreamUser};
-use crate::http::AppState;
 use crate::domain::{Counts, Seq};
+use crate::http::error::ApiError;
+use crate::http::extract::cursor_param;
+use crate::http::extract::{query_map, StreamUser};
+use crate::http::origin::check_origin_value;
+use crate::http::AppState;
 use crate::metrics::Transport;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};

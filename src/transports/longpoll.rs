@@ -7,10 +7,10 @@
 //! once when there is a backlog, and live events answer it otherwise. One database read per
 //! poll, on the read pool; when the database is slow the poll waits instead of failing.
 
+use crate::domain::{Counts, Cursor, Notification, Page, Seq, UserId};
 use crate::http::error::ApiError;
 use crate::http::extract::{int_param, query_map, StreamUser};
 use crate::http::AppState;
-use crate::domain::{Counts, Cursor, Notification, Page, Seq, UserId};
 use crate::hub::Frame;
 use crate::metrics::Transport;
 use crate::store::{ListQuery, MAX_PAGE};
@@ -46,12 +46,14 @@ pub async fn poll(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let q = query_map(&req)?;
-    let after = int_param(&q, "after", 0, i64::MAX)?.ok_or_else(|| {
-        ApiError::bad_field(
-            "after",
-            "is required: the last seq the client has seen (0 for all)",
-        )
-    })?;
+    let after = int_param(&q, "after", 0, i64::MAX)?
+        .map(Seq::new)
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                "after",
+                "is required: the last seq the client has seen (0 for all)",
+            )
+        })?;
     let unread = int_param(&q, "unread", 0, i64::MAX)?;
     let timeout = int_param(&q, "timeout", 1, MAX_TIMEOUT)?.unwrap_or(DEFAULT_TIMEOUT);
     let user = user.0.user;

@@ -1,12 +1,12 @@
 //! HTTP streaming as newline-delimited JSON: `GET /v1/notifications/stream.ndjson`, for
 //! fetch/XHR-streaming clients and for scripts (`curl -N`). Same cursor rules as SSE.
 
-use crate::http::extract::cursor_param;
 use super::stream::{stream_response, EventStream, Format};
+use crate::domain::{Counts, Seq};
 use crate::http::error::ApiError;
+use crate::http::extract::cursor_param;
 use crate::http::extract::{query_map, StreamUser};
 use crate::http::AppState;
-use crate::domain::{Counts, Seq};
 use crate::metrics::Transport;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;

@@ -1,11 +1,11 @@
 //! Server-Sent Events: `GET /v1/notifications/stream`.
 
-use crate::http::extract::cursor_param;
 use super::stream::{stream_response, EventStream, Format};
+use crate::domain::{Counts, Cursor, Seq};
 use crate::http::error::ApiError;
+use crate::http::extract::cursor_param;
 use crate::http::extract::{query_map, StreamUser};
 use crate::http::AppState;
-use crate::domain::{Counts, Cursor, Seq};
 use crate::metrics::Transport;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
@@ -37,8 +37,8 @@ pub async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     let q = query_map(&req)?;
     let cursor = match req.headers().get("Last-Event-ID") {
-        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<Seq>().ok()) {
-            Some(seq) if seq >= 0 => Cursor::After(seq),
+        Some(v) => match v.to_str().ok().and_then(|s| Seq::parse(s.trim()).ok()) {
+            Some(seq) => Cursor::After(seq),
             _ => {
                 return Err(ApiError::bad_field(
                     "Last-Event-ID",

@@ -68,7 +68,7 @@ impl<F: Format> EventStream<F> {
             conn,
             opened: false,
             done: false,
-            counts_seq: 0,
+            counts_seq: Seq::ZERO,
             ping: tokio::time::interval_at(Instant::now() + heartbeat, heartbeat),
             expiry: Box::pin(tokio::time::sleep_until(expiry_instant(expires_at))),
         }

@@ -1,12 +1,12 @@
 //! WebSocket: `GET /v1/ws`, JSON text frames both ways.
 
 use super::stream::expiry_instant;
-use crate::http::extract::cursor_param;
-use crate::http::origin::check_origin;
-use crate::http::error::ApiError;
-use crate::http::extract::{query_map, StreamUser};
-use crate::http::AppState;
 use crate::domain::UserId;
+use crate::http::error::ApiError;
+use crate::http::extract::cursor_param;
+use crate::http::extract::{query_map, StreamUser};
+use crate::http::origin::check_origin;
+use crate::http::AppState;
 use crate::hub::{Connection, Frame};
 use crate::ingest::parse_mark_read;
 use crate::metrics::Transport;

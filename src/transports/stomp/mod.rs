@@ -40,8 +40,8 @@ pub mod heartbeat;
 pub mod session;
 pub mod transaction;
 
-use crate::http::origin::check_origin;
 use crate::http::error::ApiError;
+use crate::http::origin::check_origin;
 use crate::http::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 

@@ -14,15 +14,15 @@ use super::ack::{truncate, AckMode, Unacked};
 use super::frame::{Command, Decoder, Frame, FrameError, Item, Limits};
 use super::heartbeat::{self, HeartBeat, Negotiated};
 use super::transaction::{Transactions, TxLimits};
-use crate::http::AppState;
 use crate::auth::{AuthError, Principal};
+use crate::domain::MarkRead;
 use crate::domain::{Cursor, Seq, TopicName, UserId};
+use crate::http::AppState;
 use crate::hub::{Connection, Frame as HubFrame, Update as HubUpdate};
 use crate::ingest::parse_mark_read;
 use crate::metrics::Transport;
-use crate::telemetry::Chain;
-use crate::domain::MarkRead;
 use crate::store::StoreError;
+use crate::telemetry::Chain;
 use crate::transports::stream::expiry_instant;
 use actix_web::web;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
@@ -184,8 +184,8 @@ pub fn connect_token(frame: &Frame) -> Option<&str> {
 pub fn parse_cursor(header: Option<&str>) -> Result<Cursor, String> {
     match header {
         None => Ok(Cursor::Live),
-        Some(v) => match v.parse::<Seq>() {
-            Ok(seq) if seq >= 0 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(Cursor::After(seq)),
+        Some(v) => match Seq::parse(v) {
+            Ok(seq) => Ok(Cursor::After(seq)),
             _ => Err(format!(
                 "{AFTER_HEADER} must be a seq (a whole number, 0 or more), not '{}'",
                 truncate(v, 32)
@@ -1109,8 +1109,8 @@ mod tests {
     #[test]
     fn cursors() {
         assert_eq!(parse_cursor(None), Ok(Cursor::Live));
-        assert_eq!(parse_cursor(Some("0")), Ok(Cursor::After(0)));
-        assert_eq!(parse_cursor(Some("42")), Ok(Cursor::After(42)));
+        assert_eq!(parse_cursor(Some("0")), Ok(Cursor::After(Seq::ZERO)));
+        assert_eq!(parse_cursor(Some("42")), Ok(Cursor::After(Seq::new(42))));
         for bad in ["", "-1", "+1", "x", "1.5", "99999999999999999999"] {
             assert!(parse_cursor(Some(bad)).is_err(), "{bad:?}");
         }
@@ -1130,11 +1130,12 @@ mod tests {
         assert!(is_on_topic(r#"{"topic":"dep\u006coys"}"#, &t));
     }
 
-    fn update(notifications: &[(Seq, &str)], unread: i64, seq: Seq) -> HubFrame {
+    fn update(notifications: &[(i64, &str)], unread: i64, seq: i64) -> HubFrame {
+        let seq = Seq::new(seq);
         HubFrame::update(
             notifications
                 .iter()
-                .map(|(s, j)| (*s, Arc::from(*j)))
+                .map(|(s, j)| (Seq::new(*s), Arc::from(*j)))
                 .collect(),
             crate::domain::Counts {
                 unread,
@@ -1160,16 +1161,16 @@ mod tests {
         let topic = events(&Destination::Topic(TopicName::parse("t").unwrap()), frame);
         assert!(matches!(
             topic.as_slice(),
-            [Event::Notification { seq: 2, .. }]
+            [Event::Notification { seq, .. }] if *seq == Seq::new(2)
         ));
-        let resync = events(&Destination::Feed, HubFrame::Resync { seq: 9 });
-        assert!(matches!(resync.as_slice(), [Event::Resync { seq: 9 }]));
+        let resync = events(&Destination::Feed, HubFrame::Resync { seq: Seq::new(9) });
+        assert!(matches!(resync.as_slice(), [Event::Resync { seq }] if *seq == Seq::new(9)));
     }
 
     #[test]
     fn message_frames_carry_the_spec_headers() {
         let ev = Event::Notification {
-            seq: 7,
+            seq: Seq::new(7),
             json: Arc::from(r#"{"seq":7}"#),
         };
         let f = message_frame("sub-0", FEED, AckMode::Client, 12, &ev, false);
@@ -1190,7 +1191,10 @@ mod tests {
             FEED,
             AckMode::Auto,
             1,
-            &Event::Unread { unread: 3, seq: 9 },
+            &Event::Unread {
+                unread: 3,
+                seq: Seq::new(9),
+            },
             true,
         );
         assert_eq!(f.header("ack"), None);
@@ -1202,7 +1206,7 @@ mod tests {
             FEED,
             AckMode::Auto,
             1,
-            &Event::Resync { seq: 4 },
+            &Event::Resync { seq: Seq::new(4) },
             false,
         );
         assert_eq!(f.header("x-tidings-event"), Some("resync"));
@@ -1230,7 +1234,10 @@ mod tests {
 
     #[test]
     fn read_bodies() {
-        assert_eq!(parse_read_body(br#"{"up_to":5}"#), Ok(MarkRead::UpTo(5)));
+        assert_eq!(
+            parse_read_body(br#"{"up_to":5}"#),
+            Ok(MarkRead::UpTo(Seq::new(5)))
+        );
         let id = uuid::Uuid::new_v4();
         assert_eq!(
             parse_read_body(format!(r#"{{"ids":["{id}"]}}"#).as_bytes()),
