@@ -1,9 +1,8 @@
 //! The test harness: every test gets its own server on a random port and its own fresh
 //! database, dropped afterwards.
 
-#[path = "../support/harness.rs"]
-mod harness;
-pub use harness::sign;
+use tidings_test_support::harness;
+pub use tidings_test_support::harness::sign;
 
 use jsonwebtoken::Algorithm;
 use secrecy::SecretString;

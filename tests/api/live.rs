@@ -4,23 +4,20 @@
 //! over while notifications are published concurrently must each get every seq exactly once,
 //! in order. SQLite runs on the in-process bus, Postgres on Redis.
 
-#[path = "../support/live.rs"]
-mod client;
-
 use crate::helpers::{
     sample, service_token, sign, spawn_app, spawn_app_with, user_token, Backend, SECRET,
-};
-use client::{
-    eventually, finish_and_assert, fixed_token, long_poll, long_poll_query, metric,
-    reconnect_while_publishing, scrape, Auth, Collector, CollectorOptions, PollAnswer, PublishRun,
-    SseClient, SseEvent, SseOptions, TokenSource, Transport, WsClient, WsFrame, WsOptions,
-    ALL_TRANSPORTS, WAIT,
 };
 use futures::StreamExt;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use tidings_test_support::live::{
+    eventually, finish_and_assert, fixed_token, long_poll, long_poll_query, metric,
+    reconnect_while_publishing, scrape, Auth, Collector, CollectorOptions, PollAnswer, PublishRun,
+    SseClient, SseEvent, SseOptions, TokenSource, Transport, WsClient, WsFrame, WsOptions,
+    ALL_TRANSPORTS, WAIT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout, Instant};
 

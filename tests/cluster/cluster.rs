@@ -8,11 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
-#[path = "../support/harness.rs"]
-mod harness;
-#[path = "../support/processes.rs"]
-mod processes;
-use processes::{kill_now, log_file, tail, RedisServer};
+use tidings_test_support::harness;
+use tidings_test_support::processes::{kill_now, log_file, tail, RedisServer};
 
 /// The same secret as the API suite's.
 pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";

@@ -4,19 +4,16 @@
 //! replicas, and breaks things while notifications are published: `kill -9` of a replica,
 //! SIGTERM, a Redis restart. The clients must end with every seq exactly once, in order.
 
-#[path = "../support/live.rs"]
-mod live;
-
 mod cluster;
 
 use cluster::{service_token, user_token, Cluster, GRACE_SECONDS};
-use live::{
-    eventually, finish_and_assert, fixed_token, get_json, long_poll, metric, publish,
+use serde_json::json;
+use std::time::Duration;
+use tidings_test_support::live::{
+    self, eventually, finish_and_assert, fixed_token, get_json, long_poll, metric, publish,
     reconnect_while_publishing, sample, scrape, Collector, CollectorOptions, PollAnswer,
     PublishRun, SseClient, SseEvent, Transport, WsClient, WsFrame, WAIT,
 };
-use serde_json::json;
-use std::time::Duration;
 
 /// Collectors for `user`, one per `(transport, replica)`, each held to its replica.
 fn collectors(cluster: &Cluster, user: &str, specs: &[(Transport, usize)]) -> Vec<Collector> {

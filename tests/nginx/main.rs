@@ -10,23 +10,20 @@
 //! machine) and print the figures for the closing note; run with `-- --nocapture` to see them,
 //! or read `target/tmp/nginx-figures.txt`.
 
-#[path = "../support/live.rs"]
-mod live;
-
 mod measure;
 mod topology;
 
-use live::{
-    eventually, fixed_token, long_poll, metric, publish, sample, scrape, Auth, Collector,
-    CollectorOptions, PollAnswer, PublishRun, Report, SseClient, SseEvent, SseOptions, Transport,
-    WsClient, WsFrame, WsOptions, WAIT,
-};
 use measure::{errors, millis, pace, percentiles, report_figure, tally, watch_gaps, Gaps};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use tidings_test_support::live::{
+    self, eventually, fixed_token, long_poll, metric, publish, sample, scrape, Auth, Collector,
+    CollectorOptions, PollAnswer, PublishRun, Report, SseClient, SseEvent, SseOptions, Transport,
+    WsClient, WsFrame, WsOptions, WAIT,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use topology::{service_token, user_token, Topology, HEARTBEAT_SECONDS, REPLICAS};

@@ -1,10 +1,10 @@
 //! Figures for the closing note: steady publishing, delivery gaps across reconnects, what the
 //! clients received, the errors they recovered from, latency percentiles.
 
-use crate::live::{Collector, PublishRun, Report};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
+use tidings_test_support::live::{Collector, PublishRun, Report};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 

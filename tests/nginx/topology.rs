@@ -12,12 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
-#[path = "../support/harness.rs"]
-mod harness;
-#[path = "../support/processes.rs"]
-mod processes;
-pub use processes::tail;
-use processes::{kill_now, log_file, RedisServer};
+use tidings_test_support::harness;
+pub use tidings_test_support::processes::tail;
+use tidings_test_support::processes::{kill_now, log_file, RedisServer};
 
 /// The same secret as the other suites'.
 pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";

@@ -1,9 +1,10 @@
-// Shared machinery for the browser end-to-end tests: real `tidings` processes (SQLite, or Postgres +
-// Redis for two replicas), HS256 tokens minted with node's crypto, headless Debian Chromium driven by
-// playwright-core, and polling helpers with hard time limits so that nothing can hang.
+// The browser end-to-end tests' own machinery: real `tidings` processes (SQLite, or Postgres + Redis
+// for two replicas), headless Debian Chromium driven by playwright-core, and reading the demo page.
+// What the STOMP harness needs too (the server process, tokens, REST, waits with hard limits) is in
+// tests/js-support/harness.js.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -11,34 +12,29 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import {
+  ROOT, BIN, freePort, killChildren, kit, orAfter, request, sleep, tailFile,
+} from '../../js-support/harness.js';
 
+export { ROOT, BIN, freePort, sleep };
 const here = path.dirname(fileURLToPath(import.meta.url));
-export const ROOT = path.resolve(here, '..', '..', '..');
 export const ARTIFACTS = path.resolve(here, '..', 'artifacts');
-export const BIN = process.env.TIDINGS_BIN
-  || path.join(process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target'), 'debug', 'tidings');
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 export const SECRET = 'browser-tests-secret-0123456789-abcdefghijklmnop';
 export const POSTGRES_ADMIN_URL = process.env.TIDINGS_TEST_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 export const REDIS_URL = process.env.TIDINGS_TEST_REDIS_URL || 'redis://127.0.0.1:6379';
 
-/** Every guard is multiplied by this (TIDINGS_BROWSER_SLOWDOWN=2 on a very busy machine). */
-const SLOW = Number(process.env.TIDINGS_BROWSER_SLOWDOWN || 1) || 1;
-export const guard = (ms) => Math.round(ms * SLOW);
+/** Every guard is multiplied by TIDINGS_BROWSER_SLOWDOWN (=2 on a very busy machine). */
+const {
+  guard, jwt, userToken, serviceToken, timeoutSignal, waitFor, startServer, publishBody,
+} = kit({ secret: SECRET, slowdownEnv: 'TIDINGS_BROWSER_SLOWDOWN', serviceSub: 'tests', defaultUser: 'alice' });
+export { guard, jwt, userToken, serviceToken, timeoutSignal, waitFor };
+/** Resolves to `promise`'s value, or to `fallback` after `ms` (the timer is cleared either way). */
+export const within = orAfter;
 
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
-// ---------------------------------------------------------------------------------------------
-// Processes we started, killed on any exit so that a failing or timed-out test leaves nothing.
-// ---------------------------------------------------------------------------------------------
-
-const children = new Set();
-function killChildren() {
-  for (const c of children) {
-    try { c.kill('SIGKILL'); } catch { /* gone */ }
-  }
-}
-process.on('exit', killChildren);
+// The servers are killed on exit by the shared harness; on a signal too.
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   process.once(sig, () => {
     killChildren();
@@ -53,84 +49,11 @@ setTimeout(() => {
 }, FILE_LIMIT_MS).unref();
 
 // ---------------------------------------------------------------------------------------------
-// Tokens
-// ---------------------------------------------------------------------------------------------
-
-const b64url = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
-
-/** An HS256 JWT signed with SECRET. */
-export function jwt(payload, secret = SECRET) {
-  const head = b64url({ alg: 'HS256', typ: 'JWT' });
-  const body = b64url(payload);
-  const sig = crypto.createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
-
-const nowS = () => Math.floor(Date.now() / 1000);
-export const userToken = (sub = 'alice', ttlSeconds = 3600) => jwt({ sub, exp: nowS() + ttlSeconds });
-export const serviceToken = (sub = 'tests') => jwt({ sub, exp: nowS() + 3600, scope: 'notifications:publish' });
-
-// ---------------------------------------------------------------------------------------------
 // Small utilities
 // ---------------------------------------------------------------------------------------------
 
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Resolves to `promise`'s value, or to `fallback` after `ms` (the timer is cleared either way). */
-export function within(promise, ms, fallback = undefined) {
-  let timer;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise((r) => { timer = setTimeout(() => r(fallback), ms); }),
-  ]);
-}
-
-/** Like AbortSignal.timeout, but its timer does not keep the process alive (node 20's does, once fetch listens). */
-export function timeoutSignal(ms) {
-  const ac = new AbortController();
-  setTimeout(() => ac.abort(new Error(`timed out after ${guard(ms)} ms`)), guard(ms)).unref();
-  return ac.signal;
-}
-
 export function slug(s) {
   return s.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 60);
-}
-
-/** A TCP port that was free a moment ago. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/**
- * Polls `fn` until it returns a truthy value, then returns it; throws `message` (with the last value
- * or error seen) after `timeout` ms. The guard is generous: it is not a timed assertion.
- */
-export async function waitFor(fn, { timeout = 10000, interval = 25, message = 'condition' } = {}) {
-  const limit = guard(timeout);
-  const start = Date.now();
-  let last;
-  let lastErr;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      lastErr = e;
-    }
-    if (Date.now() - start > limit) {
-      const seen = lastErr ? `last error: ${lastErr.message}` : `last value: ${JSON.stringify(last)}`;
-      throw new Error(`timed out after ${limit} ms waiting for ${message} (${seen})`);
-    }
-    await sleep(interval);
-  }
 }
 
 function run(cmd, args, { timeout = 30000, env } = {}) {
@@ -149,24 +72,6 @@ function run(cmd, args, { timeout = 30000, env } = {}) {
 // ---------------------------------------------------------------------------------------------
 // Servers
 // ---------------------------------------------------------------------------------------------
-
-/** The environment of a replica: ours only, nothing inherited that could change its behaviour. */
-function serverEnv(extra) {
-  const env = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith('TIDINGS') && k !== 'RUST_LOG' && k !== 'DATABASE_URL') env[k] = v;
-  }
-  return {
-    ...env,
-    TIDINGS_PROFILE: 'local',
-    TIDINGS__AUTH__JWT_SECRET: SECRET,
-    TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS: '2',
-    TIDINGS__LOG__LEVEL: 'info',
-    TIDINGS__LOG__FORMAT: 'pretty',
-    NO_COLOR: '1',
-    ...extra,
-  };
-}
 
 export class Server {
   /**
@@ -187,35 +92,24 @@ export class Server {
   get url() { return `http://127.0.0.1:${this.port}`; }
 
   async start() {
-    assert.ok(fs.existsSync(BIN), `no server binary at ${BIN} (run: cargo build --locked --bin tidings)`);
     this.starts += 1;
     fs.appendFileSync(this.log, `\n===== start #${this.starts} of ${this.name} on ${this.url} at ${new Date().toISOString()} =====\n`);
-    const out = fs.openSync(this.log, 'a');
-    const child = spawn(BIN, ['serve'], {
-      cwd: this.dir,
-      env: serverEnv({
+    const t0 = Date.now();
+    await startServer({
+      name: this.name,
+      url: this.url,
+      dir: this.dir,
+      env: {
+        TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS: '2',
+        TIDINGS__LOG__LEVEL: 'info',
+        TIDINGS__LOG__FORMAT: 'pretty',
         TIDINGS__SERVER__LISTEN: `127.0.0.1:${this.port}`,
         TIDINGS__DATABASE__URL: this.databaseUrl,
         ...this.env,
-      }),
-      stdio: ['ignore', out, out],
-    });
-    fs.closeSync(out);
-    children.add(child);
-    this.child = child;
-    let exited = null;
-    child.on('exit', (code, signal) => {
-      exited = { code, signal };
-      children.delete(child);
-    });
-    const t0 = Date.now();
-    await waitFor(async () => {
-      if (exited) throw new Error(`${this.name} exited during start (${JSON.stringify(exited)}); log:\n${this.tail(30)}`);
-      const r = await fetch(`${this.url}/readyz`, { signal: timeoutSignal(2000) });
-      return r.status === 200;
-    }, { timeout: 30000, interval: 50, message: `${this.name} to answer /readyz` }).catch((e) => {
-      if (exited) e.message = `${this.name} exited during start (${JSON.stringify(exited)}); log:\n${this.tail(30)}`;
-      throw e;
+      },
+      log: this.log,
+      tail: () => this.tail(30),
+      onSpawn: (child) => { this.child = child; },
     });
     this.readyMs = Date.now() - t0;
     return this;
@@ -244,11 +138,7 @@ export class Server {
   }
 
   tail(lines = 40) {
-    try {
-      return fs.readFileSync(this.log, 'utf8').split('\n').slice(-lines).join('\n');
-    } catch {
-      return '';
-    }
+    return tailFile(this.log, lines);
   }
 
   /** Lines of the log at WARN or ERROR level. */
@@ -293,38 +183,22 @@ export async function publish(server, specs, { recipient = 'alice' } = {}) {
     publishCounter += 1;
     const body = { recipients: [recipient], type: s.type || 'demo.test', title: s.title || `Test ${publishCounter}` };
     for (const k of ['body', 'data', 'link']) if (s[k] !== undefined) body[k] = s[k];
-    const res = await fetch(`${server.url}/v1/notifications`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${SERVICE}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-      signal: timeoutSignal(10000),
-    });
-    const text = await res.text();
-    assert.equal(res.status, 201, `publish to ${server.name} answered ${res.status}: ${text}`);
-    const n = JSON.parse(text).notifications[0];
+    const n = (await publishBody(server.url, body, { label: server.name, token: SERVICE })).notifications[0];
     out.push({ id: n.id, seq: n.seq });
   }
   return out;
 }
 
 export async function inbox(server, user = 'alice') {
-  const res = await fetch(`${server.url}/v1/notifications?after=0&limit=200`, {
-    headers: { authorization: `Bearer ${userToken(user)}` },
-    signal: timeoutSignal(10000),
-  });
-  assert.equal(res.status, 200);
-  return res.json();
+  const r = await request(server.url, 'GET', '/v1/notifications?after=0&limit=200', userToken(user), undefined, { signal: timeoutSignal(10000) });
+  assert.equal(r.status, 200);
+  return r.json;
 }
 
 export async function markReadRest(server, ids, user = 'alice') {
-  const res = await fetch(`${server.url}/v1/notifications/read`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${userToken(user)}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ ids }),
-    signal: timeoutSignal(10000),
-  });
-  assert.equal(res.status, 200);
-  return res.json();
+  const r = await request(server.url, 'POST', '/v1/notifications/read', userToken(user), { ids }, { signal: timeoutSignal(10000) });
+  assert.equal(r.status, 200);
+  return r.json;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,100 +1,26 @@
-// Shared machinery for the STOMP tests: a real `tidings serve` process on a free port with a fresh
-// SQLite file, HS256 tokens minted with node's crypto, REST helpers, a raw STOMP-over-WebSocket client
-// (for what a library will not send: silence, malformed frames), and waits with hard limits so that
-// nothing can hang.
+// The STOMP tests' own machinery: a real `tidings serve` process on a free port with a fresh SQLite
+// file, its REST calls, and a raw STOMP-over-WebSocket client (for what a library will not send:
+// silence, malformed frames). What the browser harness needs too (the server process, tokens, REST,
+// waits with hard limits so that nothing can hang) is in tests/js-support/harness.js.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
+import {
+  ROOT, BIN, freePort, kit, request, sleep, tailFile,
+} from '../../js-support/harness.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-export const ROOT = path.resolve(here, '..', '..', '..');
-export const BIN = process.env.TIDINGS_BIN
-  || path.join(process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target'), 'debug', 'tidings');
+export { ROOT, BIN, freePort, sleep };
 export const SECRET = 'stomp-tests-secret-0123456789-abcdefghijklmnopq';
 /** `TIDINGS__SERVER__HEARTBEAT_SECONDS` of the test server: the interval the server asks clients for. */
 export const SERVER_HEARTBEAT_MS = 1000;
 
-/** Every wait is multiplied by this (TIDINGS_STOMP_SLOWDOWN=2 on a very busy machine). */
-const SLOW = Number(process.env.TIDINGS_STOMP_SLOWDOWN || 1) || 1;
-export const guard = (ms) => Math.round(ms * SLOW);
-
-const children = new Set();
-process.on('exit', () => {
-  for (const c of children) {
-    try { c.kill('SIGKILL'); } catch { /* gone */ }
-  }
-});
-
-// ---- tokens ----
-
-const b64url = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
-
-/** An HS256 JWT signed with `secret`. */
-export function jwt(payload, secret = SECRET) {
-  const head = b64url({ alg: 'HS256', typ: 'JWT' });
-  const body = b64url(payload);
-  const sig = crypto.createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
-
-const nowS = () => Math.floor(Date.now() / 1000);
-export const userToken = (sub, ttlSeconds = 3600) => jwt({ sub, exp: nowS() + ttlSeconds });
-export const serviceToken = (sub = 'stomp-tests') => jwt({ sub, exp: nowS() + 3600, scope: 'notifications:publish' });
-
-// ---- small utilities ----
-
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** Polls `fn` until it returns a truthy value; throws after `timeout` ms. */
-export async function waitFor(fn, { timeout = 10000, interval = 25, message = 'condition' } = {}) {
-  const limit = guard(timeout);
-  const start = Date.now();
-  let last;
-  let lastErr;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      lastErr = e;
-    }
-    if (Date.now() - start > limit) {
-      const seen = lastErr ? `last error: ${lastErr.message}` : `last value: ${JSON.stringify(last)}`;
-      throw new Error(`timed out after ${limit} ms waiting for ${message} (${seen})`);
-    }
-    await sleep(interval);
-  }
-}
-
-/** Resolves with `promise`, or rejects after `ms` naming `what`. */
-export function within(promise, ms, what) {
-  let timer;
-  const limit = guard(ms);
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${limit} ms waiting for ${what}`)), limit);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
+/** Every wait is multiplied by TIDINGS_STOMP_SLOWDOWN (=2 on a very busy machine). */
+const {
+  guard, jwt, userToken, serviceToken, waitFor, within, startServer, publishBody,
+} = kit({ secret: SECRET, slowdownEnv: 'TIDINGS_STOMP_SLOWDOWN', serviceSub: 'stomp-tests' });
+export { guard, jwt, userToken, serviceToken, waitFor, within };
 
 // ---- the server ----
 
@@ -110,42 +36,23 @@ export class Server {
   get wsUrl() { return `ws://127.0.0.1:${this.port}/v1/stomp`; }
 
   async start() {
-    assert.ok(fs.existsSync(BIN), `no server binary at ${BIN} (run: cargo build --locked --bin tidings)`);
     this.port = await freePort();
-    const env = {};
-    for (const [k, v] of Object.entries(process.env)) {
-      if (!k.startsWith('TIDINGS') && k !== 'RUST_LOG' && k !== 'DATABASE_URL') env[k] = v;
-    }
-    const out = fs.openSync(this.log, 'a');
-    const child = spawn(BIN, ['serve'], {
-      cwd: this.dir,
+    await startServer({
+      name: 'the server',
+      url: this.url,
+      dir: this.dir,
       env: {
-        ...env,
-        TIDINGS_PROFILE: 'local',
-        TIDINGS__AUTH__JWT_SECRET: SECRET,
         TIDINGS__SERVER__LISTEN: `127.0.0.1:${this.port}`,
         TIDINGS__DATABASE__URL: `sqlite://${path.join(this.dir, 'tidings.db')}`,
         TIDINGS__SERVER__HEARTBEAT_SECONDS: String(this.heartbeatSeconds),
         TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS: '1',
         TIDINGS__LOG__FORMAT: 'pretty',
         TIDINGS__LOG__LEVEL: 'info,tidings::transports::stomp=debug',
-        NO_COLOR: '1',
       },
-      stdio: ['ignore', out, out],
+      log: this.log,
+      tail: () => this.tail(),
+      onSpawn: (child) => { this.child = child; },
     });
-    fs.closeSync(out);
-    children.add(child);
-    this.child = child;
-    let exited = null;
-    child.on('exit', (code, signal) => {
-      exited = { code, signal };
-      children.delete(child);
-    });
-    await waitFor(async () => {
-      if (exited) throw new Error(`the server exited during start (${JSON.stringify(exited)}):\n${this.tail()}`);
-      const r = await fetch(`${this.url}/readyz`);
-      return r.status === 200;
-    }, { timeout: 30000, interval: 50, message: 'the server to answer /readyz' });
     return this;
   }
 
@@ -162,32 +69,19 @@ export class Server {
   }
 
   tail(lines = 40) {
-    try {
-      return fs.readFileSync(this.log, 'utf8').split('\n').slice(-lines).join('\n');
-    } catch {
-      return '';
-    }
+    return tailFile(this.log, lines);
   }
 
   // ---- REST ----
 
   async request(method, url, token, body) {
-    const headers = { Authorization: `Bearer ${token}` };
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
-    const r = await fetch(`${this.url}${url}`, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await r.text();
-    return { status: r.status, json: text ? JSON.parse(text) : null };
+    const r = await request(this.url, method, url, token, body);
+    return { status: r.status, json: r.json };
   }
 
   /** Publishes through the service API; returns the response body. */
   async publish(body) {
-    const r = await this.request('POST', '/v1/notifications', serviceToken(), body);
-    assert.equal(r.status, 201, `publish: ${JSON.stringify(r.json)}`);
-    return r.json;
+    return publishBody(this.url, body, { label: 'the server' });
   }
 
   async subscribeToTopic(topic, user) {

@@ -7,8 +7,6 @@
 //!
 //! Every wait has a timeout: a broken server fails a test, it never hangs it.
 
-#![allow(dead_code)]
-
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{SinkExt, Stream, StreamExt};
 use reqwest::header::HeaderMap;

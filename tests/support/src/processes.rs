@@ -1,7 +1,6 @@
 //! Child processes for the multi-process test harnesses (tests/cluster, tests/nginx): log
 //! files, and a private redis-server per test, which a test may stop and start again to
 //! simulate an outage without disturbing other tests.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

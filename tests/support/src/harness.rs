@@ -1,6 +1,5 @@
 //! What the API, cluster and nginx harnesses all need: a fresh Postgres database per test
 //! (and its removal), and HS256 tokens signed like the service's own.
-#![allow(dead_code)]
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use sqlx::{Connection, Executor, PgConnection};

@@ -1,0 +1,8 @@
+//! The scenarios, one module each, and what they share: opening the subscribers and publishing.
+
+pub(crate) mod fanout;
+pub(crate) mod idle;
+pub(crate) mod ingest;
+mod publishing;
+mod subscribers;
+pub(crate) mod unicast;
