@@ -8,6 +8,7 @@
 //! * [`heartbeat`]: heart-beat negotiation (pure).
 //! * [`ack`]: what awaits ACK/NACK per subscription (pure, bounded).
 //! * [`transaction`]: frames held until COMMIT (pure, bounded).
+//! * [`protocol`]: destinations, version, cursor, token, MESSAGE framing (pure).
 //! * [`session`]: the task that owns one socket and applies the rules above to it.
 //!
 //! Destinations follow Spring's conventions so that existing front ends only change the
@@ -37,6 +38,7 @@
 pub mod ack;
 pub mod frame;
 pub mod heartbeat;
+pub mod protocol;
 pub mod session;
 pub mod transaction;
 

@@ -9,17 +9,23 @@
 //! Every problem ends the session the same way STOMP says it must: an `ERROR` frame with a
 //! one-line `message` header (and the detail in its body), then the close. STOMP has no
 //! negative reply that keeps a session open.
+//!
+//! This file is the state machine only: what the frames *mean* (destinations, versions,
+//! cursors, tokens, MESSAGE framing, the `/app/read` body) is in [`super::protocol`], pure
+//! and tested there, so that what is left here is the order of things and the I/O.
 
 use super::ack::{truncate, AckMode, Unacked};
 use super::frame::{Command, Decoder, Frame, FrameError, Item, Limits};
 use super::heartbeat::{self, HeartBeat, Negotiated};
+use super::protocol::{
+    connect_token, events, message_frame, negotiate_version, parse_cursor, parse_destination,
+    parse_read_body, Destination, Event, AFTER_HEADER, READ, VERSIONS,
+};
 use super::transaction::{Transactions, TxLimits};
 use crate::auth::{AuthError, Principal};
-use crate::domain::MarkRead;
-use crate::domain::{Cursor, Seq, TopicName, UserId};
+use crate::domain::{MarkRead, UserId};
 use crate::http::AppState;
-use crate::hub::{Connection, Frame as HubFrame, Update as HubUpdate};
-use crate::ingest::parse_mark_read;
+use crate::hub::{Connection, Frame as HubFrame};
 use crate::metrics::Transport;
 use crate::store::StoreError;
 use crate::telemetry::Chain;
@@ -27,22 +33,9 @@ use crate::transports::stream::expiry_instant;
 use actix_web::web;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
 use std::future::{poll_fn, Future};
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-
-/// The client's own feed.
-pub const FEED: &str = "/user/queue/notifications";
-/// Prefix of topic destinations: `/topic/<name>`.
-pub const TOPIC_PREFIX: &str = "/topic/";
-/// The one `SEND` destination: marks notifications read.
-pub const READ: &str = "/app/read";
-/// The header that resumes a subscription from a cursor.
-pub const AFTER_HEADER: &str = "x-tidings-after";
-
-/// Supported versions, best first, as the `version` header of an ERROR lists them.
-const VERSIONS: [&str; 3] = ["1.2", "1.1", "1.0"];
 
 /// A client that has not sent CONNECT within this long is not a STOMP client (or is
 /// holding a socket open for free): it gets an ERROR and the close.
@@ -126,176 +119,6 @@ fn store_failure(e: StoreError) -> End {
 }
 
 type Step = Result<(), End>;
-
-/// What a subscription listens to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    Feed,
-    Topic(TopicName),
-}
-
-/// Resolves a SUBSCRIBE destination. Spring's names: `/user/queue/...` is per user, and
-/// `/topic/...` is a broadcast (here: a topic the caller is subscribed to).
-pub fn parse_destination(destination: &str) -> Result<Destination, String> {
-    if destination == FEED {
-        return Ok(Destination::Feed);
-    }
-    if let Some(name) = destination.strip_prefix(TOPIC_PREFIX) {
-        return TopicName::parse(name)
-            .map(Destination::Topic)
-            .map_err(|m| format!("the topic name {m}"));
-    }
-    Err(format!(
-        "unknown destination '{}'; subscribe to {FEED} or {TOPIC_PREFIX}<name>",
-        truncate(destination, 128)
-    ))
-}
-
-/// `accept-version` negotiation: the best version both sides speak. A client that sends
-/// no `accept-version` speaks 1.0 (the spec's rule).
-pub fn negotiate_version(accept: Option<&str>) -> Option<&'static str> {
-    let offered: Vec<&str> = match accept {
-        None => vec!["1.0"],
-        Some(list) => list.split(',').map(str::trim).collect(),
-    };
-    VERSIONS.into_iter().find(|v| offered.contains(v))
-}
-
-/// The token of a CONNECT frame: its `Authorization` header (`Bearer <jwt>`, or the bare
-/// token, as `@stomp/stompjs` users often set it), else `passcode` (what STOMP clients that
-/// only know login/passcode can send). Header names are case-sensitive in STOMP, but
-/// `authorization` is accepted too: Spring front ends send either.
-pub fn connect_token(frame: &Frame) -> Option<&str> {
-    let auth = frame
-        .header("Authorization")
-        .or_else(|| frame.header("authorization"))
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    if let Some(value) = auth {
-        return Some(match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => value,
-        });
-    }
-    frame.header("passcode").filter(|v| !v.is_empty())
-}
-
-/// `x-tidings-after`: the last seq the client has seen; absent means only what is new.
-pub fn parse_cursor(header: Option<&str>) -> Result<Cursor, String> {
-    match header {
-        None => Ok(Cursor::Live),
-        Some(v) => match Seq::parse(v) {
-            Ok(seq) => Ok(Cursor::After(seq)),
-            _ => Err(format!(
-                "{AFTER_HEADER} must be a seq (a whole number, 0 or more), not '{}'",
-                truncate(v, 32)
-            )),
-        },
-    }
-}
-
-/// Whether a notification's JSON says it was published to `topic`. Parses only the
-/// `topic` field's value; anything unparsable is not on the topic.
-pub fn is_on_topic(json: &str, topic: &TopicName) -> bool {
-    #[derive(serde::Deserialize)]
-    struct TopicOnly<'a> {
-        #[serde(borrow, default)]
-        topic: Option<std::borrow::Cow<'a, str>>,
-    }
-    serde_json::from_str::<TopicOnly>(json)
-        .ok()
-        .and_then(|t| t.topic)
-        .is_some_and(|t| t == topic.as_str())
-}
-
-/// One thing a subscription delivers, kept for a NACK's redelivery.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Notification { seq: Seq, json: Arc<str> },
-    Unread { unread: i64, seq: Seq },
-    Resync { seq: Seq },
-}
-
-impl Event {
-    fn name(&self) -> &'static str {
-        match self {
-            Event::Notification { .. } => "notification",
-            Event::Unread { .. } => "unread",
-            Event::Resync { .. } => "resync",
-        }
-    }
-}
-
-/// Turns one hub frame into the events of a subscription: the feed gets every
-/// notification and the unread count; a topic gets its own notifications only (the
-/// count is the whole inbox's, which the feed carries). Both get `resync`.
-pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
-    match frame {
-        HubFrame::Update(u) => {
-            let HubUpdate {
-                notifications,
-                counts,
-                ..
-            } = *u;
-            let mut out = Vec::with_capacity(notifications.len() + 1);
-            for (seq, json) in notifications {
-                let keep = match destination {
-                    Destination::Feed => true,
-                    Destination::Topic(t) => is_on_topic(&json, t),
-                };
-                if keep {
-                    out.push(Event::Notification { seq, json });
-                }
-            }
-            if *destination == Destination::Feed {
-                out.push(Event::Unread {
-                    unread: counts.unread,
-                    seq: counts.seq,
-                });
-            }
-            out
-        }
-        HubFrame::Resync { seq } => vec![Event::Resync { seq }],
-        HubFrame::Shutdown => Vec::new(),
-    }
-}
-
-/// A MESSAGE frame for `event` on a subscription.
-pub fn message_frame(
-    subscription: &str,
-    destination: &str,
-    mode: AckMode,
-    message_id: u64,
-    event: &Event,
-    redelivered: bool,
-) -> Frame {
-    let id = message_id.to_string();
-    let mut f = Frame::new(Command::Message)
-        .with_header("subscription", subscription)
-        .with_header("message-id", id.clone())
-        .with_header("destination", destination)
-        .with_header("content-type", "application/json")
-        .with_header("x-tidings-event", event.name());
-    if mode.needs_ack() {
-        // The ack id is the message id: unique per session, so one number finds the
-        // message whatever the protocol version (1.2 ACKs by `id`, 1.0/1.1 by `message-id`).
-        f.push_header("ack", id);
-    }
-    if redelivered {
-        f.push_header("redelivered", "true");
-    }
-    let body = match event {
-        Event::Notification { seq, json } => {
-            f.push_header("x-tidings-seq", seq.to_string());
-            json.as_bytes().to_vec()
-        }
-        Event::Unread { unread, seq } => {
-            format!("{{\"unread\":{unread},\"seq\":{seq}}}").into_bytes()
-        }
-        Event::Resync { seq } => format!("{{\"seq\":{seq}}}").into_bytes(),
-    };
-    f.with_body(body).with_content_length()
-}
 
 /// A frame held by a transaction, already validated.
 #[derive(Debug)]
@@ -1001,25 +824,6 @@ fn tx_failure(e: super::transaction::TxError) -> End {
     Failure::protocol(e.to_string())
 }
 
-/// The body of a SEND to `/app/read`: the same JSON as `POST /v1/notifications/read`.
-pub fn parse_read_body(body: &[u8]) -> Result<MarkRead, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("the {READ} body is not JSON: {e}"))?;
-    parse_mark_read(&value, &[]).map_err(|errors| {
-        let fields: Vec<String> = errors
-            .iter()
-            .map(|e| {
-                if e.field.is_empty() {
-                    e.message.clone()
-                } else {
-                    format!("{} {}", e.field, e.message)
-                }
-            })
-            .collect();
-        format!("invalid {READ} body: {}", fields.join("; "))
-    })
-}
-
 /// The WebSocket ping period: the configured heartbeat, kept within sane bounds (the
 /// setting is only checked to be positive, and a timer deadline must not overflow).
 fn ping_period(configured: Duration) -> Duration {
@@ -1040,179 +844,6 @@ fn far_future() -> Instant {
 mod tests {
     use super::*;
 
-    fn connect(headers: &[(&str, &str)]) -> Frame {
-        let mut f = Frame::new(Command::Connect);
-        for (n, v) in headers {
-            f.push_header(*n, *v);
-        }
-        f
-    }
-
-    #[test]
-    fn version_negotiation_prefers_1_2() {
-        assert_eq!(negotiate_version(Some("1.0,1.1,1.2")), Some("1.2"));
-        assert_eq!(negotiate_version(Some("1.1, 1.0")), Some("1.1"));
-        assert_eq!(negotiate_version(Some("1.0")), Some("1.0"));
-        assert_eq!(negotiate_version(None), Some("1.0"));
-        assert_eq!(negotiate_version(Some("2.0,0.9")), None);
-        assert_eq!(negotiate_version(Some("")), None);
-    }
-
-    #[test]
-    fn token_comes_from_authorization_or_passcode() {
-        assert_eq!(
-            connect_token(&connect(&[("Authorization", "Bearer abc")])),
-            Some("abc")
-        );
-        assert_eq!(
-            connect_token(&connect(&[("authorization", "bearer  abc ")])),
-            Some("abc")
-        );
-        assert_eq!(
-            connect_token(&connect(&[("Authorization", "abc")])),
-            Some("abc")
-        );
-        assert_eq!(
-            connect_token(&connect(&[("login", "alice"), ("passcode", "xyz")])),
-            Some("xyz")
-        );
-        // Authorization wins over passcode.
-        assert_eq!(
-            connect_token(&connect(&[
-                ("passcode", "p"),
-                ("Authorization", "Bearer a")
-            ])),
-            Some("a")
-        );
-        assert_eq!(connect_token(&connect(&[("passcode", "")])), None);
-        assert_eq!(connect_token(&connect(&[("Authorization", "  ")])), None);
-        assert_eq!(connect_token(&connect(&[])), None);
-    }
-
-    #[test]
-    fn destinations() {
-        assert_eq!(parse_destination(FEED), Ok(Destination::Feed));
-        assert_eq!(
-            parse_destination("/topic/deploys.prod"),
-            Ok(Destination::Topic(
-                TopicName::parse("deploys.prod").unwrap()
-            ))
-        );
-        assert!(parse_destination("/topic/").is_err());
-        assert!(parse_destination("/topic/a/b").is_err());
-        assert!(parse_destination("/queue/other")
-            .unwrap_err()
-            .contains("unknown destination"));
-        assert!(parse_destination("/user/queue/notifications/x").is_err());
-    }
-
-    #[test]
-    fn cursors() {
-        assert_eq!(parse_cursor(None), Ok(Cursor::Live));
-        assert_eq!(parse_cursor(Some("0")), Ok(Cursor::After(Seq::ZERO)));
-        assert_eq!(parse_cursor(Some("42")), Ok(Cursor::After(Seq::new(42))));
-        for bad in ["", "-1", "+1", "x", "1.5", "99999999999999999999"] {
-            assert!(parse_cursor(Some(bad)).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn topic_filter_reads_only_the_topic_field() {
-        let t = TopicName::parse("deploys").unwrap();
-        assert!(is_on_topic(
-            r#"{"seq":1,"topic":"deploys","title":"x"}"#,
-            &t
-        ));
-        assert!(!is_on_topic(r#"{"seq":1,"topic":"other"}"#, &t));
-        assert!(!is_on_topic(r#"{"seq":1,"title":"deploys"}"#, &t));
-        assert!(!is_on_topic(r#"{"seq":1,"topic":null}"#, &t));
-        assert!(!is_on_topic("not json", &t));
-        assert!(is_on_topic(r#"{"topic":"dep\u006coys"}"#, &t));
-    }
-
-    fn update(notifications: &[(i64, &str)], unread: i64, seq: i64) -> HubFrame {
-        let seq = Seq::new(seq);
-        HubFrame::update(
-            notifications
-                .iter()
-                .map(|(s, j)| (Seq::new(*s), Arc::from(*j)))
-                .collect(),
-            crate::domain::Counts {
-                unread,
-                seq,
-                version: 1,
-            },
-            seq,
-        )
-    }
-
-    #[test]
-    fn the_feed_gets_everything_and_a_topic_only_its_own() {
-        let frame = update(
-            &[(1, r#"{"seq":1}"#), (2, r#"{"seq":2,"topic":"t"}"#)],
-            2,
-            2,
-        );
-        let feed: Vec<&str> = events(&Destination::Feed, frame.clone())
-            .iter()
-            .map(Event::name)
-            .collect();
-        assert_eq!(feed, ["notification", "notification", "unread"]);
-        let topic = events(&Destination::Topic(TopicName::parse("t").unwrap()), frame);
-        assert!(matches!(
-            topic.as_slice(),
-            [Event::Notification { seq, .. }] if *seq == Seq::new(2)
-        ));
-        let resync = events(&Destination::Feed, HubFrame::Resync { seq: Seq::new(9) });
-        assert!(matches!(resync.as_slice(), [Event::Resync { seq }] if *seq == Seq::new(9)));
-    }
-
-    #[test]
-    fn message_frames_carry_the_spec_headers() {
-        let ev = Event::Notification {
-            seq: Seq::new(7),
-            json: Arc::from(r#"{"seq":7}"#),
-        };
-        let f = message_frame("sub-0", FEED, AckMode::Client, 12, &ev, false);
-        assert_eq!(f.command, Command::Message);
-        assert_eq!(f.header("subscription"), Some("sub-0"));
-        assert_eq!(f.header("message-id"), Some("12"));
-        assert_eq!(f.header("ack"), Some("12"));
-        assert_eq!(f.header("destination"), Some(FEED));
-        assert_eq!(f.header("content-type"), Some("application/json"));
-        assert_eq!(f.header("content-length"), Some("9"));
-        assert_eq!(f.header("x-tidings-event"), Some("notification"));
-        assert_eq!(f.header("x-tidings-seq"), Some("7"));
-        assert_eq!(f.header("redelivered"), None);
-        assert_eq!(f.body, br#"{"seq":7}"#);
-
-        let f = message_frame(
-            "s",
-            FEED,
-            AckMode::Auto,
-            1,
-            &Event::Unread {
-                unread: 3,
-                seq: Seq::new(9),
-            },
-            true,
-        );
-        assert_eq!(f.header("ack"), None);
-        assert_eq!(f.header("redelivered"), Some("true"));
-        assert_eq!(f.header("x-tidings-event"), Some("unread"));
-        assert_eq!(f.body, br#"{"unread":3,"seq":9}"#);
-        let f = message_frame(
-            "s",
-            FEED,
-            AckMode::Auto,
-            1,
-            &Event::Resync { seq: Seq::new(4) },
-            false,
-        );
-        assert_eq!(f.header("x-tidings-event"), Some("resync"));
-        assert_eq!(f.body, br#"{"seq":4}"#);
-    }
-
     #[test]
     fn close_descriptions_fit_a_close_frame() {
         assert_eq!(close_description("token expired"), "token expired");
@@ -1230,26 +861,5 @@ mod tests {
         );
         assert_eq!(without_colons("a:b"), "a b");
         assert_eq!(without_colons("token expired"), "token expired");
-    }
-
-    #[test]
-    fn read_bodies() {
-        assert_eq!(
-            parse_read_body(br#"{"up_to":5}"#),
-            Ok(MarkRead::UpTo(Seq::new(5)))
-        );
-        let id = uuid::Uuid::new_v4();
-        assert_eq!(
-            parse_read_body(format!(r#"{{"ids":["{id}"]}}"#).as_bytes()),
-            Ok(MarkRead::Ids(vec![id]))
-        );
-        assert!(parse_read_body(b"").unwrap_err().contains("not JSON"));
-        assert!(parse_read_body(br#"{"up_to":-1}"#)
-            .unwrap_err()
-            .contains("up_to"));
-        assert!(parse_read_body(br#"{"type":"read","up_to":1}"#)
-            .unwrap_err()
-            .contains("type is not a known field"));
-        assert!(parse_read_body(b"[]").unwrap_err().contains("JSON object"));
     }
 }
