@@ -9,4 +9,4 @@ mod user_id;
 
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use text::{Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
-pub use user_id::{TopicName, UserId};
+pub use user_id::{ServiceName, TopicName, UserId};
