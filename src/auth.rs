@@ -7,7 +7,7 @@
 //! inbox, and a user token never publishes.
 
 use crate::configuration::{AuthSettings, JwtAlgorithm, SettingsError};
-use crate::domain::UserId;
+use crate::domain::{ServiceName, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,17 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<Audience>,
+}
+
+/// RFC 7519 §4.1.3: `aud` is one string or an array of them. The value is checked by
+/// `jsonwebtoken` against the configured audience; it is deserialized here only so that an
+/// array does not make the whole token "malformed".
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Who a valid token speaks for.
@@ -150,8 +160,20 @@ impl Authenticator {
         // Only the configured algorithm is accepted: this is what stops alg-confusion attacks
         // (an HS256 token signed with the RSA public key) and `alg: none`.
         let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required, not only checked when present:
+        // otherwise a token that simply leaves the claim out (one minted for another
+        // deployment that shares the key, say) would pass.
+        let mut required = vec!["exp", "sub"];
+        if settings.issuer.is_some() {
+            required.push("iss");
+        }
+        if settings.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        // One leeway for both ends of the validity window, `exp` and `nbf`.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         // RFC 7519: a token is expired *at* `exp`, not one second after it. Streams close at
         // `exp`, so accepting it for that second would open a stream only to end it at once.
         validation.reject_tokens_expiring_in_less_than = 1;
@@ -191,6 +213,12 @@ impl Authenticator {
                 ErrorKind::MissingRequiredClaim(c) => {
                     AuthError::Invalid(format!("the `{c}` claim is required"))
                 }
+                ErrorKind::InvalidClaimFormat(c) => {
+                    AuthError::Invalid(format!("the `{c}` claim is malformed"))
+                }
+                ErrorKind::ImmatureSignature => {
+                    AuthError::Invalid("the token is not valid yet (its `nbf` is later)".into())
+                }
                 _ => AuthError::Invalid("the token is malformed".into()),
             })?;
         let claims = data.claims;
@@ -199,7 +227,13 @@ impl Authenticator {
             .as_deref()
             .is_some_and(|s| s.split(' ').any(|scope| scope == PUBLISH_SCOPE));
         let principal = if is_service {
-            Principal::Service(claims.sub)
+            Principal::Service(
+                ServiceName::parse(&claims.sub)
+                    .map_err(|m| {
+                        AuthError::Invalid(format!("the `sub` claim (the service name) {m}"))
+                    })?
+                    .into_string(),
+            )
         } else {
             Principal::User(
                 UserId::parse(&claims.sub)
@@ -218,7 +252,7 @@ impl Authenticator {
     }
 
     pub fn mint_service(&self, service: &str, ttl: Duration) -> Result<String, MintError> {
-        let service = UserId::parse(service).map_err(MintError::Subject)?;
+        let service = ServiceName::parse(service).map_err(MintError::Subject)?;
         self.mint(service.as_str(), Some(PUBLISH_SCOPE), ttl)
     }
 
@@ -237,7 +271,7 @@ impl Authenticator {
             iat: Some(now),
             scope: scope.map(str::to_owned),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(self.algorithm),

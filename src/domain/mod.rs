@@ -17,4 +17,4 @@ pub use inbox::{Counts, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use publish::{FieldError, NewNotification};
 pub use text::{Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
-pub use user_id::{TopicName, UserId};
+pub use user_id::{ServiceName, TopicName, UserId};

@@ -36,8 +36,21 @@ fn char_len(s: &str) -> usize {
     s.chars().count()
 }
 
-/// `title`: 1 to 200 characters, and not only white space (a blank title renders as an
-/// empty row in every inbox, which is never what the sender meant).
+/// What every free-text field says about U+0000.
+const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
+
+/// Refuses U+0000. Postgres `text` and `jsonb` cannot store it (`invalid byte sequence for
+/// encoding "UTF8": 0x00`) while SQLite can, so without this rule the same publish would be
+/// stored on one backend and a 500 on the other. No notification needs a NUL.
+fn refuse_nul(s: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err(NUL_MESSAGE.into());
+    }
+    Ok(())
+}
+
+/// `title`: 1 to 200 characters without NUL, and not only white space (a blank title
+/// renders as an empty row in every inbox, which is never what the sender meant).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Title(String);
@@ -52,6 +65,7 @@ impl Title {
         if char_len(s) > Self::MAX_CHARS {
             return Err(format!("must be at most {} characters", Self::MAX_CHARS));
         }
+        refuse_nul(s)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -60,7 +74,7 @@ impl Title {
     }
 }
 
-/// `body`: at most 4000 characters.
+/// `body`: at most 4000 characters, without NUL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Body(String);
@@ -72,6 +86,7 @@ impl Body {
         if char_len(s) > Self::MAX_CHARS {
             return Err(format!("must be at most {} characters", Self::MAX_CHARS));
         }
+        refuse_nul(s)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -80,7 +95,8 @@ impl Body {
     }
 }
 
-/// `data`: a JSON object of at most 16 KiB once serialized.
+/// `data`: a JSON object of at most 16 KiB once serialized, with no NUL in any key or string
+/// at any depth (Postgres `jsonb` refuses `\u0000` wherever it appears).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct NotificationData(Map<String, Value>);
@@ -99,6 +115,9 @@ impl NotificationData {
                 Self::MAX_BYTES
             ));
         }
+        if let Some(path) = nul_path(v, &mut String::new()) {
+            return Err(format!("{NUL_MESSAGE}, found at {path}"));
+        }
         Ok(Self(map.clone()))
     }
 
@@ -111,7 +130,42 @@ impl NotificationData {
     }
 }
 
-/// `link`: an absolute `http` or `https` URL of at most 2048 characters.
+/// Where the first NUL in `v` is, as a JSON Pointer (RFC 6901) below `data`, so the sender
+/// can find it in a deep object. `path` is the pointer of `v` itself. The recursion is
+/// bounded: serde_json refuses JSON nested more than 128 levels deep.
+fn nul_path(v: &Value, path: &mut String) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains('\0') => Some(path.clone()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("/{i}"));
+            let hit = nul_path(item, path);
+            path.truncate(len);
+            hit
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let len = path.len();
+            // The pointer of a key that holds a NUL shows it escaped, never the raw byte:
+            // this text goes into a JSON response and into logs.
+            let escaped = key
+                .replace('~', "~0")
+                .replace('/', "~1")
+                .replace('\0', "\\u0000");
+            path.push('/');
+            path.push_str(&escaped);
+            let hit = if key.contains('\0') {
+                Some(path.clone())
+            } else {
+                nul_path(item, path)
+            };
+            path.truncate(len);
+            hit
+        }),
+        _ => None,
+    }
+}
+
+/// `link`: an absolute `http` or `https` URL of at most 2048 characters, without NUL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Link(String);
@@ -123,6 +177,9 @@ impl Link {
         if char_len(s) > Self::MAX_CHARS {
             return Err(format!("must be at most {} characters", Self::MAX_CHARS));
         }
+        // Before the URL parser, which would quietly percent-encode it: the sender's spelling
+        // is what is stored.
+        refuse_nul(s)?;
         let url = url::Url::parse(s).map_err(|e| format!("must be an absolute URL ({e})"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("must use http or https, not {:?}", url.scheme()));
@@ -139,7 +196,8 @@ impl Link {
     }
 }
 
-/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters (so never a NUL, and
+/// with a 128-character service name well inside Postgres's B-tree row limit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
@@ -212,6 +270,26 @@ mod tests {
         assert!(Link::parse("ftp://example.com/x").is_err());
         let long = format!("https://e.example/{}", "a".repeat(2048));
         assert!(Link::parse(&long).is_err());
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_free_text_field() {
+        assert!(Title::parse("a\0b").is_err());
+        assert!(Body::parse("a\0b").is_err());
+        assert!(Link::parse("https://e.example/a\0b").is_err());
+        assert!(IdempotencyKey::parse("a\0b").is_err());
+    }
+
+    #[test]
+    fn nul_in_data_is_found_at_any_depth_and_named_by_pointer() {
+        let err = |v: Value| NotificationData::parse(&v).unwrap_err();
+        assert!(err(json!({"k": "a\u{0}b"})).ends_with("at /k"));
+        assert!(err(json!({"a\u{0}b": 1})).ends_with("at /a\\u0000b"));
+        assert!(err(json!({"x": {"y": [1, {"z/w": "\u{0}"}]}})).ends_with("at /x/y/1/z~1w"));
+        assert!(err(json!({"x": ["ok", ["\u{0}"]]})).ends_with("at /x/1/0"));
+        assert!(
+            NotificationData::parse(&json!({"x": {"y": ["ok", "\\u0000 spelled out"]}})).is_ok()
+        );
     }
 
     #[test]

@@ -84,6 +84,39 @@ impl fmt::Display for TopicName {
     }
 }
 
+/// A publishing service's name: the `sub` of a service token, and half of the key its
+/// `Idempotency-Key`s are stored under.
+///
+/// The same 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -` as a user id. The one rule serves
+/// both `tidings token --service` and the verification of every service token, so a token
+/// from another issuer cannot carry a name the CLI would refuse: an empty one, control
+/// characters (a NUL is a 500 on Postgres), or kilobytes that overflow the B-tree index on
+/// `(service, key)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub const MAX_LEN: usize = UserId::MAX_LEN;
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        UserId::parse(s).map(|u| Self(u.0))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,8 +131,22 @@ mod tests {
         assert!(UserId::parse("").is_err());
         assert!(UserId::parse(&"a".repeat(129)).is_err());
         assert!(UserId::parse(&"a".repeat(128)).is_ok());
-        for bad in ["a b", "a/b", "ä", "a\nb", "a*", "a#b"] {
+        for bad in ["a b", "a/b", "ä", "a\nb", "a*", "a#b", "a\0b"] {
             assert!(UserId::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(TopicName::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn service_names_follow_the_user_id_rule() {
+        assert!(ServiceName::parse("billing").is_ok());
+        assert!(ServiceName::parse(&"s".repeat(128)).is_ok());
+        for bad in ["", "a\0b", "a\u{1}b", "bill ing"] {
+            assert!(
+                ServiceName::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+        assert!(ServiceName::parse(&"s".repeat(129)).is_err());
     }
 }

@@ -98,7 +98,61 @@ async fn bad_keys_are_named(b: Backend) {
     );
 }
 
+/// A key that is not visible ASCII never reaches the database (where a NUL would be a 500 on
+/// Postgres): a 422 naming the header, or for a NUL a 400 from the HTTP parser itself.
+async fn non_ascii_and_nul_keys_are_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let token = service_token("billing");
+    let resp = app
+        .client
+        .post(app.url("/v1/notifications"))
+        .bearer_auth(&token)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes("clé-1".as_bytes()).unwrap(),
+        )
+        .json(&sample(&["alice"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(
+        problem_fields(&resp.json().await.unwrap()),
+        ["Idempotency-Key"]
+    );
+
+    // No HTTP client sends a NUL in a header, so write the request by hand.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let body = sample(&["alice"]).to_string();
+    let request = format!(
+        "POST /v1/notifications HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Idempotency-Key: a\0b\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    })
+    .await
+    .unwrap();
+    let status: u16 = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    // actix's HTTP/1 parser refuses the request before any handler runs, with an
+    // empty 400: the key can never reach the database, though nothing can name the header.
+    assert_eq!(status, 400, "{response}");
+    assert_eq!(app.unread("alice").await["seq"], 0);
+}
+
 crate::both_backends!(
+    non_ascii_and_nul_keys_are_refused,
     same_key_returns_the_first_response,
     same_key_with_another_body_is_422,
     concurrent_retries_create_one_notification,

@@ -229,7 +229,88 @@ async fn a_thousand_recipients_in_one_transaction(b: Backend) {
     assert_eq!(app.unread("u0500").await, json!({"unread": 1, "seq": 1}));
 }
 
+/// Postgres cannot store U+0000 in `text` or `jsonb` (it was a 500 there and stored on
+/// SQLite): every string of a publish refuses it with a 422 naming the field, on both.
+async fn nul_is_refused_in_every_string(b: Backend) {
+    let app = spawn_app(b).await;
+    let nul = "a\u{0}b";
+    let cases = [
+        ("title", with("title", json!(nul)), "title"),
+        ("body", with("body", json!(nul)), "body"),
+        (
+            "link",
+            with("link", json!("https://shop.example/a\u{0}b")),
+            "link",
+        ),
+        ("data value", with("data", json!({ "k": nul })), "data"),
+        ("data key", with("data", json!({ nul: 1 })), "data"),
+        (
+            "nested data value",
+            with(
+                "data",
+                json!({"order": {"lines": [{"sku": "ok"}, {"sku": nul}]}}),
+            ),
+            "data",
+        ),
+        (
+            "nested data key",
+            with("data", json!({"order": {"lines": [{ nul: "x" }]}})),
+            "data",
+        ),
+        ("type", with("type", json!(nul)), "type"),
+        (
+            "recipient",
+            with("recipients", json!([nul])),
+            "recipients[0]",
+        ),
+        (
+            "topic",
+            json!({"topic": nul, "type": "a", "title": "t"}),
+            "topic",
+        ),
+    ];
+    for (what, body, field) in cases {
+        let resp = app
+            .publish_raw(&service_token("billing"), &body, None)
+            .await;
+        assert_eq!(resp.status(), 422, "NUL in {what}");
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(
+            problem_fields(&problem),
+            [field],
+            "NUL in {what}: {problem}"
+        );
+        if field != "type" && !field.starts_with("recipients") && field != "topic" {
+            let message = problem["errors"][0]["message"].as_str().unwrap();
+            assert!(message.contains("NUL"), "NUL in {what}: {message}");
+        }
+    }
+    assert_eq!(app.unread("alice").await["seq"], 0, "nothing was stored");
+    let problem: Value = app
+        .publish_raw(
+            &service_token("billing"),
+            &with("data", json!({"order": {"lines": [{"sku": nul}]}})),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    assert!(message.ends_with("at /order/lines/0/sku"), "{message}");
+
+    // The six characters `\u0000` spelled out are ordinary text, and round-trip.
+    let spelled = r"a\u0000b";
+    let mut body = with("data", json!({ spelled: spelled }));
+    body["title"] = json!(spelled);
+    app.publish(&body).await;
+    let page = app.list("alice", "").await;
+    assert_eq!(page["notifications"][0]["title"], spelled);
+    assert_eq!(page["notifications"][0]["data"][spelled], spelled);
+}
+
 crate::both_backends!(
+    nul_is_refused_in_every_string,
     recipients_required,
     recipients_not_empty,
     recipients_at_most_1000,

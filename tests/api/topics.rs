@@ -161,6 +161,19 @@ async fn topic_rules(b: Backend) {
     );
 }
 
+/// Topic names and user ids keep to an alphabet without NUL, which Postgres cannot store:
+/// a NUL in a path or in a bulk list is a 422 on both backends, never a 500.
+async fn nul_in_topic_or_user_is_422(b: Backend) {
+    let app = spawn_app(b).await;
+    assert_eq!(put(&app, "/v1/topics/a%00b/subscribers/alice").await, 422);
+    assert_eq!(put(&app, "/v1/topics/t/subscribers/a%00b").await, 422);
+    let (status, _) = app.get(&service_token("billing"), "/v1/topics/a%00b").await;
+    assert_eq!(status, 422);
+    let (status, problem) = bulk(&app, "t", &json!({"add": ["ok", "a\u{0}b"]})).await;
+    assert_eq!(status, 422);
+    assert_eq!(problem_fields(&problem), ["add[1]"]);
+}
+
 const SUBSCRIBERS: usize = 10_000;
 /// Users who also get ordinary publishes while the fan-out runs.
 const BUSY: usize = 40;
@@ -246,5 +259,6 @@ async fn ten_thousand_subscribers(b: Backend) {
 crate::both_backends!(
     subscribers_manage_and_receive,
     topic_rules,
+    nul_in_topic_or_user_is_422,
     ten_thousand_subscribers
 );
