@@ -26,6 +26,8 @@
 #   apt-get install -y nginx libnginx-mod-nchan
 # Environment:
 #   BENCH_SKIP_BUILD=1     use the existing target/release binaries
+#   TIDINGS_BIN=PATH       the server binary to run instead of target/$BENCH_PROFILE/tidings
+#                          (then only tidings-bench is built; scripts/test.sh passes its debug build)
 #   BENCH_RESULTS=DIR      where JSON results go (default bench/results; --small: a temp dir)
 #   BENCH_PG_ADMIN=URL     admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
 #   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan (default 18080)
@@ -42,6 +44,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PROFILE="${BENCH_PROFILE:-release}"
 case "$PROFILE" in release) PROFILE_FLAG=(--release) ;; debug) PROFILE_FLAG=() ;; *) echo "BENCH_PROFILE must be debug or release" >&2; exit 2 ;; esac
 TIDINGS="$TARGET_DIR/$PROFILE/tidings"
+if [ -n "${TIDINGS_BIN:-}" ]; then
+  case "$TIDINGS_BIN" in /*) TIDINGS="$TIDINGS_BIN" ;; *) TIDINGS="$PWD/$TIDINGS_BIN" ;; esac
+fi
 BENCH="$TARGET_DIR/$PROFILE/tidings-bench"
 PG_ADMIN="${BENCH_PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}"
 PORT_BASE="${BENCH_PORT_BASE:-18080}"
@@ -134,10 +139,11 @@ log "open-file limit $(ulimit -n) (servers inherit it; each side needs > 15,000 
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   log "building ($PROFILE)"
-  (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings --bin tidings)
+  [ -n "${TIDINGS_BIN:-}" ] || (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings --bin tidings)
   (cd "$ROOT" && cargo build "${PROFILE_FLAG[@]}" -q -p tidings-bench --bins)
 fi
 [ -x "$TIDINGS" ] || die "no $TIDINGS (build it: cargo build ${PROFILE_FLAG[*]} -p tidings --bin tidings)"
+log "server binary: $TIDINGS"
 [ -x "$BENCH" ] || die "no $BENCH (build it: cargo build ${PROFILE_FLAG[*]} -p tidings-bench)"
 [ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||

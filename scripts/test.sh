@@ -7,12 +7,43 @@
 # against Nchan. It fails loudly when something cannot be had; it never skips a test.
 #
 # QUICK=1 runs only fmt, clippy and the Rust tests.
+# The debug server binary is compiled once, by `cargo test`; the later suites run it via
+# TIDINGS_BIN. Every stage is timed; the durations are printed at the end, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# `stage NAME COMMAND...` runs one step of the suite and times it (COMMAND may be a function).
+# A failing COMMAND stops the script as before (set -e); the EXIT trap then reports it as failed.
+# Under `stage ... || die ...` it returns COMMAND's status instead.
+stage_rows=() stage_now='' stage_start=0
+stage() {
+  local name=$1; shift
+  say "$name"
+  stage_now=$name stage_start=$SECONDS
+  "$@"
+  local rc=$?
+  stage_rows+=("$name|$((SECONDS - stage_start))|$([ "$rc" = 0 ] && echo ok || echo "FAILED ($rc)")")
+  stage_now=''
+  return "$rc"
+}
+stage_report() {
+  local rc=$? row name secs status sum=0
+  [ -z "$stage_now" ] || stage_rows+=("$stage_now|$((SECONDS - stage_start))|FAILED ($rc)")
+  printf '\n==> stage durations\n'
+  for row in "${stage_rows[@]}"; do
+    IFS='|' read -r name secs status <<<"$row"
+    printf '  %-52s %4d:%02d  %s\n' "$name" $((secs / 60)) $((secs % 60)) "$status"
+    sum=$((sum + secs))
+  done
+  printf '  %-52s %4d:%02d\n' "(setup outside the stages)" $(((SECONDS - sum) / 60)) $(((SECONDS - sum) % 60))
+  printf '  %-52s %4d:%02d  %s\n' "total" $((SECONDS / 60)) $((SECONDS % 60)) "$([ "$rc" = 0 ] && echo ok || echo "FAILED ($rc)")"
+  exit "$rc"
+}
+trap stage_report EXIT
 
 # Debian packages the tests use, installed in one pass when any is missing.
 # command-or-file:package
@@ -63,42 +94,54 @@ ensure_redis() {
   redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG || die "Redis is not answering on 127.0.0.1:6379"
 }
 
-say "services"
-ensure_postgres
-ensure_redis
-echo "PostgreSQL and Redis are up"
+# A [patch.crates-io] that cargo does not use is only a warning; make it an error.
+stage "vendored actix-http is the one in use" scripts/check-vendored.sh
+
+services() {
+  ensure_postgres
+  ensure_redis
+  echo "PostgreSQL and Redis are up"
+}
+stage services services
 # Streams and multi-process tests hold many sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-say "cargo fmt --check"
-cargo fmt --all -- --check || die "run 'cargo fmt'"
+stage "cargo fmt --check" cargo fmt --all -- --check || die "run 'cargo fmt'"
 
-say "cargo clippy"
-cargo clippy --locked --workspace --all-targets -- -D warnings
+stage "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings
 
-say "cargo test"
-cargo test --locked --workspace --all-targets
+stage "cargo test" cargo test --locked --workspace --all-targets
+
+# For the integration tests, `cargo test` has just built the server binary, with the features
+# of the whole workspace and its dev-dependencies. The suites below run that binary: their own
+# `cargo build --bin tidings` resolves features for the server alone and so compiled sqlx,
+# actix-web, tokio... and the server a second time.
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+export TIDINGS_BIN="$target_dir/debug/tidings"
+[ -x "$TIDINGS_BIN" ] || die "cargo test did not leave the server binary at $TIDINGS_BIN"
 
 [ "${QUICK:-0}" = 1 ] && { say "QUICK=1: stopping after the Rust tests"; exit 0; }
 
-say "browser client unit tests (node --test)"
-(cd clients/js && node --test)
+stage "browser client unit tests (node --test)" env -C clients/js node --test
 
 for suite in tests/browser/run.sh tests/stomp/run.sh; do  # end-to-end in Chromium; STOMP clients
   if [ -f "$suite" ]; then
-    say "$suite"
-    bash "$suite"
+    stage "$suite" bash "$suite"
   fi
 done
 
 if [ -f fuzz/run.sh ]; then
-  say "fuzzing the STOMP frame decoder briefly"
-  bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
+  stage "fuzzing the STOMP frame decoder briefly" bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 fi
 
 if [ -f bench/run.sh ]; then
-  say "small benchmark against Nchan (checks for loss, not speed)"
-  BENCH_PROFILE=debug bash bench/run.sh unicast --small
+  # The load generator with the feature set `cargo test` used: this links only its two binaries,
+  # where bench/run.sh's own `cargo build -p tidings-bench` would recompile tokio, actix-web,
+  # hyper, serde... (56 crates) for that package's features alone.
+  stage "bench binaries (cargo build --workspace --all-targets)" cargo build --locked --workspace --all-targets
+  stage "small benchmark against Nchan (checks for loss, not speed)" \
+    env BENCH_PROFILE=debug BENCH_SKIP_BUILD=1 bash bench/run.sh unicast --small
 fi
 
 say "all tests passed"

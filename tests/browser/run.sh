@@ -10,7 +10,9 @@
 #   bash tests/browser/run.sh leader.test.js           # some of them
 #   TIDINGS_UPDATE_DOCS_SCREENSHOT=1 bash tests/browser/run.sh screenshot.test.js   # refresh docs/demo.png
 #   TIDINGS_BROWSER_SLOWDOWN=2 bash tests/browser/run.sh  # double every wait guard on a loaded machine
+#   TIDINGS_BIN=/path/to/tidings bash tests/browser/run.sh  # use an already built server (no cargo build)
 set -euo pipefail
+start_dir="$PWD"
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
@@ -41,11 +43,19 @@ if [ "$locked_ok" != yes ]; then
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-say "cargo build --locked --bin tidings"
-(cd "$root" && cargo build --locked --bin tidings)
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
-case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
-export TIDINGS_BIN="$target_dir/debug/tidings"
+if [ -n "${TIDINGS_BIN:-}" ]; then
+  # Already built (scripts/test.sh passes the binary `cargo test` made): no second build.
+  case "$TIDINGS_BIN" in /*) ;; *) TIDINGS_BIN="$start_dir/$TIDINGS_BIN" ;; esac
+  [ -x "$TIDINGS_BIN" ] || { echo "TIDINGS_BIN=$TIDINGS_BIN is not an executable" >&2; exit 1; }
+  say "using TIDINGS_BIN=$TIDINGS_BIN (no cargo build)"
+else
+  say "cargo build --locked --bin tidings"
+  (cd "$root" && cargo build --locked --bin tidings)
+  target_dir="${CARGO_TARGET_DIR:-$root/target}"
+  case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+  TIDINGS_BIN="$target_dir/debug/tidings"
+fi
+export TIDINGS_BIN
 export CHROMIUM_PATH=/usr/bin/chromium
 
 say "browser end-to-end tests ($(/usr/bin/chromium --version 2>/dev/null | head -1 || echo chromium), node $(node --version))"
