@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod notifier;
 pub mod routes;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

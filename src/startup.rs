@@ -9,16 +9,15 @@ use crate::hub::{History, HistoryRead, Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::routes;
+use crate::shutdown::Shutdown;
 use crate::store::{ListQuery, Store};
 use crate::telemetry::{Chain, RedactingRootSpan};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use secrecy::ExposeSecret;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 /// How often expired idempotency keys are purged.
@@ -29,10 +28,20 @@ pub struct Application {
     server: Server,
     store: Store,
     hub: Hub,
-    shutting_down: Arc<AtomicBool>,
     grace: Duration,
-    /// Cancelled when the replica stops; background tasks watch it.
-    shutdown: CancellationToken,
+    /// The replica's one shutdown signal. Two moments, one tree:
+    ///
+    /// * `stopping`, a child of the root, is cancelled at the signal: readiness fails, and
+    ///   the hub (its own child) refuses new connections and tells every stream to
+    ///   reconnect elsewhere.
+    /// * the root is cancelled once the server has drained its requests: the bus, the
+    ///   group committers and the purge task (each a child) end, after the publishes of
+    ///   those last requests are committed and announced.
+    ///
+    /// Every task spawned under it is awaited, bounded by the grace period, before the
+    /// store closes.
+    shutdown: Shutdown,
+    stopping: Shutdown,
 }
 
 /// The token checker for these settings, resolving (or, in the local profile, generating)
@@ -50,15 +59,16 @@ impl Application {
     /// `server.listen` on port 0 the OS picks a free port: see [`Application::port`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let auth = Arc::new(authenticator(&settings)?);
+        let shutdown = Shutdown::new();
+        let stopping = shutdown.child();
         let store = Store::connect(
             settings.database.url.expose_secret(),
             settings.database.max_connections,
+            &shutdown.child(),
         )
         .await?;
         let listener = TcpListener::bind(settings.listen_addr()?)?;
         let port = listener.local_addr()?.port();
-        let shutting_down = Arc::new(AtomicBool::new(false));
-        let shutdown = CancellationToken::new();
 
         let metrics = Metrics::new();
         let hub = Hub::new(
@@ -68,13 +78,23 @@ impl Application {
                 max_connections: settings.server.max_connections,
                 connection_queue: settings.server.connection_queue,
             },
+            stopping.child().token().clone(),
         );
+        // The hub's reaction to the signal: a tracked task, so nothing outlives the store.
+        let hub_stopping = stopping.child();
+        stopping.spawn({
+            let hub = hub.clone();
+            async move {
+                hub_stopping.cancelled().await;
+                hub.shutdown();
+            }
+        });
         let bus = match &settings.redis.url {
             Some(url) => Bus::Redis(RedisBus::start(
                 url.expose_secret(),
                 settings.redis.channel.clone(),
                 hub.clone(),
-                shutdown.clone(),
+                &shutdown.child(),
             )?),
             None => Bus::InProcess(hub.clone()),
         };
@@ -85,7 +105,7 @@ impl Application {
             hub: hub.clone(),
             heartbeat: Duration::from_secs(settings.server.heartbeat_seconds),
             allowed_origins: settings.server.allowed_origins.clone(),
-            shutting_down: shutting_down.clone(),
+            stopping: stopping.clone(),
         });
         let stalled = Duration::from_secs(settings.server.stalled_client_seconds);
         let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
@@ -105,7 +125,8 @@ impl Application {
         }
         let server = server.run();
 
-        tokio::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
+        let purge = shutdown.child();
+        purge.spawn(purge_idempotency_keys(store.clone(), purge.clone()));
         tracing::info!(
             port,
             backend = store.backend_name(),
@@ -117,9 +138,9 @@ impl Application {
             server,
             store,
             hub,
-            shutting_down,
             grace,
             shutdown,
+            stopping,
         })
     }
 
@@ -153,11 +174,16 @@ impl Application {
                     connections = self.hub.open_connections(),
                     "stopping: readiness fails, streams are told to reconnect elsewhere, in-flight requests finish"
                 );
-                self.shutting_down.store(true, Ordering::SeqCst);
+                self.stopping.cancel();
                 // Streams end with a "reconnect now" (SSE retry, WebSocket 1012) so clients
-                // move to another replica at once; a moment lets those last frames go out.
-                self.hub.shutdown();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // move to another replica at once: wait until they have (bounded), so those
+                // last frames go out before the server stops writing.
+                if tokio::time::timeout(self.grace, self.hub.drained()).await.is_err() {
+                    tracing::warn!(
+                        connections = self.hub.open_connections(),
+                        "streams still open after the grace period; stopping anyway"
+                    );
+                }
                 let stopping = handle.stop(true);
                 // The grace period starts now, at the signal, not when the server started.
                 // The stop command is carried out by the server future itself: poll both.
@@ -176,6 +202,13 @@ impl Application {
             }
         };
         self.shutdown.cancel();
+        let running = self.shutdown.wait_for_tasks(self.grace).await;
+        if running > 0 {
+            tracing::warn!(
+                tasks = running,
+                "background tasks still running after the grace period"
+            );
+        }
         self.store.close().await;
         result
     }
@@ -217,7 +250,7 @@ async fn wait_for_signal() {
 }
 
 /// Keeps the idempotency table bounded: keys live 24 hours.
-async fn purge_idempotency_keys(store: Store, shutdown: CancellationToken) {
+async fn purge_idempotency_keys(store: Store, shutdown: Shutdown) {
     loop {
         match store.purge_idempotency_keys().await {
             Ok(0) => {}

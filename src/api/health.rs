@@ -3,7 +3,6 @@
 use crate::http::AppState;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use utoipa::ToSchema;
 
@@ -35,7 +34,7 @@ pub async fn healthz() -> HttpResponse {
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let bus = Some(state.notifier.bus_state().as_str());
-    if state.shutting_down.load(Ordering::Relaxed) {
+    if state.stopping.is_cancelled() {
         return HttpResponse::ServiceUnavailable().json(Health {
             status: "shutting down",
             database: None,

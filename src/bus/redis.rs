@@ -16,6 +16,7 @@
 
 use super::{BusState, Event};
 use crate::hub::Hub;
+use crate::shutdown::Shutdown;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -68,28 +69,28 @@ impl RedisBus {
         url: &str,
         channel: String,
         hub: Hub,
-        shutdown: CancellationToken,
+        shutdown: &Shutdown,
     ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let origin = uuid::Uuid::new_v4().to_string();
         let state = Arc::new(AtomicU8::new(DOWN));
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(publisher(
+        shutdown.spawn(publisher(
             client.clone(),
             channel.clone(),
             origin.clone(),
             rx,
             lost.clone(),
-            shutdown.clone(),
+            shutdown.token().clone(),
         ));
-        tokio::spawn(subscriber(
+        shutdown.spawn(subscriber(
             client,
             channel,
             origin,
             hub.clone(),
             state.clone(),
-            shutdown,
+            shutdown.token().clone(),
         ));
         Ok(Self {
             hub,

@@ -14,8 +14,8 @@ pub mod pages;
 use crate::auth::Authenticator;
 use crate::hub::Hub;
 use crate::notifier::Notifier;
+use crate::shutdown::Shutdown;
 use crate::store::Store;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub struct AppState {
     pub heartbeat: Duration,
     /// Origins allowed to open a WebSocket besides the server's own.
     pub allowed_origins: Vec<String>,
-    /// Set when the replica starts to stop: readiness fails so no new clients arrive.
-    pub shutting_down: Arc<AtomicBool>,
+    /// Cancelled when the replica starts to stop: readiness fails so no new clients
+    /// arrive. Part of the replica's one shutdown signal (see `startup`).
+    pub stopping: Shutdown,
 }

@@ -23,7 +23,8 @@ use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// What a connection's transport receives, already rendered where that can be shared:
 /// one notification's JSON is built once, whatever the number of tabs.
@@ -109,7 +110,9 @@ impl Drop for ConnGuard {
         if let Some(handle) = inner.lock().get(&self.user) {
             handle.addr.do_send(Leave { id: self.id });
         }
-        inner.open.fetch_sub(1, Ordering::AcqRel);
+        if inner.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            inner.idle.notify_waiters();
+        }
         inner.metrics.connection_closed(self.transport);
     }
 }
@@ -142,7 +145,10 @@ struct HubInner {
     settings: HubSettings,
     next_id: AtomicU64,
     open: AtomicUsize,
-    stopping: AtomicBool,
+    /// Cancelled when the replica starts to stop: new connections are refused.
+    stopping: CancellationToken,
+    /// Woken when the last open connection closes, for [`Hub::drained`].
+    idle: Notify,
 }
 
 impl HubInner {
@@ -154,7 +160,12 @@ impl HubInner {
 }
 
 impl Hub {
-    pub fn new(history: Arc<dyn History>, metrics: Metrics, settings: HubSettings) -> Self {
+    pub fn new(
+        history: Arc<dyn History>,
+        metrics: Metrics,
+        settings: HubSettings,
+        stopping: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 sessions: Mutex::new(HashMap::new()),
@@ -163,7 +174,8 @@ impl Hub {
                 settings,
                 next_id: AtomicU64::new(1),
                 open: AtomicUsize::new(0),
-                stopping: AtomicBool::new(false),
+                stopping,
+                idle: Notify::new(),
             }),
         }
     }
@@ -195,7 +207,7 @@ impl Hub {
         transport: Transport,
     ) -> Result<Connection, HubError> {
         let inner = &self.inner;
-        if inner.stopping.load(Ordering::Acquire) {
+        if inner.stopping.is_cancelled() {
             return Err(HubError::Stopping);
         }
         let max = inner.settings.max_connections;
@@ -308,9 +320,21 @@ impl Hub {
         }
     }
 
+    /// Resolves once no connection is open: after [`Hub::shutdown`], when every stream has
+    /// written its "reconnect elsewhere" and closed. Callers bound the wait.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.inner.idle.notified();
+            if self.open_connections() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     /// Refuses new connections and tells every open one to reconnect elsewhere.
     pub fn shutdown(&self) {
-        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.stopping.cancel();
         let handles: Vec<SessionHandle> = self.inner.lock().values().cloned().collect();
         for h in handles {
             h.addr.do_send(Shutdown);

@@ -15,6 +15,7 @@
 
 use super::{Counts, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
 use crate::domain::Seq;
+use crate::shutdown::Shutdown;
 use crate::telemetry::Chain;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
@@ -42,12 +43,14 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the committers; they end when the last handle is dropped.
-    pub fn start(pool: PgPool) -> Self {
+    /// Starts the committers. They end when `shutdown` is cancelled (after committing
+    /// what is queued by then) or when the last handle is dropped; a publish after that is
+    /// refused as "unavailable", never left waiting.
+    pub fn start(pool: PgPool, shutdown: &Shutdown) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..COMMITTERS {
-            tokio::spawn(committer(pool.clone(), rx.clone()));
+            shutdown.spawn(committer(pool.clone(), rx.clone(), shutdown.clone()));
         }
         Self { tx }
     }
@@ -64,14 +67,20 @@ impl GroupCommit {
     }
 }
 
-async fn committer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn committer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, shutdown: Shutdown) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS);
     loop {
         {
             // Whoever holds the queue takes a batch, then lets the next committer take one
             // while this batch commits.
             let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
+            let next = tokio::select! {
+                biased;
+                job = rx.recv() => job,
+                // Stopping: the server has drained, so what is queued is all there will be.
+                () = shutdown.cancelled() => rx.try_recv().ok(),
+            };
+            let Some(first) = next else { return };
             let mut rows = first.cmd.notification.recipients.len();
             jobs.push(first);
             while jobs.len() < MAX_JOBS && rows < MAX_ROWS {

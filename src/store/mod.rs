@@ -17,6 +17,7 @@ mod sqlite;
 use crate::domain::{
     Counts, IdempotencyKey, MarkRead, NewNotification, Notification, Page, Seq, TopicName, UserId,
 };
+use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -185,14 +186,19 @@ macro_rules! dispatch {
 
 impl Store {
     /// Connects, creating an SQLite file if needed, and runs the embedded migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// Background tasks (Postgres's group committers) run under `shutdown`.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        shutdown: &Shutdown,
+    ) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(
                 SqliteStore::connect(url, max_connections).await?,
             ))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(
-                PgStore::connect(url, max_connections).await?,
+                PgStore::connect(url, max_connections, shutdown).await?,
             ))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))

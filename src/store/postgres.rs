@@ -10,6 +10,7 @@ use super::{
     ReadOutcome, StoreError,
 };
 use crate::domain::{now_micros, Notification, Seq, TopicName, UserId};
+use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
@@ -33,7 +34,11 @@ const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_
 const ATTEMPTS: usize = 5;
 
 impl PgStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        shutdown: &Shutdown,
+    ) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("tidings");
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
@@ -46,7 +51,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.application_name("tidings-read"))
             .await?;
-        let group = GroupCommit::start(pool.clone());
+        let group = GroupCommit::start(pool.clone(), shutdown);
         Ok(Self {
             pool,
             read_pool,
