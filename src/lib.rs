@@ -1,10 +1,13 @@
 //! Tidings: notifications with a durable inbox and live delivery.
 //!
-//! The data's path through the crate: [`ingest`] validates what a service sends, [`store`]
-//! commits it and assigns each recipient's `seq`, [`notifier`] announces what committed on
-//! the [`bus`], the [`hub`] hands it to the recipient's per-user actor on whichever replica
-//! holds the user's connections, and [`transports`] write it out as SSE, long-poll or
-//! WebSocket. [`api`] is the REST face of it all.
+//! The data's path through the crate, and the direction of its imports: [`ingest`]
+//! validates what a service sends, [`store`] commits it and assigns each recipient's `seq`,
+//! [`notifier`] announces what committed on the [`bus`], the [`hub`] hands it to the
+//! recipient's per-user actor on whichever replica holds the user's connections, and the
+//! faces write it out: [`transports`] as SSE, NDJSON, the hidden-iframe stream, long-poll,
+//! WebSocket or STOMP, and [`api`] as the REST inbox. [`http`] is the plumbing every HTTP
+//! face stands on, [`routes`] puts the faces together, [`domain`] holds the types all of
+//! them share, and [`shutdown`] is the one signal that stops them in order.
 
 pub mod api;
 pub mod auth;
@@ -22,3 +25,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod transports;
+
+#[cfg(test)]
+mod layers;

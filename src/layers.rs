@@ -1,0 +1,93 @@
+//! The import rules of the layers, checked on the source itself so a change that points an
+//! import back up the data's path fails the build's tests instead of waiting for a review.
+
+use std::path::Path;
+
+/// (folder or file under `src/`, what no file there may import, why).
+const RULES: &[(&str, &str, &str)] = &[
+    (
+        "transports",
+        "crate::api",
+        "a transport is a face beside the REST API, not above it",
+    ),
+    (
+        "transports",
+        "crate::routes",
+        "faces do not know the route table",
+    ),
+    (
+        "api",
+        "crate::transports",
+        "the REST face does not route the transports",
+    ),
+    ("api", "crate::routes", "faces do not know the route table"),
+    ("http", "crate::api", "the plumbing sits below every face"),
+    (
+        "http",
+        "crate::transports",
+        "the plumbing sits below every face",
+    ),
+    ("hub", "crate::bus", "the bus is upstream of the hub"),
+    (
+        "hub",
+        "crate::store",
+        "the store is upstream: the hub reads through hub::History",
+    ),
+    (
+        "hub",
+        "crate::notifier",
+        "the notifier is upstream of the hub",
+    ),
+    (
+        "bus",
+        "crate::notifier",
+        "the notifier is upstream of the bus",
+    ),
+    ("bus", "crate::store", "the store is upstream of the bus"),
+    ("store", "crate::ingest", "ingest is upstream of the store"),
+    (
+        "store",
+        "crate::notifier",
+        "the notifier is downstream, and calls the store",
+    ),
+    (
+        "domain",
+        "crate::",
+        "domain is the floor every layer stands on",
+    ),
+];
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    if dir.is_file() {
+        out.push(dir.to_owned());
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn imports_point_down_the_data_path() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut broken = Vec::new();
+    for (place, forbidden, why) in RULES {
+        let mut found = Vec::new();
+        let dir = src.join(place);
+        files(&dir, &mut found);
+        files(&src.join(format!("{place}.rs")), &mut found);
+        assert!(!found.is_empty(), "no source found for {place}");
+        for file in found {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if text.contains(forbidden) {
+                broken.push(format!("{} uses {forbidden}: {why}", file.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
