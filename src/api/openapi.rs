@@ -34,7 +34,15 @@ use utoipa::{Modify, OpenApi};
         health::readyz,
         health::metrics,
     ),
-    components(schemas(error::Problem, crate::ingest::FieldError)),
+    components(schemas(
+        error::Problem,
+        crate::ingest::FieldError,
+        notifications::UserIdText,
+        notifications::PublishToRecipients,
+        notifications::PublishToTopic,
+        notifications::ReadIds,
+        notifications::ReadUpTo,
+    )),
     modifiers(&BearerTokens),
     tags(
         (name = "publishing", description = "Services send notifications."),
