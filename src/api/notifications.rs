@@ -207,7 +207,7 @@ pub struct ReadUpTo {
 #[utoipa::path(
     post, path = "/v1/notifications", tag = "publishing",
     request_body = PublishRequest,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
         description = "1 to 255 visible ASCII characters. The same key from the same service within 24 hours returns the first response again; with a different body it is a 422.")),
     responses(
         (status = 201, body = PublishResponse, description = "Committed. An idempotent replay carries `Idempotent-Replayed: true`.",
@@ -286,10 +286,10 @@ pub async fn publish(
 #[utoipa::path(
     get, path = "/v1/notifications", tag = "inbox",
     params(
-        ("after" = Option<i64>, Query, minimum = 0, description = "Only seq > after, ascending."),
-        ("before" = Option<i64>, Query, minimum = 1, description = "Only seq < before, descending; omitted means from the newest."),
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
-        ("unread" = Option<bool>, Query, description = "Only unread notifications."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "Only seq > after, ascending."),
+        ("before" = Option<i64>, Query, nullable = false, minimum = 1, description = "Only seq < before, descending; omitted means from the newest."),
+        ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
+        ("unread" = Option<bool>, Query, nullable = false, description = "Only unread notifications."),
     ),
     responses(
         (status = 200, body = NotificationPage, description = "A page of the caller's notifications."),

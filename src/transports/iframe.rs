@@ -87,8 +87,8 @@ impl Format for Iframe {
     get, path = "/v1/notifications/stream.html", tag = "live", operation_id = "stream_html",
     params(
         ("origin" = String, Query, description = "The parent page's origin: it must be an allowed origin (or this server's own), and events are posted to it only."),
-        ("after" = Option<i64>, Query, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
-        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 200, content_type = "text/html", body = String, description = "A never-ending HTML document of `<script>` chunks; each calls `parent.postMessage(event, origin)` with the same events as the NDJSON stream."),

@@ -27,9 +27,9 @@ pub const MAX_TIMEOUT: i64 = 120;
     get, path = "/v1/notifications/poll", tag = "live",
     params(
         ("after" = i64, Query, minimum = 0, description = "The last seq the client has seen (0 for all)."),
-        ("unread" = Option<i64>, Query, minimum = 0, description = "The unread count the client shows; a different count answers at once."),
-        ("timeout" = Option<i64>, Query, minimum = 1, maximum = 120, description = "Seconds to wait, 1 to 120, default 30."),
-        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
+        ("unread" = Option<i64>, Query, nullable = false, minimum = 0, description = "The unread count the client shows; a different count answers at once."),
+        ("timeout" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 120, description = "Seconds to wait, 1 to 120, default 30."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 200, body = crate::api::notifications::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq."),

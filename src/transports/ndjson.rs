@@ -53,8 +53,8 @@ impl Format for Ndjson {
 #[utoipa::path(
     get, path = "/v1/notifications/stream.ndjson", tag = "live", operation_id = "stream_ndjson",
     params(
-        ("after" = Option<i64>, Query, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
-        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 200, content_type = "application/x-ndjson", body = String, description = "One JSON event per line."),

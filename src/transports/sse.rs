@@ -33,9 +33,9 @@ pub struct SseEvent {
 #[utoipa::path(
     get, path = "/v1/notifications/stream", tag = "live",
     params(
-        ("after" = Option<i64>, Query, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
-        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Sent by EventSource on reconnect; wins over `after`."),
-        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Sent by EventSource on reconnect; wins over `after`."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 200, content_type = "text/event-stream", body = SseEvent, description = "The event stream: a `retry` first, then events, with a `: ping` comment every heartbeat."),

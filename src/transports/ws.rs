@@ -31,8 +31,8 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 #[utoipa::path(
     get, path = "/v1/ws", tag = "live",
     params(
-        ("after" = Option<i64>, Query, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
-        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),
