@@ -39,7 +39,9 @@ impl NewNotification {
             errors.push(FieldError::new(key.clone(), "is not a known field"));
         }
 
-        let (recipients, topic) = match (obj.get("recipients"), obj.get("topic")) {
+        // `null` is absent here too: `{"recipients": [...], "topic": null}` names recipients.
+        let present = |field: &str| obj.get(field).filter(|v| !v.is_null());
+        let (recipients, topic) = match (present("recipients"), present("topic")) {
             (Some(_), Some(_)) => {
                 errors.push(FieldError::new(
                     "topic",
@@ -191,6 +193,13 @@ fn optional_str<'a>(
 /// At most this many ids per mark-read request.
 pub const MAX_READ_IDS: usize = 1000;
 
+/// A JSON number written with a fraction of zero (`11.0`) as the integer it is.
+fn whole_f64(v: &Value) -> Option<i64> {
+    v.as_f64()
+        .filter(|f| f.fract() == 0.0 && (0.0..9.0e18).contains(f))
+        .map(|f| f as i64)
+}
+
 /// Validates a mark-read body: `{"ids": [...]}` or `{"up_to": seq}`, exactly one.
 ///
 /// `extra` names fields the caller's envelope adds and that are allowed beside them (the
@@ -219,7 +228,9 @@ pub fn parse_mark_read(value: &Value, extra: &[&str]) -> Result<MarkRead, Vec<Fi
             ));
             None
         }
-        (None, Some(v)) => match v.as_i64().and_then(Seq::try_new) {
+        // `11.0` is a whole number too (JSON Schema's `integer` includes it), whatever the
+        // client's JSON encoder chose.
+        (None, Some(v)) => match v.as_i64().or_else(|| whole_f64(v)).and_then(Seq::try_new) {
             Some(seq) => Some(MarkRead::UpTo(seq)),
             _ => {
                 errors.push(FieldError::new(

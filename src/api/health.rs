@@ -20,7 +20,8 @@ pub struct Health {
 }
 
 /// 200 while the process serves.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Health, description = "The process serves.")))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok",
@@ -31,7 +32,10 @@ pub async fn healthz() -> HttpResponse {
 
 /// 200 when the database answers; 503 when it does not, or while shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses(
+        (status = 200, body = Health, description = "Ready: the database answers."),
+        (status = 503, body = Health, description = "Not ready: the database does not answer, or the replica is stopping."),
+    ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let bus = Some(state.notifier.bus_state().as_str());
     if state.stopping.is_cancelled() {
@@ -61,7 +65,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// Prometheus metrics: connections by transport, notifications published and delivered,
 /// publish-to-delivery latency, bus reconnects, dropped slow consumers.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String, description = "Prometheus text exposition.")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -16,30 +16,120 @@ use utoipa::ToSchema;
 
 pub const DEFAULT_PAGE: i64 = 50;
 
-/// The body of a publish, as documented; the server validates it by hand to report every
-/// bad field at once.
-#[derive(ToSchema)]
+/// A user id or topic name: 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:@-]{1,128}$";
+
+/// A user id or topic name, as documented: the `UserId` schema.
+pub struct UserIdText;
+
+impl utoipa::PartialSchema for UserIdText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(ID_PATTERN))
+            .description(Some("1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`."))
+            .examples([serde_json::json!("alice")])
+            .into()
+    }
+}
+
+impl ToSchema for UserIdText {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "UserId".into()
+    }
+}
+
+/// `null`, for a field that is documented as absent-or-null.
+fn null_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Null)
+        .description(Some("Absent or `null`; `null` means absent."))
+        .build()
+}
+
+/// The body of a publish, as documented: exactly one of `recipients` and `topic` (the other
+/// absent or `null`). The server validates the body by hand to report every bad field at once;
+/// these types only describe it.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
-pub struct PublishRequest {
-    /// 1 to 1000 user ids (1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`); duplicates are folded.
-    /// Either this or `topic`.
-    #[schema(example = json!(["alice", "bob"]))]
-    recipients: Option<Vec<String>>,
-    /// Publish to every current subscriber of this topic instead (see `/v1/topics`). Users who
-    /// subscribe later do not get it. Not combined with an `Idempotency-Key`.
-    topic: Option<String>,
+pub enum PublishRequest {
+    Recipients(PublishToRecipients),
+    Topic(PublishToTopic),
+}
+
+/// A publish to named users.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PublishToRecipients {
+    /// 1 to 1000 distinct user ids; duplicates are folded.
+    #[schema(example = json!(["alice", "bob"]), min_items = 1, value_type = Vec<UserIdText>)]
+    recipients: Vec<String>,
+    #[schema(schema_with = null_schema)]
+    #[serde(default)]
+    topic: Option<()>,
     /// 1 to 64 characters of `a-z 0-9 . _ -`.
-    #[schema(rename = "type", example = "order.shipped")]
+    #[serde(rename = "type")]
+    #[schema(example = "order.shipped", pattern = "^[a-z0-9._-]{1,64}$")]
     kind: String,
-    /// 1 to 200 characters.
-    #[schema(example = "Your order has shipped")]
+    /// 1 to 200 characters, not only white space.
+    #[schema(
+        example = "Your order has shipped",
+        min_length = 1,
+        max_length = 200,
+        pattern = "\\S"
+    )]
     title: String,
     /// At most 4000 characters.
+    #[schema(max_length = 4000)]
     body: Option<String>,
     /// A JSON object of at most 16 KiB serialized.
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     /// An absolute http(s) URL of at most 2048 characters.
+    #[schema(
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,4})?([/?#][!-~]*)?$"
+    )]
+    link: Option<String>,
+}
+
+/// A publish to every current subscriber of a topic (see `/v1/topics`). Users who subscribe
+/// later do not get it. Not combined with an `Idempotency-Key`.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PublishToTopic {
+    /// 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
+    #[schema(example = "team.ops", pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
+    topic: String,
+    #[schema(schema_with = null_schema)]
+    #[serde(default)]
+    recipients: Option<()>,
+    /// 1 to 64 characters of `a-z 0-9 . _ -`.
+    #[serde(rename = "type")]
+    #[schema(example = "order.shipped", pattern = "^[a-z0-9._-]{1,64}$")]
+    kind: String,
+    /// 1 to 200 characters, not only white space.
+    #[schema(
+        example = "Your order has shipped",
+        min_length = 1,
+        max_length = 200,
+        pattern = "\\S"
+    )]
+    title: String,
+    /// At most 4000 characters.
+    #[schema(max_length = 4000)]
+    body: Option<String>,
+    /// A JSON object of at most 16 KiB serialized.
+    #[schema(value_type = Option<Object>)]
+    data: Option<serde_json::Value>,
+    /// An absolute http(s) URL of at most 2048 characters.
+    #[schema(
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,4})?([/?#][!-~]*)?$"
+    )]
     link: Option<String>,
 }
 
@@ -57,14 +147,32 @@ pub struct PublishResponse {
 }
 
 /// Mark read by `ids` or `up_to`: exactly one of them.
-#[derive(ToSchema)]
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(untagged)]
 #[allow(dead_code)]
-pub struct ReadRequest {
+pub enum ReadRequest {
+    Ids(ReadIds),
+    UpTo(ReadUpTo),
+}
+
+/// Mark these notifications read.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReadIds {
     /// 1 to 1000 notification ids; ids that are not the caller's are ignored.
-    #[schema(value_type = Option<Vec<String>>)]
-    ids: Option<Vec<String>>,
+    #[schema(value_type = Vec<uuid::Uuid>, min_items = 1, max_items = 1000)]
+    ids: Vec<String>,
+}
+
+/// Mark every notification up to a seq read.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReadUpTo {
     /// Marks every notification with seq ≤ up_to read.
-    up_to: Option<i64>,
+    #[schema(minimum = 0)]
+    up_to: i64,
 }
 
 /// Publish a notification to one or more users.
@@ -74,16 +182,17 @@ pub struct ReadRequest {
 #[utoipa::path(
     post, path = "/v1/notifications", tag = "publishing",
     request_body = PublishRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "1 to 255 characters. The same key from the same service within 24 hours returns the first response again; with a different body it is a 422.")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
+        description = "1 to 255 visible ASCII characters. The same key from the same service within 24 hours returns the first response again; with a different body it is a 422.")),
     responses(
-        (status = 201, body = PublishResponse, description = "Committed. An idempotent replay carries `Idempotent-Replayed: true`."),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "Invalid JSON."),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 201, body = PublishResponse, description = "Committed. An idempotent replay carries `Idempotent-Replayed: true`.",
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the first response again, for a reused Idempotency-Key."))),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields, or a reused Idempotency-Key."),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
     ),
     security(("service_token" = []))
 )]
@@ -131,16 +240,17 @@ pub async fn publish(
 #[utoipa::path(
     get, path = "/v1/notifications", tag = "inbox",
     params(
-        ("after" = Option<i64>, Query, description = "Only seq > after, ascending."),
-        ("before" = Option<i64>, Query, description = "Only seq < before, descending; omitted means from the newest."),
-        ("limit" = Option<i64>, Query, description = "1 to 200, default 50."),
-        ("unread" = Option<bool>, Query, description = "Only unread notifications."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "Only seq > after, ascending."),
+        ("before" = Option<i64>, Query, nullable = false, minimum = 1, description = "Only seq < before, descending; omitted means from the newest."),
+        ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
+        ("unread" = Option<bool>, Query, nullable = false, description = "Only unread notifications."),
     ),
     responses(
-        (status = 200, body = NotificationPage),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "A bad query parameter, named in `errors`."),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 200, body = NotificationPage, description = "A page of the caller's notifications."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "A bad query parameter, named in `errors`, or both `after` and `before`."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
     ),
     security(("user_token" = []))
 )]
@@ -185,9 +295,10 @@ pub async fn list(
 #[utoipa::path(
     get, path = "/v1/notifications/unread-count", tag = "inbox",
     responses(
-        (status = 200, body = UnreadCount),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 200, body = UnreadCount, description = "The caller's counters."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
     ),
     security(("user_token" = []))
 )]
@@ -206,12 +317,13 @@ pub async fn unread_count(
     post, path = "/v1/notifications/read", tag = "inbox",
     request_body = ReadRequest,
     responses(
-        (status = 200, body = UnreadCount),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, body = UnreadCount, description = "The caller's counters after the change."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
     ),
     security(("user_token" = []))
 )]

@@ -1,5 +1,6 @@
 //! Topics: audiences bigger than one user, managed by services.
 
+use super::notifications::UserIdText;
 use crate::domain::{FieldError, TopicName, UserId};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{read_json, AuthenticatedService, MAX_BODY_BYTES};
@@ -38,20 +39,28 @@ pub struct BulkResult {
 }
 
 /// A bulk change: `{"add": [...], "remove": [...]}`, each at most 1000 user ids.
-#[derive(ToSchema)]
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct BulkRequest {
+    /// Users to subscribe; absent or `null` means none.
+    #[schema(value_type = Option<Vec<UserIdText>>, max_items = 1000)]
     add: Option<Vec<String>>,
+    /// Users to unsubscribe; absent or `null` means none.
+    #[schema(value_type = Option<Vec<UserIdText>>, max_items = 1000)]
     remove: Option<Vec<String>>,
 }
 
 /// A topic and its subscriber count.
 #[utoipa::path(get, path = "/v1/topics/{topic}", tag = "topics",
-    params(("topic" = String, Path, description = "1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.")),
-    responses((status = 200, body = TopicInfo),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")),
+    params(("topic" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.")),
+    responses(
+        (status = 200, body = TopicInfo, description = "The topic; a topic nobody is subscribed to has 0 subscribers."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "The topic or user id breaks its rule."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
     security(("service_token" = [])))]
 pub async fn info(
     state: web::Data<AppState>,
@@ -69,11 +78,14 @@ pub async fn info(
 /// Subscribe a user to a topic. Idempotent. The user gets what is published to the topic
 /// from now on, not what was published before.
 #[utoipa::path(put, path = "/v1/topics/{topic}/subscribers/{user}", tag = "topics",
-    params(("topic" = String, Path), ("user" = String, Path)),
-    responses((status = 204, description = "Subscribed."),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")),
+    params(("topic" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`."), ("user" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "A user id: 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.")),
+    responses(
+        (status = 204, description = "Subscribed."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "The topic or user id breaks its rule."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
     security(("service_token" = [])))]
 pub async fn subscribe(
     state: web::Data<AppState>,
@@ -87,11 +99,14 @@ pub async fn subscribe(
 
 /// Unsubscribe a user from a topic. Idempotent.
 #[utoipa::path(delete, path = "/v1/topics/{topic}/subscribers/{user}", tag = "topics",
-    params(("topic" = String, Path), ("user" = String, Path)),
-    responses((status = 204, description = "Not subscribed (any more)."),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")),
+    params(("topic" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`."), ("user" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "A user id: 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.")),
+    responses(
+        (status = 204, description = "Not subscribed (any more)."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "The topic or user id breaks its rule."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
     security(("service_token" = [])))]
 pub async fn unsubscribe(
     state: web::Data<AppState>,
@@ -105,14 +120,17 @@ pub async fn unsubscribe(
 
 /// Subscribe and unsubscribe many users at once.
 #[utoipa::path(post, path = "/v1/topics/{topic}/subscribers", tag = "topics",
-    params(("topic" = String, Path)),
+    params(("topic" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.")),
     request_body = BulkRequest,
-    responses((status = 200, body = BulkResult),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, body = BulkResult, description = "The change is committed."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "The topic, a user id or a field breaks its rule."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
     security(("service_token" = [])))]
 pub async fn bulk(
     state: web::Data<AppState>,

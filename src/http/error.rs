@@ -28,8 +28,9 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("no such resource")]
     NotFound,
-    #[error("this method is not allowed here")]
-    MethodNotAllowed,
+    /// With the methods the resource does allow, for the `Allow` header (RFC 9110 §15.5.6).
+    #[error("this method is not allowed here; use {0}")]
+    MethodNotAllowed(&'static str),
     /// A dependency is down or the replica is full or stopping: try again, maybe elsewhere.
     #[error("{detail}")]
     Unavailable {
@@ -74,7 +75,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "Request body too large"),
             ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency key reused"),
             ApiError::NotFound => ("not-found", "Not found"),
-            ApiError::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
@@ -135,7 +136,7 @@ impl ResponseError for ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -186,6 +187,9 @@ impl ResponseError for ApiError {
                 ..
             } => {
                 builder.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                builder.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }

@@ -18,50 +18,44 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/notifications")
             .route(web::post().to(notifications::publish))
             .route(web::get().to(notifications::list))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("GET, POST")),
     )
     .service(
         web::resource("/v1/notifications/unread-count")
             .route(web::get().to(notifications::unread_count))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("GET")),
     )
     .service(
         web::resource("/v1/notifications/read")
             .route(web::post().to(notifications::mark_read))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("POST")),
     )
-    .route("/v1/notifications/stream", web::get().to(sse::stream))
-    .route(
-        "/v1/notifications/stream.ndjson",
-        web::get().to(ndjson::stream),
-    )
-    .route(
-        "/v1/notifications/stream.html",
-        web::get().to(iframe::stream),
-    )
-    .route("/v1/notifications/poll", web::get().to(longpoll::poll))
-    .route("/v1/ws", web::get().to(ws::socket))
-    .route("/v1/stomp", web::get().to(stomp::socket))
-    .route("/metrics", web::get().to(health::metrics))
+    .service(get_only("/v1/notifications/stream", sse::stream))
+    .service(get_only("/v1/notifications/stream.ndjson", ndjson::stream))
+    .service(get_only("/v1/notifications/stream.html", iframe::stream))
+    .service(get_only("/v1/notifications/poll", longpoll::poll))
+    .service(get_only("/v1/ws", ws::socket))
+    .service(get_only("/v1/stomp", stomp::socket))
+    .service(get_only("/metrics", health::metrics))
     .configure(demo::configure)
     .service(
         web::resource("/v1/topics/{topic}/subscribers/{user}")
             .route(web::put().to(topics::subscribe))
             .route(web::delete().to(topics::unsubscribe))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("PUT, DELETE")),
     )
     .service(
         web::resource("/v1/topics/{topic}/subscribers")
             .route(web::post().to(topics::bulk))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("POST")),
     )
     .service(
         web::resource("/v1/topics/{topic}")
             .route(web::get().to(topics::info))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(method_not_allowed("GET")),
     )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
+    .service(get_only("/healthz", health::healthz))
+    .service(get_only("/readyz", health::readyz))
     .app_data(openapi_json)
     .route("/openapi.json", web::get().to(serve_openapi))
     .route(
@@ -84,8 +78,22 @@ async fn serve_openapi(doc: web::Data<String>) -> HttpResponse {
         .body(doc.get_ref().clone())
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// The default service of a resource: any other method is a 405 whose `Allow` header lists
+/// `allow`, the methods the resource's routes answer.
+fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow)) })
+}
+
+/// A resource that answers GET only; any other method is a 405 with `Allow: GET`.
+fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(method_not_allowed("GET"))
 }
 
 /// Unknown paths get a problem document too.

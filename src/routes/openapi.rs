@@ -35,7 +35,15 @@ use utoipa::{Modify, OpenApi};
         health::readyz,
         health::metrics,
     ),
-    components(schemas(error::Problem, crate::domain::FieldError)),
+    components(schemas(
+        error::Problem,
+        crate::domain::FieldError,
+        notifications::UserIdText,
+        notifications::PublishToRecipients,
+        notifications::PublishToTopic,
+        notifications::ReadIds,
+        notifications::ReadUpTo,
+    )),
     modifiers(&BearerTokens),
     tags(
         (name = "publishing", description = "Services send notifications."),

@@ -87,14 +87,15 @@ impl Format for Iframe {
     get, path = "/v1/notifications/stream.html", tag = "live", operation_id = "stream_html",
     params(
         ("origin" = String, Query, description = "The parent page's origin: it must be an allowed origin (or this server's own), and events are posted to it only."),
-        ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),
-        ("access_token" = Option<String>, Query, description = "The user token (an iframe cannot set headers)."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 200, content_type = "text/html", body = String, description = "A never-ending HTML document of `<script>` chunks; each calls `parent.postMessage(event, origin)` with the same events as the NDJSON stream."),
-        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The origin is not allowed."),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A missing `origin` or a bad `after`."),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token, or the origin is not allowed."),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
     ),
     security(("user_token" = []))
 )]

@@ -26,17 +26,18 @@ pub const MAX_TIMEOUT: i64 = 120;
 #[utoipa::path(
     get, path = "/v1/notifications/poll", tag = "live",
     params(
-        ("after" = i64, Query, description = "The last seq the client has seen."),
-        ("unread" = Option<i64>, Query, description = "The unread count the client shows; a different count answers at once."),
-        ("timeout" = Option<i64>, Query, description = "Seconds to wait, 1 to 120, default 30."),
-        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set."),
+        ("after" = i64, Query, minimum = 0, description = "The last seq the client has seen (0 for all)."),
+        ("unread" = Option<i64>, Query, nullable = false, minimum = 0, description = "The unread count the client shows; a different count answers at once."),
+        ("timeout" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 120, description = "Seconds to wait, 1 to 120, default 30."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq."),
         (status = 204, description = "Nothing new before the timeout: poll again with the same cursor."),
-        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A missing or bad query parameter, named in `errors`."),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping, or the database is unavailable; see Retry-After."),
     ),
     security(("user_token" = []))
 )]

@@ -52,13 +52,15 @@ impl Format for Ndjson {
 #[utoipa::path(
     get, path = "/v1/notifications/stream.ndjson", tag = "live", operation_id = "stream_ndjson",
     params(
-        ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),
-        ("access_token" = Option<String>, Query, description = "The user token, when a header cannot be set."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 200, content_type = "application/x-ndjson", body = String, description = "One JSON event per line."),
-        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A bad `after`."),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
     ),
     security(("user_token" = []))
 )]

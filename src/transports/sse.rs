@@ -10,6 +10,20 @@ use crate::metrics::Transport;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
 
+/// One Server-Sent Event, as an EventSource (or any SSE parser) hands it over.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// `notification`, `unread`, `resync` or `token-expired`.
+    #[schema(pattern = "^(notification|unread|resync|token-expired)$")]
+    event: String,
+    /// JSON: the notification; `{"unread":n,"seq":s}`; `{"seq":s}` to resync from; or `{}`.
+    data: String,
+    /// The seq to resume from (`Last-Event-ID`), on `notification` and `unread`.
+    #[schema(pattern = "^[0-9]+$")]
+    id: Option<String>,
+}
+
 /// Stream the caller's notifications as Server-Sent Events.
 ///
 /// Replays every notification after the cursor (`Last-Event-ID` wins over `after`), then
@@ -18,14 +32,15 @@ use std::fmt::Write;
 #[utoipa::path(
     get, path = "/v1/notifications/stream", tag = "live",
     params(
-        ("after" = Option<i64>, Query, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Sent by EventSource on reconnect; wins over `after`."),
-        ("access_token" = Option<String>, Query, description = "The user token, for EventSource, which cannot set headers."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Sent by EventSource on reconnect; wins over `after`."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String, description = "The event stream."),
-        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 200, content_type = "text/event-stream", body = SseEvent, description = "The event stream: a `retry` first, then events, with a `: ping` comment every heartbeat."),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A bad `after` or `Last-Event-ID`."),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token."),
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
     ),
     security(("user_token" = []))
@@ -35,7 +50,8 @@ pub async fn stream(
     user: StreamUser,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
+    // `after` is checked even when `Last-Event-ID` wins over it: a bad parameter is a 400.
+    let after = cursor_param(&query_map(&req)?)?;
     let cursor = match req.headers().get("Last-Event-ID") {
         Some(v) => match v.to_str().ok().and_then(|s| Seq::parse(s.trim()).ok()) {
             Some(seq) => Cursor::After(seq),
@@ -46,7 +62,7 @@ pub async fn stream(
                 ))
             }
         },
-        None => cursor_param(&q)?,
+        None => after,
     };
     let user = user.0;
     let conn = state.hub.connect(&user.user, cursor, Transport::Sse)?;

@@ -32,14 +32,15 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 #[utoipa::path(
     get, path = "/v1/ws", tag = "live",
     params(
-        ("after" = Option<i64>, Query, description = "The last seq the client has seen; omitted: only new notifications."),
-        ("access_token" = Option<String>, Query, description = "The user token, for browsers, which cannot set headers on a WebSocket."),
+        ("after" = Option<i64>, Query, nullable = false, minimum = 0, description = "The last seq the client has seen; 0 replays from the oldest. Omitted: only new notifications."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),
-        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
-        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The Origin is not allowed."),
-        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A bad `after`, or not a WebSocket handshake (no `Upgrade: websocket`)."),
+        (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token, or the Origin is not allowed."),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
     ),
     security(("user_token" = []))
 )]

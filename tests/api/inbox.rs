@@ -101,7 +101,9 @@ async fn unread_filter_and_count(b: Backend) {
         .mark_read("alice", &json!({"ids": [receipts[1]["id"]]}))
         .await;
     assert_eq!(counts["unread"], 3);
-    let (_, counts) = app.mark_read("alice", &json!({"up_to": 4})).await;
+    // `4.0` is the whole number 4 (JSON Schema's `integer` includes it).
+    let (status, counts) = app.mark_read("alice", &json!({"up_to": 4.0})).await;
+    assert_eq!(status, 200, "{counts}");
     assert_eq!(counts, json!({"unread": 1, "seq": 5}));
     let (_, counts) = app.mark_read("alice", &json!({"up_to": 100})).await;
     assert_eq!(counts, json!({"unread": 0, "seq": 5}));
@@ -117,6 +119,7 @@ async fn bad_read_requests(b: Backend) {
         (json!({"ids": []}), "ids"),
         (json!({"ids": ["not-a-uuid"]}), "ids[0]"),
         (json!({"up_to": -3}), "up_to"),
+        (json!({"up_to": 1.5}), "up_to"),
         (json!({"up_to": 1, "ids": [uuid::Uuid::nil()]}), "ids"),
         (json!({"up_to": 1, "everything": true}), "everything"),
     ] {

@@ -309,8 +309,35 @@ async fn nul_is_refused_in_every_string(b: Backend) {
     assert_eq!(page["notifications"][0]["data"][spelled], spelled);
 }
 
+/// `null` means absent for `topic` and `recipients` as for every optional field, as the
+/// document says: a client that sends all its fields, unset ones as `null`, can publish.
+async fn null_topic_or_recipients_is_absent(b: Backend) {
+    let app = spawn_app(b).await;
+    let mut body = sample(&["alice"]);
+    body["topic"] = Value::Null;
+    let receipts = app.publish(&body).await;
+    assert_eq!(receipts["notifications"][0]["recipient"], "alice");
+
+    let resp = app
+        .client
+        .put(app.url("/v1/topics/news/subscribers/bob"))
+        .bearer_auth(service_token("billing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let sent = app
+        .publish(&json!({"topic": "news", "recipients": null, "type": "news.item", "title": "t"}))
+        .await;
+    assert_eq!(sent, json!({"topic": "news", "recipients": 1}));
+    // Both null is neither.
+    let both_null = json!({"topic": null, "recipients": null, "type": "a", "title": "t"});
+    rejects(b, both_null, 422, "recipients").await;
+}
+
 crate::both_backends!(
     nul_is_refused_in_every_string,
+    null_topic_or_recipients_is_absent,
     recipients_required,
     recipients_not_empty,
     recipients_at_most_1000,
