@@ -29,6 +29,8 @@ pub struct AppState {
     pub heartbeat: Duration,
     /// Origins allowed to open a WebSocket besides the server's own.
     pub allowed_origins: Vec<String>,
+    /// How long a request body may take to arrive, from the end of the head.
+    pub body_timeout: Duration,
     /// Set when the replica starts to stop: readiness fails so no new clients arrive.
     pub shutting_down: Arc<AtomicBool>,
 }
