@@ -79,6 +79,10 @@ pub struct ServerSettings {
     /// A connection whose client stops reading (or acknowledging) for this long is closed
     /// by the kernel (TCP_USER_TIMEOUT), so a stalled client cannot hold buffers forever.
     pub stalled_client_seconds: u64,
+    /// How long a request body may take to arrive once the head is in (408 after that).
+    /// actix times out only the head, so a body trickled a byte at a time would otherwise
+    /// hold the connection indefinitely.
+    pub body_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +246,10 @@ impl Settings {
                 self.server.connection_queue,
             ),
             (
+                "TIDINGS__SERVER__BODY_TIMEOUT_SECONDS",
+                self.server.body_timeout_seconds as usize,
+            ),
+            (
                 "TIDINGS__DATABASE__MAX_CONNECTIONS",
                 self.database.max_connections as usize,
             ),
@@ -350,6 +358,7 @@ fn defaults(
         .set_default("server.shutdown_grace_seconds", 10)?
         .set_default("server.workers", 0)?
         .set_default("server.stalled_client_seconds", 30)?
+        .set_default("server.body_timeout_seconds", 10)?
         .set_default("database.url", "sqlite://tidings.db")?
         .set_default("database.max_connections", 10)?
         .set_default("redis.url", None::<String>)?
@@ -395,6 +404,7 @@ mod tests {
         assert!(s.redis.url.is_none());
         assert!(s.auth.generate_secret);
         assert_eq!(s.log.format, LogFormat::Pretty);
+        assert_eq!(s.server.body_timeout_seconds, 10);
     }
 
     #[test]
@@ -434,6 +444,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TIDINGS__AUTH__JWT_SECRET"));
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        s.server.body_timeout_seconds = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TIDINGS__SERVER__BODY_TIMEOUT_SECONDS"));
         let mut s = Settings::defaults(Profile::Local).unwrap();
         s.database.url = SecretString::from("mysql://x");
         assert!(s

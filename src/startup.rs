@@ -105,6 +105,7 @@ impl Application {
             hub: hub.clone(),
             heartbeat: Duration::from_secs(settings.server.heartbeat_seconds),
             allowed_origins: settings.server.allowed_origins.clone(),
+            body_timeout: Duration::from_secs(settings.server.body_timeout_seconds),
             stopping: stopping.clone(),
         });
         let stalled = Duration::from_secs(settings.server.stalled_client_seconds);

@@ -125,6 +125,7 @@ pub async fn unsubscribe(
     responses(
         (status = 200, body = BulkResult, description = "The change is committed."),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
+        (status = 408, body = Problem, content_type = "application/problem+json", description = "The body did not arrive within the body timeout."),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),

@@ -24,6 +24,9 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("the request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive in time (a client trickling it, or stalled mid-way).
+    #[error("the request body did not arrive within {0} seconds; send it at once")]
+    BodyTimeout(u64),
     #[error("this Idempotency-Key was already used with a different request body; use a new key for a new request")]
     IdempotencyMismatch,
     #[error("no such resource")]
@@ -65,6 +68,16 @@ impl ApiError {
         }
     }
 
+    /// The database cannot be read or written right now. Clients retry after a moment;
+    /// the same answer whether the store said so or the hub's read for a live connection
+    /// failed.
+    pub fn database_unavailable() -> Self {
+        ApiError::Unavailable {
+            detail: "the database is unavailable; try again shortly".into(),
+            retry_after: Some(2),
+        }
+    }
+
     /// (type slug, title) of the problem document.
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
@@ -73,6 +86,7 @@ impl ApiError {
             ApiError::Auth(AuthError::Forbidden(_)) => ("forbidden", "Forbidden"),
             ApiError::Auth(_) => ("unauthorized", "Unauthorized"),
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "Request body too large"),
+            ApiError::BodyTimeout(_) => ("request-timeout", "Request timeout"),
             ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency key reused"),
             ApiError::NotFound => ("not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
@@ -88,10 +102,7 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
             StoreError::Unavailable(_) => {
                 tracing::error!(error = %Chain(&e), "database unavailable");
-                ApiError::Unavailable {
-                    detail: "the database is unavailable; try again shortly".into(),
-                    retry_after: Some(2),
-                }
+                ApiError::database_unavailable()
             }
             _ => ApiError::Internal(Box::new(e)),
         }
@@ -135,6 +146,7 @@ impl ResponseError for ApiError {
             ApiError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -130,7 +130,9 @@ impl FromRequest for AuthenticatedService {
 
 /// Reads a JSON body of at most `limit` bytes. Refuses early on a declared length over
 /// the limit, and stops reading as soon as the body passes it, so a large body never sits
-/// in memory.
+/// in memory. The whole body must arrive within the configured body timeout: actix's own
+/// timer covers only the head, so without this a client trickling a byte now and then
+/// would hold a connection and its buffer for as long as it likes.
 pub async fn read_json(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -144,15 +146,23 @@ pub async fn read_json(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
+    let body_timeout = state(req)?.body_timeout;
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(body_timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout(body_timeout.as_secs()))??;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "the request body is empty; send a JSON object",

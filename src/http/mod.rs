@@ -29,6 +29,8 @@ pub struct AppState {
     pub heartbeat: Duration,
     /// Origins allowed to open a WebSocket besides the server's own.
     pub allowed_origins: Vec<String>,
+    /// How long a request body may take to arrive, from the end of the head.
+    pub body_timeout: Duration,
     /// Cancelled when the replica starts to stop: readiness fails so no new clients
     /// arrive. Part of the replica's one shutdown signal (see `startup`).
     pub stopping: Shutdown,

@@ -38,6 +38,11 @@ pub enum Frame {
     Resync { seq: Seq },
     /// This replica is stopping: reconnect, to another one.
     Shutdown,
+    /// A database read this connection waits on (its replay, or a catch-up) failed. The
+    /// actor keeps retrying, so a stream may ignore it and carry on; an answer that would
+    /// otherwise say "nothing new" (long-poll's 204) must not, or the client would believe
+    /// it is up to date. Sent once per failing read, not once per retry.
+    Unavailable,
 }
 
 /// Notifications in seq order (none, when only the counters changed), then the user's

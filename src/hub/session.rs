@@ -108,6 +108,12 @@ impl UserSession {
     }
 
     fn read(&mut self, ctx: &mut Context<Self>, id: u64, from: ReadFrom) {
+        self.read_attempt(ctx, id, from, 0);
+    }
+
+    /// `attempt` counts the failed tries before this one, so a failure is reported to the
+    /// connection once, not once a second for as long as the database is down.
+    fn read_attempt(&mut self, ctx: &mut Context<Self>, id: u64, from: ReadFrom, attempt: u32) {
         let user = self.user.clone();
         let fut = match from {
             ReadFrom::After(after) => self.history.after(user, after, (REPLAY_CAP + 1) as u32),
@@ -115,7 +121,7 @@ impl UserSession {
         };
         ctx.spawn(
             fut.into_actor(self)
-                .map(move |res, act, ctx| act.read_done(ctx, id, from, res)),
+                .map(move |res, act, ctx| act.read_done(ctx, id, from, attempt, res)),
         );
     }
 
@@ -124,15 +130,22 @@ impl UserSession {
         ctx: &mut Context<Self>,
         id: u64,
         from: ReadFrom,
+        attempt: u32,
         res: Result<Page, HistoryError>,
     ) {
         let page = match res {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(user = %self.user, error = %Chain(e.as_ref()), "replay read failed; retrying");
+                // The connection hears of it (a long-poll must not answer "nothing new"
+                // when it could not look); streams ignore it and get the retry's result.
+                if attempt == 0 && !self.push(id, Frame::Unavailable) {
+                    self.forget_cut(ctx);
+                    return;
+                }
                 ctx.run_later(READ_RETRY, move |act, ctx| {
                     if act.conns.iter().any(|c| c.id == id) {
-                        act.read(ctx, id, from);
+                        act.read_attempt(ctx, id, from, attempt.saturating_add(1));
                     }
                 });
                 return;

@@ -5,7 +5,8 @@
 //! the timeout passes (204). It opens a hub connection from the cursor like any stream: the
 //! connection's own replay read (after registering, so nothing can slip between) answers at
 //! once when there is a backlog, and live events answer it otherwise. One database read per
-//! poll, on the read pool; when the database is slow the poll waits instead of failing.
+//! poll, on the read pool; when the database is slow the poll waits instead of failing, and
+//! when that read fails the poll answers 503 rather than a 204 that would claim nothing is new.
 
 use crate::domain::{Counts, Cursor, Notification, Page, Seq, UserId};
 use crate::http::error::ApiError;
@@ -37,7 +38,7 @@ pub const MAX_TIMEOUT: i64 = 120;
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A missing or bad query parameter, named in `errors`."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token."),
-        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping, or the database is unavailable; see Retry-After."),
+        (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The database could not be read, or the replica is full or stopping: poll again after `Retry-After` seconds with the same cursor."),
     ),
     security(("user_token" = []))
 )]
@@ -89,6 +90,9 @@ pub async fn poll(
                 let page = first_page(&state, &user, after).await?;
                 return Ok(answer_page(&page.notifications, page.counts));
             }
+            // The read of what follows the cursor failed: "nothing new" (204) would be a
+            // lie the client trusts, so it is told to try again shortly.
+            Some(Frame::Unavailable) => return Err(ApiError::database_unavailable()),
             // Stopping, or cut off: the client polls again with the same cursor.
             Some(Frame::Shutdown) | None => return Ok(HttpResponse::NoContent().finish()),
         }

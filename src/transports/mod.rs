@@ -10,3 +10,15 @@ pub mod sse;
 pub mod stomp;
 pub mod stream;
 pub mod ws;
+
+/// A WebSocket message over the socket's limit: one frame (`Overflow`), or continuations
+/// adding up to more (actix-ws reports those as an I/O error). Both sockets close such a
+/// client with 1009 (message too big), not 1002, so it knows to send less rather than fix
+/// its framing.
+pub(crate) fn is_overflow(e: &actix_ws::ProtocolError) -> bool {
+    match e {
+        actix_ws::ProtocolError::Overflow => true,
+        actix_ws::ProtocolError::Io(io) => io.to_string().contains("maximum continuation size"),
+        _ => false,
+    }
+}

@@ -97,7 +97,8 @@ impl<F: Format> EventStream<F> {
                 self.counts_seq = *seq;
                 self.format.resync(out, *seq);
             }
-            Frame::Shutdown => {}
+            // The hub retries the read; the stream carries on when it succeeds.
+            Frame::Shutdown | Frame::Unavailable => {}
         }
     }
 }

@@ -1,5 +1,6 @@
 //! WebSocket: `GET /v1/ws`, JSON text frames both ways.
 
+use super::is_overflow;
 use super::stream::expiry_instant;
 use crate::domain::UserId;
 use crate::http::error::ApiError;
@@ -28,7 +29,8 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Server frames: `{"type":"notification","notification":{…}}`, `{"type":"unread","unread":n,"seq":s}`,
 /// `{"type":"resync","seq":s}`, `{"type":"pong"}`, `{"type":"error","detail":"…"}`. Client frames:
 /// `{"type":"read","ids":[…]}` or `{"type":"read","up_to":seq}`, and `{"type":"ping"}`. Close codes:
-/// 4001 token expired, 4008 too slow (resume with the cursor), 1012 server restarting.
+/// 4001 token expired, 4008 too slow (resume with the cursor), 1009 a message over 64 KiB,
+/// 1012 server restarting.
 #[utoipa::path(
     get, path = "/v1/ws", tag = "live",
     params(
@@ -85,6 +87,8 @@ struct SocketTask {
 
 enum End {
     Close(CloseCode, &'static str),
+    /// A message over [`MAX_MESSAGE`]: 1009, with a reason that names the limit.
+    TooBig,
     Gone,
 }
 
@@ -128,6 +132,7 @@ impl SocketTask {
                         break End::Close(CloseCode::Unsupported, "send JSON text frames")
                     }
                     Some(Ok(AggregatedMessage::Close(_))) | None => break End::Gone,
+                    Some(Err(e)) if is_overflow(&e) => break End::TooBig,
                     Some(Err(_)) => break End::Close(CloseCode::Protocol, "protocol error"),
                 },
                 _ = ping.tick() => {
@@ -141,13 +146,19 @@ impl SocketTask {
                 }
             }
         };
-        if let End::Close(code, description) = end {
-            let reason = CloseReason {
-                code,
-                description: Some(description.to_owned()),
-            };
-            let _ = tokio::time::timeout(SEND_TIMEOUT, self.session.close(Some(reason))).await;
-        }
+        let (code, description) = match end {
+            End::Close(code, description) => (code, description.to_owned()),
+            End::TooBig => (
+                CloseCode::Size,
+                format!("message larger than the limit of {MAX_MESSAGE} bytes"),
+            ),
+            End::Gone => return,
+        };
+        let reason = CloseReason {
+            code,
+            description: Some(description),
+        };
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.session.close(Some(reason))).await;
     }
 
     async fn send_all(&mut self, texts: Vec<String>) -> bool {
@@ -216,6 +227,7 @@ fn render(frame: &Frame) -> Vec<String> {
             out
         }
         Frame::Resync { seq } => vec![format!("{{\"type\":\"resync\",\"seq\":{seq}}}")],
-        Frame::Shutdown => Vec::new(),
+        // The hub retries the read; the socket carries on when it succeeds.
+        Frame::Shutdown | Frame::Unavailable => Vec::new(),
     }
 }

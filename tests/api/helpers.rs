@@ -33,7 +33,7 @@ pub struct TestApp {
 }
 
 enum Database {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Sqlite(tempfile::TempDir),
     Postgres { name: String },
 }
 
@@ -145,6 +145,47 @@ pub fn sample(recipients: &[&str]) -> Value {
 }
 
 impl TestApp {
+    /// Makes every later read of this app's inbox fail, as in an outage, while the server
+    /// itself stays up. Postgres: the database refuses new connections and the app's open
+    /// ones are terminated. SQLite: open connections keep a deleted or locked file readable
+    /// (and a lock from this process would not conflict with the server's, which shares it),
+    /// so the table every replay reads is renamed away instead; reads fail at once.
+    pub async fn break_database(&self) {
+        use sqlx::{Connection, Executor};
+        match &self.database {
+            Database::Postgres { name } => {
+                let mut admin = sqlx::PgConnection::connect(&harness::postgres_admin_url())
+                    .await
+                    .expect("connect to the Postgres admin database");
+                admin
+                    .execute(format!(r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#).as_str())
+                    .await
+                    .expect("refuse connections");
+                admin
+                    .execute(
+                        format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                        )
+                        .as_str(),
+                    )
+                    .await
+                    .expect("terminate the app's connections");
+                let _ = admin.close().await;
+            }
+            Database::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("tidings.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url)
+                    .await
+                    .expect("open the SQLite file");
+                conn.execute("ALTER TABLE notifications RENAME TO notifications_gone")
+                    .await
+                    .expect("rename the notifications table");
+                let _ = conn.close().await;
+            }
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

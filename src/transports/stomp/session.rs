@@ -29,6 +29,7 @@ use crate::hub::{Connection, Frame as HubFrame};
 use crate::metrics::Transport;
 use crate::store::StoreError;
 use crate::telemetry::Chain;
+use crate::transports::is_overflow;
 use crate::transports::stream::expiry_instant;
 use actix_web::web;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
@@ -800,16 +801,6 @@ fn close_description(message: &str) -> String {
 /// `a: b` as `a - b`, for a header that must read the same escaped or not.
 fn without_colons(s: &str) -> String {
     s.replace(": ", " - ").replace(':', " ")
-}
-
-/// A WebSocket message over [`MAX_WS_MESSAGE`]: one frame (`Overflow`), or continuations
-/// adding up to more (actix-ws reports those as an I/O error).
-fn is_overflow(e: &actix_ws::ProtocolError) -> bool {
-    match e {
-        actix_ws::ProtocolError::Overflow => true,
-        actix_ws::ProtocolError::Io(io) => io.to_string().contains("maximum continuation size"),
-        _ => false,
-    }
 }
 
 /// A header the frame must have, non-empty.

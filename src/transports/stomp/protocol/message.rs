@@ -71,7 +71,8 @@ pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
             out
         }
         HubFrame::Resync { seq } => vec![Event::Resync { seq }],
-        HubFrame::Shutdown => Vec::new(),
+        // The hub retries the read; the subscription carries on when it succeeds.
+        HubFrame::Shutdown | HubFrame::Unavailable => Vec::new(),
     }
 }
 

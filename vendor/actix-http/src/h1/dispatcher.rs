@@ -200,6 +200,19 @@ enum DispatcherMessage {
     Item(Request),
     Upgrade(Request),
     Error(Response<()>),
+    /// Tidings: an error response with a fixed body (a problem document).
+    ErrorWithBody(Response<()>, &'static str),
+}
+
+/// Tidings: what a request target longer than `http::Uri` accepts (65,534 bytes) is
+/// answered with, instead of an empty 400 the client cannot tell from any other parse error.
+/// The document has the shape of Tidings' own problem documents (`src/http/error.rs`).
+const URI_TOO_LONG_PROBLEM: &str = r#"{"type":"urn:tidings:problem:uri-too-long","title":"URI too long","status":414,"detail":"the request URI is longer than the limit of 65534 bytes"}"#;
+
+/// Tidings: `http`'s own error for a URI over its length limit (its kind is not public,
+/// only its message is).
+fn is_uri_too_long(err: &ParseError) -> bool {
+    matches!(err, ParseError::Uri(uri) if uri.to_string() == "uri too long")
 }
 
 pin_project! {
@@ -637,6 +650,10 @@ where
                         self.as_mut().send_error_response(res, BoxBody::new(()))?;
                     }
 
+                    Some(DispatcherMessage::ErrorWithBody(res, body)) => {
+                        self.as_mut().send_error_response(res, BoxBody::new(body))?;
+                    }
+
                     // return with upgrade request and poll it exclusively
                     Some(DispatcherMessage::Upgrade(req)) => return Ok(PollResponse::Upgrade(req)),
 
@@ -1046,10 +1063,23 @@ where
                         payload.set_error(PayloadError::EncodingCorrupted);
                     }
 
-                    // malformed requests should be responded with 400
-                    this.messages.push_back(DispatcherMessage::Error(
-                        Response::bad_request().drop_body(),
-                    ));
+                    if is_uri_too_long(&err) {
+                        // Tidings: 414 with a problem document, not an empty 400.
+                        let mut res = Response::with_body(StatusCode::URI_TOO_LONG, ());
+                        res.headers_mut().insert(
+                            crate::header::CONTENT_TYPE,
+                            crate::header::HeaderValue::from_static("application/problem+json"),
+                        );
+                        this.messages.push_back(DispatcherMessage::ErrorWithBody(
+                            res,
+                            URI_TOO_LONG_PROBLEM,
+                        ));
+                    } else {
+                        // malformed requests should be responded with 400
+                        this.messages.push_back(DispatcherMessage::Error(
+                            Response::bad_request().drop_body(),
+                        ));
+                    }
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(err.into());
