@@ -23,7 +23,7 @@ use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// What a connection's transport receives, already rendered where that can be shared:
 /// one notification's JSON is built once, whatever the number of tabs.
@@ -188,12 +188,37 @@ impl Hub {
     /// while the backlog is read is either in the read or arrives live (and is merged by
     /// seq): it cannot fall between the two. Must be called on an actix arbiter (a request
     /// handler), where a new actor can start.
-    pub fn connect(
+    ///
+    /// With [`Cursor::Live`] this returns only once the actor has read the latest seq and
+    /// queued the connection's first frame, so a transport, which shows the client the
+    /// stream open (headers, an opening, a 101, a RECEIPT) after this returns, never shows
+    /// it before "from now" is fixed. Otherwise a notification committed between the client
+    /// seeing the stream open and that read would count as "before now": never sent, and
+    /// never replayed either, as the client's cursor starts past it. With a cursor there is
+    /// nothing to wait for: where the stream starts is the client's own.
+    pub async fn connect(
         &self,
         user: &UserId,
         cursor: Cursor,
         transport: Transport,
     ) -> Result<Connection, HubError> {
+        let (conn, started) = self.register(user, cursor, transport)?;
+        if let Some(started) = started {
+            // An error only means the actor dropped the connection (it was cut, or the
+            // replica is stopping): the transport then sees its queue closed, as it would.
+            let _ = started.await;
+        }
+        Ok(conn)
+    }
+
+    /// Sends the actor a connection's join; for a [`Cursor::Live`] one, also the receiver
+    /// that fires once its starting point is fixed.
+    fn register(
+        &self,
+        user: &UserId,
+        cursor: Cursor,
+        transport: Transport,
+    ) -> Result<(Connection, Option<oneshot::Receiver<()>>), HubError> {
         let inner = &self.inner;
         if inner.stopping.load(Ordering::Acquire) {
             return Err(HubError::Stopping);
@@ -212,6 +237,13 @@ impl Hub {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.settings.connection_queue);
         let control = Arc::new(ConnControl::default());
+        let (started_tx, started) = match cursor {
+            Cursor::Live => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            Cursor::After(_) => (None, None),
+        };
         {
             let mut sessions = inner.lock();
             let handle = match sessions.get(user) {
@@ -228,9 +260,10 @@ impl Hub {
                 tx,
                 cursor,
                 control: control.clone(),
+                started: started_tx,
             });
         }
-        Ok(Connection {
+        let conn = Connection {
             rx,
             control,
             guard: ConnGuard {
@@ -239,7 +272,8 @@ impl Hub {
                 id,
                 transport,
             },
-        })
+        };
+        Ok((conn, started))
     }
 
     fn start_session(&self, user: &UserId) -> SessionHandle {

@@ -49,7 +49,10 @@ pub async fn stream(
         None => cursor_param(&q)?,
     };
     let user = user.0;
-    let conn = state.hub.connect(&user.user, cursor, Transport::Sse)?;
+    let conn = state
+        .hub
+        .connect(&user.user, cursor, Transport::Sse)
+        .await?;
     Ok(
         stream_response("text/event-stream").streaming(EventStream::new(
             Sse,

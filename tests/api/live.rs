@@ -5,7 +5,8 @@
 //! in order. SQLite runs on the in-process bus, Postgres on Redis.
 
 use crate::helpers::{
-    sample, service_token, sign, spawn_app, spawn_app_with, user_token, Backend, SECRET,
+    sample, service_token, sign, spawn_app, spawn_app_with, spawn_app_with_history, user_token,
+    Backend, SlowLatest, SECRET,
 };
 use futures::StreamExt;
 use jsonwebtoken::Algorithm;
@@ -385,6 +386,55 @@ async fn no_cursor_means_only_new_notifications(b: Backend) {
         .await
         .unwrap();
     assert_eq!(again.next_seqs(1).await, [4]);
+}
+
+/// How late the hub reads the latest seq in the "from now" tests: long enough that a
+/// notification published as soon as the client sees its stream open commits first.
+pub const LATE_START: Duration = Duration::from_secs(1);
+
+/// "Only new notifications" starts no later than the moment the client sees the stream open
+/// (the response headers): a notification published right then arrives, even when the hub's
+/// read of the latest seq runs late (on purpose here, by chance on a loaded machine). After
+/// the first count arrives a second one is published, so a lost first one fails at once.
+async fn no_cursor_starts_no_later_than_the_sse_stream_opens(b: Backend) {
+    let app = spawn_app_with_history(b, |_| {}, SlowLatest::layer(LATE_START)).await;
+    let mut sse = SseClient::open(&app.address, &user_token("alice"), None).await;
+    app.publish(&sample(&["alice"])).await;
+    let mut seqs = Vec::new();
+    let mut second = false;
+    while !seqs.contains(&2) {
+        match sse.next().await {
+            SseEvent::Notification { seq, .. } => seqs.push(seq),
+            SseEvent::Unread { .. } if !second => {
+                second = true;
+                app.publish(&sample(&["alice"])).await;
+            }
+            SseEvent::Unread { .. } | SseEvent::Other { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2], "seq 1 committed after the stream was open");
+}
+
+/// The same for a WebSocket, whose "open" is the 101 response.
+async fn no_cursor_starts_no_later_than_the_socket_opens(b: Backend) {
+    let app = spawn_app_with_history(b, |_| {}, SlowLatest::layer(LATE_START)).await;
+    let mut ws = WsClient::open(&app.address, &user_token("alice"), None).await;
+    app.publish(&sample(&["alice"])).await;
+    let mut seqs = Vec::new();
+    let mut second = false;
+    while !seqs.contains(&2) {
+        match ws.next().await {
+            WsFrame::Notification { seq, .. } => seqs.push(seq),
+            WsFrame::Unread { .. } if !second => {
+                second = true;
+                app.publish(&sample(&["alice"])).await;
+            }
+            WsFrame::Unread { .. } | WsFrame::Other(_) | WsFrame::Pong => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2], "seq 1 committed after the socket was open");
 }
 
 async fn large_backlogs_resync_or_page(b: Backend) {
@@ -1138,6 +1188,8 @@ crate::both_backends!(
     streams_require_a_user_token,
     sse_last_event_id_wins_over_after,
     no_cursor_means_only_new_notifications,
+    no_cursor_starts_no_later_than_the_sse_stream_opens,
+    no_cursor_starts_no_later_than_the_socket_opens,
     large_backlogs_resync_or_page,
     race_sse,
     race_websocket,
