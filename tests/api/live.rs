@@ -437,6 +437,93 @@ async fn no_cursor_starts_no_later_than_the_socket_opens(b: Backend) {
     assert_eq!(seqs, [1, 2], "seq 1 committed after the socket was open");
 }
 
+/// The same for a STOMP subscription without `x-tidings-after`, whose "open" is the RECEIPT
+/// of its SUBSCRIBE.
+async fn no_cursor_starts_no_later_than_the_stomp_receipt(b: Backend) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app_with_history(b, |_| {}, SlowLatest::layer(LATE_START)).await;
+    let url = format!("ws://{}/v1/stomp", host_port(&app));
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("v12.stomp"),
+    );
+    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake within WAIT")
+        .expect("handshake");
+    let token = user_token("alice");
+    let frames = [
+        format!(
+            "CONNECT\naccept-version:1.2\nhost:tidings\nheart-beat:0,0\npasscode:{token}\n\n\0"
+        ),
+        "SUBSCRIBE\nid:feed\ndestination:/user/queue/notifications\nreceipt:subscribed\n\n\0"
+            .into(),
+    ];
+    for frame in frames {
+        ws.send(Message::text(frame)).await.expect("send");
+    }
+    // The next STOMP frame: its command, its headers, its body.
+    let mut next_frame = async || loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no STOMP frame within {WAIT:?}"))
+            .expect("socket open")
+            .expect("socket frame");
+        let Message::Text(text) = msg else { continue };
+        let text = text.as_str().trim_start_matches('\n');
+        let Some((head, body)) = text.split_once("\n\n") else {
+            continue;
+        };
+        let mut lines = head.lines();
+        let command = lines.next().unwrap_or_default().to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        return (command, headers, body.trim_end_matches('\0').to_owned());
+    };
+    let header = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (command, _, body) = next_frame().await;
+    assert_eq!(command, "CONNECTED", "{body}");
+    let (command, headers, body) = next_frame().await;
+    assert_eq!(command, "RECEIPT", "{body}");
+    assert_eq!(
+        header(&headers, "receipt-id").as_deref(),
+        Some("subscribed")
+    );
+
+    app.publish(&sample(&["alice"])).await;
+    let mut seqs = Vec::new();
+    let mut second = false;
+    while !seqs.contains(&2) {
+        let (command, headers, body) = next_frame().await;
+        assert_eq!(command, "MESSAGE", "{body}");
+        match header(&headers, "x-tidings-event").as_deref() {
+            Some("notification") => seqs.push(
+                header(&headers, "x-tidings-seq")
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .expect("x-tidings-seq"),
+            ),
+            Some("unread") if !second => {
+                second = true;
+                app.publish(&sample(&["alice"])).await;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, [1, 2], "seq 1 committed after the RECEIPT");
+}
+
 async fn large_backlogs_resync_or_page(b: Backend) {
     let app = spawn_app(b).await;
     publish_many(&app, "alice", 501).await;
@@ -1190,6 +1277,7 @@ crate::both_backends!(
     no_cursor_means_only_new_notifications,
     no_cursor_starts_no_later_than_the_sse_stream_opens,
     no_cursor_starts_no_later_than_the_socket_opens,
+    no_cursor_starts_no_later_than_the_stomp_receipt,
     large_backlogs_resync_or_page,
     race_sse,
     race_websocket,
