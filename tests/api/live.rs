@@ -785,7 +785,7 @@ async fn an_expired_token_ends_the_stream(b: Backend) {
     assert_eq!(sse.next_seqs(1).await, [1]);
     assert_eq!(ws.next_seqs(1).await, [1]);
 
-    let within = Duration::from_secs(20);
+    let within = Duration::from_secs(5) + WAIT;
     let (seen, end) = sse.until_end(within).await;
     assert!(
         seen.contains(&SseEvent::TokenExpired),
@@ -969,22 +969,18 @@ async fn connections_beyond_the_limit_get_503(b: Backend) {
 
     // A closed stream frees its place.
     drop(first);
-    let mut again = eventually(
-        Duration::from_secs(20),
-        "a place freed by a closed stream",
-        || {
-            let (client, base, token) = (app.client.clone(), app.address.clone(), token.clone());
-            async move {
-                SseClient::connect(
-                    &client,
-                    &base,
-                    &SseOptions::new(Auth::Query(token), Some(0)),
-                )
-                .await
-                .ok()
-            }
-        },
-    )
+    let mut again = eventually(WAIT, "a place freed by a closed stream", || {
+        let (client, base, token) = (app.client.clone(), app.address.clone(), token.clone());
+        async move {
+            SseClient::connect(
+                &client,
+                &base,
+                &SseOptions::new(Auth::Query(token), Some(0)),
+            )
+            .await
+            .ok()
+        }
+    })
     .await;
     assert_eq!(again.next_seqs(1).await, [1]);
     drop(second);
@@ -1228,19 +1224,15 @@ async fn metrics_show_connections_by_transport_and_deliveries(b: Backend) {
     // Closed connections leave the gauge.
     drop(sse);
     ws.close().await;
-    eventually(
-        Duration::from_secs(20),
-        "closed streams leave tidings_connections",
-        || async {
-            let text = scrape(&app.client, &app.address).await;
-            let all = (
-                gauge(&text, "sse").unwrap_or(0.0),
-                gauge(&text, "websocket").unwrap_or(0.0),
-                gauge(&text, "longpoll").unwrap_or(0.0),
-            );
-            (all == (0.0, 0.0, 0.0)).then_some(())
-        },
-    )
+    eventually(WAIT, "closed streams leave tidings_connections", || async {
+        let text = scrape(&app.client, &app.address).await;
+        let all = (
+            gauge(&text, "sse").unwrap_or(0.0),
+            gauge(&text, "websocket").unwrap_or(0.0),
+            gauge(&text, "longpoll").unwrap_or(0.0),
+        );
+        (all == (0.0, 0.0, 0.0)).then_some(())
+    })
     .await;
 }
 
