@@ -28,7 +28,7 @@ pub struct Join {
     pub tx: mpsc::Sender<Frame>,
     pub cursor: Cursor,
     pub control: Arc<ConnControl>,
-    /// Fired (or dropped) once the connection's first frame is queued; see [`Conn::started`].
+    /// Fired (or dropped) once the connection's first frame is queued: see `Conn::started`.
     pub started: Option<oneshot::Sender<()>>,
 }
 
