@@ -58,6 +58,17 @@ impl Application {
     /// Connects to the database (running migrations) and binds the listener. With
     /// `server.listen` on port 0 the OS picks a free port: see [`Application::port`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_history(settings, |history| history).await
+    }
+
+    /// [`Application::build`], with the hub's [`History`] (the store) passed through `layer`
+    /// first. The seam for what sits between the hub and the database: a test slows the
+    /// hub's reads down to hold a race window open on purpose, and a read replica or a cache
+    /// would go here too. Code, not a setting, so no deployment can switch it on by mistake.
+    pub async fn build_with_history(
+        settings: Settings,
+        layer: impl FnOnce(Arc<dyn History>) -> Arc<dyn History>,
+    ) -> anyhow::Result<Self> {
         let auth = Arc::new(authenticator(&settings)?);
         let shutdown = Shutdown::new();
         let stopping = shutdown.child();
@@ -72,7 +83,7 @@ impl Application {
 
         let metrics = Metrics::new();
         let hub = Hub::new(
-            Arc::new(StoreHistory(store.clone())),
+            layer(Arc::new(StoreHistory(store.clone()))),
             metrics.clone(),
             HubSettings {
                 max_connections: settings.server.max_connections,

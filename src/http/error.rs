@@ -114,6 +114,7 @@ impl From<HubError> for ApiError {
         let retry_after = match e {
             HubError::Full(_) => 5,
             HubError::Stopping => 1,
+            HubError::Unavailable => 2,
         };
         ApiError::Unavailable {
             detail: format!("{e}; try again shortly"),

@@ -23,7 +23,7 @@ use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// What a connection's transport receives, already rendered where that can be shared:
@@ -85,6 +85,8 @@ pub enum HubError {
     Full(usize),
     #[error("this replica is shutting down")]
     Stopping,
+    #[error("the database cannot be read, so this stream has no starting point")]
+    Unavailable,
 }
 
 /// One open live connection. Dropping it leaves the hub (idempotently).
@@ -205,12 +207,41 @@ impl Hub {
     /// while the backlog is read is either in the read or arrives live (and is merged by
     /// seq): it cannot fall between the two. Must be called on an actix arbiter (a request
     /// handler), where a new actor can start.
-    pub fn connect(
+    ///
+    /// With [`Cursor::Live`] this returns only once the actor has read the latest seq and
+    /// queued the connection's first frame, so a transport, which shows the client the
+    /// stream open (headers, an opening, a 101, a RECEIPT) after this returns, never shows
+    /// it before "from now" is fixed. Otherwise a notification committed between the client
+    /// seeing the stream open and that read would count as "before now": never sent, and
+    /// never replayed either, as the client's cursor starts past it. With a cursor there is
+    /// nothing to wait for: where the stream starts is the client's own.
+    pub async fn connect(
         &self,
         user: &UserId,
         cursor: Cursor,
         transport: Transport,
     ) -> Result<Connection, HubError> {
+        let (conn, started) = self.register(user, cursor, transport)?;
+        if let Some(started) = started {
+            // An error only means the actor dropped the connection (it was cut, or the
+            // replica is stopping): the transport then sees its queue closed, as it would.
+            if let Ok(false) = started.await {
+                // "From now" could not be fixed (the database cannot be read): opening the
+                // stream anyway would let a notification that commits meanwhile be skipped.
+                return Err(HubError::Unavailable);
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Sends the actor a connection's join; for a [`Cursor::Live`] one, also the receiver
+    /// that fires once its starting point is fixed.
+    fn register(
+        &self,
+        user: &UserId,
+        cursor: Cursor,
+        transport: Transport,
+    ) -> Result<(Connection, Option<oneshot::Receiver<bool>>), HubError> {
         let inner = &self.inner;
         if inner.stopping.is_cancelled() {
             return Err(HubError::Stopping);
@@ -229,6 +260,13 @@ impl Hub {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.settings.connection_queue);
         let control = Arc::new(ConnControl::default());
+        let (started_tx, started) = match cursor {
+            Cursor::Live => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            Cursor::After(_) => (None, None),
+        };
         {
             let mut sessions = inner.lock();
             let handle = match sessions.get(user) {
@@ -245,9 +283,10 @@ impl Hub {
                 tx,
                 cursor,
                 control: control.clone(),
+                started: started_tx,
             });
         }
-        Ok(Connection {
+        let conn = Connection {
             rx,
             control,
             guard: ConnGuard {
@@ -256,7 +295,8 @@ impl Hub {
                 id,
                 transport,
             },
-        })
+        };
+        Ok((conn, started))
     }
 
     fn start_session(&self, user: &UserId) -> SessionHandle {

@@ -8,8 +8,8 @@ use actix::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 
 /// More than this many missed notifications are not replayed: the client gets `resync`
 /// and pages through the REST API instead.
@@ -28,6 +28,9 @@ pub struct Join {
     pub tx: mpsc::Sender<Frame>,
     pub cursor: Cursor,
     pub control: Arc<ConnControl>,
+    /// Fired (or dropped) once the connection's first frame is queued, with whether that
+    /// frame fixed the starting point (false: the read failed): see `Conn::started`.
+    pub started: Option<oneshot::Sender<bool>>,
 }
 
 /// Idempotent: a connection may be reported gone more than once.
@@ -56,6 +59,11 @@ struct Conn {
     seq: Sequencer<(Seq, Arc<str>)>,
     /// The seq of the last notification queued to this connection, or its starting point.
     last_sent: Seq,
+    /// `Some` for a connection that starts at the latest seq, until its first frame is
+    /// queued: `Hub::connect` waits on it, so that the client cannot see the stream open
+    /// before "from now" is fixed. Its first frame follows the read of the latest seq (live
+    /// events are held until then), or is the replica's shutdown.
+    started: Option<oneshot::Sender<bool>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -194,10 +202,16 @@ impl UserSession {
     /// cut off (its stream says `resync` if it still can, and it resumes by cursor).
     /// Returns false when the connection is gone or was cut.
     fn push(&mut self, id: u64, frame: Frame) -> bool {
-        let Some(conn) = self.conns.iter().find(|c| c.id == id) else {
+        let Some(conn) = self.conns.iter_mut().find(|c| c.id == id) else {
             return false;
         };
-        match conn.tx.try_send(frame) {
+        // A first frame that says the read failed did not fix a starting point.
+        let fixed = !matches!(frame, Frame::Unavailable);
+        let sent = conn.tx.try_send(frame);
+        if let Some(started) = conn.started.take() {
+            let _ = started.send(fixed);
+        }
+        match sent {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 conn.control.overflowed.store(true, Ordering::Release);
@@ -251,6 +265,7 @@ impl Handler<Join> for UserSession {
             control: msg.control,
             seq: Sequencer::reading_from(start),
             last_sent: start,
+            started: msg.started,
         });
         self.read(ctx, msg.id, from);
     }

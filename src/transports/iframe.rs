@@ -121,7 +121,10 @@ pub async fn stream(
     check_origin_value(&req, &origin, &state.allowed_origins)?;
     let cursor = cursor_param(&q)?;
     let user = user.0;
-    let conn = state.hub.connect(&user.user, cursor, Transport::Stream)?;
+    let conn = state
+        .hub
+        .connect(&user.user, cursor, Transport::Stream)
+        .await?;
     let format = Iframe {
         origin_js: script_safe(&serde_json::to_string(&origin).unwrap_or_default()),
     };

@@ -62,7 +62,8 @@ pub async fn poll(
 
     let mut conn = state
         .hub
-        .connect(&user, Cursor::After(after), Transport::LongPoll)?;
+        .connect(&user, Cursor::After(after), Transport::LongPoll)
+        .await?;
     let deadline = tokio::time::sleep(Duration::from_secs(timeout as u64));
     tokio::pin!(deadline);
     let mut found: Vec<(Seq, Arc<str>)> = Vec::new();

@@ -71,7 +71,10 @@ pub async fn stream(
 ) -> Result<HttpResponse, ApiError> {
     let cursor = cursor_param(&query_map(&req)?)?;
     let user = user.0;
-    let conn = state.hub.connect(&user.user, cursor, Transport::Stream)?;
+    let conn = state
+        .hub
+        .connect(&user.user, cursor, Transport::Stream)
+        .await?;
     let body = EventStream::new(Ndjson, conn, state.heartbeat, user.expires_at);
     Ok(stream_response("application/x-ndjson").streaming(body))
 }

@@ -65,7 +65,10 @@ pub async fn stream(
         None => after,
     };
     let user = user.0;
-    let conn = state.hub.connect(&user.user, cursor, Transport::Sse)?;
+    let conn = state
+        .hub
+        .connect(&user.user, cursor, Transport::Sse)
+        .await?;
     Ok(
         stream_response("text/event-stream").streaming(EventStream::new(
             Sse,

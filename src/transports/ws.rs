@@ -57,7 +57,8 @@ pub async fn socket(
     let user = user.0;
     let conn = state
         .hub
-        .connect(&user.user, cursor, Transport::WebSocket)?;
+        .connect(&user.user, cursor, Transport::WebSocket)
+        .await?;
     let (response, session, messages) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request(format!("not a WebSocket handshake: {e}")))?;
     let messages = messages

@@ -74,6 +74,27 @@ async fn long_poll_answers_503_when_the_database_cannot_be_read(b: Backend) {
     assert_eq!(problem["status"], 503);
 }
 
+/// A stream with no cursor starts "from now", and now is a seq read from the database: when
+/// that read fails, the stream must not open (a notification committed meanwhile would be
+/// skipped), but answer 503 so the client retries.
+async fn a_stream_from_now_is_503_when_the_database_cannot_be_read(b: Backend) {
+    let app = spawn_app(b).await;
+    app.publish(&sample(&["alice"])).await;
+    app.break_database().await;
+    let resp = timeout(
+        WAIT,
+        app.client
+            .get(format!("{}/v1/notifications/stream", app.address))
+            .bearer_auth(user_token("alice"))
+            .send(),
+    )
+    .await
+    .expect("the stream answered in time")
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
 async fn an_oversized_websocket_message_closes_with_1009(b: Backend) {
     let app = spawn_app(b).await;
     let url = format!(
@@ -170,6 +191,7 @@ async fn a_body_trickled_in_is_timed_out_with_408(b: Backend) {
 }
 
 crate::both_backends!(
+    a_stream_from_now_is_503_when_the_database_cannot_be_read,
     long_poll_answers_503_when_the_database_cannot_be_read,
     an_oversized_websocket_message_closes_with_1009,
     a_request_uri_too_long_is_414_with_a_problem_document,

@@ -7,9 +7,12 @@ pub use tidings_test_support::harness::sign;
 use jsonwebtoken::Algorithm;
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use tidings::configuration::{Profile, Settings};
+use tidings::domain::{Seq, UserId};
+use tidings::hub::{History, HistoryRead};
 use tidings::startup::Application;
 
 pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";
@@ -43,6 +46,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts a server with test settings, after `customize` has changed them.
 pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_history(backend, customize, |history| history).await
+}
+
+/// [`spawn_app_with`], with the hub's reads of the database going through `layer` (see
+/// [`SlowLatest`]).
+pub async fn spawn_app_with_history(
+    backend: Backend,
+    customize: impl FnOnce(&mut Settings),
+    layer: impl FnOnce(Arc<dyn History>) -> Arc<dyn History> + Send + 'static,
+) -> TestApp {
     let mut settings = Settings::defaults(Profile::Local).expect("defaults");
     settings.server.listen = "127.0.0.1:0".into();
     settings.server.workers = 2;
@@ -76,7 +89,7 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            match Application::build(settings).await {
+            match Application::build_with_history(settings, layer).await {
                 Ok(app) => {
                     let _ = ready_tx.send(Ok(app.port()));
                     let _ = app
@@ -119,6 +132,36 @@ impl Drop for TestApp {
     }
 }
 
+/// The hub's history with every "latest seq" read (where a stream opened without a cursor
+/// starts) begun `delay` late: it holds open, on purpose, the window between a connection
+/// registering and its starting point being fixed, which a loaded machine opens by chance.
+#[derive(Debug)]
+pub struct SlowLatest {
+    inner: Arc<dyn History>,
+    delay: Duration,
+}
+
+impl SlowLatest {
+    pub fn layer(delay: Duration) -> impl FnOnce(Arc<dyn History>) -> Arc<dyn History> + Send {
+        move |inner| Arc::new(SlowLatest { inner, delay })
+    }
+}
+
+impl History for SlowLatest {
+    fn after(&self, user: UserId, after: Seq, limit: u32) -> HistoryRead {
+        self.inner.after(user, after, limit)
+    }
+
+    fn latest(&self, user: UserId) -> HistoryRead {
+        let (inner, delay) = (self.inner.clone(), self.delay);
+        // The read itself starts after the delay, so its snapshot is taken late.
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.latest(user).await
+        })
+    }
+}
+
 pub fn user_token(user: &str) -> String {
     sign(Algorithm::HS256, SECRET, user, 3600, None)
 }
@@ -149,7 +192,7 @@ impl TestApp {
     /// itself stays up. Postgres: the database refuses new connections and the app's open
     /// ones are terminated. SQLite: open connections keep a deleted or locked file readable
     /// (and a lock from this process would not conflict with the server's, which shares it),
-    /// so the table every replay reads is renamed away instead; reads fail at once.
+    /// so the tables every read uses are renamed away instead; reads fail at once.
     pub async fn break_database(&self) {
         use sqlx::{Connection, Executor};
         match &self.database {
@@ -178,9 +221,11 @@ impl TestApp {
                 let mut conn = sqlx::SqliteConnection::connect(&url)
                     .await
                     .expect("open the SQLite file");
-                conn.execute("ALTER TABLE notifications RENAME TO notifications_gone")
-                    .await
-                    .expect("rename the notifications table");
+                for table in ["notifications", "user_cursors"] {
+                    conn.execute(format!("ALTER TABLE {table} RENAME TO {table}_gone").as_str())
+                        .await
+                        .expect("rename the tables every read uses");
+                }
                 let _ = conn.close().await;
             }
         }

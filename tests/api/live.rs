@@ -5,7 +5,8 @@
 //! in order. SQLite runs on the in-process bus, Postgres on Redis.
 
 use crate::helpers::{
-    sample, service_token, sign, spawn_app, spawn_app_with, user_token, Backend, SECRET,
+    sample, service_token, sign, spawn_app, spawn_app_with, spawn_app_with_history, user_token,
+    Backend, SlowLatest, SECRET,
 };
 use futures::StreamExt;
 use jsonwebtoken::Algorithm;
@@ -387,6 +388,142 @@ async fn no_cursor_means_only_new_notifications(b: Backend) {
     assert_eq!(again.next_seqs(1).await, [4]);
 }
 
+/// How late the hub reads the latest seq in the "from now" tests: long enough that a
+/// notification published as soon as the client sees its stream open commits first.
+pub const LATE_START: Duration = Duration::from_secs(1);
+
+/// "Only new notifications" starts no later than the moment the client sees the stream open
+/// (the response headers): a notification published right then arrives, even when the hub's
+/// read of the latest seq runs late (on purpose here, by chance on a loaded machine). After
+/// the first count arrives a second one is published, so a lost first one fails at once.
+async fn no_cursor_starts_no_later_than_the_sse_stream_opens(b: Backend) {
+    let app = spawn_app_with_history(b, |_| {}, SlowLatest::layer(LATE_START)).await;
+    let mut sse = SseClient::open(&app.address, &user_token("alice"), None).await;
+    app.publish(&sample(&["alice"])).await;
+    let mut seqs = Vec::new();
+    let mut second = false;
+    while !seqs.contains(&2) {
+        match sse.next().await {
+            SseEvent::Notification { seq, .. } => seqs.push(seq),
+            SseEvent::Unread { .. } if !second => {
+                second = true;
+                app.publish(&sample(&["alice"])).await;
+            }
+            SseEvent::Unread { .. } | SseEvent::Other { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2], "seq 1 committed after the stream was open");
+}
+
+/// The same for a WebSocket, whose "open" is the 101 response.
+async fn no_cursor_starts_no_later_than_the_socket_opens(b: Backend) {
+    let app = spawn_app_with_history(b, |_| {}, SlowLatest::layer(LATE_START)).await;
+    let mut ws = WsClient::open(&app.address, &user_token("alice"), None).await;
+    app.publish(&sample(&["alice"])).await;
+    let mut seqs = Vec::new();
+    let mut second = false;
+    while !seqs.contains(&2) {
+        match ws.next().await {
+            WsFrame::Notification { seq, .. } => seqs.push(seq),
+            WsFrame::Unread { .. } if !second => {
+                second = true;
+                app.publish(&sample(&["alice"])).await;
+            }
+            WsFrame::Unread { .. } | WsFrame::Other(_) | WsFrame::Pong => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, [1, 2], "seq 1 committed after the socket was open");
+}
+
+/// The same for a STOMP subscription without `x-tidings-after`, whose "open" is the RECEIPT
+/// of its SUBSCRIBE.
+async fn no_cursor_starts_no_later_than_the_stomp_receipt(b: Backend) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app_with_history(b, |_| {}, SlowLatest::layer(LATE_START)).await;
+    let url = format!("ws://{}/v1/stomp", host_port(&app));
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("v12.stomp"),
+    );
+    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake within WAIT")
+        .expect("handshake");
+    let token = user_token("alice");
+    let frames = [
+        format!(
+            "CONNECT\naccept-version:1.2\nhost:tidings\nheart-beat:0,0\npasscode:{token}\n\n\0"
+        ),
+        "SUBSCRIBE\nid:feed\ndestination:/user/queue/notifications\nreceipt:subscribed\n\n\0"
+            .into(),
+    ];
+    for frame in frames {
+        ws.send(Message::text(frame)).await.expect("send");
+    }
+    // The next STOMP frame: its command, its headers, its body.
+    let mut next_frame = async || loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no STOMP frame within {WAIT:?}"))
+            .expect("socket open")
+            .expect("socket frame");
+        let Message::Text(text) = msg else { continue };
+        let text = text.as_str().trim_start_matches('\n');
+        let Some((head, body)) = text.split_once("\n\n") else {
+            continue;
+        };
+        let mut lines = head.lines();
+        let command = lines.next().unwrap_or_default().to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        return (command, headers, body.trim_end_matches('\0').to_owned());
+    };
+    let header = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (command, _, body) = next_frame().await;
+    assert_eq!(command, "CONNECTED", "{body}");
+    let (command, headers, body) = next_frame().await;
+    assert_eq!(command, "RECEIPT", "{body}");
+    assert_eq!(
+        header(&headers, "receipt-id").as_deref(),
+        Some("subscribed")
+    );
+
+    app.publish(&sample(&["alice"])).await;
+    let mut seqs = Vec::new();
+    let mut second = false;
+    while !seqs.contains(&2) {
+        let (command, headers, body) = next_frame().await;
+        assert_eq!(command, "MESSAGE", "{body}");
+        match header(&headers, "x-tidings-event").as_deref() {
+            Some("notification") => seqs.push(
+                header(&headers, "x-tidings-seq")
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .expect("x-tidings-seq"),
+            ),
+            Some("unread") if !second => {
+                second = true;
+                app.publish(&sample(&["alice"])).await;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, [1, 2], "seq 1 committed after the RECEIPT");
+}
+
 async fn large_backlogs_resync_or_page(b: Backend) {
     let app = spawn_app(b).await;
     publish_many(&app, "alice", 501).await;
@@ -648,7 +785,7 @@ async fn an_expired_token_ends_the_stream(b: Backend) {
     assert_eq!(sse.next_seqs(1).await, [1]);
     assert_eq!(ws.next_seqs(1).await, [1]);
 
-    let within = Duration::from_secs(20);
+    let within = Duration::from_secs(5) + WAIT;
     let (seen, end) = sse.until_end(within).await;
     assert!(
         seen.contains(&SseEvent::TokenExpired),
@@ -832,22 +969,18 @@ async fn connections_beyond_the_limit_get_503(b: Backend) {
 
     // A closed stream frees its place.
     drop(first);
-    let mut again = eventually(
-        Duration::from_secs(20),
-        "a place freed by a closed stream",
-        || {
-            let (client, base, token) = (app.client.clone(), app.address.clone(), token.clone());
-            async move {
-                SseClient::connect(
-                    &client,
-                    &base,
-                    &SseOptions::new(Auth::Query(token), Some(0)),
-                )
-                .await
-                .ok()
-            }
-        },
-    )
+    let mut again = eventually(WAIT, "a place freed by a closed stream", || {
+        let (client, base, token) = (app.client.clone(), app.address.clone(), token.clone());
+        async move {
+            SseClient::connect(
+                &client,
+                &base,
+                &SseOptions::new(Auth::Query(token), Some(0)),
+            )
+            .await
+            .ok()
+        }
+    })
     .await;
     assert_eq!(again.next_seqs(1).await, [1]);
     drop(second);
@@ -1091,19 +1224,15 @@ async fn metrics_show_connections_by_transport_and_deliveries(b: Backend) {
     // Closed connections leave the gauge.
     drop(sse);
     ws.close().await;
-    eventually(
-        Duration::from_secs(20),
-        "closed streams leave tidings_connections",
-        || async {
-            let text = scrape(&app.client, &app.address).await;
-            let all = (
-                gauge(&text, "sse").unwrap_or(0.0),
-                gauge(&text, "websocket").unwrap_or(0.0),
-                gauge(&text, "longpoll").unwrap_or(0.0),
-            );
-            (all == (0.0, 0.0, 0.0)).then_some(())
-        },
-    )
+    eventually(WAIT, "closed streams leave tidings_connections", || async {
+        let text = scrape(&app.client, &app.address).await;
+        let all = (
+            gauge(&text, "sse").unwrap_or(0.0),
+            gauge(&text, "websocket").unwrap_or(0.0),
+            gauge(&text, "longpoll").unwrap_or(0.0),
+        );
+        (all == (0.0, 0.0, 0.0)).then_some(())
+    })
     .await;
 }
 
@@ -1138,6 +1267,9 @@ crate::both_backends!(
     streams_require_a_user_token,
     sse_last_event_id_wins_over_after,
     no_cursor_means_only_new_notifications,
+    no_cursor_starts_no_later_than_the_sse_stream_opens,
+    no_cursor_starts_no_later_than_the_socket_opens,
+    no_cursor_starts_no_later_than_the_stomp_receipt,
     large_backlogs_resync_or_page,
     race_sse,
     race_websocket,

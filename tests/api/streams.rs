@@ -1,47 +1,79 @@
 //! HTTP streaming (NDJSON) and the hidden-iframe stream: the SSE machinery in other wire
 //! formats, so the same cursor rules: replay after the cursor, then live, no gap, no duplicate.
 
-use crate::helpers::{sample, spawn_app, spawn_app_with, user_token, Backend, TestApp};
+use crate::helpers::{
+    sample, spawn_app, spawn_app_with, spawn_app_with_history, user_token, Backend, SlowLatest,
+    TestApp,
+};
+use crate::live::LATE_START;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Value;
-use std::time::Duration;
+use tidings_test_support::live::WAIT;
 
-/// Reads a stream until `want` notifications have arrived; returns their seqs, in order.
-async fn read_seqs(
-    app: &TestApp,
-    path: &str,
-    want: usize,
+/// One open stream, read line by line; each wait is bounded by [`WAIT`].
+struct Lines {
+    body: BoxStream<'static, reqwest::Result<String>>,
+    text: String,
     parse: fn(&str) -> Option<Value>,
-) -> Vec<i64> {
-    let resp = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(user_token("alice"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{path}");
-    let mut body = resp.bytes_stream();
-    let mut text = String::new();
-    let mut seqs = Vec::new();
-    let read = async {
-        while seqs.len() < want {
-            let chunk = body.next().await.expect("stream ended early").unwrap();
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-            while let Some(end) = text.find('\n') {
-                let line: String = text.drain(..=end).collect();
-                if let Some(event) = parse(line.trim()) {
-                    if event["type"] == "notification" {
-                        seqs.push(event["notification"]["seq"].as_i64().unwrap());
+}
+
+impl Lines {
+    /// Opens `path` as alice; returns once the response headers are in.
+    async fn open(app: &TestApp, path: &str, parse: fn(&str) -> Option<Value>) -> Lines {
+        let resp = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(user_token("alice"))
+            .send()
+            .await
+            .expect("stream request");
+        assert_eq!(resp.status(), 200, "{path}");
+        Lines {
+            body: resp
+                .bytes_stream()
+                .map(|chunk| chunk.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .boxed(),
+            text: String::new(),
+            parse,
+        }
+    }
+
+    /// The next event; panics when none comes within [`WAIT`] or the stream ends.
+    async fn next(&mut self) -> Value {
+        let read = async {
+            loop {
+                while let Some(end) = self.text.find('\n') {
+                    let line: String = self.text.drain(..=end).collect();
+                    if let Some(event) = (self.parse)(line.trim()) {
+                        return event;
                     }
                 }
+                let chunk = self
+                    .body
+                    .next()
+                    .await
+                    .expect("stream ended early")
+                    .expect("stream chunk");
+                self.text.push_str(&chunk);
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .unwrap_or_else(|_| panic!("no event within {WAIT:?}"))
+    }
+
+    /// The seqs of the next `n` notifications, skipping other events.
+    async fn seqs(&mut self, n: usize) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            let event = self.next().await;
+            if event["type"] == "notification" {
+                seqs.push(event["notification"]["seq"].as_i64().expect("seq"));
             }
         }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("timed out reading the stream");
-    seqs
+        seqs
+    }
 }
 
 fn ndjson_line(line: &str) -> Option<Value> {
@@ -65,32 +97,17 @@ async fn publish_n(app: &TestApp, n: usize) {
 async fn ndjson_resumes_by_cursor(b: Backend) {
     let app = spawn_app(b).await;
     publish_n(&app, 3).await;
-    assert_eq!(
-        read_seqs(
-            &app,
-            "/v1/notifications/stream.ndjson?after=0",
-            3,
-            ndjson_line
-        )
-        .await,
-        [1, 2, 3]
-    );
+    let mut stream =
+        Lines::open(&app, "/v1/notifications/stream.ndjson?after=0", ndjson_line).await;
+    assert_eq!(stream.seqs(3).await, [1, 2, 3]);
+    drop(stream);
     publish_n(&app, 2).await;
     // Reconnect from the cursor: exactly what was missed, then live.
-    let live = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        publish_n(&app, 1).await;
-    };
-    let (seqs, ()) = futures::join!(
-        read_seqs(
-            &app,
-            "/v1/notifications/stream.ndjson?after=3",
-            3,
-            ndjson_line
-        ),
-        live
-    );
-    assert_eq!(seqs, [4, 5, 6]);
+    let mut stream =
+        Lines::open(&app, "/v1/notifications/stream.ndjson?after=3", ndjson_line).await;
+    assert_eq!(stream.seqs(2).await, [4, 5]);
+    publish_n(&app, 1).await;
+    assert_eq!(stream.seqs(1).await, [6]);
 }
 
 async fn iframe_resumes_by_cursor(b: Backend) {
@@ -102,15 +119,14 @@ async fn iframe_resumes_by_cursor(b: Backend) {
     let path = |after: i64| {
         format!("/v1/notifications/stream.html?origin=https://app.example&after={after}")
     };
-    assert_eq!(read_seqs(&app, &path(0), 3, iframe_line).await, [1, 2, 3]);
+    let mut stream = Lines::open(&app, &path(0), iframe_line).await;
+    assert_eq!(stream.seqs(3).await, [1, 2, 3]);
+    drop(stream);
     publish_n(&app, 2).await;
-    let live = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        publish_n(&app, 1).await;
-    };
-    let resume = path(2);
-    let (seqs, ()) = futures::join!(read_seqs(&app, &resume, 4, iframe_line), live);
-    assert_eq!(seqs, [3, 4, 5, 6]);
+    let mut stream = Lines::open(&app, &path(2), iframe_line).await;
+    assert_eq!(stream.seqs(3).await, [3, 4, 5]);
+    publish_n(&app, 1).await;
+    assert_eq!(stream.seqs(1).await, [6]);
 }
 
 async fn iframe_posts_only_to_an_allowed_origin(b: Backend) {
@@ -135,11 +151,11 @@ async fn iframe_posts_only_to_an_allowed_origin(b: Backend) {
     );
     // The opening: padding for the browser, and postMessage addressed to that origin alone.
     let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+    let first = tokio::time::timeout(WAIT, body.next())
         .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+        .expect("the opening within WAIT")
+        .expect("the opening")
+        .expect("the opening");
     let first = String::from_utf8_lossy(&first);
     assert!(first.len() > 2048, "padding before the first event");
     assert!(first.contains(r#"var o="https://app.example";function p(e){parent.postMessage(e,o)}"#));
@@ -154,15 +170,64 @@ async fn iframe_posts_only_to_an_allowed_origin(b: Backend) {
             rest.push_str(&String::from_utf8_lossy(&chunk));
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), read)
+    tokio::time::timeout(WAIT, read)
         .await
         .expect("the notification arrives");
     assert!(!rest.contains("</script><script>"), "{rest}");
     assert!(rest.contains(r"\u003c/script>"), "{rest}");
 }
 
+/// "Only new notifications" starts no later than the moment the client sees the stream open:
+/// a notification published as soon as the opening arrives (the response headers; for the
+/// iframe, its padding) is delivered, even when the hub's read of the latest seq runs late.
+/// A second one follows the first count, so a lost first one fails at once.
+async fn no_cursor_starts_no_later_than_the_opening(
+    path: &str,
+    parse: fn(&str) -> Option<Value>,
+    b: Backend,
+) {
+    let app = spawn_app_with_history(
+        b,
+        |s| s.server.allowed_origins = vec!["https://app.example".into()],
+        SlowLatest::layer(LATE_START),
+    )
+    .await;
+    let mut stream = Lines::open(&app, path, parse).await;
+    app.publish(&sample(&["alice"])).await;
+    let mut seqs = Vec::new();
+    let mut second = false;
+    while !seqs.contains(&2) {
+        let event = stream.next().await;
+        match event["type"].as_str() {
+            Some("notification") => seqs.push(event["notification"]["seq"].as_i64().expect("seq")),
+            Some("unread") if !second => {
+                second = true;
+                app.publish(&sample(&["alice"])).await;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, [1, 2], "seq 1 committed after {path} was open");
+}
+
+async fn no_cursor_starts_no_later_than_the_ndjson_stream_opens(b: Backend) {
+    no_cursor_starts_no_later_than_the_opening("/v1/notifications/stream.ndjson", ndjson_line, b)
+        .await
+}
+
+async fn no_cursor_starts_no_later_than_the_iframe_padding(b: Backend) {
+    no_cursor_starts_no_later_than_the_opening(
+        "/v1/notifications/stream.html?origin=https://app.example",
+        iframe_line,
+        b,
+    )
+    .await
+}
+
 crate::both_backends!(
     ndjson_resumes_by_cursor,
     iframe_resumes_by_cursor,
-    iframe_posts_only_to_an_allowed_origin
+    iframe_posts_only_to_an_allowed_origin,
+    no_cursor_starts_no_later_than_the_ndjson_stream_opens,
+    no_cursor_starts_no_later_than_the_iframe_padding,
 );

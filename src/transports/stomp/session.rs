@@ -557,6 +557,7 @@ impl Session {
             .state
             .hub
             .connect(&user, cursor, Transport::Stomp)
+            .await
             .map_err(|e| {
                 End::Error(Failure::new(
                     format!("{e}; try again shortly"),

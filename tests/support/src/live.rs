@@ -25,8 +25,10 @@ use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long a test waits for any one thing (an event, a response) before it fails.
-pub const WAIT: Duration = Duration::from_secs(15);
+/// How long a test waits for any one thing (an event, a response) before it fails. Every
+/// wait is for a condition, so this costs nothing when things work; it is generous so that a
+/// loaded machine (a CI runner, a fresh clone building while testing) cannot fail a test.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// How a client presents its token.
 #[derive(Clone, Debug, Default)]
