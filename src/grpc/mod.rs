@@ -10,6 +10,7 @@
 //! place where errors become gRPC status codes.
 
 mod convert;
+pub use convert::{json_to_struct, struct_to_json};
 mod service;
 pub mod status;
 mod subscribe;

@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod cursor;
+mod grpc;
 mod idempotency;
 mod inbox;
 mod live;
