@@ -310,6 +310,9 @@ start_replica() {
     printf '\n=== %s starting replica %s on %s:%s\n' "$(date -u +%FT%TZ)" "$n" "$HOST" "$port" >>"$log"
     local envs=(
         "TIDINGS__SERVER__LISTEN=$HOST:$port"
+        # The replicas' HTTP ports are consecutive, so the default gRPC port (HTTP + 1) would
+        # be the next replica's; nginx does not route gRPC yet, so the replicas serve none.
+        "TIDINGS__GRPC__LISTEN=off"
         "TIDINGS__DATABASE__URL=$DB_URL"
         "TIDINGS__AUTH__JWT_SECRET=$SECRET"
     )

@@ -125,6 +125,8 @@ export TIDINGS_BIN="$target_dir/debug/tidings"
 
 stage "browser client unit tests (node --test)" env -C clients/js node --test
 
+stage "tests/grpc/run.sh (grpcio client, gRPC-Web wire)" bash tests/grpc/run.sh
+
 for suite in tests/browser/run.sh tests/stomp/run.sh; do  # end-to-end in Chromium; STOMP clients
   if [ -f "$suite" ]; then
     stage "$suite" bash "$suite"

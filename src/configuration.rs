@@ -49,6 +49,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
+    pub grpc: GrpcSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
     #[serde(skip_deserializing, default = "default_profile")]
@@ -98,6 +99,15 @@ pub struct RedisSettings {
     pub url: Option<SecretString>,
     /// The pub/sub channel; deployments (or tests) sharing one Redis use different ones.
     pub channel: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrpcSettings {
+    /// The gRPC (and gRPC-Web) listener: `auto` (the HTTP address with the next port up,
+    /// 8080 → 8081, and port 0 when the HTTP port is 0), `off`, or an address and port.
+    /// A listener of its own because gRPC wants HTTP/2 end to end, which actix-web's
+    /// HTTP/1 listener does not speak.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,6 +220,7 @@ impl Settings {
     /// Checks what types alone cannot. Each message names the environment variable to fix.
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.listen_addr()?;
+        self.grpc_addr()?;
         let db = self.database.url.expose_secret();
         if !(db.starts_with("sqlite:")
             || db.starts_with("postgres://")
@@ -304,6 +315,33 @@ impl Settings {
         })
     }
 
+    /// Where the gRPC listener binds, or `None` when it is `off`.
+    pub fn grpc_addr(&self) -> Result<Option<SocketAddr>, SettingsError> {
+        let name = "TIDINGS__GRPC__LISTEN";
+        match self.grpc.listen.trim() {
+            "off" => Ok(None),
+            "auto" => {
+                let mut addr = self.listen_addr()?;
+                if addr.port() != 0 {
+                    let next = addr.port().checked_add(1).ok_or_else(|| {
+                        SettingsError::invalid(
+                            name,
+                            "`auto` takes the HTTP port + 1, and the HTTP port is 65535; set an address",
+                        )
+                    })?;
+                    addr.set_port(next);
+                }
+                Ok(Some(addr))
+            }
+            other => other.parse().map(Some).map_err(|_| {
+                SettingsError::invalid(
+                    name,
+                    format!("{other:?} is not `auto`, `off` or an address and port such as 127.0.0.1:8081"),
+                )
+            }),
+        }
+    }
+
     /// The HS256 secret: configured, or (local profile) the one kept in `secret_file`,
     /// generated on first use. Never a well-known default.
     pub fn resolve_jwt_secret(&self) -> Result<SecretString, SettingsError> {
@@ -363,6 +401,7 @@ fn defaults(
         .set_default("database.max_connections", 10)?
         .set_default("redis.url", None::<String>)?
         .set_default("redis.channel", "tidings:events")?
+        .set_default("grpc.listen", "auto")?
         .set_default("auth.algorithm", "HS256")?
         .set_default("auth.secret_file", "tidings.secret")?
         .set_default("auth.generate_secret", !production)?
@@ -405,6 +444,30 @@ mod tests {
         assert!(s.auth.generate_secret);
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert_eq!(s.server.body_timeout_seconds, 10);
+    }
+
+    #[test]
+    fn the_grpc_listener_sits_next_to_the_http_one() {
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        assert_eq!(
+            s.grpc_addr().unwrap(),
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        s.server.listen = "127.0.0.1:0".into();
+        assert_eq!(s.grpc_addr().unwrap(), Some("127.0.0.1:0".parse().unwrap()));
+        s.grpc.listen = "off".into();
+        assert_eq!(s.grpc_addr().unwrap(), None);
+        s.grpc.listen = "0.0.0.0:50051".into();
+        assert_eq!(
+            s.grpc_addr().unwrap(),
+            Some("0.0.0.0:50051".parse().unwrap())
+        );
+        s.grpc.listen = "nope".into();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TIDINGS__GRPC__LISTEN"));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub enum Transport {
     Stream,
     /// STOMP over WebSocket: one per subscription (each holds its own hub connection).
     Stomp,
+    /// The gRPC `Subscribe` stream, and gRPC-Web's.
+    Grpc,
 }
 
 impl Transport {
@@ -27,6 +29,7 @@ impl Transport {
             Transport::LongPoll => "longpoll",
             Transport::Stream => "stream",
             Transport::Stomp => "stomp",
+            Transport::Grpc => "grpc",
         }
     }
 }
@@ -114,6 +117,7 @@ impl Metrics {
             Transport::LongPoll,
             Transport::Stream,
             Transport::Stomp,
+            Transport::Grpc,
         ] {
             let _ = connections.get_or_create(&TransportLabel { transport });
         }

@@ -4,6 +4,7 @@ use crate::auth::Authenticator;
 use crate::bus::{Bus, RedisBus};
 use crate::configuration::{JwtAlgorithm, Settings};
 use crate::domain::{Page, Seq, UserId};
+use crate::grpc;
 use crate::http::AppState;
 use crate::hub::{History, HistoryRead, Hub, HubSettings};
 use crate::metrics::Metrics;
@@ -25,6 +26,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Application {
     port: u16,
+    grpc_port: Option<u16>,
     server: Server,
     store: Store,
     hub: Hub,
@@ -80,6 +82,20 @@ impl Application {
         .await?;
         let listener = TcpListener::bind(settings.listen_addr()?)?;
         let port = listener.local_addr()?.port();
+        let grpc_listener = settings
+            .grpc_addr()?
+            .map(|addr| {
+                TcpListener::bind(addr).map_err(|e| {
+                    anyhow::anyhow!(
+                        "could not bind the gRPC listener {addr} (TIDINGS__GRPC__LISTEN): {e}"
+                    )
+                })
+            })
+            .transpose()?;
+        let grpc_port = grpc_listener
+            .as_ref()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .transpose()?;
 
         let metrics = Metrics::new();
         let hub = Hub::new(
@@ -109,9 +125,29 @@ impl Application {
             )?),
             None => Bus::InProcess(hub.clone()),
         };
+        let notifier = Notifier::new(store.clone(), bus, metrics);
+        let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
+        if let Some(listener) = grpc_listener {
+            grpc::spawn(
+                grpc::Core {
+                    store: store.clone(),
+                    notifier: notifier.clone(),
+                    auth: auth.clone(),
+                    hub: hub.clone(),
+                },
+                listener,
+                grpc::Options {
+                    allowed_origins: settings.server.allowed_origins.clone(),
+                    heartbeat: Duration::from_secs(settings.server.heartbeat_seconds),
+                    grace,
+                },
+                &stopping,
+                &shutdown,
+            )?;
+        }
         let state = web::Data::new(AppState {
             store: store.clone(),
-            notifier: Notifier::new(store.clone(), bus, metrics),
+            notifier,
             auth,
             hub: hub.clone(),
             heartbeat: Duration::from_secs(settings.server.heartbeat_seconds),
@@ -120,7 +156,6 @@ impl Application {
             stopping: stopping.clone(),
         });
         let stalled = Duration::from_secs(settings.server.stalled_client_seconds);
-        let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
@@ -141,12 +176,14 @@ impl Application {
         purge.spawn(purge_idempotency_keys(store.clone(), purge.clone()));
         tracing::info!(
             port,
+            grpc_port,
             backend = store.backend_name(),
             profile = settings.profile.as_str(),
             "tidings is listening"
         );
         Ok(Self {
             port,
+            grpc_port,
             server,
             store,
             hub,
@@ -158,6 +195,12 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The gRPC listener's port (the OS's pick when configured as port 0); `None` when
+    /// `TIDINGS__GRPC__LISTEN=off`.
+    pub fn grpc_port(&self) -> Option<u16> {
+        self.grpc_port
     }
 
     pub fn handle(&self) -> ServerHandle {

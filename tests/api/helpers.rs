@@ -29,6 +29,8 @@ pub fn redis_url() -> String {
 
 pub struct TestApp {
     pub address: String,
+    /// The gRPC listener, `http://127.0.0.1:<port>` (on by default, port 0 in tests).
+    pub grpc_address: String,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -91,7 +93,7 @@ pub async fn spawn_app_with_history(
         actix_web::rt::System::new().block_on(async move {
             match Application::build_with_history(settings, layer).await {
                 Ok(app) => {
-                    let _ = ready_tx.send(Ok(app.port()));
+                    let _ = ready_tx.send(Ok((app.port(), app.grpc_port())));
                     let _ = app
                         .run_until(async move {
                             let _ = stop_rx.await;
@@ -104,17 +106,28 @@ pub async fn spawn_app_with_history(
             }
         })
     });
-    let port = tokio::task::spawn_blocking(move || ready_rx.recv())
+    let (port, grpc_port) = tokio::task::spawn_blocking(move || ready_rx.recv())
         .await
         .expect("join")
         .expect("server thread died")
         .unwrap_or_else(|e| panic!("the app did not start: {e}"));
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
+        grpc_address: format!("http://127.0.0.1:{}", grpc_port.unwrap_or(0)),
         client: reqwest::Client::new(),
         stop: Some(stop_tx),
         thread: Some(thread),
         database,
+    }
+}
+
+impl TestApp {
+    /// Sends the replica its shutdown signal without waiting for it to stop, so a test
+    /// can watch its open streams end.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod cursor;
+mod grpc;
 mod hardening;
 mod idempotency;
 mod inbox;

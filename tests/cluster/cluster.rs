@@ -146,6 +146,8 @@ impl Cluster {
                 "TIDINGS__SERVER__LISTEN",
                 format!("127.0.0.1:{}", replica.port),
             )
+            // Any free port: the default (HTTP + 1) may be taken, by another replica or not.
+            .env("TIDINGS__GRPC__LISTEN", "127.0.0.1:0")
             .env("TIDINGS__SERVER__WORKERS", "2")
             .env("TIDINGS__SERVER__HEARTBEAT_SECONDS", "2")
             .env(

@@ -185,7 +185,8 @@ export function kit({ secret, slowdownEnv, serviceSub, defaultUser }) {
     const out = fs.openSync(log, 'a');
     const child = spawn(BIN, ['serve'], {
       cwd: dir,
-      env: { ...inheritedEnv(), TIDINGS_PROFILE: 'local', TIDINGS__AUTH__JWT_SECRET: secret, NO_COLOR: '1', ...env },
+      // gRPC on any free port: the default (HTTP + 1) may be taken.
+      env: { ...inheritedEnv(), TIDINGS_PROFILE: 'local', TIDINGS__AUTH__JWT_SECRET: secret, TIDINGS__GRPC__LISTEN: '127.0.0.1:0', NO_COLOR: '1', ...env },
       stdio: ['ignore', out, out],
     });
     fs.closeSync(out);
