@@ -5,12 +5,14 @@
 //! [`notifier`] announces what committed on the [`bus`], the [`hub`] hands it to the
 //! recipient's per-user actor on whichever replica holds the user's connections, and the
 //! faces write it out: [`transports`] as SSE, NDJSON, the hidden-iframe stream, long-poll,
-//! WebSocket or STOMP, and [`api`] as the REST inbox. [`http`] is the plumbing every HTTP
+//! WebSocket or STOMP, and [`api`] as the REST inbox; [`bridges`] push what committed to other
+//! systems (an MQTT broker) from the store's transactional outbox. [`http`] is the plumbing every HTTP
 //! face stands on, [`routes`] puts the faces together, [`domain`] holds the types all of
 //! them share, and [`shutdown`] is the one signal that stops them in order.
 
 pub mod api;
 pub mod auth;
+pub mod bridges;
 pub mod bus;
 pub mod configuration;
 pub mod domain;
