@@ -8,6 +8,7 @@ mod cursor;
 mod idempotency;
 mod inbox;
 mod live;
+mod mqtt;
 mod operations;
 mod publish;
 mod streams;
