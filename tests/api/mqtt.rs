@@ -375,3 +375,113 @@ crate::both_backends!(
     rows_past_the_maximum_age_are_dropped_and_counted,
     without_a_url_there_is_no_bridge,
 );
+
+/// Two replicas on one Postgres, both running the bridge: they share the outbox, and in the
+/// normal case no notification is published twice; each user's arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_share_the_outbox_without_repeats() {
+    let broker = Broker::start().await;
+    let sub = Subscriber::start(broker.port).await;
+    let (name, url) = tidings_test_support::harness::create_database("tidings_mqtt").await;
+    let shared = |url: String, broker: String| {
+        move |s: &mut Settings| {
+            with_mqtt(broker)(s);
+            s.database.url = SecretString::from(url);
+        }
+    };
+    let a = spawn_app_with(Backend::Postgres, shared(url.clone(), broker.url())).await;
+    let b = spawn_app_with(Backend::Postgres, shared(url.clone(), broker.url())).await;
+    let users = users(20);
+    let rounds = 20;
+    for round in 0..rounds {
+        let app = if round % 2 == 0 { &a } else { &b };
+        publish_rounds(app, &users, 1).await;
+    }
+    sub.wait_all(&users, rounds).await;
+    let got = sub.notification_seqs();
+    assert_in_order_after_dedup(&got, &users, rounds);
+    for u in &users {
+        assert_eq!(
+            got[u].len(),
+            rounds as usize,
+            "{u} got a repeat: {:?}",
+            got[u]
+        );
+    }
+    drop((a, b));
+    tidings_test_support::harness::drop_database_blocking(&name);
+}
+
+/// A replica that dies mid-batch: its lease (a transaction) rolls back when its connection
+/// goes, and another worker takes the same user's rows, from the oldest. While the lease
+/// lives, other workers skip that user instead of publishing its later rows out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_dead_lease_leaves_its_rows_to_others() {
+    use tidings::shutdown::Shutdown;
+    use tidings::store::{Outbox, Store};
+    // No broker here: the app's own bridge never takes a lease, the rows stay.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let (name, url) = tidings_test_support::harness::create_database("tidings_mqtt").await;
+    let app = spawn_app_with(Backend::Postgres, {
+        let url = url.clone();
+        move |s| {
+            with_mqtt(format!("mqtt://127.0.0.1:{port}"))(s);
+            s.database.url = SecretString::from(url);
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        app.publish(&sample(&["held", "free"])).await;
+    }
+    let shutdown = Shutdown::new();
+    let one = Store::connect(&url, 2, Outbox::on(), &shutdown)
+        .await
+        .unwrap();
+    let two = Store::connect(&url, 2, Outbox::on(), &shutdown)
+        .await
+        .unwrap();
+
+    // The first worker takes one user (the oldest rows' user), the second gets the other.
+    let first = one.outbox_lease(1, 100).await.unwrap();
+    let first_user = first.rows()[0].user.clone();
+    assert!(first.rows().iter().all(|r| r.user == first_user));
+    assert_eq!(first.rows().len(), 6, "3 notifications and 3 unread counts");
+    let second = two.outbox_lease(10, 100).await.unwrap();
+    assert!(!second.rows().is_empty());
+    assert!(
+        second.rows().iter().all(|r| r.user != first_user),
+        "a leased user is skipped"
+    );
+    second.complete(&[]).await.unwrap();
+
+    // The first worker dies mid-batch: its transaction rolls back. The rows are all there
+    // for the next worker, from the oldest.
+    let ids: Vec<i64> = first.rows().iter().map(|r| r.id).collect();
+    drop(first);
+    let again = eventually(WAIT, "the dead lease's rows are free again", || async {
+        let lease = two.outbox_lease(10, 100).await.unwrap();
+        let mine: Vec<i64> = lease
+            .rows()
+            .iter()
+            .filter(|r| r.user == first_user)
+            .map(|r| r.id)
+            .collect();
+        if mine.is_empty() {
+            lease.complete(&[]).await.unwrap();
+            None
+        } else {
+            Some((lease, mine))
+        }
+    })
+    .await;
+    assert_eq!(again.1, ids);
+    again.0.complete(&again.1).await.unwrap();
+    one.close().await;
+    two.close().await;
+    shutdown.cancel();
+    drop(app);
+    tidings_test_support::harness::drop_database_blocking(&name);
+}
