@@ -51,6 +51,7 @@ NEEDED=(
   pg_ctlcluster:postgresql psql:postgresql-client redis-server:redis-server redis-cli:redis-tools
   nginx:nginx /usr/lib/nginx/modules/ngx_nchan_module.so:libnginx-mod-nchan
   docker-compose:docker-compose /usr/bin/chromium:chromium curl:curl node:nodejs npm:npm
+  mosquitto:mosquitto mosquitto_passwd:mosquitto
 )
 missing=()
 for entry in "${NEEDED[@]}"; do
