@@ -25,13 +25,22 @@ struct Broker {
 
 impl Broker {
     async fn start() -> Broker {
+        Self::start_with("allow_anonymous true\n", |_| {}).await
+    }
+
+    /// A broker with `auth` lines in its configuration, after `prepare` has written any
+    /// files they name into the broker's directory.
+    async fn start_with(auth: &str, prepare: impl FnOnce(&std::path::Path)) -> Broker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
+        // `{dir}` in `auth` names the broker's own directory.
+        let auth = auth.replace("{dir}", &dir.path().display().to_string());
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+            "listener {port} 127.0.0.1\n{auth}persistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
             dir.path().display()
         );
         std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("conf");
@@ -103,8 +112,16 @@ struct Subscriber {
 
 impl Subscriber {
     async fn start(port: u16) -> Subscriber {
+        Self::start_as(port, None, "tidings/users/#").await
+    }
+
+    async fn start_as(port: u16, login: Option<(&str, &str)>, filter: &str) -> Subscriber {
         let id = format!("test-sub-{}", uuid::Uuid::new_v4().simple());
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
+        let filter = filter.to_owned();
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(5))
@@ -119,7 +136,7 @@ impl Subscriber {
                 loop {
                     match events.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
-                            let _ = client.subscribe("tidings/users/#", QoS::AtLeastOnce).await;
+                            let _ = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await;
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => subscribed.notify_one(),
                         Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -484,4 +501,57 @@ async fn postgres_a_dead_lease_leaves_its_rows_to_others() {
     shutdown.cancel();
     drop(app);
     tidings_test_support::harness::drop_database_blocking(&name);
+}
+
+/// The README's Mosquitto ACL (deploy/mosquitto/acl, as committed): the bridge user writes
+/// under the prefix, alice reads her own topics and not bob's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_keeps_users_to_their_own_topics() {
+    let acl = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/mosquitto/acl");
+    let logins = [
+        ("tidings-bridge", "bridge-pw"),
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+    ];
+    let broker = Broker::start_with(
+        &format!("allow_anonymous false\npassword_file {{dir}}/passwd\nacl_file {acl}\n"),
+        |dir| {
+            let passwd = dir.join("passwd");
+            std::fs::write(&passwd, "").expect("passwd");
+            for (user, password) in logins {
+                let ok = Command::new("mosquitto_passwd")
+                    .arg("-b")
+                    .arg(&passwd)
+                    .arg(user)
+                    .arg(password)
+                    .status()
+                    .expect("mosquitto_passwd (Debian package mosquitto)");
+                assert!(ok.success());
+            }
+        },
+    )
+    .await;
+    let port = broker.port;
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        with_mqtt(format!("mqtt://tidings-bridge:bridge-pw@127.0.0.1:{port}")),
+    )
+    .await;
+    let alice_on_bob =
+        Subscriber::start_as(port, Some(("alice", "alice-pw")), "tidings/users/bob/#").await;
+    let alice =
+        Subscriber::start_as(port, Some(("alice", "alice-pw")), "tidings/users/alice/#").await;
+    // Bob's first, then alice's: once alice has hers, bob's would have arrived too.
+    app.publish(&sample(&["bob"])).await;
+    app.publish(&sample(&["alice"])).await;
+    alice.wait_all(&["alice".to_owned()], 1).await;
+    assert!(
+        alice_on_bob.messages().is_empty(),
+        "alice read bob's topics"
+    );
+    let bob = Subscriber::start_as(port, Some(("bob", "bob-pw")), "tidings/users/bob/#").await;
+    eventually(WAIT, "bob reads his retained unread count", || async {
+        bob.unread("bob").map(|_| ())
+    })
+    .await;
 }
