@@ -132,6 +132,8 @@ for suite in tests/browser/run.sh tests/stomp/run.sh; do  # end-to-end in Chromi
   fi
 done
 
+stage "MQTT bridge interop (paho-mqtt, Mosquitto)" bash tests/mqtt/run.sh
+
 if [ -f fuzz/run.sh ]; then
   stage "fuzzing the STOMP frame decoder briefly" bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 fi
