@@ -51,6 +51,7 @@ NEEDED=(
   pg_ctlcluster:postgresql psql:postgresql-client redis-server:redis-server redis-cli:redis-tools
   nginx:nginx /usr/lib/nginx/modules/ngx_nchan_module.so:libnginx-mod-nchan
   docker-compose:docker-compose /usr/bin/chromium:chromium curl:curl node:nodejs npm:npm
+  mosquitto:mosquitto mosquitto_passwd:mosquitto
 )
 missing=()
 for entry in "${NEEDED[@]}"; do
@@ -132,6 +133,8 @@ for suite in tests/browser/run.sh tests/stomp/run.sh; do  # end-to-end in Chromi
     stage "$suite" bash "$suite"
   fi
 done
+
+stage "MQTT bridge interop (paho-mqtt, Mosquitto)" bash tests/mqtt/run.sh
 
 if [ -f fuzz/run.sh ]; then
   stage "fuzzing the STOMP frame decoder briefly" bash fuzz/run.sh "${FUZZ_SECONDS:-60}"

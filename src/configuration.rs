@@ -52,6 +52,7 @@ pub struct Settings {
     pub grpc: GrpcSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+    pub mqtt: MqttSettings,
     #[serde(skip_deserializing, default = "default_profile")]
     pub profile: Profile,
 }
@@ -108,6 +109,39 @@ pub struct GrpcSettings {
     /// A listener of its own because gRPC wants HTTP/2 end to end, which actix-web's
     /// HTTP/1 listener does not speak.
     pub listen: String,
+}
+
+/// The MQTT bridge: every committed notification and unread-count change is published to
+/// a broker from a transactional outbox. Off unless `url` is set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttSettings {
+    /// `mqtt://[user[:password]@]host[:port]` or `mqtts://…` (TLS). Unset: no bridge, no outbox.
+    pub url: Option<SecretString>,
+    /// Topics are `{prefix}/users/{user}/notifications` and `{prefix}/users/{user}/unread`.
+    pub topic_prefix: String,
+    /// The MQTT client id. Unset: `tidings-` and a random suffix, so replicas never share
+    /// one (a broker disconnects the older of two sessions with the same id).
+    pub client_id: Option<String>,
+    pub keep_alive_seconds: u64,
+    /// Publishes awaiting their PUBACK at once.
+    pub inflight: u16,
+    /// Users per batch (one lease), and rows per user per batch.
+    pub batch_users: u32,
+    pub batch_per_user: u32,
+    /// A batch whose PUBACKs have not all come back by then is abandoned and the connection
+    /// dropped; the unacknowledged rows stay in the outbox and are published again.
+    pub ack_timeout_seconds: u64,
+    /// How often a worker looks for rows committed by other replicas (its own commits wake
+    /// it at once).
+    pub poll_millis: u64,
+    /// Rows older than this are dropped (counted in `tidings_mqtt_outbox_dropped`); 0 keeps
+    /// every row until the broker has it.
+    pub max_age_seconds: u64,
+    /// PEM CA bundle for `mqtts://`; unset: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for brokers that authenticate clients by TLS.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -292,6 +326,73 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(url) = &self.mqtt.url {
+            let url = url.expose_secret();
+            if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) {
+                return Err(SettingsError::invalid(
+                    "TIDINGS__MQTT__URL",
+                    "must start with mqtt:// or mqtts://",
+                ));
+            }
+            let prefix = &self.mqtt.topic_prefix;
+            if prefix.is_empty()
+                || prefix.contains(['+', '#', '\0'])
+                || prefix.starts_with('/')
+                || prefix.ends_with('/')
+            {
+                return Err(SettingsError::invalid(
+                    "TIDINGS__MQTT__TOPIC_PREFIX",
+                    "must be a topic such as tidings: not empty, no + or #, no leading or trailing /",
+                ));
+            }
+            for (name, value) in [
+                ("TIDINGS__MQTT__INFLIGHT", u64::from(self.mqtt.inflight)),
+                (
+                    "TIDINGS__MQTT__BATCH_USERS",
+                    u64::from(self.mqtt.batch_users),
+                ),
+                (
+                    "TIDINGS__MQTT__BATCH_PER_USER",
+                    u64::from(self.mqtt.batch_per_user),
+                ),
+                (
+                    "TIDINGS__MQTT__KEEP_ALIVE_SECONDS",
+                    self.mqtt.keep_alive_seconds,
+                ),
+                (
+                    "TIDINGS__MQTT__ACK_TIMEOUT_SECONDS",
+                    self.mqtt.ack_timeout_seconds,
+                ),
+                ("TIDINGS__MQTT__POLL_MILLIS", self.mqtt.poll_millis),
+            ] {
+                if value == 0 {
+                    return Err(SettingsError::invalid(name, "must be greater than 0"));
+                }
+            }
+            if self
+                .mqtt
+                .batch_users
+                .saturating_mul(self.mqtt.batch_per_user)
+                > 10_000
+            {
+                return Err(SettingsError::invalid(
+                    "TIDINGS__MQTT__BATCH_USERS",
+                    "batch_users × batch_per_user must be at most 10000",
+                ));
+            }
+            if self.mqtt.keep_alive_seconds < 5 {
+                return Err(SettingsError::invalid(
+                    "TIDINGS__MQTT__KEEP_ALIVE_SECONDS",
+                    "must be at least 5",
+                ));
+            }
+            if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
+                return Err(SettingsError::invalid(
+                    "TIDINGS__MQTT__CLIENT_KEY_FILE",
+                    "a client certificate needs its key, and a key its certificate",
+                ));
+            }
+        }
         for origin in &self.server.allowed_origins {
             if origin != "*" && url::Url::parse(origin).is_err() {
                 return Err(SettingsError::invalid(
@@ -406,7 +507,20 @@ fn defaults(
         .set_default("auth.secret_file", "tidings.secret")?
         .set_default("auth.generate_secret", !production)?
         .set_default("log.format", if production { "json" } else { "pretty" })?
-        .set_default("log.level", "info")?)
+        .set_default("log.level", "info")?
+        .set_default("mqtt.url", None::<String>)?
+        .set_default("mqtt.topic_prefix", "tidings")?
+        .set_default("mqtt.client_id", None::<String>)?
+        .set_default("mqtt.keep_alive_seconds", 30)?
+        .set_default("mqtt.inflight", 100)?
+        .set_default("mqtt.batch_users", 50)?
+        .set_default("mqtt.batch_per_user", 20)?
+        .set_default("mqtt.ack_timeout_seconds", 30)?
+        .set_default("mqtt.poll_millis", 250)?
+        .set_default("mqtt.max_age_seconds", 0)?
+        .set_default("mqtt.ca_file", None::<String>)?
+        .set_default("mqtt.client_cert_file", None::<String>)?
+        .set_default("mqtt.client_key_file", None::<String>)?)
 }
 
 fn generate_secret() -> String {
@@ -514,6 +628,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TIDINGS__SERVER__BODY_TIMEOUT_SECONDS"));
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        s.mqtt.url = Some(SecretString::from("http://broker"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TIDINGS__MQTT__URL"));
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        s.mqtt.url = Some(SecretString::from("mqtt://broker"));
+        s.mqtt.topic_prefix = "a/#".into();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TIDINGS__MQTT__TOPIC_PREFIX"));
         let mut s = Settings::defaults(Profile::Local).unwrap();
         s.database.url = SecretString::from("mysql://x");
         assert!(s

@@ -79,6 +79,31 @@ const RULES: &[(&str, &str, &str)] = &[
     ("notifier", "crate::grpc", "the core never imports a face"),
     ("bus", "crate::grpc", "the core never imports a face"),
     (
+        "bridges",
+        "crate::http",
+        "a bridge stands on the store's outbox, not on the HTTP faces",
+    ),
+    (
+        "bridges",
+        "crate::api",
+        "a bridge stands on the store's outbox, not on the HTTP faces",
+    ),
+    (
+        "store",
+        "crate::bridges",
+        "the store writes the outbox; the bridge reads it, not the other way",
+    ),
+    (
+        "hub",
+        "crate::bridges",
+        "nothing in the core knows the bridges",
+    ),
+    (
+        "notifier",
+        "crate::bridges",
+        "nothing in the core knows the bridges",
+    ),
+    (
         "domain",
         "crate::",
         "domain is the floor every layer stands on",

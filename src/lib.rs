@@ -6,12 +6,14 @@
 //! recipient's per-user actor on whichever replica holds the user's connections, and the
 //! faces write it out: [`transports`] as SSE, NDJSON, the hidden-iframe stream, long-poll,
 //! WebSocket or STOMP, [`api`] as the REST inbox, and [`grpc`] as gRPC and gRPC-Web on a
-//! listener of its own. [`http`] is the plumbing every HTTP face stands on, [`routes`] puts
-//! the faces together, [`domain`] holds the types all of them share, and [`shutdown`] is
-//! the one signal that stops them in order.
+//! listener of its own; [`bridges`] push what committed to other systems (an MQTT broker)
+//! from the store's transactional outbox. [`http`] is the plumbing every HTTP face stands
+//! on, [`routes`] puts the faces together, [`domain`] holds the types all of them share,
+//! and [`shutdown`] is the one signal that stops them in order.
 
 pub mod api;
 pub mod auth;
+pub mod bridges;
 pub mod bus;
 pub mod configuration;
 pub mod domain;

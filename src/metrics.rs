@@ -55,6 +55,82 @@ pub struct Metrics {
     pub latency: Histogram,
     pub bus_reconnects: Counter,
     pub slow_consumers: Counter,
+    /// Present when the MQTT bridge is on.
+    pub mqtt: Option<MqttMetrics>,
+}
+
+/// The MQTT bridge's metrics; registered only when the bridge is on.
+#[derive(Clone, Debug)]
+pub struct MqttMetrics {
+    /// Publishes handed to the broker (repeats after a reconnect count again).
+    pub published: Counter,
+    /// Publishes the broker acknowledged (PUBACK): their rows are deleted.
+    pub acknowledged: Counter,
+    /// Batches abandoned because the broker went away or did not acknowledge in time.
+    pub failures: Counter,
+    /// Rows dropped unpublished because they passed `TIDINGS__MQTT__MAX_AGE_SECONDS`.
+    pub dropped: Counter,
+    /// Rows waiting in the outbox (counted up to a cap), as last measured.
+    pub outbox_depth: Gauge,
+    /// 1 while this replica's bridge holds an acknowledged connection to the broker.
+    pub connected: Gauge,
+    /// From handing a publish to the broker to its PUBACK.
+    pub ack_latency: Histogram,
+}
+
+impl MqttMetrics {
+    fn new() -> Self {
+        Self {
+            published: Counter::default(),
+            acknowledged: Counter::default(),
+            failures: Counter::default(),
+            dropped: Counter::default(),
+            outbox_depth: Gauge::default(),
+            connected: Gauge::default(),
+            ack_latency: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
+            ),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("mqtt");
+        r.register(
+            "published",
+            "Publishes handed to the MQTT broker",
+            self.published.clone(),
+        );
+        r.register(
+            "acknowledged",
+            "Publishes the MQTT broker acknowledged (PUBACK)",
+            self.acknowledged.clone(),
+        );
+        r.register(
+            "failures",
+            "MQTT batches abandoned (broker gone or no PUBACK in time); their rows are retried",
+            self.failures.clone(),
+        );
+        r.register(
+            "outbox_dropped",
+            "Outbox rows dropped unpublished for passing the configured maximum age",
+            self.dropped.clone(),
+        );
+        r.register(
+            "outbox_depth",
+            "Rows waiting in the MQTT outbox",
+            self.outbox_depth.clone(),
+        );
+        r.register(
+            "connected",
+            "1 while the bridge is connected to the MQTT broker",
+            self.connected.clone(),
+        );
+        r.register(
+            "ack_latency_seconds",
+            "From publish to PUBACK",
+            self.ack_latency.clone(),
+        );
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +147,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_mqtt(false)
+    }
+
+    /// The metrics, with the MQTT bridge's when it is on.
+    pub fn with_mqtt(mqtt: bool) -> Self {
         let mut registry = Registry::with_prefix("tidings");
         let connections = Family::<TransportLabel, Gauge>::default();
         let published = Counter::default();
@@ -121,7 +202,13 @@ impl Metrics {
         ] {
             let _ = connections.get_or_create(&TransportLabel { transport });
         }
+        let mqtt = mqtt.then(|| {
+            let m = MqttMetrics::new();
+            m.register(&mut registry);
+            m
+        });
         Self {
+            mqtt,
             registry: Arc::new(registry),
             connections,
             published,

@@ -1,6 +1,7 @@
 //! Wiring: settings in, a bound server out.
 
 use crate::auth::Authenticator;
+use crate::bridges;
 use crate::bus::{Bus, RedisBus};
 use crate::configuration::{JwtAlgorithm, Settings};
 use crate::domain::{Page, Seq, UserId};
@@ -11,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::notifier::Notifier;
 use crate::routes;
 use crate::shutdown::Shutdown;
-use crate::store::{ListQuery, Store};
+use crate::store::{ListQuery, Outbox, Store};
 use crate::telemetry::{Chain, RedactingRootSpan};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
@@ -74,9 +75,16 @@ impl Application {
         let auth = Arc::new(authenticator(&settings)?);
         let shutdown = Shutdown::new();
         let stopping = shutdown.child();
+        let mqtt_url = settings.mqtt.url.as_ref().map(|u| u.expose_secret());
+        // The outbox is written only when a bridge reads it: otherwise it would only grow.
+        let outbox = match mqtt_url {
+            Some(_) => Outbox::on(),
+            None => Outbox::off(),
+        };
         let store = Store::connect(
             settings.database.url.expose_secret(),
             settings.database.max_connections,
+            outbox,
             &shutdown.child(),
         )
         .await?;
@@ -97,7 +105,18 @@ impl Application {
             .map(|l| l.local_addr().map(|a| a.port()))
             .transpose()?;
 
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_mqtt(mqtt_url.is_some());
+        // Under the root: it stops with the bus and the committers, after the server has
+        // drained, so the last requests' rows are published if the broker is there.
+        if let (Some(url), Some(m)) = (mqtt_url, &metrics.mqtt) {
+            bridges::mqtt::start(
+                store.clone(),
+                &settings.mqtt,
+                url,
+                m.clone(),
+                &shutdown.child(),
+            )?;
+        }
         let hub = Hub::new(
             layer(Arc::new(StoreHistory(store.clone()))),
             metrics.clone(),

@@ -17,6 +17,25 @@ pub struct Health {
     /// clients, so the bus alone does not make it unready.
     #[serde(skip_serializing_if = "Option::is_none")]
     bus: Option<&'static str>,
+    /// Present when the MQTT bridge is on. A broker that is down does not make the replica
+    /// unready: the inbox is the source of truth, and the outbox keeps what the broker missed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtt: Option<MqttHealth>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MqttHealth {
+    /// `up` or `down`: whether this replica's bridge is connected to the broker.
+    broker: &'static str,
+    /// Rows waiting in the outbox, as last measured (every few seconds).
+    outbox: i64,
+}
+
+fn mqtt_health(state: &AppState) -> Option<MqttHealth> {
+    state.hub.metrics().mqtt.as_ref().map(|m| MqttHealth {
+        broker: if m.connected.get() == 1 { "up" } else { "down" },
+        outbox: m.outbox_depth.get(),
+    })
 }
 
 /// 200 while the process serves.
@@ -27,6 +46,7 @@ pub async fn healthz() -> HttpResponse {
         status: "ok",
         database: None,
         bus: None,
+        mqtt: None,
     })
 }
 
@@ -43,6 +63,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             status: "shutting down",
             database: None,
             bus,
+            mqtt: mqtt_health(&state),
         });
     }
     let database_up = matches!(
@@ -53,6 +74,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         status: if database_up { "ready" } else { "not ready" },
         database: Some(if database_up { "up" } else { "down" }),
         bus,
+        mqtt: mqtt_health(&state),
     };
     if database_up {
         HttpResponse::Ok().json(body)

@@ -13,7 +13,8 @@
 //! Publishes with an `Idempotency-Key` take the single-request path: their claim-or-replay
 //! step must see other requests' commits, which a shared transaction would hide.
 
-use super::{Counts, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
+use super::postgres::OutboxColumns;
+use super::{Counts, Outbox, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
 use crate::domain::Seq;
 use crate::shutdown::Shutdown;
 use crate::telemetry::Chain;
@@ -46,11 +47,17 @@ impl GroupCommit {
     /// Starts the committers. They end when `shutdown` is cancelled (after committing
     /// what is queued by then) or when the last handle is dropped; a publish after that is
     /// refused as "unavailable", never left waiting.
-    pub fn start(pool: PgPool, shutdown: &Shutdown) -> Self {
+    /// With the outbox on, each batch also writes its outbox rows in its transaction.
+    pub fn start(pool: PgPool, outbox: Outbox, shutdown: &Shutdown) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..COMMITTERS {
-            shutdown.spawn(committer(pool.clone(), rx.clone(), shutdown.clone()));
+            shutdown.spawn(committer(
+                pool.clone(),
+                outbox.clone(),
+                rx.clone(),
+                shutdown.clone(),
+            ));
         }
         Self { tx }
     }
@@ -67,7 +74,12 @@ impl GroupCommit {
     }
 }
 
-async fn committer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, shutdown: Shutdown) {
+async fn committer(
+    pool: PgPool,
+    outbox: Outbox,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    shutdown: Shutdown,
+) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS);
     loop {
         {
@@ -95,10 +107,14 @@ async fn committer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, shutdown: 
         }
         let prepared: Vec<PreparedPublish<'_>> =
             jobs.iter().map(|j| PreparedPublish::new(&j.cmd)).collect();
-        let mut result = commit(&pool, &prepared).await;
+        let with_outbox = outbox.is_on();
+        let mut result = commit(&pool, &prepared, with_outbox).await;
         if matches!(&result, Err(StoreError::Database(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
         {
-            result = commit(&pool, &prepared).await;
+            result = commit(&pool, &prepared, with_outbox).await;
+        }
+        if result.is_ok() && with_outbox {
+            outbox.poke();
         }
         drop(prepared);
         match result {
@@ -133,6 +149,7 @@ fn replicate(e: &StoreError) -> StoreError {
 async fn commit(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
+    with_outbox: bool,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     // How many notifications each user gets in this batch, in lock (sorted) order.
     let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
@@ -171,6 +188,8 @@ async fn commit(
 
     let mut per_job: Vec<Vec<Counts>> = Vec::with_capacity(batch.len());
     let mut columns = Columns::default();
+    // In batch order: per user, seq order.
+    let mut outbox = OutboxColumns::default();
     for prep in batch {
         let mut bumped = Vec::with_capacity(prep.rows.len());
         let data = prep.data_json();
@@ -191,10 +210,14 @@ async fn commit(
             };
             bumped.push(counts);
             columns.push(user.as_str(), counts.seq, *id, prep, data.clone());
+            if with_outbox {
+                outbox.push_delivery(user.as_str(), &prep.notification(*id, counts.seq), &counts);
+            }
         }
         per_job.push(bumped);
     }
     columns.insert(&mut tx).await?;
+    outbox.insert(&mut tx).await?;
     tx.commit().await?;
     Ok(batch
         .iter()

@@ -11,6 +11,7 @@
 //! order so that two multi-recipient publishes cannot deadlock each other.
 
 mod group_commit;
+mod outbox;
 mod postgres;
 mod sqlite;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
+pub use outbox::{Outbox, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -186,19 +188,22 @@ macro_rules! dispatch {
 
 impl Store {
     /// Connects, creating an SQLite file if needed, and runs the embedded migrations.
-    /// Background tasks (Postgres's group committers) run under `shutdown`.
+    /// Background tasks (Postgres's group committers) run under `shutdown`. With the
+    /// outbox on (the MQTT bridge is configured), every publish and every change of an
+    /// unread count also writes its outbox rows in the same transaction.
     pub async fn connect(
         url: &str,
         max_connections: u32,
+        outbox: Outbox,
         shutdown: &Shutdown,
     ) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(
-                SqliteStore::connect(url, max_connections).await?,
+                SqliteStore::connect(url, max_connections, outbox).await?,
             ))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(
-                PgStore::connect(url, max_connections, shutdown).await?,
+                PgStore::connect(url, max_connections, outbox, shutdown).await?,
             ))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
@@ -282,6 +287,65 @@ impl Store {
 
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
+    }
+
+    /// Whether outbox rows are written, and the signal that some were.
+    pub fn outbox(&self) -> &Outbox {
+        dispatch!(self, s => s.outbox())
+    }
+
+    /// Takes the oldest outbox rows, in id order, for at most `users` users and at most
+    /// `per_user` rows each. On Postgres the lease is a transaction that holds each of those
+    /// users' oldest row locked (`FOR UPDATE SKIP LOCKED`): another replica skips those users
+    /// until the lease ends, so one user's rows are published by one worker at a time, in
+    /// order, while other users' rows go to other workers. A replica that dies mid-lease
+    /// drops its connection; Postgres rolls the lease back and the rows go to the others.
+    pub async fn outbox_lease(&self, users: u32, per_user: u32) -> Result<OutboxLease, StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok(OutboxLease::Sqlite(
+                s.outbox_lease(users.saturating_mul(per_user)).await?,
+            )),
+            Store::Postgres(s) => Ok(OutboxLease::Postgres(
+                s.outbox_lease(users, per_user).await?,
+            )),
+        }
+    }
+
+    /// Rows waiting, counted up to `cap` (a full count of a huge backlog would itself be slow).
+    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.outbox_depth(cap).await)
+    }
+
+    /// Drops rows written before `cutoff`; returns how many.
+    pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.outbox_drop_before(cutoff).await)
+    }
+}
+
+/// Outbox rows taken by one bridge worker, released by [`OutboxLease::complete`] (or, on
+/// Postgres, rolled back when dropped).
+#[derive(Debug)]
+pub enum OutboxLease {
+    Sqlite(sqlite::Lease),
+    Postgres(postgres::Lease),
+}
+
+impl OutboxLease {
+    /// In id order: per user, commit order.
+    pub fn rows(&self) -> &[OutboxRow] {
+        match self {
+            OutboxLease::Sqlite(l) => &l.rows,
+            OutboxLease::Postgres(l) => &l.rows,
+        }
+    }
+
+    /// Deletes the rows whose publishes the broker acknowledged (and any made redundant),
+    /// and ends the lease.
+    pub async fn complete(self, done: &[i64]) -> Result<(), StoreError> {
+        match self {
+            OutboxLease::Sqlite(l) => l.complete(done).await,
+            OutboxLease::Postgres(l) => l.complete(done).await,
+        }
     }
 }
 

@@ -5,9 +5,10 @@
 //! arrays. A transaction that loses a deadlock or serialization race is retried whole.
 
 use super::group_commit::GroupCommit;
+use super::outbox::{rows_for, unread_payload};
 use super::{
-    replay, Counts, ListQuery, MarkRead, Page, PreparedPublish, PublishCommand, PublishOutcome,
-    ReadOutcome, StoreError,
+    replay, Counts, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page, PreparedPublish,
+    PublishCommand, PublishOutcome, ReadOutcome, StoreError,
 };
 use crate::domain::{now_micros, Notification, Seq, TopicName, UserId};
 use crate::shutdown::Shutdown;
@@ -28,7 +29,18 @@ pub struct PgStore {
     pool: PgPool,
     read_pool: PgPool,
     group: GroupCommit,
+    outbox: Outbox,
+    /// The bridge's own connections: a lease holds one for as long as the broker takes to
+    /// acknowledge a batch, which must never take a connection publishing needs.
+    outbox_pool: Option<PgPool>,
 }
+
+/// Rows of the outbox window a lease looks at to find users with work: the oldest first, so
+/// no user waits behind newer rows, and bounded, so a huge backlog costs no more per lease.
+const LEASE_WINDOW_PER_USER: i64 = 16;
+/// A lease that outlives this (a replica frozen mid-batch) is ended by Postgres, so its
+/// users go to other workers.
+const LEASE_TIMEOUT: &str = "60s";
 
 const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at, topic";
 const ATTEMPTS: usize = 5;
@@ -37,6 +49,7 @@ impl PgStore {
     pub async fn connect(
         url: &str,
         max_connections: u32,
+        outbox: Outbox,
         shutdown: &Shutdown,
     ) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("tidings");
@@ -49,14 +62,31 @@ impl PgStore {
         let read_pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.application_name("tidings-read"))
+            .connect_with(options.clone().application_name("tidings-read"))
             .await?;
-        let group = GroupCommit::start(pool.clone(), shutdown);
+        let outbox_pool = if outbox.is_on() {
+            Some(
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options.application_name("tidings-mqtt"))
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let group = GroupCommit::start(pool.clone(), outbox.clone(), shutdown);
         Ok(Self {
             pool,
             read_pool,
             group,
+            outbox,
+            outbox_pool,
         })
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -166,6 +196,13 @@ impl PgStore {
         .await?;
 
         let outcome = prep.outcome(&bumped);
+        if self.outbox.is_on() {
+            let mut rows = OutboxColumns::default();
+            for d in &outcome.deliveries {
+                rows.push_delivery(d.recipient.as_str(), &d.notification, &d.counts);
+            }
+            rows.insert(&mut tx).await?;
+        }
         if let Some(idem) = &cmd.idempotency {
             let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
             sqlx::query(
@@ -178,6 +215,7 @@ impl PgStore {
             .await?;
         }
         tx.commit().await?;
+        self.outbox.poke();
         Ok(outcome)
     }
 
@@ -278,7 +316,16 @@ impl PgStore {
                 .await?;
         }
         let counts = counts(&mut tx, user).await?;
+        let announce = changed > 0 && self.outbox.is_on();
+        if announce {
+            let mut rows = OutboxColumns::default();
+            rows.push(user.as_str(), OutboxKind::Unread, unread_payload(&counts));
+            rows.insert(&mut tx).await?;
+        }
         tx.commit().await?;
+        if announce {
+            self.outbox.poke();
+        }
         Ok(ReadOutcome { counts, changed })
     }
 
@@ -367,6 +414,157 @@ impl PgStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.read_pool.close().await;
+        if let Some(p) = &self.outbox_pool {
+            p.close().await;
+        }
+    }
+
+    fn outbox_pool(&self) -> &PgPool {
+        self.outbox_pool.as_ref().unwrap_or(&self.pool)
+    }
+
+    pub async fn outbox_lease(&self, users: u32, per_user: u32) -> Result<Lease, StoreError> {
+        let mut tx = self.outbox_pool().begin().await?;
+        sqlx::query(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = '{LEASE_TIMEOUT}'"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        // Each user's oldest row is that user's lock: whoever holds it publishes the user's
+        // rows; the others skip the user. A later row of a held user is never a head, so it
+        // is never taken by anyone else either.
+        let heads: Vec<String> = sqlx::query_scalar(
+            "SELECT o.user_id FROM mqtt_outbox o
+             WHERE o.id IN (
+                 SELECT min(w.id) FROM (SELECT id, user_id FROM mqtt_outbox ORDER BY id LIMIT $1) w
+                 GROUP BY w.user_id)
+             ORDER BY o.id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(i64::from(users).saturating_mul(LEASE_WINDOW_PER_USER))
+        .bind(i64::from(users))
+        .fetch_all(&mut *tx)
+        .await?;
+        if heads.is_empty() {
+            tx.rollback().await?;
+            return Ok(Lease {
+                rows: Vec::new(),
+                tx: None,
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT r.id, r.user_id, r.kind, r.payload
+             FROM unnest($1::text[]) AS u(user_id)
+             CROSS JOIN LATERAL (
+                 SELECT id, user_id, kind, payload FROM mqtt_outbox
+                 WHERE user_id = u.user_id ORDER BY id LIMIT $2) r
+             ORDER BY r.id",
+        )
+        .bind(&heads)
+        .bind(i64::from(per_user))
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(Lease {
+            rows: rows.iter().filter_map(outbox_row).collect(),
+            tx: Some(tx),
+        })
+    }
+
+    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM mqtt_outbox LIMIT $1) t")
+                .bind(cap)
+                .fetch_one(self.outbox_pool())
+                .await?,
+        )
+    }
+
+    pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        // SKIP LOCKED: rows under a live lease are being published right now; leave them.
+        Ok(sqlx::query(
+            "DELETE FROM mqtt_outbox WHERE id IN (
+                 SELECT id FROM mqtt_outbox WHERE created_at < $1 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cutoff)
+        .execute(self.outbox_pool())
+        .await?
+        .rows_affected())
+    }
+}
+
+/// A worker's hold on some users' outbox rows: an open transaction holding each user's
+/// oldest row locked until [`Lease::complete`] commits the deletions (or the lease is
+/// dropped, or its connection dies, and Postgres rolls it back).
+#[derive(Debug)]
+pub struct Lease {
+    pub(super) rows: Vec<OutboxRow>,
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+impl Lease {
+    pub async fn complete(self, done: &[i64]) -> Result<(), StoreError> {
+        let Some(mut tx) = self.tx else {
+            return Ok(());
+        };
+        if !done.is_empty() {
+            sqlx::query("DELETE FROM mqtt_outbox WHERE id = ANY($1::bigint[])")
+                .bind(done)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A row with a kind this version does not know is skipped (left in place), not fatal.
+fn outbox_row(r: &PgRow) -> Option<OutboxRow> {
+    Some(OutboxRow {
+        id: r.try_get(0).ok()?,
+        user: r.try_get(1).ok()?,
+        kind: OutboxKind::parse(r.try_get::<&str, _>(2).ok()?)?,
+        payload: r.try_get(3).ok()?,
+    })
+}
+
+/// Outbox rows for one `unnest` insert, in the order they must be published.
+#[derive(Default)]
+pub(super) struct OutboxColumns {
+    users: Vec<String>,
+    kinds: Vec<&'static str>,
+    payloads: Vec<String>,
+}
+
+impl OutboxColumns {
+    pub fn push(&mut self, user: &str, kind: OutboxKind, payload: String) {
+        self.users.push(user.to_owned());
+        self.kinds.push(kind.as_str());
+        self.payloads.push(payload);
+    }
+
+    pub fn push_delivery(&mut self, user: &str, n: &Notification, counts: &Counts) {
+        for (kind, payload) in rows_for(n, counts) {
+            self.push(user, kind, payload);
+        }
+    }
+
+    /// Ids follow `ord`, so each user's rows get ids in the order they were pushed.
+    pub async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        if self.users.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO mqtt_outbox (user_id, kind, payload)
+             SELECT u, k, p FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(u, k, p, ord)
+             ORDER BY ord",
+        )
+        .bind(&self.users)
+        .bind(&self.kinds)
+        .bind(&self.payloads)
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 }
 

@@ -5,9 +5,10 @@
 //! through a pool of exactly one connection, so they queue in-process; reads use a separate
 //! pool and, in WAL mode, never wait for the writer.
 
+use super::outbox::{rows_for, unread_payload};
 use super::{
-    replay, Counts, ListQuery, MarkRead, Page, PreparedPublish, PublishCommand, PublishOutcome,
-    ReadOutcome, StoreError,
+    replay, Counts, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page, PreparedPublish,
+    PublishCommand, PublishOutcome, ReadOutcome, StoreError,
 };
 use crate::domain::{format_time, now_micros, Notification, Seq, TopicName, UserId};
 use chrono::{DateTime, Utc};
@@ -22,12 +23,17 @@ use std::time::Duration;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    outbox: Outbox,
 }
 
 const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at, topic";
 
 impl SqliteStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        outbox: Outbox,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -46,7 +52,15 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            outbox,
+        })
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -127,6 +141,11 @@ impl SqliteStore {
             .bind(n.topic.as_ref().map(|t| t.as_str()))
             .execute(&mut *tx)
             .await?;
+            if self.outbox.is_on() {
+                for (kind, payload) in rows_for(&prep.notification(*id, counts.seq), &counts) {
+                    insert_outbox(&mut tx, user, kind, &payload, &created_at).await?;
+                }
+            }
             bumped.push(counts);
         }
 
@@ -143,6 +162,7 @@ impl SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        self.outbox.poke();
         Ok(outcome)
     }
 
@@ -236,7 +256,15 @@ impl SqliteStore {
                 .await?;
         }
         let counts = counts(&mut tx, user).await?;
+        let announce = changed > 0 && self.outbox.is_on();
+        if announce {
+            let payload = unread_payload(&counts);
+            insert_outbox(&mut tx, user, OutboxKind::Unread, &payload, &now).await?;
+        }
         tx.commit().await?;
+        if announce {
+            self.outbox.poke();
+        }
         Ok(ReadOutcome { counts, changed })
     }
 
@@ -332,6 +360,88 @@ impl SqliteStore {
         self.writer.close().await;
         self.reader.close().await;
     }
+}
+
+/// Outbox rows for a lease: SQLite serves one replica, so no one else can take them and
+/// the lease holds no lock.
+#[derive(Debug)]
+pub struct Lease {
+    pub(super) rows: Vec<OutboxRow>,
+    writer: SqlitePool,
+}
+
+impl Lease {
+    pub async fn complete(self, done: &[i64]) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::to_string(done).unwrap_or_else(|_| "[]".into());
+        sqlx::query("DELETE FROM mqtt_outbox WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(ids)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    pub async fn outbox_lease(&self, limit: u32) -> Result<Lease, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, user_id, kind, payload FROM mqtt_outbox ORDER BY id LIMIT ?1")
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(Lease {
+            rows: rows.iter().filter_map(outbox_row).collect(),
+            writer: self.writer.clone(),
+        })
+    }
+
+    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM mqtt_outbox LIMIT ?1)")
+                .bind(cap)
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
+    pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM mqtt_outbox WHERE created_at < ?1")
+            .bind(format_time(&cutoff))
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
+    }
+}
+
+/// A row with a kind this version does not know is skipped (left in place), not fatal.
+fn outbox_row(r: &SqliteRow) -> Option<OutboxRow> {
+    Some(OutboxRow {
+        id: r.try_get(0).ok()?,
+        user: r.try_get(1).ok()?,
+        kind: OutboxKind::parse(r.try_get::<&str, _>(2).ok()?)?,
+        payload: r.try_get(3).ok()?,
+    })
+}
+
+async fn insert_outbox(
+    tx: &mut sqlx::SqliteConnection,
+    user: &UserId,
+    kind: OutboxKind,
+    payload: &str,
+    created_at: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO mqtt_outbox (user_id, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .bind(user.as_str())
+    .bind(kind.as_str())
+    .bind(payload)
+    .bind(created_at)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Counts, StoreError> {

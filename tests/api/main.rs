@@ -10,6 +10,7 @@ mod hardening;
 mod idempotency;
 mod inbox;
 mod live;
+mod mqtt;
 mod operations;
 mod publish;
 mod streams;
