@@ -36,6 +36,7 @@ pub const MAX_TIMEOUT: i64 = 120;
         (status = 204, description = "Nothing new before the timeout: poll again with the same cursor."),
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 429, body = crate::http::error::Problem, content_type = "application/problem+json", description = "This user holds the maximum of connections per user on this replica (TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER); close one, or see Retry-After."),
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("user_token" = []))

@@ -58,6 +58,7 @@ impl Format for Ndjson {
     responses(
         (status = 200, content_type = "application/x-ndjson", body = String, description = "One JSON event per line."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 429, body = crate::http::error::Problem, content_type = "application/problem+json", description = "This user holds the maximum of connections per user on this replica (TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER); close one, or see Retry-After."),
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("user_token" = []))

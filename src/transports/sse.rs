@@ -26,6 +26,7 @@ use std::fmt::Write;
         (status = 200, content_type = "text/event-stream", body = String, description = "The event stream."),
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 429, body = crate::http::error::Problem, content_type = "application/problem+json", description = "This user holds the maximum of connections per user on this replica (TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER); close one, or see Retry-After."),
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
     ),
     security(("user_token" = []))

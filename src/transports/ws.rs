@@ -39,6 +39,7 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
         (status = 101, description = "Switching to the WebSocket protocol."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The Origin is not allowed."),
+        (status = 429, body = crate::http::error::Problem, content_type = "application/problem+json", description = "This user holds the maximum of connections per user on this replica (TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER); close one, or see Retry-After."),
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("user_token" = []))
