@@ -199,6 +199,7 @@ start_tidings() {
   # A fresh working directory: no .env or tidings.toml of the caller is read.
   (cd "$dir" && exec env -u TIDINGS_CONFIG -u RUST_LOG \
     TIDINGS__SERVER__LISTEN="127.0.0.1:$port" \
+    TIDINGS__GRPC__LISTEN=off \
     TIDINGS__DATABASE__URL="$db_url" \
     TIDINGS__LOG__LEVEL="${TIDINGS__LOG__LEVEL:-warn}" \
     TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS="${TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS:-2}" \

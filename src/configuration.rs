@@ -72,6 +72,11 @@ pub struct ServerSettings {
     pub heartbeat_seconds: u64,
     /// Open streams, sockets and waiting long-polls this replica accepts before answering 503.
     pub max_connections: usize,
+    /// Of those, how many one user may hold (429 past it), so that one client cannot take
+    /// them all. Far above what a browser needs: a tab leader holds one stream for all tabs,
+    /// and even one stream per tab stays under it, beside a full STOMP session (one hub
+    /// connection per subscription, up to 32).
+    pub max_connections_per_user: usize,
     /// Events buffered per connection before a slow client is cut off.
     pub connection_queue: usize,
     /// How long a stopping replica waits for in-flight work before it exits.
@@ -287,6 +292,10 @@ impl Settings {
                 self.server.max_connections,
             ),
             (
+                "TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER",
+                self.server.max_connections_per_user,
+            ),
+            (
                 "TIDINGS__SERVER__CONNECTION_QUEUE",
                 self.server.connection_queue,
             ),
@@ -493,6 +502,7 @@ fn defaults(
         .set_default("server.allowed_origins", Vec::<String>::new())?
         .set_default("server.heartbeat_seconds", 15)?
         .set_default("server.max_connections", 20_000)?
+        .set_default("server.max_connections_per_user", 64)?
         .set_default("server.connection_queue", 256)?
         .set_default("server.shutdown_grace_seconds", 10)?
         .set_default("server.workers", 0)?

@@ -105,6 +105,7 @@ impl Application {
             .map(|l| l.local_addr().map(|a| a.port()))
             .transpose()?;
 
+        let max_connections = connection_cap(&settings, raise_fd_limit());
         let metrics = Metrics::with_mqtt(mqtt_url.is_some());
         // Under the root: it stops with the bus and the committers, after the server has
         // drained, so the last requests' rows are published if the broker is there.
@@ -121,7 +122,8 @@ impl Application {
             layer(Arc::new(StoreHistory(store.clone()))),
             metrics.clone(),
             HubSettings {
-                max_connections: settings.server.max_connections,
+                max_connections,
+                max_connections_per_user: settings.server.max_connections_per_user,
                 connection_queue: settings.server.connection_queue,
             },
             stopping.child().token().clone(),
@@ -183,6 +185,13 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .on_connect(move |io, _| set_stall_timeout(io, stalled))
+        // A client that closes its side (FIN) is gone: end the connection at once, which
+        // drops a waiting long-poll's handler or a stream's body and so frees its place in
+        // the hub. With half-closed connections allowed (actix's default) the dispatcher
+        // keeps serving the response, and a stream is noticed closed only when a heartbeat
+        // write fails, the second one after the close: twice the heartbeat later. No
+        // browser, proxy or EventSource half-closes an HTTP/1.1 request it awaits.
+        .h1_allow_half_closed(false)
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(grace.as_secs());
@@ -286,6 +295,91 @@ impl Application {
         self.store.close().await;
         result
     }
+}
+
+/// File descriptors a replica keeps for other things than its clients' connections: per
+/// database connection up to three (SQLite opens the database, its WAL and its shared
+/// memory) in each of two pools (Postgres has a write and a read pool), plus
+/// [`FD_RESERVE_FIXED`].
+const FD_PER_DATABASE_CONNECTION: u64 = 6;
+/// The listener, Redis, the runtime's epoll and wake-up descriptors per worker, stdio, log
+/// files, and room to accept and answer 503 to clients past the cap (each holds a descriptor
+/// while it is refused).
+const FD_RESERVE_FIXED: u64 = 256;
+
+/// Raises the soft open-file limit to the hard limit, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do: a service holding one descriptor per client needs many, and the
+/// soft limit it inherits (often 1,024) is a default for interactive shells. Returns the
+/// soft limit now in force, `None` when unlimited or unknown.
+#[cfg(unix)]
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current == before.maximum {
+        tracing::info!(
+            soft = ?before.current,
+            hard = ?before.maximum,
+            "open-file limit (already at the hard limit)"
+        );
+        return before.current;
+    }
+    let raised = Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            let after = getrlimit(Resource::Nofile);
+            tracing::info!(
+                soft_before = ?before.current,
+                soft = ?after.current,
+                hard = ?after.maximum,
+                "raised the open-file limit to the hard limit"
+            );
+            after.current
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                soft = ?before.current,
+                hard = ?before.maximum,
+                "could not raise the open-file limit"
+            );
+            before.current
+        }
+    }
+}
+
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> Option<u64> {
+    None
+}
+
+/// The connection cap this replica can honour with `fd_limit` descriptors. Past the
+/// configured cap clients get a clean 503; past the descriptor limit they would get nothing
+/// (the accept fails, the client hangs and the log fills with "Too many open files"), so a
+/// limit too low for `MAX_CONNECTIONS` lowers the cap instead, with a warning.
+pub fn connection_cap(settings: &Settings, fd_limit: Option<u64>) -> usize {
+    let configured = settings.server.max_connections;
+    let Some(limit) = fd_limit else {
+        return configured;
+    };
+    let reserve = FD_RESERVE_FIXED
+        + FD_PER_DATABASE_CONNECTION * u64::from(settings.database.max_connections);
+    let fits = usize::try_from(limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    if fits >= configured {
+        return configured;
+    }
+    let cap = fits.max(1);
+    tracing::warn!(
+        configured,
+        effective = cap,
+        open_file_limit = limit,
+        reserve,
+        "the open-file limit is too low for TIDINGS__SERVER__MAX_CONNECTIONS; lowering the \
+         connection cap (raise the hard limit, e.g. `ulimit -Hn` or the container's nofile)"
+    );
+    cap
 }
 
 /// Sets TCP_USER_TIMEOUT on an accepted connection: the kernel closes it when sent data

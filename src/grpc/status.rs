@@ -104,6 +104,9 @@ impl From<GrpcError> for Status {
             GrpcError::Hub(e @ HubError::Stopping) => {
                 Status::unavailable(format!("{e}; try again, on another replica"))
             }
+            GrpcError::Hub(e @ HubError::UserFull(_)) => {
+                Status::resource_exhausted(format!("{e}; close one, or try again later"))
+            }
             GrpcError::Hub(e @ HubError::Unavailable) => {
                 Status::unavailable(format!("{e}; try again shortly"))
             }
@@ -151,6 +154,10 @@ mod tests {
             (GrpcError::Hub(HubError::Full(1)), Code::ResourceExhausted),
             (GrpcError::Hub(HubError::Stopping), Code::Unavailable),
             (GrpcError::Hub(HubError::Unavailable), Code::Unavailable),
+            (
+                GrpcError::Hub(HubError::UserFull(1)),
+                Code::ResourceExhausted,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);

@@ -34,6 +34,11 @@ pub enum ApiError {
     /// With the methods the resource does allow, for the `Allow` header (RFC 9110 §15.5.6).
     #[error("this method is not allowed here; use {0}")]
     MethodNotAllowed(&'static str),
+    /// This user already holds their maximum of live connections on the replica: close one,
+    /// or try again later. Not a 503: the replica is fine, and a retry elsewhere would not
+    /// help a client that opens connections without end.
+    #[error("{detail}")]
+    TooManyConnections { detail: String, retry_after: u64 },
     /// A dependency is down or the replica is full or stopping: try again, maybe elsewhere.
     #[error("{detail}")]
     Unavailable {
@@ -90,6 +95,7 @@ impl ApiError {
             ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency key reused"),
             ApiError::NotFound => ("not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+            ApiError::TooManyConnections { .. } => ("too-many-connections", "Too many connections"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
@@ -112,6 +118,12 @@ impl From<StoreError> for ApiError {
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         let retry_after = match e {
+            HubError::UserFull(_) => {
+                return ApiError::TooManyConnections {
+                    detail: e.to_string(),
+                    retry_after: 10,
+                }
+            }
             HubError::Full(_) => 5,
             HubError::Stopping => 1,
             HubError::Unavailable => 2,
@@ -150,6 +162,7 @@ impl ResponseError for ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -198,6 +211,9 @@ impl ResponseError for ApiError {
             ApiError::Unavailable {
                 retry_after: Some(secs),
                 ..
+            }
+            | ApiError::TooManyConnections {
+                retry_after: secs, ..
             } => {
                 builder.insert_header((header::RETRY_AFTER, secs.to_string()));
             }

@@ -23,6 +23,7 @@ use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +84,12 @@ impl ConnControl {
 pub enum HubError {
     #[error("this replica holds its maximum of {0} connections")]
     Full(usize),
+    /// One user's own cap, so that a single client (a runaway loop, a leaked token) cannot
+    /// take every place on the replica and lock everyone else out.
+    #[error(
+        "you hold the maximum of {0} open connections per user on this replica; close some first"
+    )]
+    UserFull(usize),
     #[error("this replica is shutting down")]
     Stopping,
     #[error("the database cannot be read, so this stream has no starting point")]
@@ -120,6 +127,7 @@ impl Drop for ConnGuard {
         if inner.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             inner.idle.notify_waiters();
         }
+        inner.release_user_place(&self.user);
         inner.metrics.connection_closed(self.transport);
     }
 }
@@ -136,6 +144,8 @@ struct SessionHandle {
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     pub max_connections: usize,
+    /// Connections one user may hold on this replica, all transports together.
+    pub max_connections_per_user: usize,
     pub connection_queue: usize,
 }
 
@@ -152,10 +162,14 @@ struct HubInner {
     settings: HubSettings,
     next_id: AtomicU64,
     open: AtomicUsize,
+    /// Open connections per user, counted apart from the sessions map: a session's entry
+    /// lives as long as its actor, a place exactly as long as its [`Connection`].
+    per_user: Mutex<HashMap<UserId, usize>>,
     /// Cancelled when the replica starts to stop: new connections are refused.
     stopping: CancellationToken,
     /// Woken when the last open connection closes, for [`Hub::drained`].
     idle: Notify,
+    refusals: RefusalLog,
 }
 
 impl HubInner {
@@ -163,6 +177,79 @@ impl HubInner {
     /// elsewhere while holding it cannot leave the map half-changed, so poison is ignored.
     fn lock(&self) -> MutexGuard<'_, HashMap<UserId, SessionHandle>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_per_user(&self) -> MutexGuard<'_, HashMap<UserId, usize>> {
+        self.per_user.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one of `user`'s places, unless they hold all of them.
+    fn take_user_place(&self, user: &UserId) -> bool {
+        let max = self.settings.max_connections_per_user;
+        let mut per_user = self.lock_per_user();
+        let held = per_user.entry(user.clone()).or_insert(0);
+        if *held >= max {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    fn release_user_place(&self, user: &UserId) {
+        let mut per_user = self.lock_per_user();
+        if let Some(held) = per_user.get_mut(user) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                per_user.remove(user);
+            }
+        }
+    }
+
+    /// Logs a refused connection as one WARN line at most every [`REFUSAL_LOG_EVERY`]:
+    /// refusals come in floods (every client of a full replica retries), and a line per
+    /// refusal would drown the log in what the metrics already count.
+    fn log_refusal(&self, user: &UserId, error: &HubError) {
+        if let Some(suppressed) = self.refusals.allow(Instant::now()) {
+            tracing::warn!(
+                user = user.as_str(),
+                open = self.open.load(Ordering::Acquire),
+                suppressed,
+                "refused a connection: {error}"
+            );
+        }
+    }
+}
+
+/// How often a refused connection is logged at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// A rate limit for one log line: at most one per [`REFUSAL_LOG_EVERY`], carrying the
+/// number of lines left out since the last one.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    state: Mutex<RefusalLogState>,
+}
+
+#[derive(Debug, Default)]
+struct RefusalLogState {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// `Some(suppressed)` when a line may be written now, `None` when it is left out.
+    fn allow(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.last {
+            Some(last) if now.saturating_duration_since(last) < REFUSAL_LOG_EVERY => {
+                s.suppressed += 1;
+                None
+            }
+            _ => {
+                s.last = Some(now);
+                Some(std::mem::take(&mut s.suppressed))
+            }
+        }
     }
 }
 
@@ -181,8 +268,10 @@ impl Hub {
                 settings,
                 next_id: AtomicU64::new(1),
                 open: AtomicUsize::new(0),
+                per_user: Mutex::new(HashMap::new()),
                 stopping,
                 idle: Notify::new(),
+                refusals: RefusalLog::default(),
             }),
         }
     }
@@ -221,7 +310,12 @@ impl Hub {
         cursor: Cursor,
         transport: Transport,
     ) -> Result<Connection, HubError> {
-        let (conn, started) = self.register(user, cursor, transport)?;
+        self.take_places(user).inspect_err(|e| {
+            if *e != HubError::Stopping {
+                self.inner.log_refusal(user, e);
+            }
+        })?;
+        let (conn, started) = self.register(user, cursor, transport);
         if let Some(started) = started {
             // An error only means the actor dropped the connection (it was cut, or the
             // replica is stopping): the transport then sees its queue closed, as it would.
@@ -234,17 +328,14 @@ impl Hub {
         Ok(conn)
     }
 
-    /// Sends the actor a connection's join; for a [`Cursor::Live`] one, also the receiver
-    /// that fires once its starting point is fixed.
-    fn register(
-        &self,
-        user: &UserId,
-        cursor: Cursor,
-        transport: Transport,
-    ) -> Result<(Connection, Option<oneshot::Receiver<bool>>), HubError> {
+    /// Takes one of the replica's places and one of the user's, or neither.
+    fn take_places(&self, user: &UserId) -> Result<(), HubError> {
         let inner = &self.inner;
         if inner.stopping.is_cancelled() {
             return Err(HubError::Stopping);
+        }
+        if !inner.take_user_place(user) {
+            return Err(HubError::UserFull(inner.settings.max_connections_per_user));
         }
         let max = inner.settings.max_connections;
         if inner
@@ -254,8 +345,22 @@ impl Hub {
             })
             .is_err()
         {
+            inner.release_user_place(user);
             return Err(HubError::Full(max));
         }
+        Ok(())
+    }
+
+    /// Joins a connection whose places are taken to the user's session; for a
+    /// [`Cursor::Live`] one, also returns the receiver that fires once its starting point
+    /// is fixed.
+    fn register(
+        &self,
+        user: &UserId,
+        cursor: Cursor,
+        transport: Transport,
+    ) -> (Connection, Option<oneshot::Receiver<bool>>) {
+        let inner = &self.inner;
         inner.metrics.connection_opened(transport);
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(inner.settings.connection_queue);
@@ -296,7 +401,7 @@ impl Hub {
                 transport,
             },
         };
-        Ok((conn, started))
+        (conn, started)
     }
 
     fn start_session(&self, user: &UserId) -> SessionHandle {
@@ -384,5 +489,22 @@ impl Hub {
         for h in handles {
             h.addr.do_send(Shutdown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second_with_the_count_left_out() {
+        let log = RefusalLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.allow(t0), Some(0));
+        assert_eq!(log.allow(t0 + Duration::from_millis(10)), None);
+        assert_eq!(log.allow(t0 + Duration::from_millis(999)), None);
+        assert_eq!(log.allow(t0 + Duration::from_millis(1000)), Some(2));
+        assert_eq!(log.allow(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(log.allow(t0 + Duration::from_secs(5)), Some(1));
     }
 }

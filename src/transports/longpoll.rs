@@ -38,6 +38,7 @@ pub const MAX_TIMEOUT: i64 = 120;
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A missing or bad query parameter, named in `errors`."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 429, body = crate::http::error::Problem, content_type = "application/problem+json", description = "This user holds the maximum of connections per user on this replica (TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER); close one, or see Retry-After."),
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The database could not be read, or the replica is full or stopping: poll again after `Retry-After` seconds with the same cursor."),
     ),
     security(("user_token" = []))

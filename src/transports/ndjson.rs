@@ -60,6 +60,7 @@ impl Format for Ndjson {
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A bad `after`."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = crate::http::error::Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 429, body = crate::http::error::Problem, content_type = "application/problem+json", description = "This user holds the maximum of connections per user on this replica (TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER); close one, or see Retry-After."),
         (status = 503, body = crate::http::error::Problem, content_type = "application/problem+json", description = "The replica is full or stopping; see Retry-After."),
     ),
     security(("user_token" = []))

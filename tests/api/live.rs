@@ -986,6 +986,142 @@ async fn connections_beyond_the_limit_get_503(b: Backend) {
     drop(second);
 }
 
+/// A GET on a socket of its own, so the test decides exactly when the connection closes.
+async fn raw_get(app: &crate::helpers::TestApp, path: &str) -> tokio::net::TcpStream {
+    let mut socket = tokio::net::TcpStream::connect(host_port(app))
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", host_port(app));
+    socket
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    socket
+}
+
+/// Reads from a raw socket until `marker` has arrived; returns the status of the response.
+/// Reading everything the server sent matters: closing a socket with unread data sends a
+/// reset, which any server notices, where a client that read it all closes with a FIN.
+async fn raw_read_until(socket: &mut tokio::net::TcpStream, marker: &str) -> u16 {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        let n = timeout(WAIT, socket.read(&mut buf))
+            .await
+            .expect("the response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before {marker:?}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a response: {text:?}"))
+}
+
+async fn open_connections(app: &crate::helpers::TestApp, transport: &str) -> Option<f64> {
+    let text = scrape(&app.client, &app.address).await;
+    metric(&text, "tidings_connections", &[("transport", transport)])
+}
+
+async fn one_user_cannot_take_every_place(b: Backend) {
+    let app = spawn_app_with(b, |s| {
+        s.server.max_connections = 10;
+        s.server.max_connections_per_user = 3;
+        // Far beyond the bounds below: a closed client must be noticed by its FIN, not by
+        // a heartbeat that fails to write (the second one after the close).
+        s.server.heartbeat_seconds = 120;
+    })
+    .await;
+    let token = user_token("alice");
+    let stream_path = format!("/v1/notifications/stream?access_token={token}");
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut socket = raw_get(&app, &stream_path).await;
+        // The replay's counters are the last thing sent until the (distant) heartbeat.
+        assert_eq!(raw_read_until(&mut socket, "event: unread").await, 200);
+        streams.push(socket);
+    }
+
+    // Alice's fourth connection is refused with 429 on every transport; the replica is fine.
+    let refused = SseClient::connect(
+        &app.client,
+        &app.address,
+        &SseOptions::new(Auth::Query(token.clone()), Some(0)),
+    )
+    .await
+    .err()
+    .expect("a fourth stream of one user is refused")
+    .refused();
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(
+        refused.headers.contains_key("retry-after"),
+        "{:?}",
+        refused.headers
+    );
+    let problem: Value = serde_json::from_str(&refused.body).expect("a problem document");
+    assert_eq!(problem["type"], "urn:tidings:problem:too-many-connections");
+    let refused = WsClient::connect(
+        &app.address,
+        &WsOptions::new(Auth::Query(token.clone()), Some(0)),
+    )
+    .await
+    .err()
+    .expect("a fourth socket is refused")
+    .refused();
+    assert_eq!(refused.status, 429);
+    assert!(refused.headers.contains_key("retry-after"));
+    match long_poll(&app.client, &app.address, &token, Some(0), None, Some(1))
+        .await
+        .unwrap()
+    {
+        PollAnswer::Refused(r) => assert_eq!(r.status, 429),
+        other => panic!("a fourth long-poll: expected 429, got {other:?}"),
+    }
+    // Another user still gets in.
+    let mut bob = SseClient::open(&app.address, &user_token("bob"), Some(0)).await;
+    bob.wait_unread(0).await;
+
+    // Streams closed by the client free their places within moments.
+    drop(streams);
+    let freed = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the places of closed streams freed",
+        || async { (open_connections(&app, "sse").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    eprintln!("closed streams noticed after {:?}", freed.elapsed());
+
+    // So do abandoned long-polls, long before their timeout.
+    let poll_path = format!("/v1/notifications/poll?after=0&timeout=120&access_token={token}");
+    let mut polls = Vec::new();
+    for _ in 0..3 {
+        polls.push(raw_get(&app, &poll_path).await);
+    }
+    eventually(WAIT, "three waiting long-polls", || async {
+        (open_connections(&app, "longpoll").await == Some(3.0)).then_some(())
+    })
+    .await;
+    drop(polls);
+    let freed = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the places of abandoned long-polls freed",
+        || async { (open_connections(&app, "longpoll").await == Some(0.0)).then_some(()) },
+    )
+    .await;
+    eprintln!("abandoned long-polls noticed after {:?}", freed.elapsed());
+    let mut again = SseClient::open(&app.address, &token, Some(0)).await;
+    again.wait_unread(0).await;
+    drop(bob);
+}
+
 fn big(recipients: &[&str]) -> Value {
     json!({
         "recipients": recipients,
@@ -1280,6 +1416,7 @@ crate::both_backends!(
     expiring_tokens_mid_run_lose_nothing,
     websocket_origin_is_checked_before_the_upgrade,
     connections_beyond_the_limit_get_503,
+    one_user_cannot_take_every_place,
     a_client_that_does_not_read_is_cut_off,
     a_socket_that_does_not_read_is_closed_with_4008,
     metrics_show_connections_by_transport_and_deliveries,

@@ -71,6 +71,7 @@ class PahoInterop(unittest.TestCase):
         env = dict(
             os.environ,
             TIDINGS__SERVER__LISTEN=f"127.0.0.1:{cls.http_port}",
+            TIDINGS__GRPC__LISTEN="127.0.0.1:0",
             TIDINGS__DATABASE__URL=f"sqlite://{cls.dir.name}/tidings.db",
             TIDINGS__AUTH__JWT_SECRET=SECRET,
             TIDINGS__MQTT__URL=f"mqtt://127.0.0.1:{cls.broker_port}",

@@ -70,6 +70,7 @@ server_env=(env -u RUST_LOG -u DATABASE_URL $(env | sed -n 's/^\(TIDINGS_[A-Z_]*
   TIDINGS_PROFILE=local
   TIDINGS__AUTH__JWT_SECRET="openapi-tests-secret-0123456789-abcdefghijklmnop"
   TIDINGS__SERVER__LISTEN="127.0.0.1:$port"
+  TIDINGS__GRPC__LISTEN="127.0.0.1:0"
   TIDINGS__DATABASE__URL="sqlite://$work/tidings.db"
   TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS=1
   NO_COLOR=1)

@@ -74,6 +74,7 @@ class Server:
             "TIDINGS_PROFILE": "local",
             "TIDINGS__AUTH__JWT_SECRET": SECRET,
             "TIDINGS__SERVER__LISTEN": f"127.0.0.1:{self.port}",
+            "TIDINGS__GRPC__LISTEN": "127.0.0.1:0",
             "TIDINGS__DATABASE__URL": f"sqlite://{os.path.join(self.dir, 'tidings.db')}",
             "TIDINGS__SERVER__HEARTBEAT_SECONDS": str(SERVER_HEARTBEAT_MS // 1000),
             "TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS": "1",
