@@ -66,6 +66,8 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the subscriber checks its connection when nothing else happens.
 const PING_EVERY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a resubscription on a cluster every session catches up once more.
+const SETTLE: Duration = Duration::from_secs(3);
 
 const UP: u8 = 1;
 const DOWN: u8 = 2;
@@ -561,7 +563,24 @@ impl SubConn {
     async fn ping(&mut self) -> redis::RedisResult<()> {
         match self {
             SubConn::Single(c) => redis::cmd("PING").query_async(c).await,
-            SubConn::Cluster(c) => redis::cmd("PING").query_async(c).await,
+            // Every primary of the slot map must answer: one that does not (killed, its
+            // replica not yet promoted) is reported, so the subscriber starts over and
+            // subscribes again once the fail-over is done, rather than leave a user's
+            // channel on a node that will not carry it.
+            SubConn::Cluster(c) => {
+                use redis::cluster_routing::{
+                    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                };
+                c.route_command(
+                    redis::cmd("PING"),
+                    RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::AllSucceeded),
+                    )),
+                )
+                .await
+                .map(|_| ())
+            }
         }
     }
 }
@@ -690,13 +709,24 @@ async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken) {
                 "subscribed to Redis, one channel per user held here"
             );
         }
+        let resubscribed = ever_up;
         ever_up = true;
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // After a resubscription, sessions catch up once more when the cluster has had time
+        // to settle: during a fail-over, a channel may be confirmed by a node whose slots
+        // are still changing hands, and an event published meanwhile reaches no one. The
+        // database has it; one more read per session after a rare event is cheap.
+        let mut settle = Box::pin(tokio::time::sleep(SETTLE));
+        let mut settled = !resubscribed || !target.is_cluster();
         let why = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = &mut settle, if !settled => {
+                    settled = true;
+                    shared.hub.catch_up_all();
+                }
                 _ = dropped.notified() => break "the Redis connection closed".to_owned(),
                 _ = shared.subs.wake.notified() => {
                     if let Err(e) = reconcile(&mut conn, &shared, &mut subscribed).await {
@@ -747,6 +777,7 @@ async fn subscribe_all(
     subscribed: &mut HashSet<UserId>,
     users: Vec<UserId>,
 ) -> redis::RedisResult<()> {
+    timed(conn.ping()).await?;
     timed(conn.subscribe(vec![shared.channels.base.clone()], true)).await?;
     shared.metrics().bus_subscriptions.set(1);
     change(conn, shared, subscribed, users, true).await
