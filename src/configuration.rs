@@ -101,9 +101,11 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
-    /// Unset: the in-process bus (one replica).
+    /// Unset: the in-process bus (one replica). A comma-separated list: a Redis Cluster's
+    /// seed nodes (one node of a cluster is detected too).
     pub url: Option<SecretString>,
-    /// The pub/sub channel; deployments (or tests) sharing one Redis use different ones.
+    /// The broadcast channel, and the prefix of each user's channel (`<channel>:u:<user>`);
+    /// deployments (or tests) sharing one Redis use different ones.
     pub channel: String,
 }
 
@@ -271,14 +273,16 @@ impl Settings {
             ));
         }
         if let Some(url) = &self.redis.url {
-            let url = url.expose_secret();
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix:"))
-            {
+            // One URL, or a comma-separated list of a Redis Cluster's seed nodes.
+            let ok = url.expose_secret().split(',').map(str::trim).all(|url| {
+                url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("redis+unix:")
+            });
+            if !ok {
                 return Err(SettingsError::invalid(
                     "TIDINGS__REDIS__URL",
-                    "must start with redis://",
+                    "must start with redis:// (or be a comma-separated list of such URLs)",
                 ));
             }
         }

@@ -55,6 +55,14 @@ pub struct Metrics {
     pub latency: Histogram,
     pub bus_reconnects: Counter,
     pub slow_consumers: Counter,
+    /// Events this replica's bus subscription delivered to it, from any replica.
+    pub bus_received: Counter,
+    /// Of those, the ones not for a user held here (or sent by this replica itself).
+    pub bus_dropped: Counter,
+    /// Redis channels this replica is subscribed to now (one per user held, plus one).
+    pub bus_subscriptions: Gauge,
+    /// Times every channel was subscribed again: after a reconnect, a slot move, a fail-over.
+    pub bus_resubscribes: Counter,
     /// Present when the MQTT bridge is on.
     pub mqtt: Option<MqttMetrics>,
 }
@@ -162,6 +170,30 @@ impl Metrics {
         ));
         let bus_reconnects = Counter::default();
         let slow_consumers = Counter::default();
+        let bus_received = Counter::default();
+        let bus_dropped = Counter::default();
+        let bus_subscriptions = Gauge::default();
+        let bus_resubscribes = Counter::default();
+        registry.register(
+            "bus_events_received",
+            "Events received from the Redis bus",
+            bus_received.clone(),
+        );
+        registry.register(
+            "bus_events_dropped",
+            "Events received from the Redis bus for no user held here, or sent by this replica",
+            bus_dropped.clone(),
+        );
+        registry.register(
+            "bus_subscriptions",
+            "Redis channels this replica is subscribed to",
+            bus_subscriptions.clone(),
+        );
+        registry.register(
+            "bus_resubscribes",
+            "Times the bus subscribed to its channels again (reconnect, slot move, fail-over)",
+            bus_resubscribes.clone(),
+        );
         registry.register(
             "connections",
             "Open streams, sockets and waiting long-polls",
@@ -216,6 +248,10 @@ impl Metrics {
             latency,
             bus_reconnects,
             slow_consumers,
+            bus_received,
+            bus_dropped,
+            bus_subscriptions,
+            bus_resubscribes,
         }
     }
 

@@ -10,10 +10,12 @@
 //! actor whose mailbox is full gets one "catch up" message and re-reads the database.
 
 mod history;
+mod presence;
 mod sequencer;
 mod session;
 
 pub use history::{History, HistoryError, HistoryRead};
+pub use presence::Presence;
 pub use sequencer::{Live, Merged, Sequencer};
 
 use crate::domain::{Counts, Cursor, Event, Seq, UserId};
@@ -22,7 +24,7 @@ use actix::{Actor, Addr};
 use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -158,6 +160,8 @@ pub struct Hub {
 struct HubInner {
     sessions: Mutex<HashMap<UserId, SessionHandle>>,
     history: Arc<dyn History>,
+    /// Told of each user's first and last connection here (the bus's subscriptions).
+    presence: OnceLock<Arc<dyn Presence>>,
     metrics: Metrics,
     settings: HubSettings,
     next_id: AtomicU64,
@@ -264,6 +268,7 @@ impl Hub {
             inner: Arc::new(HubInner {
                 sessions: Mutex::new(HashMap::new()),
                 history,
+                presence: OnceLock::new(),
                 metrics,
                 settings,
                 next_id: AtomicU64::new(1),
@@ -278,6 +283,18 @@ impl Hub {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Sets who is told when a user's first connection arrives here and when the last one
+    /// goes; set once, at startup, before connections are accepted. Users already online are
+    /// reported to it at once.
+    pub fn set_presence(&self, presence: Arc<dyn Presence>) {
+        let sessions = self.inner.lock();
+        if self.inner.presence.set(presence.clone()).is_ok() {
+            for user in sessions.keys() {
+                presence.joined(user);
+            }
+        }
     }
 
     /// Open connections on this replica.
@@ -379,6 +396,9 @@ impl Hub {
                 _ => {
                     let handle = self.start_session(user);
                     sessions.insert(user.clone(), handle.clone());
+                    if let Some(presence) = inner.presence.get() {
+                        presence.joined(user);
+                    }
                     handle
                 }
             };
@@ -434,6 +454,9 @@ impl Hub {
             .is_some_and(|h| Arc::ptr_eq(&h.pending_joins, pending_joins))
         {
             sessions.remove(user);
+            if let Some(presence) = self.inner.presence.get() {
+                presence.left(user);
+            }
         }
         true
     }
@@ -456,6 +479,19 @@ impl Hub {
                 // database instead, once, however many more events are dropped meanwhile.
                 handle.addr.do_send(CatchUp);
             }
+        }
+    }
+
+    /// The user's session (if online here) re-reads the database from each connection's last
+    /// delivered seq: the bus has just confirmed (or renewed) its subscription to the user's
+    /// events, and whatever committed before that is only in the database.
+    pub fn catch_up(&self, user: &UserId) {
+        let handle = match self.inner.lock().get(user) {
+            Some(h) => h.clone(),
+            None => return,
+        };
+        if !handle.lagged.swap(true, Ordering::AcqRel) {
+            handle.addr.do_send(CatchUp);
         }
     }
 

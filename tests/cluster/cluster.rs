@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
 use tidings_test_support::harness;
-use tidings_test_support::processes::{kill_now, log_file, tail, RedisServer};
+use tidings_test_support::processes::{kill_now, log_file, tail, RedisCluster, RedisServer};
 
 /// The same secret as the API suite's.
 pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";
@@ -72,12 +72,25 @@ pub struct Cluster {
     db_url: String,
     channel: String,
     redis: RedisServer,
+    /// Set when the replicas use a Redis Cluster instead of `redis` (which then never runs).
+    redis_cluster: Option<RedisCluster>,
     replicas: Vec<Replica>,
 }
 
 impl Cluster {
     /// A fresh database, a private Redis, and `n` replicas, each answering `/healthz`.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, false).await
+    }
+
+    /// The same on a private Redis Cluster of three primaries and three replicas, which the
+    /// replicas are given as a comma-separated list of seeds.
+    #[allow(dead_code)] // harness API
+    pub async fn start_on_redis_cluster(n: usize) -> Cluster {
+        Self::start_with(n, true).await
+    }
+
+    async fn start_with(n: usize, redis_cluster: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let (db_name, db_url) = harness::create_database("tidings_cluster").await;
 
@@ -93,11 +106,16 @@ impl Cluster {
                 dir: dir.path().to_owned(),
                 log: dir.path().join("redis.log"),
             },
+            redis_cluster: None,
             replicas: Vec::new(),
             dir,
         };
-        cluster.redis.spawn();
-        cluster.redis.wait_ready().await;
+        if redis_cluster {
+            cluster.redis_cluster = Some(RedisCluster::start(cluster.dir.path(), 3).await);
+        } else {
+            cluster.redis.spawn();
+            cluster.redis.wait_ready().await;
+        }
         for i in 0..n {
             cluster.replicas.push(Replica {
                 port: free_port(),
@@ -128,7 +146,11 @@ impl Cluster {
         let replica = &mut self.replicas[i];
         assert!(replica.child.is_none(), "replica {i} is already running");
         let (out, err) = log_file(&replica.log);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        // TIDINGS_TEST_BIN: a copy of the binary, for a target directory that other builds
+        // share (and may overwrite while the suite runs).
+        let bin = std::env::var_os("TIDINGS_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidings").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -158,7 +180,10 @@ impl Cluster {
             .env("TIDINGS__DATABASE__MAX_CONNECTIONS", "5")
             .env(
                 "TIDINGS__REDIS__URL",
-                format!("redis://127.0.0.1:{}", self.redis.port),
+                match &self.redis_cluster {
+                    Some(rc) => rc.seeds(),
+                    None => format!("redis://127.0.0.1:{}", self.redis.port),
+                },
             )
             .env("TIDINGS__REDIS__CHANNEL", &self.channel)
             .env("TIDINGS__AUTH__JWT_SECRET", SECRET)
@@ -259,6 +284,14 @@ impl Cluster {
         self.wait_healthy(i).await;
     }
 
+    /// The Redis Cluster, for tests started with [`Cluster::start_on_redis_cluster`].
+    #[allow(dead_code)] // harness API
+    pub fn redis_cluster(&mut self) -> &mut RedisCluster {
+        self.redis_cluster
+            .as_mut()
+            .expect("started with start_on_redis_cluster")
+    }
+
     /// Kills the Redis server (its data goes with it: there is none worth keeping).
     pub fn redis_stop(&mut self) {
         self.redis.stop();
@@ -287,6 +320,9 @@ impl Drop for Cluster {
             replica.child = None;
         }
         self.redis.stop();
+        if let Some(rc) = self.redis_cluster.as_mut() {
+            rc.stop();
+        }
         if std::thread::panicking() {
             for (i, replica) in self.replicas.iter().enumerate() {
                 eprintln!(

@@ -49,6 +49,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Starts the server with `extra` arguments after the usual ones.
+    pub fn spawn_with(&mut self, extra: &[&str]) {
         let (out, err) = log_file(&self.log);
         let child = Command::new("redis-server")
             .args([
@@ -63,6 +68,7 @@ impl RedisServer {
                 "--daemonize",
                 "no",
             ])
+            .args(extra)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(out)
@@ -118,4 +124,151 @@ impl RedisServer {
             kill_now(&mut child);
         }
     }
+}
+
+/// A private Redis Cluster: `2 × primaries` `redis-server --cluster-enabled yes` processes on
+/// free ports, joined by `redis-cli --cluster create … --cluster-replicas 1`, each primary with
+/// one replica. A short node timeout makes a killed primary's fail-over take a second or two.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// How long the cluster may take to form, or to fail over.
+const CLUSTER_WITHIN: Duration = Duration::from_secs(60);
+
+impl RedisCluster {
+    /// Starts the nodes (in subdirectories of `dir`), creates the cluster and waits until
+    /// every node reports `cluster_state:ok` with all 16384 slots served.
+    pub async fn start(dir: &Path, primaries: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for i in 0..primaries * 2 {
+            let node_dir = dir.join(format!("redis-node-{i}"));
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let mut node = RedisServer {
+                port: free_port(),
+                child: None,
+                log: node_dir.join("redis.log"),
+                dir: node_dir,
+            };
+            // The cluster bus port defaults to port + 10000, which may be taken or past 65535.
+            let bus_port = free_port().to_string();
+            node.spawn_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus_port,
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                // A replica promotes itself however long it was cut off: the test kills
+                // primaries on purpose.
+                "--cluster-replica-validity-factor",
+                "0",
+            ]);
+            nodes.push(node);
+        }
+        for node in &mut nodes {
+            node.wait_ready().await;
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli must be installed for the Redis Cluster tests");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    /// `redis://…` of every node, comma-separated: `TIDINGS__REDIS__URL` for a cluster.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every running node reports the cluster healthy, all slots served, and
+    /// `primaries` primaries among the running nodes.
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + CLUSTER_WITHIN;
+        loop {
+            let running: Vec<&RedisServer> =
+                self.nodes.iter().filter(|n| n.child.is_some()).collect();
+            let ok = running.iter().all(|n| {
+                let info = redis_cli(n.port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            });
+            let primaries = running
+                .iter()
+                .filter(|n| redis_cli(n.port, &["ROLE"]).starts_with("master"))
+                .count();
+            if ok && primaries == self.nodes.len() / 2 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not become healthy within {CLUSTER_WITHIN:?} \
+                 ({primaries} primaries running)"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of a running primary that serves slots.
+    pub fn a_primary(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some() && redis_cli(n.port, &["ROLE"]).starts_with("master"))
+            .expect("a running primary")
+    }
+
+    /// `kill -9` of node `i`: its replica takes over after the node timeout.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One `redis-cli` command's output, empty if it failed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
