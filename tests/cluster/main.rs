@@ -5,6 +5,7 @@
 //! SIGTERM, a Redis restart. The clients must end with every seq exactly once, in order.
 
 mod cluster;
+mod mqtt;
 mod redis_cluster;
 
 use cluster::{service_token, user_token, Cluster, GRACE_SECONDS};
