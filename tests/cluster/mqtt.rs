@@ -199,6 +199,18 @@ async fn kill_9_of_a_bridge_replica_mid_run_loses_no_mqtt_message() {
         (sub.received() >= 100).then_some(())
     })
     .await;
+    // The replica to be killed takes part: it has had rows acknowledged, so it holds leases.
+    let doomed = c.url(1);
+    let client = c.client.clone();
+    eventually(WAIT, "replica 1 publishes to the broker", || {
+        let (doomed, client) = (doomed.clone(), client.clone());
+        async move {
+            let text = scrape(&client, &doomed).await;
+            (metric(&text, "tidings_mqtt_acknowledged_total", &[]).unwrap_or(0.0) >= 1.0)
+                .then_some(())
+        }
+    })
+    .await;
     // Kill while publishes are still coming in, not between two phases.
     for run in &runs {
         run.allow(TOTAL * 2 / 3);
