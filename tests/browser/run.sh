@@ -30,13 +30,18 @@ command -v node >/dev/null 2>&1 || apt_install nodejs
 command -v npm >/dev/null 2>&1 || apt_install npm
 command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3 || echo "(no sqlite3: the screenshot's notifications will all say 'just now')"
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client || true
+# The MQTT badge test starts its own broker (a WebSocket listener for mqtt.js in the page).
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 
-# npm ci when playwright-core is missing or not the locked version.
+# npm ci when playwright-core or mqtt is missing or not the locked version.
 locked_ok=$(cd "$here" && node -e "
   try {
-    const want = require('./package-lock.json').packages['node_modules/playwright-core'].version;
-    const have = require('./node_modules/playwright-core/package.json').version;
-    process.stdout.write(want === have ? 'yes' : 'no');
+    const ok = ['playwright-core', 'mqtt'].every((name) => {
+      const want = require('./package-lock.json').packages['node_modules/' + name].version;
+      const have = require('./node_modules/' + name + '/package.json').version;
+      return want === have;
+    });
+    process.stdout.write(ok ? 'yes' : 'no');
   } catch { process.stdout.write('no'); }" 2>/dev/null || echo no)
 if [ "$locked_ok" != yes ]; then
   say "npm ci (tests/browser)"
