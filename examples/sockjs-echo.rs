@@ -75,6 +75,9 @@ async fn main() -> std::io::Result<()> {
             }
         })
     })
+    // A client that closes its connection mid-request is gone: the request is dropped at
+    // once, so its session can say `c[1002,"Connection interrupted"]` to the next one.
+    .h1_allow_half_closed(false)
     .bind(addr)?
     .run()
     .await

@@ -110,14 +110,20 @@ mod tests {
 
     #[test]
     fn escapes_what_browsers_mangle() {
-        assert_eq!(quote("\u{2028}x\u{ffff}\u{200c}"), r#""\u2028x\uffff\u200c""#);
+        assert_eq!(
+            quote("\u{2028}x\u{ffff}\u{200c}"),
+            r#""\u2028x\uffff\u200c""#
+        );
         assert_eq!(quote("\n\u{0}"), r#""\n\u0000""#);
         assert_eq!(quote("é"), "\"é\"");
     }
 
     #[test]
     fn parses_payloads() {
-        assert_eq!(parse_send(b"[\"a\",\"b\"]"), Ok(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            parse_send(b"[\"a\",\"b\"]"),
+            Ok(vec!["a".into(), "b".into()])
+        );
         assert_eq!(parse_send(b"[]"), Ok(vec![]));
         assert_eq!(parse_send(b""), Err(PayloadError::Expected));
         assert_eq!(parse_send(b"[\"x"), Err(PayloadError::BrokenJson));

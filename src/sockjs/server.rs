@@ -6,7 +6,7 @@ use super::session::{Closed, Full, Next, Receiver, Registry, Session};
 use super::{Options, Service, CLIENT_FILE, CLIENT_JS};
 use actix_web::body::BodyStream;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::{ConnectionType, Method, StatusCode, Version};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::StreamExt;
@@ -131,7 +131,10 @@ impl Endpoint {
         let digest = Sha256::digest(iframe.as_bytes());
         let iframe_etag = format!(
             "\"{}\"",
-            digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+            digest[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         );
         Endpoint {
             inner: Arc::new(Inner {
@@ -190,20 +193,16 @@ impl Endpoint {
                 }
                 self.websocket(req, body, true)
             }
-            t if t.strip_prefix('/') == Some(CLIENT_FILE) => {
-                method(&req, &[Method::GET], || {
-                    cacheable(HttpResponse::Ok())
-                        .content_type(JS)
-                        .body(CLIENT_JS)
-                })
-            }
+            t if t.strip_prefix('/') == Some(CLIENT_FILE) => method(&req, &[Method::GET], || {
+                cacheable(HttpResponse::Ok())
+                    .content_type(JS)
+                    .body(CLIENT_JS)
+            }),
             t if is_iframe(t) => method(&req, &[Method::GET], || self.iframe(&req)),
             t => {
                 let parts: Vec<&str> = t.split('/').collect();
                 match parts.as_slice() {
-                    ["", server, session, transport]
-                        if valid_id(server) && valid_id(session) =>
-                    {
+                    ["", server, session, transport] if valid_id(server) && valid_id(session) => {
                         let (session, transport) = (session.to_string(), transport.to_string());
                         self.transport(req, body, &session, &transport).await
                     }
@@ -265,12 +264,18 @@ impl Endpoint {
             return options(&req, "OPTIONS, POST");
         }
         if !allowed.contains(req.method()) {
-            return not_allowed(if allowed == post { "OPTIONS, POST" } else { "GET" });
+            return not_allowed(if allowed == post {
+                "OPTIONS, POST"
+            } else {
+                "GET"
+            });
         }
         let format = match transport {
             "websocket" => return self.websocket(req, body, false),
             "xhr_send" | "jsonp_send" => {
-                return self.send(req, body, session_id, transport == "jsonp_send").await
+                return self
+                    .send(req, body, session_id, transport == "jsonp_send")
+                    .await
             }
             "xhr" => Format::Xhr,
             "xhr_streaming" => Format::XhrStreaming,
@@ -312,7 +317,12 @@ impl Endpoint {
         Ok(session)
     }
 
-    async fn receive(&self, req: &HttpRequest, session: Arc<Session>, format: Format) -> HttpResponse {
+    async fn receive(
+        &self,
+        req: &HttpRequest,
+        session: Arc<Session>,
+        format: Format,
+    ) -> HttpResponse {
         let o = &self.inner.options;
         let mut r = HttpResponse::Ok();
         r.content_type(format.content_type())
@@ -345,7 +355,14 @@ impl Endpoint {
             limit: usize,
             format: Format,
         }
-        let st = St { rx, prelude, first, sent: 0, limit, format };
+        let st = St {
+            rx,
+            prelude,
+            first,
+            sent: 0,
+            limit,
+            format,
+        };
         let stream = futures_util::stream::unfold(st, |mut st| async move {
             if let Some(p) = st.prelude.take() {
                 return Some((Ok::<_, Infallible>(web::Bytes::from(p)), st));
@@ -369,7 +386,13 @@ impl Endpoint {
             };
             Some((Ok(web::Bytes::from(text)), st))
         });
-        r.body(BodyStream::new(stream))
+        let mut res = r.body(BodyStream::new(stream));
+        if req.version() == Version::HTTP_10 {
+            // HTTP/1.0 has no chunked encoding: the body runs until the connection closes.
+            res.head_mut().no_chunking(true);
+            res.head_mut().set_connection_type(ConnectionType::Close);
+        }
+        res
     }
 
     async fn send(
@@ -438,7 +461,10 @@ impl Endpoint {
         let (response, ws, messages) = match actix_ws::handle(&req, body) {
             Ok(x) => x,
             Err(_) => {
-                return error(StatusCode::BAD_REQUEST, "Can \"Upgrade\" only to \"WebSocket\".")
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Can \"Upgrade\" only to \"WebSocket\".",
+                )
             }
         };
         let messages = messages
@@ -472,7 +498,10 @@ impl Endpoint {
             .filter_map(|c| c.trim().split_once('='))
             .find(|(k, _)| *k == "JSESSIONID")
             .map(|(_, v)| v)
-            .filter(|v| v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            .filter(|v| {
+                v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
             .unwrap_or("dummy");
         r.insert_header((header::SET_COOKIE, format!("JSESSIONID={value}; path=/")));
     }
@@ -502,7 +531,11 @@ impl SocketTask {
             changes.mark_unchanged();
             let (queued, closing, heartbeats) = {
                 let mut st = self.session.lock();
-                (Session::take_queue(&mut st), st.close.clone(), st.heartbeats)
+                (
+                    Session::take_queue(&mut st),
+                    st.close.clone(),
+                    st.heartbeats,
+                )
             };
             if !queued.is_empty() {
                 self.session.changed();
@@ -674,7 +707,11 @@ fn cacheable(mut r: HttpResponseBuilder) -> HttpResponseBuilder {
     r
 }
 
-fn method(req: &HttpRequest, allowed: &[Method], ok: impl FnOnce() -> HttpResponse) -> HttpResponse {
+fn method(
+    req: &HttpRequest,
+    allowed: &[Method],
+    ok: impl FnOnce() -> HttpResponse,
+) -> HttpResponse {
     if allowed.contains(req.method()) {
         ok()
     } else {
@@ -693,7 +730,10 @@ fn not_allowed(allow: &'static str) -> HttpResponse {
 }
 
 fn unavailable() -> HttpResponse {
-    error(StatusCode::SERVICE_UNAVAILABLE, "Too many sessions; try again shortly.")
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Too many sessions; try again shortly.",
+    )
 }
 
 /// The protocol's errors: a status and a line of text.
@@ -716,10 +756,21 @@ mod tests {
 
     #[test]
     fn iframe_names() {
-        for ok in ["/iframe.html", "/iframe-a.html", "/iframe-.html", "/iframe-0.1.2abc-dirty.2144.html"] {
+        for ok in [
+            "/iframe.html",
+            "/iframe-a.html",
+            "/iframe-.html",
+            "/iframe-0.1.2abc-dirty.2144.html",
+        ] {
             assert!(is_iframe(ok), "{ok}");
         }
-        for bad in ["/iframe.htm", "/iframe", "/IFRAME.HTML", "/iframe.HTML", "/iframe-/.html"] {
+        for bad in [
+            "/iframe.htm",
+            "/iframe",
+            "/IFRAME.HTML",
+            "/iframe.HTML",
+            "/iframe-/.html",
+        ] {
             assert!(!is_iframe(bad), "{bad}");
         }
     }

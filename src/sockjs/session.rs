@@ -179,7 +179,11 @@ impl Session {
 
     /// Hands the client's messages to the service, in order; waits while the service is
     /// behind (bounded by `timeout`).
-    pub(crate) async fn deliver(&self, messages: Vec<String>, timeout: Duration) -> Result<(), Closed> {
+    pub(crate) async fn deliver(
+        &self,
+        messages: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(), Closed> {
         let Some(tx) = self.lock().to_service.clone() else {
             return Err(Closed);
         };
@@ -313,7 +317,8 @@ impl Drop for Receiver {
             !self.finished && st.close.is_none()
         };
         if interrupted {
-            self.session.close(CODE_INTERRUPTED, "Connection interrupted");
+            self.session
+                .close(CODE_INTERRUPTED, "Connection interrupted");
         } else {
             self.session.changed();
         }
