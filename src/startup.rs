@@ -107,6 +107,7 @@ impl Application {
             allowed_origins: settings.server.allowed_origins.clone(),
             stopping: stopping.clone(),
         });
+        let sockjs = crate::sockjs::tidings::endpoints(state.clone(), &settings.sockjs);
         let stalled = Duration::from_secs(settings.server.stalled_client_seconds);
         let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
         let mut server = HttpServer::new(move || {
@@ -114,6 +115,7 @@ impl Application {
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(state.clone())
                 .configure(routes::configure)
+                .configure(|cfg| routes::configure_sockjs(cfg, &sockjs))
                 .default_service(web::to(routes::not_found))
         })
         .on_connect(move |io, _| set_stall_timeout(io, stalled))
