@@ -7,6 +7,7 @@ mod auth;
 mod cursor;
 mod idempotency;
 mod inbox;
+mod jsonp;
 mod live;
 mod operations;
 mod publish;
