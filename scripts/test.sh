@@ -130,6 +130,7 @@ for suite in tests/browser/run.sh tests/stomp/run.sh; do  # end-to-end in Chromi
     stage "$suite" bash "$suite"
   fi
 done
+stage "SockJS end-to-end (sockjs-client + stompjs in Chromium, every transport)" bash tests/sockjs/run.sh
 
 if [ -f fuzz/run.sh ]; then
   stage "fuzzing the STOMP frame decoder briefly" bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
