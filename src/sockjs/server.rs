@@ -58,6 +58,51 @@ const HTMLFILE_HEAD: &str = r#"<!doctype html>
     window.onload = function() {c.stop();};
   </script>"#;
 
+/// Why a SockJS request is refused. The statuses and texts are the protocol's own
+/// (sockjs-client and the conformance suite rely on them), mapped in [`Refusal::response`]
+/// and nowhere else.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("\"callback\" parameter required")]
+    CallbackRequired,
+    #[error("invalid \"callback\" parameter")]
+    BadCallback,
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("Payload larger than {0} bytes.")]
+    TooLarge(usize),
+    #[error("Broken request body.")]
+    BrokenBody,
+    #[error("Can \"Upgrade\" only to \"WebSocket\".")]
+    NotUpgrade,
+    #[error("Too many sessions; try again shortly.")]
+    Full,
+    /// An unknown (or closed) session, or a path that is not SockJS's.
+    #[error("Not found.")]
+    NotFound,
+    /// The service refused the session (a bad token or origin): its own response.
+    #[error("{0}")]
+    Service(actix_web::Error),
+}
+
+impl Refusal {
+    pub fn response(&self) -> HttpResponse {
+        let status = match self {
+            Refusal::CallbackRequired | Refusal::BadCallback | Refusal::Payload(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BrokenBody | Refusal::NotUpgrade => StatusCode::BAD_REQUEST,
+            Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotFound => return HttpResponse::NotFound().finish(),
+            Refusal::Service(e) => return e.error_response(),
+        };
+        HttpResponse::build(status)
+            .content_type(TEXT)
+            .body(self.to_string())
+    }
+}
+
 /// One SockJS endpoint: a prefix, its settings, the service it carries and its sessions.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -283,19 +328,19 @@ impl Endpoint {
             "htmlfile" | "jsonp" => match callback(&req) {
                 Ok(cb) if transport == "jsonp" => Format::Jsonp(cb),
                 Ok(cb) => Format::HtmlFile(cb),
-                Err(r) => return r,
+                Err(r) => return r.response(),
             },
             _ => return not_found(),
         };
         let session = match self.session(&req, session_id) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(r) => return r.response(),
         };
         self.receive(&req, session, format).await
     }
 
     /// The session `id`, or a new one opened with the service.
-    fn session(&self, req: &HttpRequest, id: &str) -> Result<Arc<Session>, HttpResponse> {
+    fn session(&self, req: &HttpRequest, id: &str) -> Result<Arc<Session>, Refusal> {
         if let Some(s) = self.inner.registry.get(id) {
             return Ok(s);
         }
@@ -308,11 +353,11 @@ impl Endpoint {
         {
             Ok(Some(existing)) => return Ok(existing),
             Ok(None) => {}
-            Err(Full) => return Err(unavailable()),
+            Err(Full) => return Err(Refusal::Full),
         }
         if let Err(e) = self.inner.service.open(req, conn) {
             self.inner.registry.remove(id, &session);
-            return Err(e.error_response());
+            return Err(Refusal::Service(e));
         }
         Ok(session)
     }
@@ -409,13 +454,10 @@ impl Endpoint {
         let mut bytes = web::BytesMut::new();
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else {
-                return error(StatusCode::BAD_REQUEST, "Broken request body.");
+                return Refusal::BrokenBody.response();
             };
             if bytes.len() + chunk.len() > o.max_send_bytes {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("Payload larger than {} bytes.", o.max_send_bytes),
-                );
+                return Refusal::TooLarge(o.max_send_bytes).response();
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -430,12 +472,10 @@ impl Endpoint {
         };
         let messages = match frame::parse_send(&payload) {
             Ok(m) => m,
-            Err(e @ (PayloadError::Expected | PayloadError::BrokenJson)) => {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
-            }
+            Err(e) => return Refusal::Payload(e).response(),
         };
         if let Err(Closed) = session.deliver(messages, o.send_timeout).await {
-            return not_found();
+            return Refusal::NotFound.response();
         }
         let mut r = if jsonp {
             HttpResponse::Ok()
@@ -460,12 +500,7 @@ impl Endpoint {
         let o = &self.inner.options;
         let (response, ws, messages) = match actix_ws::handle(&req, body) {
             Ok(x) => x,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "Can \"Upgrade\" only to \"WebSocket\".",
-                )
-            }
+            Err(_) => return Refusal::NotUpgrade.response(),
         };
         let messages = messages
             .max_frame_size(o.max_send_bytes)
@@ -473,7 +508,7 @@ impl Endpoint {
             .max_continuation_size(o.max_send_bytes);
         let (session, conn) = Session::new(o.max_queued_bytes, o.incoming_queue, o.send_timeout);
         if let Err(e) = self.inner.service.open(&req, conn) {
-            return e.error_response();
+            return Refusal::Service(e).response();
         }
         let task = SocketTask {
             session,
@@ -650,7 +685,7 @@ fn valid_id(s: &str) -> bool {
 }
 
 /// The `c` (or `callback`) parameter, checked; the protocol's own 500s otherwise.
-fn callback(req: &HttpRequest) -> Result<String, HttpResponse> {
+fn callback(req: &HttpRequest) -> Result<String, Refusal> {
     let q: Vec<(String, String)> =
         serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     let cb = q
@@ -658,15 +693,9 @@ fn callback(req: &HttpRequest) -> Result<String, HttpResponse> {
         .find(|(k, _)| k == "c" || k == "callback")
         .map(|(_, v)| v);
     match cb {
-        None => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "\"callback\" parameter required",
-        )),
+        None => Err(Refusal::CallbackRequired),
         Some(cb) if frame::valid_callback(&cb) => Ok(cb),
-        Some(_) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "invalid \"callback\" parameter",
-        )),
+        Some(_) => Err(Refusal::BadCallback),
     }
 }
 
@@ -720,27 +749,13 @@ fn method(
 }
 
 fn not_found() -> HttpResponse {
-    HttpResponse::NotFound().finish()
+    Refusal::NotFound.response()
 }
 
 fn not_allowed(allow: &'static str) -> HttpResponse {
     HttpResponse::MethodNotAllowed()
         .insert_header((header::ALLOW, HeaderValue::from_static(allow)))
         .finish()
-}
-
-fn unavailable() -> HttpResponse {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Too many sessions; try again shortly.",
-    )
-}
-
-/// The protocol's errors: a status and a line of text.
-fn error(status: StatusCode, text: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type(TEXT)
-        .body(text.to_owned())
 }
 
 /// The script URL inside `src="..."`.
