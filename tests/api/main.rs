@@ -11,5 +11,6 @@ mod jsonp;
 mod live;
 mod operations;
 mod publish;
+mod sockjs;
 mod streams;
 mod topics;
