@@ -415,3 +415,42 @@ impl Registry {
         session.close(CODE_INTERRUPTED, "Connection interrupted");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_makes_the_service_wait_then_refuses() {
+        let (session, conn) = Session::new(10, 4, Duration::from_millis(50));
+        conn.out.send("0123456789".into()).await.expect("fits");
+        // Full: waits for the client to take the queue, then gives up.
+        assert_eq!(conn.out.send("x".into()).await, Err(Closed));
+        let mut rx = Receiver::attach(session.clone(), Duration::from_secs(5), true)
+            .unwrap_or_else(|_| panic!("attach"));
+        assert!(matches!(rx.next().await, Some(Next::Last(f)) if f == "o"));
+        drop(rx);
+        let mut rx = Receiver::attach(session.clone(), Duration::from_secs(5), true)
+            .unwrap_or_else(|_| panic!("attach"));
+        assert!(matches!(rx.next().await, Some(Next::Last(f)) if f == "a[\"0123456789\"]"));
+        conn.out.send("y".into()).await.expect("room again");
+    }
+
+    #[tokio::test]
+    async fn one_receiver_at_a_time_and_an_interrupted_one_closes() {
+        let (session, mut conn) = Session::new(1024, 4, Duration::from_millis(50));
+        let first = Receiver::attach(session.clone(), Duration::from_secs(5), false)
+            .unwrap_or_else(|_| panic!("attach"));
+        match Receiver::attach(session.clone(), Duration::from_secs(5), false) {
+            Err(f) => assert_eq!(f, r#"c[2010,"Another connection still open"]"#),
+            Ok(_) => panic!("a second receiver was attached"),
+        }
+        // Dropped before it finished: the client went away mid-request.
+        drop(first);
+        assert_eq!(
+            session.lock().close,
+            Some((CODE_INTERRUPTED, "Connection interrupted".to_owned()))
+        );
+        assert_eq!(conn.incoming.recv().await, None, "the service sees the end");
+    }
+}

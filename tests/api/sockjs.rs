@@ -227,7 +227,49 @@ async fn reconnect_race_over_sockjs_polling(b: Backend) {
     let _: Value = app.unread("r0").await;
 }
 
+async fn json_protocol_over_sockjs(b: Backend) {
+    let app = spawn(b).await;
+    app.publish(&sample(&["alice"])).await;
+    app.publish(&sample(&["alice"])).await;
+    let token = user_token("alice");
+    let get = |q: String| {
+        let app = &app;
+        async move {
+            let resp = app
+                .client
+                .get(app.url(&format!("/v1/sockjs-json/000/js1/jsonp?c=cb{q}")))
+                .send()
+                .await
+                .expect("get");
+            (resp.status().as_u16(), resp.text().await.expect("body"))
+        }
+    };
+    // No token: the session is refused before it exists.
+    let (status, _) = get(String::new()).await;
+    assert_eq!(status, 401);
+    let (status, body) = get(format!("&access_token={token}&after=1")).await;
+    assert_eq!((status, body.as_str()), (200, "/**/cb(\"o\");\r\n"));
+    let (_, body) = get(String::new()).await;
+    let frame: String = serde_json::from_str(
+        body.strip_prefix("/**/cb(")
+            .and_then(|b| b.strip_suffix(");\r\n"))
+            .expect("a jsonp call"),
+    )
+    .expect("a JSON string");
+    let events: Vec<Value> = stomp_frames(&frame)
+        .iter()
+        .map(|m| serde_json::from_str(m).expect("a JSON event"))
+        .collect();
+    assert_eq!(events[0]["type"], "notification", "{events:?}");
+    assert_eq!(events[0]["notification"]["seq"], 2, "replay from after=1");
+    assert_eq!(
+        events[1],
+        serde_json::json!({"type": "unread", "unread": 2, "seq": 2})
+    );
+}
+
 crate::both_backends!(
+    json_protocol_over_sockjs,
     bad_input_is_refused_and_the_process_stays_up,
     reconnect_race_over_sockjs_polling,
 );
