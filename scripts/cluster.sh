@@ -377,6 +377,16 @@ write_nginx_conf() {
         echo "    keepalive 32;"
         echo "    keepalive_timeout 4s;"
         echo "}"
+        # SockJS sessions by their id: see deploy/nginx-compose.d/upstream.conf.
+        echo "upstream tidings_sockjs {"
+        echo "    hash \$sockjs_session consistent;"
+        echo "    zone tidings_sockjs 256k;"
+        for ((i = 1; i <= REPLICAS; i++)); do
+            echo "    server $HOST:$(replica_port "$i") max_fails=1 fail_timeout=5s;"
+        done
+        echo "    keepalive 32;"
+        echo "    keepalive_timeout 4s;"
+        echo "}"
     } >"$conf_dir/tidings.d/upstream.conf"
     echo "listen $HOST:$PORT;" >"$conf_dir/tidings.d/listen.conf"
 }

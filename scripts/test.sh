@@ -165,6 +165,7 @@ for suite in tests/browser/run.sh tests/stomp/run.sh; do  # end-to-end in Chromi
     stage "$suite" bash "$suite"
   fi
 done
+stage "SockJS end-to-end (sockjs-client + stompjs in Chromium, every transport)" bash tests/sockjs/run.sh
 
 together \
   "tests/grpc/run.sh (grpcio client, gRPC-Web wire)" "bash tests/grpc/run.sh" \

@@ -53,6 +53,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub mqtt: MqttSettings,
+    #[serde(default)]
+    pub sockjs: SockJsSettings,
     #[serde(skip_deserializing, default = "default_profile")]
     pub profile: Profile,
 }
@@ -90,6 +92,42 @@ pub struct ServerSettings {
     /// actix times out only the head, so a body trickled a byte at a time would otherwise
     /// hold the connection indefinitely.
     pub body_timeout_seconds: u64,
+}
+
+/// SockJS at `/v1/sockjs` (STOMP) and `/v1/sockjs-json` (the `/v1/ws` JSON protocol).
+/// The defaults are Spring's and sockjs-node's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SockJsSettings {
+    /// Serve the SockJS endpoints at all.
+    pub enabled: bool,
+    /// Seconds between `h` frames on an idle session (off once STOMP heart-beats are
+    /// negotiated).
+    pub heartbeat_seconds: u64,
+    /// Seconds a session outlives its client's last request.
+    pub disconnect_delay_seconds: u64,
+    /// Bytes after which a streaming response ends and the client opens another.
+    pub stream_bytes_limit: usize,
+    /// Set a `JSESSIONID` cookie, for load balancers that stick sessions by it.
+    pub jsessionid: bool,
+    /// The sockjs-client script the iframe page loads; unset: the copy in the binary.
+    pub client_url: Option<String>,
+    /// Polling and streaming sessions per endpoint on this replica.
+    pub max_sessions: usize,
+}
+
+impl Default for SockJsSettings {
+    fn default() -> Self {
+        SockJsSettings {
+            enabled: true,
+            heartbeat_seconds: 25,
+            disconnect_delay_seconds: 5,
+            stream_bytes_limit: 128 * 1024,
+            jsessionid: false,
+            client_url: None,
+            max_sessions: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +349,19 @@ impl Settings {
                 "TIDINGS__DATABASE__MAX_CONNECTIONS",
                 self.database.max_connections as usize,
             ),
+            (
+                "TIDINGS__SOCKJS__HEARTBEAT_SECONDS",
+                self.sockjs.heartbeat_seconds as usize,
+            ),
+            (
+                "TIDINGS__SOCKJS__DISCONNECT_DELAY_SECONDS",
+                self.sockjs.disconnect_delay_seconds as usize,
+            ),
+            (
+                "TIDINGS__SOCKJS__STREAM_BYTES_LIMIT",
+                self.sockjs.stream_bytes_limit,
+            ),
+            ("TIDINGS__SOCKJS__MAX_SESSIONS", self.sockjs.max_sessions),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod routes;
 pub mod shutdown;
+pub mod sockjs;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

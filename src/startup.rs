@@ -176,12 +176,14 @@ impl Application {
             body_timeout: Duration::from_secs(settings.server.body_timeout_seconds),
             stopping: stopping.clone(),
         });
+        let sockjs = crate::sockjs::tidings::endpoints(state.clone(), &settings.sockjs);
         let stalled = Duration::from_secs(settings.server.stalled_client_seconds);
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(state.clone())
                 .configure(routes::configure)
+                .configure(|cfg| routes::configure_sockjs(cfg, &sockjs))
                 .default_service(web::to(routes::not_found))
         })
         .on_connect(move |io, _| set_stall_timeout(io, stalled))

@@ -6,6 +6,7 @@ use crate::http::extract::{
     bool_param, int_param, query_map, read_json, AuthenticatedService, AuthenticatedUser,
     MAX_BODY_BYTES,
 };
+use crate::http::jsonp;
 use crate::http::pages::{NotificationPage, UnreadCount};
 use crate::http::AppState;
 use crate::ingest::{parse_mark_read, publish_command};
@@ -245,9 +246,11 @@ pub async fn publish(
         ("before" = Option<i64>, Query, nullable = false, minimum = 1, description = "Only seq < before, descending; omitted means from the newest."),
         ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
         ("unread" = Option<bool>, Query, nullable = false, description = "Only unread notifications."),
+        ("callback" = Option<String>, Query, nullable = false, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
     responses(
-        (status = 200, body = NotificationPage, description = "A page of the caller's notifications."),
+        (status = 200, body = NotificationPage, description = "The page (or with `callback`, a script calling it with the page or a problem document)."),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "A bad query parameter, named in `errors`, or both `after` and `before`."),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
@@ -255,12 +258,19 @@ pub async fn publish(
     ),
     security(("user_token" = []))
 )]
-pub async fn list(
-    state: web::Data<AppState>,
-    user: AuthenticatedUser,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let q = query_map(&req)?;
+pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let callback = jsonp::callback(&req)?;
+    let result = list_page(&state, &req, callback.is_some()).await;
+    jsonp::respond(callback, result)
+}
+
+async fn list_page(
+    state: &AppState,
+    req: &HttpRequest,
+    jsonp: bool,
+) -> Result<NotificationPage, ApiError> {
+    let user = jsonp::user(req, jsonp)?;
+    let q = query_map(req)?;
     let after = int_param(&q, "after", 0, i64::MAX)?;
     let before = int_param(&q, "before", 1, i64::MAX)?;
     let limit = int_param(&q, "limit", 1, i64::from(MAX_PAGE))?.unwrap_or(DEFAULT_PAGE);
@@ -285,18 +295,23 @@ pub async fn list(
         },
     };
     let page = state.store.list(&user.user, query).await?;
-    Ok(HttpResponse::Ok().json(NotificationPage {
+    Ok(NotificationPage {
         notifications: page.notifications,
         unread: page.counts.unread,
         seq: page.counts.seq.get(),
-    }))
+    })
 }
 
 /// The caller's unread count and latest seq: the short-poll endpoint.
 #[utoipa::path(
     get, path = "/v1/notifications/unread-count", tag = "inbox",
+    params(
+        ("callback" = Option<String>, Query, nullable = false, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the count or, on an error, the problem document; the token may then come as `access_token`."),
+        ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
+    ),
     responses(
-        (status = 200, body = UnreadCount, description = "The caller's counters."),
+        (status = 200, body = UnreadCount, description = "The count (or with `callback`, a script calling it with the count or a problem document)."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "A bad `callback`."),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
@@ -305,9 +320,15 @@ pub async fn list(
 )]
 pub async fn unread_count(
     state: web::Data<AppState>,
-    user: AuthenticatedUser,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(UnreadCount::from(state.store.counts(&user.user).await?)))
+    let callback = jsonp::callback(&req)?;
+    let result = async {
+        let user = jsonp::user(&req, callback.is_some())?;
+        Ok(UnreadCount::from(state.store.counts(&user.user).await?))
+    }
+    .await;
+    jsonp::respond(callback, result)
 }
 
 /// Mark the caller's notifications read, by ids or up to a seq.

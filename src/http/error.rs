@@ -149,6 +149,36 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+impl ApiError {
+    /// The problem document of this error: the body of its response, and what a JSONP
+    /// callback is handed instead (a `<script>` cannot read a status).
+    pub fn problem(&self) -> Problem {
+        let (slug, title) = self.kind();
+        let detail = match self {
+            ApiError::Internal(_) => {
+                tracing::error!(error = %Chain(self), "internal error");
+                "something went wrong on our side; it has been logged".to_owned()
+            }
+            ApiError::Validation(errors) => {
+                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                format!("fix these fields: {}", fields.join(", "))
+            }
+            other => other.to_string(),
+        };
+        let errors = match self {
+            ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        };
+        Problem {
+            kind: format!("urn:tidings:problem:{slug}"),
+            title: title.to_owned(),
+            status: self.status_code().as_u16(),
+            detail,
+            errors,
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -170,29 +200,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let (slug, title) = self.kind();
-        let detail = match self {
-            ApiError::Internal(_) => {
-                tracing::error!(error = %Chain(self), "internal error");
-                "something went wrong on our side; it has been logged".to_owned()
-            }
-            ApiError::Validation(errors) => {
-                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-                format!("fix these fields: {}", fields.join(", "))
-            }
-            other => other.to_string(),
-        };
-        let errors = match self {
-            ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
-            _ => Vec::new(),
-        };
-        let problem = Problem {
-            kind: format!("urn:tidings:problem:{slug}"),
-            title: title.to_owned(),
-            status: status.as_u16(),
-            detail,
-            errors,
-        };
+        let problem = self.problem();
         let mut builder = HttpResponse::build(status);
         builder.content_type("application/problem+json");
         match self {

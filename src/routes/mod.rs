@@ -8,6 +8,7 @@ pub mod openapi;
 
 use crate::api::{demo, health, notifications, topics};
 use crate::http::error::ApiError;
+use crate::sockjs::Endpoint;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use actix_web::{web, HttpResponse};
 
@@ -70,6 +71,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
             .config(utoipa_swagger_ui::Config::from("/openapi.json")),
     );
+}
+
+/// Mounts the SockJS endpoints (built once per replica by
+/// [`crate::sockjs::tidings::endpoints`], so every worker shares their sessions).
+pub fn configure_sockjs(cfg: &mut web::ServiceConfig, endpoints: &[Endpoint]) {
+    for endpoint in endpoints {
+        endpoint.configure(cfg);
+    }
 }
 
 async fn serve_openapi(doc: web::Data<String>) -> HttpResponse {

@@ -117,7 +117,7 @@ impl SocketTask {
                 },
                 msg = messages.recv() => match msg {
                     Some(Ok(AggregatedMessage::Text(text))) => {
-                        let reply = self.on_client_message(&text).await;
+                        let reply = on_client_message(&self.state, &self.user, &text).await;
                         if let Some(reply) = reply {
                             if !self.send(reply).await {
                                 break End::Gone;
@@ -178,32 +178,34 @@ impl SocketTask {
             Ok(Ok(()))
         )
     }
+}
 
-    async fn on_client_message(&self, text: &str) -> Option<String> {
-        let value: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => return Some(error_frame(&format!("not JSON: {e}"))),
-        };
-        match value.get("type").and_then(|t| t.as_str()) {
-            Some("ping") => Some(r#"{"type":"pong"}"#.to_owned()),
-            Some("read") => match parse_mark_read(&value, &["type"]) {
-                // The new count reaches this socket (and every other) through the bus.
-                Ok(what) => match self.state.notifier.mark_read(&self.user, &what).await {
-                    Ok(_) => None,
-                    Err(e) => Some(error_frame(&ApiError::from(e).to_string())),
-                },
-                Err(errors) => {
-                    let fields: Vec<String> = errors
-                        .iter()
-                        .map(|e| format!("{} {}", e.field, e.message))
-                        .collect();
-                    Some(error_frame(&fields.join("; ")))
-                }
+/// One client message of the JSON protocol, and the reply to send, if any. Shared with
+/// the same protocol over SockJS.
+pub async fn on_client_message(state: &AppState, user: &UserId, text: &str) -> Option<String> {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Some(error_frame(&format!("not JSON: {e}"))),
+    };
+    match value.get("type").and_then(|t| t.as_str()) {
+        Some("ping") => Some(r#"{"type":"pong"}"#.to_owned()),
+        Some("read") => match parse_mark_read(&value, &["type"]) {
+            // The new count reaches this socket (and every other) through the bus.
+            Ok(what) => match state.notifier.mark_read(user, &what).await {
+                Ok(_) => None,
+                Err(e) => Some(error_frame(&ApiError::from(e).to_string())),
             },
-            _ => Some(error_frame(
-                "unknown message type; send {\"type\":\"read\",...} or {\"type\":\"ping\"}",
-            )),
-        }
+            Err(errors) => {
+                let fields: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{} {}", e.field, e.message))
+                    .collect();
+                Some(error_frame(&fields.join("; ")))
+            }
+        },
+        _ => Some(error_frame(
+            "unknown message type; send {\"type\":\"read\",...} or {\"type\":\"ping\"}",
+        )),
     }
 }
 
@@ -212,7 +214,7 @@ fn error_frame(detail: &str) -> String {
 }
 
 /// One hub frame as WebSocket messages, one JSON object per text frame.
-fn render(frame: &Frame) -> Vec<String> {
+pub fn render(frame: &Frame) -> Vec<String> {
     match frame {
         Frame::Update(u) => {
             let (notifications, counts) = (&u.notifications, &u.counts);

@@ -11,6 +11,7 @@
 //! or read `target/tmp/nginx-figures.txt`.
 
 mod measure;
+mod sockjs;
 mod topology;
 
 use measure::{errors, millis, pace, percentiles, report_figure, tally, watch_gaps, Gaps};

@@ -40,6 +40,7 @@ pub mod frame;
 pub mod heartbeat;
 pub mod protocol;
 pub mod session;
+pub mod socket;
 pub mod transaction;
 
 use crate::http::error::ApiError;

@@ -21,6 +21,7 @@ use super::protocol::{
     connect_token, events, message_frame, negotiate_version, parse_cursor, parse_destination,
     parse_read_body, Destination, Event, AFTER_HEADER, READ, VERSIONS,
 };
+use super::socket::{Inbound, Outbound};
 use super::transaction::{Transactions, TxLimits};
 use crate::auth::{AuthError, Principal};
 use crate::domain::{MarkRead, UserId};
@@ -32,7 +33,7 @@ use crate::telemetry::Chain;
 use crate::transports::is_overflow;
 use crate::transports::stream::expiry_instant;
 use actix_web::web;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use std::future::{poll_fn, Future};
 use std::task::Poll;
 use std::time::Duration;
@@ -138,10 +139,14 @@ struct Subscription {
     unacked: Unacked<Event>,
 }
 
-/// The STOMP state of a socket.
-pub struct Session {
+/// The STOMP state of a socket: a WebSocket, or any channel that implements
+/// [`Outbound`] (a SockJS session).
+pub struct Session<W: Outbound = actix_ws::Session> {
     state: web::Data<AppState>,
-    ws: actix_ws::Session,
+    ws: W,
+    /// A token that came with the channel (SockJS's `access_token` in the URL), used when
+    /// CONNECT carries none.
+    url_token: Option<String>,
     decoder: Decoder,
     /// Set by CONNECT.
     user: Option<UserId>,
@@ -174,8 +179,8 @@ pub struct Session {
 /// actix-ws aggregates before the codec sees it.
 pub const MAX_WS_MESSAGE: usize = 64 * 1024 + 4 * 1024;
 
-impl Session {
-    pub fn new(state: web::Data<AppState>, ws: actix_ws::Session) -> Self {
+impl<W: Outbound> Session<W> {
+    pub fn new(state: web::Data<AppState>, ws: W) -> Self {
         let now = Instant::now();
         let ping_every = ping_period(state.heartbeat);
         let mut ping_tick = tokio::time::interval_at(now + ping_every, ping_every);
@@ -183,6 +188,7 @@ impl Session {
         Session {
             state,
             ws,
+            url_token: None,
             decoder: Decoder::new(Limits::default()),
             user: None,
             version: None,
@@ -201,8 +207,14 @@ impl Session {
         }
     }
 
+    /// Accepts `token` (from the channel's URL) when CONNECT carries none.
+    pub fn with_url_token(mut self, token: Option<String>) -> Self {
+        self.url_token = token;
+        self
+    }
+
     /// Runs the session to its end, then closes the socket.
-    pub async fn run(mut self, mut messages: AggregatedMessageStream) {
+    pub async fn run(mut self, mut messages: impl Inbound) {
         let timer = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(timer);
         let end = loop {
@@ -232,7 +244,7 @@ impl Session {
                     }
                 }
                 _ = self.ping_tick.tick(), if pings => {
-                    if self.ws.ping(b"").await.is_err() {
+                    if self.ws.ping().await.is_err() {
                         break End::Gone;
                     }
                 }
@@ -284,11 +296,12 @@ impl Session {
     /// the only proof of life; and when the server's own heart-beats are off or slower
     /// than the configured period, pings keep proxies from closing an idle socket.
     fn pings(&self) -> bool {
-        self.heartbeat.recv.is_none()
-            || self
-                .heartbeat
-                .send
-                .is_none_or(|every| every > self.state.heartbeat)
+        W::PINGS
+            && (self.heartbeat.recv.is_none()
+                || self
+                    .heartbeat
+                    .send
+                    .is_none_or(|every| every > self.state.heartbeat))
     }
 
     /// The earliest instant at which something must be checked.
@@ -307,7 +320,11 @@ impl Session {
     fn silence_deadline(&self) -> Instant {
         match self.heartbeat.silence_limit() {
             Some(limit) => self.last_stomp_in + limit,
-            None => self.last_any_in + ping_period(self.state.heartbeat) * PING_SILENCE_FACTOR,
+            None if W::PINGS => {
+                self.last_any_in + ping_period(self.state.heartbeat) * PING_SILENCE_FACTOR
+            }
+            // The channel ends `recv` itself once its client is gone.
+            None => far_future(),
         }
     }
 
@@ -436,12 +453,14 @@ impl Session {
             f.headers.push(("version", VERSIONS.join(",")));
             return Err(End::Error(f));
         };
-        let token = connect_token(frame).ok_or_else(|| {
-            Failure::policy(
-                "no token: send the user's JWT in the CONNECT frame's Authorization header \
+        let token = connect_token(frame)
+            .or(self.url_token.as_deref())
+            .ok_or_else(|| {
+                Failure::policy(
+                    "no token: send the user's JWT in the CONNECT frame's Authorization header \
                  (Bearer <jwt>) or as passcode",
-            )
-        })?;
+                )
+            })?;
         let verified = self.state.auth.verify(token).map_err(|e| match e {
             AuthError::Expired => End::Error(Failure::new(
                 "token expired",
@@ -476,6 +495,7 @@ impl Session {
         self.expires = Some(expiry_instant(verified.expires_at));
         self.heartbeat = negotiated;
         if let Some(every) = negotiated.send {
+            self.ws.heartbeats_negotiated();
             let mut tick = tokio::time::interval_at(Instant::now() + every, every);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             self.hb_tick = tick;
@@ -747,10 +767,9 @@ impl Session {
     /// Writes one frame as one WebSocket message: text when it is UTF-8 (always, for
     /// what this server sends), which every STOMP-over-WebSocket client reads.
     async fn send_frame(&mut self, frame: &Frame) -> bool {
-        let sent = match String::from_utf8(frame.encode()) {
-            Ok(text) => tokio::time::timeout(SEND_TIMEOUT, self.ws.text(text)).await,
-            Err(e) => tokio::time::timeout(SEND_TIMEOUT, self.ws.binary(e.into_bytes())).await,
-        };
+        // What this server sends is UTF-8 (headers and JSON bodies), a text message.
+        let text = String::from_utf8_lossy(&frame.encode()).into_owned();
+        let sent = tokio::time::timeout(SEND_TIMEOUT, self.ws.text(text)).await;
         let ok = matches!(sent, Ok(Ok(())));
         if ok {
             self.hb_tick.reset();
@@ -761,7 +780,7 @@ impl Session {
     /// A heart-beat: one EOL, as its own WebSocket message (what stompjs and Spring send).
     async fn send_heartbeat(&mut self) -> bool {
         matches!(
-            tokio::time::timeout(SEND_TIMEOUT, self.ws.text("\n")).await,
+            tokio::time::timeout(SEND_TIMEOUT, self.ws.text("\n".to_owned())).await,
             Ok(Ok(()))
         )
     }
