@@ -31,12 +31,14 @@ command -v npm >/dev/null 2>&1 || apt_install npm
 command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3 || echo "(no sqlite3: the screenshot's notifications will all say 'just now')"
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client || true
 
-# npm ci when playwright-core is missing or not the locked version.
+# npm ci when a devDependency (playwright-core; the gRPC-Web client, its code generator and
+# esbuild) is missing or not the locked version.
 locked_ok=$(cd "$here" && node -e "
   try {
-    const want = require('./package-lock.json').packages['node_modules/playwright-core'].version;
-    const have = require('./node_modules/playwright-core/package.json').version;
-    process.stdout.write(want === have ? 'yes' : 'no');
+    const lock = require('./package-lock.json').packages;
+    const ok = Object.keys(require('./package.json').devDependencies).every((name) =>
+      lock['node_modules/' + name].version === require('./node_modules/' + name + '/package.json').version);
+    process.stdout.write(ok ? 'yes' : 'no');
   } catch { process.stdout.write('no'); }" 2>/dev/null || echo no)
 if [ "$locked_ok" != yes ]; then
   say "npm ci (tests/browser)"
