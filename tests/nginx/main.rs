@@ -1087,8 +1087,12 @@ async fn grpc_and_grpc_web_through_nginx_reach_every_replica() {
         .expect("gRPC-Web through nginx");
     assert_eq!(resp.status(), 200, "{}", t.logs());
     let body = resp.bytes().await.expect("gRPC-Web body");
-    assert!(body.len() >= 5 && body[0] == 0, "a data frame first: {body:?}");
+    assert!(
+        body.len() >= 5 && body[0] == 0,
+        "a data frame first: {body:?}"
+    );
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    assert!(body.len() >= 5 + len, "a whole data frame: {body:?}");
     let counts: proto::Counts =
         prost::Message::decode(&body[5..5 + len]).expect("a Counts message");
     assert_eq!((counts.unread, counts.seq), (4, 4));
