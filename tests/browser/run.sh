@@ -30,8 +30,10 @@ command -v node >/dev/null 2>&1 || apt_install nodejs
 command -v npm >/dev/null 2>&1 || apt_install npm
 command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3 || echo "(no sqlite3: the screenshot's notifications will all say 'just now')"
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client || true
+# The MQTT badge test starts its own broker (a WebSocket listener for mqtt.js in the page).
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 
-# npm ci when a devDependency (playwright-core; the gRPC-Web client, its code generator and
+# npm ci when a devDependency (playwright-core, mqtt; the gRPC-Web client, its code generator and
 # esbuild) is missing or not the locked version.
 locked_ok=$(cd "$here" && node -e "
   try {

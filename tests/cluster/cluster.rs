@@ -74,23 +74,40 @@ pub struct Cluster {
     redis: RedisServer,
     /// Set when the replicas use a Redis Cluster instead of `redis` (which then never runs).
     redis_cluster: Option<RedisCluster>,
+    /// Set on every replica after the harness's own settings (and so over them).
+    extra_env: Vec<(String, String)>,
     replicas: Vec<Replica>,
 }
 
 impl Cluster {
     /// A fresh database, a private Redis, and `n` replicas, each answering `/healthz`.
     pub async fn start(n: usize) -> Cluster {
-        Self::start_with(n, false).await
+        Self::start_with(n, false, Vec::new()).await
+    }
+
+    /// The same, with `env` (such as `TIDINGS__MQTT__URL`) set on every replica, each time
+    /// it starts.
+    #[allow(dead_code)] // harness API
+    pub async fn start_with_env(n: usize, env: &[(&str, &str)]) -> Cluster {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_with(n, false, env).await
     }
 
     /// The same on a private Redis Cluster of three primaries and three replicas, which the
     /// replicas are given as a comma-separated list of seeds.
     #[allow(dead_code)] // harness API
     pub async fn start_on_redis_cluster(n: usize) -> Cluster {
-        Self::start_with(n, true).await
+        Self::start_with(n, true, Vec::new()).await
     }
 
-    async fn start_with(n: usize, redis_cluster: bool) -> Cluster {
+    async fn start_with(
+        n: usize,
+        redis_cluster: bool,
+        extra_env: Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let (db_name, db_url) = harness::create_database("tidings_cluster").await;
 
@@ -107,6 +124,7 @@ impl Cluster {
                 log: dir.path().join("redis.log"),
             },
             redis_cluster: None,
+            extra_env,
             replicas: Vec::new(),
             dir,
         };
@@ -191,7 +209,8 @@ impl Cluster {
                 "TIDINGS__AUTH__SECRET_FILE",
                 self.dir.path().join("tidings.secret"),
             )
-            .env("TIDINGS__LOG__LEVEL", "info");
+            .env("TIDINGS__LOG__LEVEL", "info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         if let Ok(mut f) = File::options().append(true).open(&replica.log) {
             let _ = writeln!(f, "==== test harness: starting replica {i} ====");
         }

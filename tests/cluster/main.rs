@@ -3,8 +3,11 @@
 //! on a free port (so it can stop and restart it without disturbing other tests) and its own
 //! replicas, and breaks things while notifications are published: `kill -9` of a replica,
 //! SIGTERM, a Redis restart. The clients must end with every seq exactly once, in order.
+//! The MQTT test (mqtt.rs) adds a private Mosquitto that every replica's bridge drains the
+//! outbox into, with an independent subscriber: there, every seq at least once, in order.
 
 mod cluster;
+mod mqtt;
 mod redis_cluster;
 
 use cluster::{service_token, user_token, Cluster, GRACE_SECONDS};
