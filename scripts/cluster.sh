@@ -29,6 +29,8 @@
 #   CLUSTER_DIR              state: pids, logs, nginx prefix [/tmp/tidings-cluster]
 #   CLUSTER_PORT             nginx port on 127.0.0.1 [8080]
 #   CLUSTER_BASE_PORT        replica N listens on BASE+N-1 [8081]
+#   CLUSTER_GRPC_PORT        nginx's gRPC (HTTP/2) port; replica N serves gRPC on
+#                            GRPC_PORT+N [BASE+REPLICAS: 8084, replicas 8085..8087]
 #   CLUSTER_REPLICAS         number of replicas [3]
 #   CLUSTER_START_TIMEOUT    seconds to wait for readiness [60]
 #   CLUSTER_STOP_TIMEOUT     seconds between SIGTERM and SIGKILL
@@ -89,21 +91,27 @@ setting() {
 PORT="$(setting CLUSTER_PORT 8080)"
 BASE_PORT="$(setting CLUSTER_BASE_PORT 8081)"
 REPLICAS="$(setting CLUSTER_REPLICAS 3)"
+GRPC_PORT="$(setting CLUSTER_GRPC_PORT $((BASE_PORT + REPLICAS)))"
 DB_URL="$(setting TIDINGS__DATABASE__URL postgres://postgres@127.0.0.1:5432/tidings_cluster)"
 REDIS_URL="$(setting TIDINGS__REDIS__URL redis://127.0.0.1:6379)"
 START_TIMEOUT="${CLUSTER_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${CLUSTER_STOP_TIMEOUT:-$((${TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS:-10} + 5))}"
 
-for v in PORT BASE_PORT REPLICAS START_TIMEOUT STOP_TIMEOUT; do
+for v in PORT BASE_PORT GRPC_PORT REPLICAS START_TIMEOUT STOP_TIMEOUT; do
     is_uint "${!v}" || die "$v must be a whole number, got '${!v}'"
 done
 ((REPLICAS >= 1)) || die "CLUSTER_REPLICAS must be at least 1"
-((PORT < 65536 && BASE_PORT + REPLICAS - 1 < 65536)) || die "port out of range"
+((PORT < 65536 && BASE_PORT + REPLICAS - 1 < 65536 && GRPC_PORT + REPLICAS < 65536)) || die "port out of range"
 if ((PORT >= BASE_PORT && PORT < BASE_PORT + REPLICAS)); then
     die "CLUSTER_PORT $PORT collides with the replica ports $BASE_PORT..$((BASE_PORT + REPLICAS - 1))"
 fi
 
+if ((GRPC_PORT + REPLICAS >= BASE_PORT && GRPC_PORT < BASE_PORT + REPLICAS)) || ((PORT >= GRPC_PORT && PORT <= GRPC_PORT + REPLICAS)); then
+    die "CLUSTER_GRPC_PORT $GRPC_PORT..$((GRPC_PORT + REPLICAS)) collides with the HTTP ports"
+fi
+
 replica_port() { echo $((BASE_PORT + $1 - 1)); }
+replica_grpc_port() { echo $((GRPC_PORT + $1)); }
 replica_pidfile() { echo "$CLUSTER_DIR/replica$1.pid"; }
 replica_log() { echo "$CLUSTER_DIR/replica$1.log"; }
 
@@ -241,6 +249,7 @@ save_conf() {
     {
         printf 'CLUSTER_PORT=%s\n' "$PORT"
         printf 'CLUSTER_BASE_PORT=%s\n' "$BASE_PORT"
+        printf 'CLUSTER_GRPC_PORT=%s\n' "$GRPC_PORT"
         printf 'CLUSTER_REPLICAS=%s\n' "$REPLICAS"
         printf 'TIDINGS__DATABASE__URL=%s\n' "$DB_URL"
         printf 'TIDINGS__REDIS__URL=%s\n' "$REDIS_URL"
@@ -297,8 +306,9 @@ check_redis() {
 }
 
 start_replica() {
-    local n=$1 port pidfile log pid
+    local n=$1 port grpc_port pidfile log pid
     port="$(replica_port "$n")"
+    grpc_port="$(replica_grpc_port "$n")"
     pidfile="$(replica_pidfile "$n")"
     log="$(replica_log "$n")"
     if pid="$(pid_of "$pidfile")"; then
@@ -306,13 +316,14 @@ start_replica() {
         return 0
     fi
     port_in_use "$port" && die "port $port is taken by a process this cluster did not start"
+    port_in_use "$grpc_port" && die "port $grpc_port is taken by a process this cluster did not start"
     mkdir -p "$CLUSTER_DIR/replica$n"
     printf '\n=== %s starting replica %s on %s:%s\n' "$(date -u +%FT%TZ)" "$n" "$HOST" "$port" >>"$log"
     local envs=(
         "TIDINGS__SERVER__LISTEN=$HOST:$port"
         # The replicas' HTTP ports are consecutive, so the default gRPC port (HTTP + 1) would
-        # be the next replica's; nginx does not route gRPC yet, so the replicas serve none.
-        "TIDINGS__GRPC__LISTEN=off"
+        # be the next replica's: gRPC gets a range of its own, behind nginx's gRPC port.
+        "TIDINGS__GRPC__LISTEN=$HOST:$grpc_port"
         "TIDINGS__DATABASE__URL=$DB_URL"
         "TIDINGS__AUTH__JWT_SECRET=$SECRET"
     )
@@ -387,8 +398,20 @@ write_nginx_conf() {
         echo "    keepalive 32;"
         echo "    keepalive_timeout 4s;"
         echo "}"
+        echo "upstream tidings_grpc {"
+        echo "    least_conn;"
+        echo "    zone tidings_grpc 256k;"
+        for ((i = 1; i <= REPLICAS; i++)); do
+            echo "    server $HOST:$(replica_grpc_port "$i") max_fails=1 fail_timeout=5s;"
+        done
+        for ((i = 1; i <= REPLICAS; i++)); do
+            echo "    server $HOST:$(replica_grpc_port "$i") backup max_fails=0;"
+        done
+        echo "    keepalive 32;"
+        echo "}"
     } >"$conf_dir/tidings.d/upstream.conf"
     echo "listen $HOST:$PORT;" >"$conf_dir/tidings.d/listen.conf"
+    echo "listen $HOST:$GRPC_PORT http2;" >"$conf_dir/tidings.d/grpc-listen.conf"
 }
 
 nginx_args() { printf '%s\n' -p "$NGINX_PREFIX/" -c "$NGINX_PREFIX/conf/nginx.conf" -e stderr; }
@@ -418,6 +441,7 @@ start_nginx() {
         return 0
     fi
     port_in_use "$PORT" && die "port $PORT is taken by a process this cluster did not start"
+    port_in_use "$GRPC_PORT" && die "port $GRPC_PORT is taken by a process this cluster did not start"
     printf '\n=== %s starting nginx on %s:%s\n' "$(date -u +%FT%TZ)" "$HOST" "$PORT" >>"$NGINX_LOG"
     spawn "$NGINX_PIDFILE" "$NGINX_LOG" "$NGINX_PREFIX" "$nginx" "${args[@]}" -g 'daemon off;'
     say "nginx started (pid $(pid_of "$NGINX_PIDFILE" || echo '?'), port $PORT, log $NGINX_LOG)"
@@ -549,6 +573,7 @@ cmd_env() {
     for ((i = 1; i <= REPLICAS; i++)); do urls+=("http://$HOST:$(replica_port "$i")"); done
     printf 'CLUSTER_DIR=%q\n' "$CLUSTER_DIR"
     printf 'TIDINGS_URL=%q\n' "http://$HOST:$PORT"
+    printf 'TIDINGS_GRPC_URL=%q\n' "http://$HOST:$GRPC_PORT"
     printf 'TIDINGS_REPLICA_URLS=%q\n' "${urls[*]}"
     printf 'TIDINGS__AUTH__JWT_SECRET=%q\n' "$(<"$SECRET_FILE")"
     printf 'TIDINGS__DATABASE__URL=%q\n' "$DB_URL"

@@ -1,14 +1,19 @@
 //! The gRPC face, through a tonic client generated from the same committed `.proto`: every
 //! method, the same validation, token and idempotency rules as REST, and `Subscribe`'s
-//! replay-then-live, slow-client cut-off, token expiry and shutdown.
+//! replay-then-live, slow-client cut-off, token expiry and shutdown, and the reconnect race:
+//! subscribers re-subscribing from their cursor over and over while notifications are published.
 
 use crate::helpers::{
     sample, service_token, sign, spawn_app, spawn_app_with, user_token, Backend, TestApp, SECRET,
 };
 use jsonwebtoken::Algorithm;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidings::grpc::proto::{self, event, notifications_client::NotificationsClient};
+use tidings_test_support::live::{check_exactly_once_in_order, PublishRun};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 use tonic_types::StatusExt;
@@ -728,6 +733,316 @@ fn tokio_stream_once<T: Send + 'static>(
     futures::stream::iter([item])
 }
 
+// ---------------------------------------------------------------------------------------------
+// The race: subscribers re-subscribing from their cursor while notifications are published
+// ---------------------------------------------------------------------------------------------
+
+const RACE_SUBSCRIBERS: usize = 20;
+const RACE_NOTIFICATIONS: usize = 1000;
+/// Publishes between two forced re-subscriptions (of the next subscriber in turn).
+const RACE_RECONNECT_EVERY: usize = 3;
+
+enum RaceCommand {
+    Resubscribe,
+    Stop,
+}
+
+#[derive(Default)]
+struct RaceState {
+    seqs: Vec<i64>,
+    /// The highest seq received: what the next `Subscribe` resumes after.
+    cursor: i64,
+    subscribes: u64,
+    resyncs: u64,
+    /// The last few endings and failures, for a failure message.
+    log: Vec<String>,
+}
+
+struct RaceShared {
+    state: Mutex<RaceState>,
+    progress: watch::Sender<i64>,
+}
+
+impl RaceShared {
+    fn record(&self, seq: i64) {
+        let mut st = self.state.lock().unwrap();
+        st.seqs.push(seq);
+        if seq > st.cursor {
+            st.cursor = seq;
+            self.progress.send_replace(seq);
+        }
+    }
+
+    fn cursor(&self) -> i64 {
+        self.state.lock().unwrap().cursor
+    }
+
+    fn log(&self, line: String) {
+        let mut st = self.state.lock().unwrap();
+        if st.log.len() >= 10 {
+            st.log.remove(0);
+        }
+        st.log.push(line);
+    }
+
+    fn summary(&self) -> String {
+        let st = self.state.lock().unwrap();
+        format!(
+            "cursor {}, {} seqs, {} subscribes, {} resyncs, recent: {:?}",
+            st.cursor,
+            st.seqs.len(),
+            st.subscribes,
+            st.resyncs,
+            st.log
+        )
+    }
+}
+
+/// A gRPC subscriber that keeps its cursor (the last seq it saw) across re-subscriptions and
+/// records every seq it receives; told to, it drops its stream and subscribes again with
+/// `after` = that cursor, as a client following the contract does.
+struct GrpcSubscriber {
+    name: String,
+    shared: Arc<RaceShared>,
+    commands: mpsc::UnboundedSender<RaceCommand>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcSubscriber {
+    async fn spawn(name: String, app: &TestApp, token: String) -> GrpcSubscriber {
+        let shared = Arc::new(RaceShared {
+            state: Mutex::new(RaceState::default()),
+            progress: watch::channel(0).0,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let c = client(app).await;
+        let task = tokio::spawn(subscribe_loop(c, token, shared.clone(), rx));
+        GrpcSubscriber {
+            name,
+            shared,
+            commands: tx,
+            task,
+        }
+    }
+
+    fn resubscribe(&self) {
+        let _ = self.commands.send(RaceCommand::Resubscribe);
+    }
+
+    fn subscribes(&self) -> u64 {
+        self.shared.state.lock().unwrap().subscribes
+    }
+
+    /// Waits until seq `n` (or beyond) arrived, or panics at `deadline`.
+    async fn wait_for_seq(&self, n: i64, deadline: Instant) {
+        let mut rx = self.shared.progress.subscribe();
+        let reached = matches!(
+            tokio::time::timeout_at(deadline, rx.wait_for(|s| *s >= n)).await,
+            Ok(Ok(_))
+        );
+        assert!(
+            reached,
+            "{} did not reach seq {n}: {}",
+            self.name,
+            self.shared.summary()
+        );
+    }
+
+    /// Stops the task; returns the seqs received and how many subscriptions it took.
+    async fn stop(self) -> (Vec<i64>, u64) {
+        let _ = self.commands.send(RaceCommand::Stop);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+        let mut st = self.shared.state.lock().unwrap();
+        (std::mem::take(&mut st.seqs), st.subscribes)
+    }
+}
+
+/// `true` when told to stop.
+fn stop_asked(cmd: Option<RaceCommand>) -> bool {
+    matches!(cmd, Some(RaceCommand::Stop) | None)
+}
+
+async fn subscribe_loop(
+    mut c: NotificationsClient<Channel>,
+    token: String,
+    shared: Arc<RaceShared>,
+    mut commands: mpsc::UnboundedReceiver<RaceCommand>,
+) {
+    loop {
+        // Re-subscriptions asked for while no stream was open are already done.
+        loop {
+            match commands.try_recv() {
+                Ok(RaceCommand::Resubscribe) => continue,
+                Ok(RaceCommand::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+        let after = shared.cursor();
+        let opened = tokio::select! {
+            opened = c.subscribe(authed(&token, proto::SubscribeRequest { after: Some(after) })) => opened,
+            cmd = commands.recv() => {
+                if stop_asked(cmd) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut stream = match opened {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                shared.log(format!("subscribe after {after} refused: {status:?}"));
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    cmd = commands.recv() => if stop_asked(cmd) { return } else { continue },
+                }
+            }
+        };
+        shared.state.lock().unwrap().subscribes += 1;
+        let resync = loop {
+            tokio::select! {
+                cmd = commands.recv() => {
+                    if stop_asked(cmd) {
+                        return;
+                    }
+                    break false;
+                }
+                message = stream.message() => match message {
+                    Ok(Some(proto::Event { event: Some(event::Event::Notification(n)) })) => {
+                        shared.record(n.seq)
+                    }
+                    Ok(Some(proto::Event { event: Some(event::Event::Resync(r)) })) => {
+                        shared.log(format!("resync to {} after {}", r.seq, shared.cursor()));
+                        break true;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        shared.log("the stream ended without a status".into());
+                        break false;
+                    }
+                    Err(status) => {
+                        shared.log(format!("the stream ended: {status:?}"));
+                        break false;
+                    }
+                }
+            }
+        };
+        drop(stream);
+        if resync {
+            // Over the replay cap: page through `List` from the cursor, as the contract says.
+            loop {
+                let after = shared.cursor();
+                let page = c
+                    .list(authed(
+                        &token,
+                        proto::ListRequest {
+                            after: Some(after),
+                            limit: Some(200),
+                            ..Default::default()
+                        },
+                    ))
+                    .await;
+                match page {
+                    Ok(page) => {
+                        let page = page.into_inner();
+                        if page.notifications.is_empty() {
+                            shared.state.lock().unwrap().resyncs += 1;
+                            break;
+                        }
+                        for n in page.notifications {
+                            shared.record(n.seq);
+                        }
+                    }
+                    Err(status) => {
+                        shared.log(format!("catch-up after {after} failed: {status:?}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 20 subscribers of one user, each dropping its `Subscribe` stream and subscribing again with
+/// `after` = the last seq it saw, over and over, while four tasks publish 1,000 notifications:
+/// every subscriber ends with 1..=1000, once each, in order. The re-subscriptions are tied to
+/// the publishing's progress, not the clock, so the race is as hard on a slow machine.
+async fn grpc_resubscribing_from_the_cursor_while_publishing_loses_and_repeats_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let token = user_token("racer");
+    let mut subscribers = Vec::new();
+    for i in 0..RACE_SUBSCRIBERS {
+        subscribers
+            .push(GrpcSubscriber::spawn(format!("subscriber {i}"), &app, token.clone()).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in &subscribers {
+        while s.subscribes() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{} never subscribed: {}",
+                s.name,
+                s.shared.summary()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let run = PublishRun::start(
+        vec![app.address.clone()],
+        service_token("billing"),
+        vec!["racer".into()],
+        RACE_NOTIFICATIONS,
+        4,
+        RACE_NOTIFICATIONS,
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut asked = 0usize;
+    while run.done() < RACE_NOTIFICATIONS && !run.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "publishing did not finish in time ({} done); recent failures: {:?}",
+            run.done(),
+            run.failures_so_far()
+        );
+        if run.done() >= asked * RACE_RECONNECT_EVERY {
+            // A stride coprime with the count, so neighbours are not always hit together.
+            subscribers[(asked * 7) % RACE_SUBSCRIBERS].resubscribe();
+            asked += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let failures = run.finish(Duration::from_secs(60)).await;
+    assert!(failures.is_empty(), "publishing failed: {failures:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for s in &subscribers {
+        s.wait_for_seq(RACE_NOTIFICATIONS as i64, deadline).await;
+    }
+    let mut subscribes = 0;
+    for s in subscribers {
+        let name = s.name.clone();
+        let (seqs, n) = s.stop().await;
+        subscribes += n;
+        if let Err(e) = check_exactly_once_in_order(&seqs, RACE_NOTIFICATIONS as i64) {
+            panic!("{name} ({n} subscriptions): {e}");
+        }
+    }
+    eprintln!("gRPC race: {asked} re-subscriptions asked, {subscribes} subscriptions in all");
+    // Most asked-for re-subscriptions happened while notifications were still flowing.
+    assert!(
+        subscribes as usize >= RACE_SUBSCRIBERS + asked / 2,
+        "only {subscribes} subscriptions for {asked} asked"
+    );
+    assert_eq!(app.unread("racer").await["seq"], RACE_NOTIFICATIONS);
+}
+
 crate::both_backends!(
     grpc_every_method_with_rest_semantics,
     grpc_validation_names_every_field,
@@ -739,4 +1054,5 @@ crate::both_backends!(
     grpc_subscribe_ends_at_token_expiry,
     grpc_subscribe_ends_at_shutdown_with_a_cursor,
     grpc_health_and_reflection_are_served,
+    grpc_resubscribing_from_the_cursor_while_publishing_loses_and_repeats_nothing,
 );

@@ -33,14 +33,13 @@ command -v psql >/dev/null 2>&1 || apt_install postgresql-client || true
 # The MQTT badge test starts its own broker (a WebSocket listener for mqtt.js in the page).
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 
-# npm ci when playwright-core or mqtt is missing or not the locked version.
+# npm ci when a devDependency (playwright-core, mqtt; the gRPC-Web client, its code generator and
+# esbuild) is missing or not the locked version.
 locked_ok=$(cd "$here" && node -e "
   try {
-    const ok = ['playwright-core', 'mqtt'].every((name) => {
-      const want = require('./package-lock.json').packages['node_modules/' + name].version;
-      const have = require('./node_modules/' + name + '/package.json').version;
-      return want === have;
-    });
+    const lock = require('./package-lock.json').packages;
+    const ok = Object.keys(require('./package.json').devDependencies).every((name) =>
+      lock['node_modules/' + name].version === require('./node_modules/' + name + '/package.json').version);
     process.stdout.write(ok ? 'yes' : 'no');
   } catch { process.stdout.write('no'); }" 2>/dev/null || echo no)
 if [ "$locked_ok" != yes ]; then

@@ -936,3 +936,167 @@ fn docker_compose_config_validates_with_the_env_example() {
         "without a secret docker-compose config must fail naming it; ok={ok}:\n{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// gRPC and gRPC-Web through nginx
+// ---------------------------------------------------------------------------------------------
+
+fn grpc_authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    req
+}
+
+async fn grpc_client(
+    url: &str,
+) -> tidings::grpc::proto::notifications_client::NotificationsClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("a gRPC address")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tidings::grpc::proto::notifications_client::NotificationsClient::new(channel)
+}
+
+/// Reads a `Subscribe` stream until `want` notification seqs arrived, bounded.
+async fn grpc_seqs(
+    stream: &mut tonic::Streaming<tidings::grpc::proto::Event>,
+    want: usize,
+    what: &str,
+) -> Vec<i64> {
+    use tidings::grpc::proto::event::Event;
+    let mut seqs = Vec::new();
+    while seqs.len() < want {
+        match tokio::time::timeout(WAIT, stream.message()).await {
+            Ok(Ok(Some(e))) => {
+                if let Some(Event::Notification(n)) = e.event {
+                    seqs.push(n.seq);
+                }
+            }
+            other => panic!("{what}: after {seqs:?}, the stream gave {other:?}"),
+        }
+    }
+    seqs
+}
+
+/// nginx's gRPC server (`grpc_pass` over HTTP/2) in front of the three replicas: subscribers
+/// spread over them get, exactly once and in order, what was published on each replica
+/// directly and through nginx; the health service answers through nginx; and a gRPC-Web call
+/// (HTTP/1.1) goes through nginx's HTTP port to the replicas' gRPC listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_grpc_web_through_nginx_reach_every_replica() {
+    use tidings::grpc::proto;
+    const SUBSCRIBERS: usize = 3;
+    let _serial = SERIAL.lock().await;
+    let t = Topology::up().await;
+    let user = "grpc-user";
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(t.grpc_url())
+            .expect("address")
+            .connect()
+            .await
+            .expect("connect to nginx's gRPC port"),
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "tidings.v1.Notifications".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("health through nginx: {e:?}\n{}", t.logs()))
+        .into_inner()
+        .status;
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // Subscribers through nginx, each on a connection of its own.
+    let mut streams = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut c = grpc_client(&t.grpc_url()).await;
+        let stream = c
+            .subscribe(grpc_authed(
+                &user_token(user),
+                proto::SubscribeRequest { after: Some(0) },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("subscribe through nginx: {e:?}\n{}", t.logs()))
+            .into_inner();
+        streams.push((c, stream));
+    }
+    let held = eventually(WAIT, "every gRPC subscriber held by a replica", || async {
+        let mut by = Vec::new();
+        for n in 1..=REPLICAS {
+            let text = scrape(&t.client, &t.replica_url(n)).await;
+            by.push(metric(&text, "tidings_connections", &[("transport", "grpc")]).unwrap_or(0.0));
+        }
+        (by.iter().sum::<f64>() >= SUBSCRIBERS as f64).then_some(by)
+    })
+    .await;
+    report_figure(&format!(
+        "GRPC: {SUBSCRIBERS} Subscribe streams through nginx (least_conn), per replica: {held:?}"
+    ));
+    assert!(
+        held.iter().filter(|&&h| h > 0.0).count() >= 2,
+        "least_conn put every gRPC stream on one replica: {held:?}"
+    );
+
+    // One publish on each replica's own gRPC listener, one through nginx: every subscriber,
+    // whichever replica holds it, gets all four.
+    let publish_req = |k: usize| proto::PublishRequest {
+        recipients: vec![user.into()],
+        r#type: "grpc.nginx".into(),
+        title: format!("notification {k}"),
+        ..Default::default()
+    };
+    for n in 1..=REPLICAS {
+        let mut c = grpc_client(&t.replica_grpc_url(n)).await;
+        let receipt = c
+            .publish(grpc_authed(&service_token("billing"), publish_req(n)))
+            .await
+            .unwrap_or_else(|e| panic!("publish on replica {n}: {e:?}"))
+            .into_inner();
+        assert_eq!(receipt.notifications[0].seq, n as i64);
+    }
+    let mut via = grpc_client(&t.grpc_url()).await;
+    via.publish(grpc_authed(&service_token("billing"), publish_req(4)))
+        .await
+        .unwrap_or_else(|e| panic!("publish through nginx: {e:?}\n{}", t.logs()));
+    for (i, (_, stream)) in streams.iter_mut().enumerate() {
+        assert_eq!(
+            grpc_seqs(stream, 4, &format!("subscriber {i}")).await,
+            [1, 2, 3, 4]
+        );
+    }
+
+    // gRPC-Web (HTTP/1.1) through nginx's HTTP port: UnreadCount, one framed empty message in,
+    // one framed `Counts` and a trailer frame with grpc-status 0 out.
+    let resp = t
+        .client
+        .post(format!("{}/tidings.v1.Notifications/UnreadCount", t.url()))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .bearer_auth(user_token(user))
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .expect("gRPC-Web through nginx");
+    assert_eq!(resp.status(), 200, "{}", t.logs());
+    let body = resp.bytes().await.expect("gRPC-Web body");
+    assert!(
+        body.len() >= 5 && body[0] == 0,
+        "a data frame first: {body:?}"
+    );
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    assert!(body.len() >= 5 + len, "a whole data frame: {body:?}");
+    let counts: proto::Counts =
+        prost::Message::decode(&body[5..5 + len]).expect("a Counts message");
+    assert_eq!((counts.unread, counts.seq), (4, 4));
+    let trailer = String::from_utf8_lossy(&body[5 + len..]).to_lowercase();
+    assert!(trailer.contains("grpc-status:0"), "trailer: {trailer:?}");
+}

@@ -77,8 +77,9 @@ fn ephemeral_port() -> u16 {
 /// The ports handed out by this process, so parallel tests never pick the same ones.
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
-/// `(CLUSTER_PORT, CLUSTER_BASE_PORT)`: four consecutive ports, nginx first and the replicas
-/// after it, that are free right now. They come from below the kernel's ephemeral range
+/// `(CLUSTER_PORT, CLUSTER_BASE_PORT)`: eight consecutive ports, nginx first and the replicas
+/// after it, then nginx's gRPC port and the replicas' gRPC ports (`CLUSTER_GRPC_PORT`, which
+/// `cluster.sh` puts right after the replicas' HTTP ports), that are free right now. They come from below the kernel's ephemeral range
 /// (`ip_local_port_range`), so no outgoing connection of any process (nor a port-0 bind of
 /// another test) can be given one of them between this check and the script binding them, and
 /// at a random place in it, so other test processes doing the same rarely meet; a collision
@@ -95,11 +96,11 @@ fn pick_ports() -> (u16, u16) {
         // An unusual range starting low: use the space above it instead.
         (61_000u32, 65_000u32)
     };
-    let span = hi - lo - 4;
+    let span = hi - lo - 8;
     let mut handed_out = HANDED_OUT.lock().unwrap();
     for _ in 0..2000 {
         let base = (lo + rand::random::<u32>() % span) as u16;
-        let ports = [base, base + 1, base + 2, base + 3];
+        let ports: Vec<u16> = (0..8).map(|i| base + i).collect();
         if ports.iter().any(|p| handed_out.contains(p)) {
             continue;
         }
@@ -111,7 +112,7 @@ fn pick_ports() -> (u16, u16) {
             return (base, base + 1);
         }
     }
-    panic!("no four consecutive free ports between {lo} and {hi}");
+    panic!("no eight consecutive free ports between {lo} and {hi}");
 }
 
 /// What one `cluster.sh` call did.
@@ -219,6 +220,22 @@ impl Topology {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// nginx's gRPC (HTTP/2) server.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port())
+    }
+
+    /// Replica `n`'s own gRPC listener (1-based), bypassing nginx.
+    pub fn replica_grpc_url(&self, n: usize) -> String {
+        assert!((1..=REPLICAS).contains(&n), "replica {n}");
+        format!("http://127.0.0.1:{}", self.grpc_port() as usize + n)
+    }
+
+    /// `CLUSTER_GRPC_PORT`: right after the replicas' HTTP ports (see [`pick_ports`]).
+    fn grpc_port(&self) -> u16 {
+        self.base_port + REPLICAS as u16
+    }
+
     /// Replica `n` (1-based, as `cluster.sh` numbers them), for scraping `/metrics` directly.
     pub fn replica_url(&self, n: usize) -> String {
         assert!((1..=REPLICAS).contains(&n), "replica {n}");
@@ -279,6 +296,7 @@ impl Topology {
         cmd.env("CLUSTER_DIR", self.dir.path())
             .env("CLUSTER_PORT", self.port.to_string())
             .env("CLUSTER_BASE_PORT", self.base_port.to_string())
+            .env("CLUSTER_GRPC_PORT", self.grpc_port().to_string())
             .env("CLUSTER_REPLICAS", REPLICAS.to_string())
             .env("CLUSTER_START_TIMEOUT", START_TIMEOUT_SECS.to_string())
             .env("TIDINGS_BIN", env!("CARGO_BIN_EXE_tidings"))
