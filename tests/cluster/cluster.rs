@@ -70,6 +70,8 @@ pub struct Cluster {
     redis: RedisServer,
     /// Set when the replicas use a Redis Cluster instead of `redis` (which then never runs).
     redis_cluster: Option<RedisCluster>,
+    /// `TIDINGS__REDIS__ROUTING` of every replica; unset: the default.
+    routing: Option<&'static str>,
     replicas: Vec<Replica>,
 }
 
@@ -86,7 +88,21 @@ impl Cluster {
         Self::start_with(n, true).await
     }
 
+    /// The same on one private Redis, with `TIDINGS__REDIS__ROUTING=routing`.
+    #[allow(dead_code)] // harness API
+    pub async fn start_with_routing(n: usize, routing: &'static str) -> Cluster {
+        Self::start_with_options(n, false, Some(routing)).await
+    }
+
     async fn start_with(n: usize, redis_cluster: bool) -> Cluster {
+        Self::start_with_options(n, redis_cluster, None).await
+    }
+
+    async fn start_with_options(
+        n: usize,
+        redis_cluster: bool,
+        routing: Option<&'static str>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let (db_name, db_url) = harness::create_database("tidings_cluster").await;
 
@@ -103,6 +119,7 @@ impl Cluster {
                 log: dir.path().join("redis.log"),
             },
             redis_cluster: None,
+            routing,
             replicas: Vec::new(),
             dir,
         };
@@ -188,6 +205,9 @@ impl Cluster {
                 self.dir.path().join("tidings.secret"),
             )
             .env("TIDINGS__LOG__LEVEL", "info");
+        if let Some(routing) = self.routing {
+            cmd.env("TIDINGS__REDIS__ROUTING", routing);
+        }
         if let Ok(mut f) = File::options().append(true).open(&replica.log) {
             let _ = writeln!(f, "==== test harness: starting replica {i} ====");
         }
