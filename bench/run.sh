@@ -8,6 +8,10 @@
 #   fanout         one notification to 1,000 online users (Nchan: 1,000 publishes)
 #   ingest         highest durable publish rate, 1 and 100 recipients per request
 #   cross-replica  unicast with subscribers on replica B, publishes to replica A, via Redis
+#   scaling        a fixed publish rate while the cluster grows from 1 to 4 subscriber replicas
+#                  (plus one replica that takes the publishes): one replica's bus CPU and
+#                  events received, and the cluster's, with per-user channels on one Redis
+#                  and on a Redis Cluster, and with the single shared channel (Tidings only)
 #   baseline       the idle SSE measurement against a bare actix-web server (no hub, no
 #                  actor, no timers): the framework's share of Tidings' figure
 #   all            every one of them (about 13 minutes), then results/summary.md and
@@ -32,6 +36,9 @@
 #   BENCH_PG_ADMIN=URL     admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
 #   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan (default 18080)
 #   NCHAN_PEER_DIR=DIR     the Nchan peer scripts (default ../shared/peers/nchan)
+#   BENCH_SCALING_USERS / _RATE / _SECS / _MAX / _MODES   the scaling scenario's users (2,000),
+#                          publishes/s (500), seconds per step (20), largest cluster (4), and
+#                          modes (user-single,user-cluster,shared-single)
 #   TIDINGS__*             passed through to the Tidings servers (e.g. DATABASE__MAX_CONNECTIONS)
 set -euo pipefail
 
@@ -74,7 +81,7 @@ for a in "$@"; do
   esac
 done
 case "$SCEN" in
-  idle | unicast | fanout | ingest | cross-replica | baseline | all) ;;
+  idle | unicast | fanout | ingest | cross-replica | scaling | baseline | all) ;;
   *) usage ;;
 esac
 if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
@@ -118,6 +125,7 @@ cleanup() {
   for p in "${TIDINGS_PIDS[@]}"; do stop_tidings_pid "$p"; done
   for p in "${NCHAN_PORTS[@]}"; do NCHAN_PEER_RM_PREFIX=1 "$PEER/stop.sh" "$p" 2>/dev/null || true; done
   for db in "${DATABASES[@]}"; do drop_db "$db"; done
+  for p in "${CLUSTER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   if command -v redis-cli >/dev/null && [ -n "${REDIS_UP:-}" ]; then
     # Nchan's Redis keys of this run ({channel:/rRUNID...}); Tidings' bus keeps none.
     redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "*r${RUNID}*" 2>/dev/null |
@@ -145,9 +153,11 @@ fi
 [ -x "$TIDINGS" ] || die "no $TIDINGS (build it: cargo build ${PROFILE_FLAG[*]} -p tidings --bin tidings)"
 log "server binary: $TIDINGS"
 [ -x "$BENCH" ] || die "no $BENCH (build it: cargo build ${PROFILE_FLAG[*]} -p tidings-bench)"
-[ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
-  die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
+if [ "$SCEN" != scaling ]; then
+  [ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
+    die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
+fi
 
 PG_OK=0
 if command -v psql >/dev/null && psql -X -q -d "$PG_ADMIN" -tAc 'select 1' >/dev/null 2>&1; then
@@ -193,8 +203,9 @@ start_tidings() {
   T_DB_URL="$db_url"
   local -a extra=()
   if [ "$mode" = redis ]; then
-    need_redis
-    extra=(TIDINGS__REDIS__URL=redis://127.0.0.1:6379 TIDINGS__REDIS__CHANNEL="bench:$RUNID")
+    # T_REDIS_URL: a Redis Cluster's seeds (the scaling scenario).
+    [ -n "${T_REDIS_URL:-}" ] || need_redis
+    extra=(TIDINGS__REDIS__URL="${T_REDIS_URL:-redis://127.0.0.1:6379}" TIDINGS__REDIS__CHANNEL="bench:$RUNID")
   fi
   # A fresh working directory: no .env or tidings.toml of the caller is read.
   (cd "$dir" && exec env -u TIDINGS_CONFIG -u RUST_LOG \
@@ -376,6 +387,145 @@ run_cross_replica() {
   stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
 }
 
+# ------------------------------------------------------------------ scaling ---
+# A private Redis Cluster (three primaries, three replicas) on ports PORT_BASE+100..105, its
+# bus ports on +200..205; sets CLUSTER_SEEDS and CLUSTER_PIDS.
+CLUSTER_PIDS=()
+start_redis_cluster() {
+  local i port dir hosts=() seeds=()
+  for i in 0 1 2 3 4 5; do
+    port=$((PORT_BASE + 100 + i))
+    dir="$WORK/redis-cluster/$i"
+    mkdir -p "$dir"
+    (cd "$dir" && exec redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --cluster-enabled yes --cluster-port $((PORT_BASE + 200 + i)) \
+      --cluster-config-file nodes.conf --cluster-node-timeout 2000) >"$dir/log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    hosts+=("127.0.0.1:$port")
+    seeds+=("redis://127.0.0.1:$port")
+  done
+  for i in 0 1 2 3 4 5; do
+    for _ in $(seq 100); do
+      [ "$(redis-cli -p $((PORT_BASE + 100 + i)) ping 2>/dev/null)" = PONG ] && break
+      sleep 0.1
+    done
+  done
+  redis-cli --cluster create "${hosts[@]}" --cluster-replicas 1 --cluster-yes >"$WORK/redis-cluster/create.log" 2>&1 ||
+    { cat "$WORK/redis-cluster/create.log" >&2; die "redis-cli --cluster create failed"; }
+  for _ in $(seq 300); do
+    local ok=1
+    for i in 0 1 2 3 4 5; do
+      redis-cli -p $((PORT_BASE + 100 + i)) cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  CLUSTER_SEEDS="$(IFS=,; echo "${seeds[*]}")"
+  log "redis cluster up: $CLUSTER_SEEDS"
+}
+stop_redis_cluster() {
+  local p
+  for p in "${CLUSTER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  CLUSTER_PIDS=()
+}
+
+# utime + stime of PID, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# A counter (no labels) from a replica's /metrics.
+metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}' | tail -1; }
+
+# One step: a publishing replica P (no connections) and R subscriber replicas on one database;
+# R cross-replica runs at once, run i with users/R users on replica i and rate/R publishes/s
+# through P. Measured over the publishing window: replica 1's CPU and bus events received, and
+# the events received by every replica.
+scaling_step() {
+  local mode=$1 r=$2 routing=${1%%-*} i pids=() ports=() outs=() bpids=()
+  local users=$((SC_USERS / r)) rate=$((SC_RATE / r))
+  export TIDINGS__REDIS__ROUTING="$routing"
+  T_REDIS_URL=""
+  [ "${mode#*-}" = cluster ] && T_REDIS_URL="$CLUSTER_SEEDS"
+  export T_REDIS_URL
+  start_tidings $((PORT_BASE + 50)) redis
+  local p=$T_PID db_url=$T_DB_URL
+  for i in $(seq 1 "$r"); do
+    T_SHARED_DB="$db_url" start_tidings $((PORT_BASE + 50 + i)) redis
+    pids+=("$T_PID"); ports+=($((PORT_BASE + 50 + i)))
+  done
+  for i in $(seq 1 "$r"); do
+    local out="$WORK/scaling-$mode-$r-$i"
+    outs+=("$out")
+    "$BENCH" cross-replica --target tidings --url "http://127.0.0.1:$((PORT_BASE + 50))" \
+      --sub-url "http://127.0.0.1:${ports[$((i - 1))]}" --server-pid "${pids[$((i - 1))]}" \
+      --users "$users" --rate "$rate" --duration "$SC_SECS" --transport sse --publishers 8 \
+      --prefix "r${RUNID}s${mode}${r}x${i}-" --label "$mode-$r-$i" --json "$out.json" \
+      >"$out.log" 2>&1 &
+    bpids+=($!)
+  done
+  # The window opens when every run has connected its users and starts publishing.
+  for _ in $(seq 1200); do
+    local ready=1
+    for i in "${outs[@]}"; do grep -q 'publishing' "$i.log" 2>/dev/null || ready=0; done
+    [ "$ready" = 1 ] && break
+    sleep 0.1
+  done
+  sleep 2
+  local t0 c0 e0 all0=0 t1 c1 e1 all1=0 port
+  t0=$(date +%s.%N); c0=$(cpu_ticks "${pids[0]}"); e0=$(metric "${ports[0]}" tidings_bus_events_received_total)
+  for port in $((PORT_BASE + 50)) "${ports[@]}"; do
+    all0=$(echo "$all0 + $(metric "$port" tidings_bus_events_received_total)" | bc); done
+  sleep $((SC_SECS - 4))
+  t1=$(date +%s.%N); c1=$(cpu_ticks "${pids[0]}"); e1=$(metric "${ports[0]}" tidings_bus_events_received_total)
+  for port in $((PORT_BASE + 50)) "${ports[@]}"; do
+    all1=$(echo "$all1 + $(metric "$port" tidings_bus_events_received_total)" | bc); done
+  # Channels replica 1 holds while its users are connected.
+  local subs_metric; subs_metric=$(metric "${ports[0]}" tidings_bus_subscriptions)
+  local failed=0
+  for i in "${bpids[@]}"; do wait "$i" || failed=$((failed + 1)); done
+  python3 - "$mode" "$r" "$t0" "$t1" "$c0" "$c1" "$e0" "$e1" "$all0" "$all1" "$(getconf CLK_TCK)" \
+    "$users" "$SC_RATE" "$failed" "$subs_metric" >>"$WORK/scaling.jsonl" <<'PY'
+import json, sys
+mode, r, t0, t1, c0, c1, e0, e1, a0, a1, hz, users, rate, failed, subs = sys.argv[1:]
+dt = float(t1) - float(t0)
+print(json.dumps({
+    "mode": mode, "replicas": int(r), "window_s": round(dt, 2),
+    "users_per_replica": int(users), "publish_rate": int(rate),
+    "replica1_cpu_pct": round(100 * (float(c1) - float(c0)) / float(hz) / dt, 1),
+    "replica1_events_per_s": round((float(e1) - float(e0)) / dt, 1),
+    "cluster_events_per_s": round((float(a1) - float(a0)) / dt, 1),
+    "replica1_subscriptions": float(subs or 0),
+    "bench_runs_failed": int(failed),
+}))
+PY
+  tail -1 "$WORK/scaling.jsonl" >&2
+  for i in "${pids[@]}" "$p"; do stop_tidings "$i"; done
+  drop_tidings_db
+  unset T_SHARED_DB
+}
+
+run_scaling() {
+  SC_USERS="${BENCH_SCALING_USERS:-$([ "$SMALL" = 1 ] && echo 200 || echo 2000)}"
+  SC_RATE="${BENCH_SCALING_RATE:-$([ "$SMALL" = 1 ] && echo 100 || echo 500)}"
+  SC_SECS="${BENCH_SCALING_SECS:-$([ "$SMALL" = 1 ] && echo 8 || echo 20)}"
+  local max="${BENCH_SCALING_MAX:-4}" modes="${BENCH_SCALING_MODES:-user-single,user-cluster,shared-single}"
+  local mode r
+  command -v bc >/dev/null || die "bc not found"
+  : >"$WORK/scaling.jsonl"
+  for mode in ${modes//,/ }; do
+    [ "${mode#*-}" = cluster ] && start_redis_cluster
+    for r in $(seq 1 "$max"); do scaling_step "$mode" "$r"; done
+    [ "${mode#*-}" = cluster ] && stop_redis_cluster
+  done
+  python3 - "$WORK/scaling.jsonl" "$RESULTS/scaling.json" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+json.dump({"scenario": "scaling", "steps": rows}, open(sys.argv[2], "w"), indent=2)
+print("| mode | replicas | replica 1 CPU % | replica 1 events/s | cluster events/s | failed runs |")
+print("|---|---|---|---|---|---|")
+for s in rows:
+    print(f"| {s['mode']} | {s['replicas']} | {s['replica1_cpu_pct']} | {s['replica1_events_per_s']} | {s['cluster_events_per_s']} | {s['bench_runs_failed']} |")
+PY
+}
+
 run_baseline() {
   local port=$((PORT_BASE + 18)) pid
   "$TARGET_DIR/$PROFILE/actix-sse-baseline" "127.0.0.1:$port" >"$WORK/baseline.log" 2>&1 &
@@ -399,6 +549,7 @@ case "$SCEN" in
   fanout) run_fanout ;;
   ingest) run_ingest ;;
   cross-replica) run_cross_replica ;;
+  scaling) run_scaling ;;
   baseline) run_baseline ;;
   all) run_idle; run_baseline; run_unicast; run_fanout; run_ingest; run_cross_replica ;;
 esac

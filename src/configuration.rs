@@ -145,6 +145,21 @@ pub struct RedisSettings {
     /// The broadcast channel, and the prefix of each user's channel (`<channel>:u:<user>`);
     /// deployments (or tests) sharing one Redis use different ones.
     pub channel: String,
+    /// How events travel between replicas.
+    pub routing: Routing,
+}
+
+/// How events travel between replicas over Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// A channel per user, subscribed only by the replicas that hold the user: a replica's
+    /// bus work follows its own connections, not the size of the cluster.
+    User,
+    /// One channel that every replica subscribes to and decodes, keeping the events of the
+    /// users it holds: R replicas do R × E work. Kept to compare against (the scaling
+    /// benchmark) and as a fallback while a deployment moves to per-user channels.
+    Shared,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -567,6 +582,7 @@ fn defaults(
         .set_default("database.max_connections", 10)?
         .set_default("redis.url", None::<String>)?
         .set_default("redis.channel", "tidings:events")?
+        .set_default("redis.routing", "user")?
         .set_default("grpc.listen", "auto")?
         .set_default("auth.algorithm", "HS256")?
         .set_default("auth.secret_file", "tidings.secret")?
@@ -620,6 +636,7 @@ mod tests {
         s.validate().unwrap();
         assert_eq!(s.server.listen, "127.0.0.1:8080");
         assert!(s.redis.url.is_none());
+        assert_eq!(s.redis.routing, Routing::User);
         assert!(s.auth.generate_secret);
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert_eq!(s.server.body_timeout_seconds, 10);

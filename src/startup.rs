@@ -141,6 +141,7 @@ impl Application {
             Some(url) => Bus::Redis(RedisBus::start(
                 url.expose_secret(),
                 settings.redis.channel.clone(),
+                settings.redis.routing,
                 hub.clone(),
                 &shutdown.child(),
             )?),

@@ -10,6 +10,9 @@
 //! every shard, which is the single channel again. Redis keeps a subscribed channel in a
 //! hash table, so 100,000 channels per replica cost it a few MiB.
 //!
+//! `TIDINGS__REDIS__ROUTING=shared` keeps the single channel instead (every event on
+//! `<channel>`, decoded by every replica), to measure against and to fall back on.
+//!
 //! One more channel, `<channel>` itself, carries the rare "catch up" broadcast (the
 //! publisher lost events) to every replica.
 //!
@@ -35,6 +38,7 @@
 //!   subscribes to every channel again (each confirmation catches its user up).
 
 use super::{BusState, Event};
+use crate::configuration::Routing;
 use crate::domain::UserId;
 use crate::hub::{Hub, Presence};
 use crate::metrics::Metrics;
@@ -95,12 +99,18 @@ struct Channels {
     base: String,
     /// `<base>:u:`
     user_prefix: String,
+    /// [`Routing::Shared`]: every event on `base`, and no user channels.
+    shared: bool,
 }
 
 impl Channels {
-    fn new(base: String) -> Self {
+    fn new(base: String, routing: Routing) -> Self {
         let user_prefix = format!("{base}:u:");
-        Self { base, user_prefix }
+        Self {
+            base,
+            user_prefix,
+            shared: routing == Routing::Shared,
+        }
     }
 
     fn user(&self, user: &UserId) -> String {
@@ -110,8 +120,8 @@ impl Channels {
     /// The channel an event travels on: its user's, or the broadcast one.
     fn of(&self, event: &Event) -> String {
         match event.user() {
-            Some(user) => self.user(user),
-            None => self.base.clone(),
+            Some(user) if !self.shared => self.user(user),
+            _ => self.base.clone(),
         }
     }
 
@@ -265,6 +275,7 @@ impl RedisBus {
     pub fn start(
         url: &str,
         channel: String,
+        routing: Routing,
         hub: Hub,
         shutdown: &Shutdown,
     ) -> Result<Self, redis::RedisError> {
@@ -275,7 +286,7 @@ impl RedisBus {
         let shared = Arc::new(Shared {
             seeds,
             target: OnceCell::new(),
-            channels: Channels::new(channel),
+            channels: Channels::new(channel, routing),
             origin: uuid::Uuid::new_v4().to_string(),
             hub: hub.clone(),
             subs: subs.clone(),
@@ -780,6 +791,10 @@ async fn subscribe_all(
     timed(conn.ping()).await?;
     timed(conn.subscribe(vec![shared.channels.base.clone()], true)).await?;
     shared.metrics().bus_subscriptions.set(1);
+    if shared.channels.shared {
+        // The one channel carries every user's events.
+        return Ok(());
+    }
     change(conn, shared, subscribed, users, true).await
 }
 
@@ -825,6 +840,12 @@ async fn reconcile(
 ) -> redis::RedisResult<()> {
     let (join, leave) = {
         let mut w = shared.subs.lock();
+        if shared.channels.shared {
+            // No user channels: the hub's changes only matter to `holds`.
+            w.changed.clear();
+            w.lost.clear();
+            return Ok(());
+        }
         let lost = std::mem::take(&mut w.lost);
         for user in &lost {
             subscribed.remove(user);
@@ -857,7 +878,7 @@ mod tests {
 
     #[test]
     fn a_users_channel_names_the_user_and_spreads_over_slots() {
-        let c = Channels::new("tidings:events".into());
+        let c = Channels::new("tidings:events".into(), Routing::User);
         let alice = UserId::parse("alice").unwrap();
         assert_eq!(c.user(&alice), "tidings:events:u:alice");
         assert_eq!(c.user_of(b"tidings:events:u:alice"), Some(alice));
@@ -871,6 +892,18 @@ mod tests {
             })
             .collect();
         assert!(slots.len() > 900, "{} slots", slots.len());
+    }
+
+    #[test]
+    fn shared_routing_puts_every_event_on_the_one_channel() {
+        let c = Channels::new("tidings:events".into(), Routing::Shared);
+        let event = Event::Counts {
+            user: UserId::parse("alice").unwrap(),
+            counts: Default::default(),
+        };
+        assert_eq!(c.of(&event), "tidings:events");
+        let per_user = Channels::new("tidings:events".into(), Routing::User);
+        assert_eq!(per_user.of(&event), "tidings:events:u:alice");
     }
 
     /// Redis Cluster's key slot: CRC16 (XMODEM) of the name, modulo 16384.

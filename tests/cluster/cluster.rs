@@ -9,7 +9,11 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
 use tidings_test_support::harness;
-use tidings_test_support::processes::{kill_now, log_file, tail, RedisCluster, RedisServer};
+// Ports from the harness's allocator, which never hands out the same port twice in this
+// process: the replicas' ports and the Redis Cluster's cannot collide across parallel tests.
+use tidings_test_support::processes::{
+    free_port, kill_now, log_file, tail, RedisCluster, RedisServer,
+};
 
 /// The same secret as the API suite's.
 pub const SECRET: &str = "test-secret-that-is-at-least-32-characters-long";
@@ -28,14 +32,6 @@ pub fn user_token(user: &str) -> String {
 
 pub fn service_token(service: &str) -> String {
     sign(service, 3600, Some("notifications:publish"))
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Waits up to `within` for a child to exit.
@@ -101,6 +97,16 @@ impl Cluster {
     #[allow(dead_code)] // harness API
     pub async fn start_on_redis_cluster(n: usize) -> Cluster {
         Self::start_with(n, true, Vec::new()).await
+    }
+
+    /// The same on one private Redis, with `TIDINGS__REDIS__ROUTING=routing`.
+    pub async fn start_with_routing(n: usize, routing: &'static str) -> Cluster {
+        Self::start_with(
+            n,
+            false,
+            vec![("TIDINGS__REDIS__ROUTING".to_owned(), routing.to_owned())],
+        )
+        .await
     }
 
     async fn start_with(

@@ -137,3 +137,41 @@ async fn on_a_redis_cluster_a_replica_without_connections_receives_no_user_event
 async fn on_one_redis_a_replica_without_connections_receives_no_user_events() {
     an_idle_replica_receives_nothing(Cluster::start(3).await).await;
 }
+
+/// `TIDINGS__REDIS__ROUTING=shared`, the single channel of before: publishes through every
+/// replica still reach clients on the others, and a replica holding no connection receives
+/// (and drops) every event, which is the cost per-user channels remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_routing_a_publish_reaches_other_replicas_and_every_replica_decodes_it() {
+    const TOTAL: usize = 40;
+    let c = Cluster::start_with_routing(3, "shared").await;
+    let clients: Vec<_> = USERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, user)| collectors(&c, user, &[(Transport::Sse, i % 2)]))
+        .collect();
+    all_connected(&clients).await;
+    let run = PublishRun::start(
+        c.urls(),
+        service_token("billing"),
+        USERS.iter().map(|u| u.to_string()).collect(),
+        TOTAL,
+        3,
+        TOTAL,
+    );
+    let failures = run.finish(Duration::from_secs(60)).await;
+    assert!(failures.is_empty(), "publishing failed: {failures:?}");
+    finish_and_assert(clients, TOTAL as i64, Duration::from_secs(60)).await;
+
+    let idle = scrape(&c.client, &c.url(2)).await;
+    let received = metric(&idle, "tidings_bus_events_received_total", &[]).unwrap_or(0.0);
+    assert!(
+        received > 0.0,
+        "on the shared channel, replica 2 receives events it holds no one for:\n{idle}"
+    );
+    assert_eq!(
+        metric(&idle, "tidings_bus_subscriptions", &[]),
+        Some(1.0),
+        "one channel, whatever the users held:\n{idle}"
+    );
+}

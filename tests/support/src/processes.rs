@@ -40,6 +40,23 @@ pub fn kill_now(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Why a redis-server is not answering.
+#[derive(Debug)]
+pub enum NotReady {
+    /// The process ended (typically: its port was taken between [`free_port`] and the bind).
+    Exited(String),
+    /// Still running, but silent past [`REDIS_WITHIN`].
+    Silent(String),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Exited(why) | NotReady::Silent(why) => f.write_str(why),
+        }
+    }
+}
+
 pub struct RedisServer {
     pub port: u16,
     pub child: Option<Child>,
@@ -79,26 +96,35 @@ impl RedisServer {
     }
 
     pub async fn wait_ready(&mut self) {
+        if let Err(e) = self.try_ready().await {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the server answers, or says why it will not.
+    pub async fn try_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + REDIS_WITHIN;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
+                    self.child = None;
+                    return Err(NotReady::Exited(format!(
                         "redis-server on port {} exited with {status}:\n{}",
                         self.port,
                         tail(&self.log, 20)
-                    );
+                    )));
                 }
             }
             if self.ping().await {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer within {REDIS_WITHIN:?}:\n{}",
-                self.port,
-                tail(&self.log, 20)
-            );
+            if Instant::now() >= deadline {
+                return Err(NotReady::Silent(format!(
+                    "redis-server on port {} did not answer within {REDIS_WITHIN:?}:\n{}",
+                    self.port,
+                    tail(&self.log, 20)
+                )));
+            }
             sleep(Duration::from_millis(50)).await;
         }
     }
@@ -139,37 +165,41 @@ const CLUSTER_WITHIN: Duration = Duration::from_secs(60);
 impl RedisCluster {
     /// Starts the nodes (in subdirectories of `dir`), creates the cluster and waits until
     /// every node reports `cluster_state:ok` with all 16384 slots served.
+    ///
+    /// A port that was free when [`free_port`] checked it may be taken by another process
+    /// before redis-server binds it; such a node exits at once, and is started again on
+    /// fresh ports rather than failing the test.
     pub async fn start(dir: &Path, primaries: usize) -> RedisCluster {
         let mut nodes = Vec::new();
         for i in 0..primaries * 2 {
             let node_dir = dir.join(format!("redis-node-{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
             let mut node = RedisServer {
-                port: free_port(),
+                port: 0,
                 child: None,
                 log: node_dir.join("redis.log"),
                 dir: node_dir,
             };
-            // The cluster bus port defaults to port + 10000, which may be taken or past 65535.
-            let bus_port = free_port().to_string();
-            node.spawn_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &bus_port,
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "1000",
-                // A replica promotes itself however long it was cut off: the test kills
-                // primaries on purpose.
-                "--cluster-replica-validity-factor",
-                "0",
-            ]);
+            spawn_cluster_node(&mut node);
             nodes.push(node);
         }
         for node in &mut nodes {
-            node.wait_ready().await;
+            let mut attempt = 1;
+            loop {
+                match node.try_ready().await {
+                    Ok(()) => break,
+                    Err(NotReady::Exited(why)) if attempt < NODE_ATTEMPTS => {
+                        eprintln!(
+                            "redis cluster node on port {} did not start ({why}); \
+                             starting it again on other ports",
+                            node.port
+                        );
+                        attempt += 1;
+                        spawn_cluster_node(node);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -265,10 +295,48 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// How many times a cluster node is started on fresh ports before the test gives up.
+const NODE_ATTEMPTS: u32 = 5;
+
+/// Starts a cluster node on fresh ports: its client port and its cluster bus port (which
+/// defaults to port + 10000, which may be taken or past 65535).
+fn spawn_cluster_node(node: &mut RedisServer) {
+    node.port = free_port();
+    let bus_port = free_port().to_string();
+    node.spawn_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        &bus_port,
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+        // A replica promotes itself however long it was cut off: the test kills
+        // primaries on purpose.
+        "--cluster-replica-validity-factor",
+        "0",
+    ]);
+}
+
+/// A port free at the moment of the call, and never handed out before by this process.
+///
+/// The kernel hands out ephemeral ports in turn, but may give one back soon after it was
+/// released; the tests of one binary run in parallel threads, so two of them could be given
+/// the same port and race for it. Remembering every port handed out rules that out within
+/// the process; a collision with another process is left to the caller's retry.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
+        std::sync::Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(Default::default);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
