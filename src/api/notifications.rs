@@ -74,18 +74,18 @@ pub struct PublishToRecipients {
     #[serde(rename = "type")]
     #[schema(example = "order.shipped", pattern = "^[a-z0-9._-]{1,64}$")]
     kind: String,
-    /// 1 to 200 characters, not only white space.
+    /// 1 to 200 characters, not only white space, none of them U+0000.
     #[schema(
         example = "Your order has shipped",
         min_length = 1,
         max_length = 200,
-        pattern = "\\S"
+        pattern = "^[^\\u0000]*\\S[^\\u0000]*$"
     )]
     title: String,
-    /// At most 4000 characters.
-    #[schema(max_length = 4000)]
+    /// At most 4000 characters, none of them U+0000.
+    #[schema(max_length = 4000, pattern = "^[^\\u0000]*$")]
     body: Option<String>,
-    /// A JSON object of at most 16 KiB serialized.
+    /// A JSON object of at most 16 KiB serialized; no key or string in it may contain U+0000.
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     /// An absolute http(s) URL of at most 2048 characters.
@@ -112,18 +112,18 @@ pub struct PublishToTopic {
     #[serde(rename = "type")]
     #[schema(example = "order.shipped", pattern = "^[a-z0-9._-]{1,64}$")]
     kind: String,
-    /// 1 to 200 characters, not only white space.
+    /// 1 to 200 characters, not only white space, none of them U+0000.
     #[schema(
         example = "Your order has shipped",
         min_length = 1,
         max_length = 200,
-        pattern = "\\S"
+        pattern = "^[^\\u0000]*\\S[^\\u0000]*$"
     )]
     title: String,
-    /// At most 4000 characters.
-    #[schema(max_length = 4000)]
+    /// At most 4000 characters, none of them U+0000.
+    #[schema(max_length = 4000, pattern = "^[^\\u0000]*$")]
     body: Option<String>,
-    /// A JSON object of at most 16 KiB serialized.
+    /// A JSON object of at most 16 KiB serialized; no key or string in it may contain U+0000.
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     /// An absolute http(s) URL of at most 2048 characters.
@@ -246,7 +246,7 @@ pub async fn publish(
         ("before" = Option<i64>, Query, nullable = false, minimum = 1, description = "Only seq < before, descending; omitted means from the newest."),
         ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
         ("unread" = Option<bool>, Query, nullable = false, description = "Only unread notifications."),
-        ("callback" = Option<String>, Query, nullable = false, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
+        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, pattern = r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$", description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
     responses(
@@ -306,7 +306,7 @@ async fn list_page(
 #[utoipa::path(
     get, path = "/v1/notifications/unread-count", tag = "inbox",
     params(
-        ("callback" = Option<String>, Query, nullable = false, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the count or, on an error, the problem document; the token may then come as `access_token`."),
+        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, pattern = r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$", description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the count or, on an error, the problem document; the token may then come as `access_token`."),
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
     responses(
