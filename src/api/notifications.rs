@@ -79,7 +79,7 @@ pub struct PublishToRecipients {
         example = "Your order has shipped",
         min_length = 1,
         max_length = 200,
-        pattern = "^[^\\u0000]*\\S[^\\u0000]*$"
+        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
     )]
     title: String,
     /// At most 4000 characters, none of them U+0000.
@@ -117,7 +117,7 @@ pub struct PublishToTopic {
         example = "Your order has shipped",
         min_length = 1,
         max_length = 200,
-        pattern = "^[^\\u0000]*\\S[^\\u0000]*$"
+        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
     )]
     title: String,
     /// At most 4000 characters, none of them U+0000.
@@ -246,7 +246,7 @@ pub async fn publish(
         ("before" = Option<i64>, Query, nullable = false, minimum = 1, description = "Only seq < before, descending; omitted means from the newest."),
         ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
         ("unread" = Option<bool>, Query, nullable = false, description = "Only unread notifications."),
-        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, pattern = r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$", description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
+        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
     responses(
@@ -306,7 +306,7 @@ async fn list_page(
 #[utoipa::path(
     get, path = "/v1/notifications/unread-count", tag = "inbox",
     params(
-        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, pattern = r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$", description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the count or, on an error, the problem document; the token may then come as `access_token`."),
+        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the count or, on an error, the problem document; the token may then come as `access_token`."),
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
     responses(
