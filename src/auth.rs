@@ -282,6 +282,22 @@ impl Authenticator {
 }
 
 /// Parses a TTL such as `90s`, `15m`, `1h`, `30d`, or a bare number of seconds.
+/// The token in a `Bearer <token>` credential, as every face carries it (the HTTP
+/// `Authorization` header, gRPC's `authorization` metadata). `source` names where it came
+/// from, for the error.
+pub fn bearer_token<'v>(value: &'v str, source: &str) -> Result<&'v str, AuthError> {
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(AuthError::Invalid(format!(
+            "{source} must be `Bearer <token>`"
+        ))),
+    }
+}
+
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));

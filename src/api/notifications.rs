@@ -10,12 +10,10 @@ use crate::http::jsonp;
 use crate::http::pages::{NotificationPage, UnreadCount};
 use crate::http::AppState;
 use crate::ingest::{parse_mark_read, publish_command};
-use crate::store::{ListQuery, Receipt, MAX_PAGE};
+use crate::store::{ListQuery, Receipt, DEFAULT_PAGE, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
-
-pub const DEFAULT_PAGE: i64 = 50;
 
 /// A user id or topic name: 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
 pub const ID_PATTERN: &str = "^[A-Za-z0-9._:@-]{1,128}$";

@@ -5,18 +5,15 @@ use super::proto::{self, notifications_server};
 use super::status::GrpcError;
 use super::subscribe::SubscribeStream;
 use super::Core;
-use crate::auth::{AuthError, Principal, Verified};
+use crate::auth::{bearer_token, AuthError, Principal, Verified};
 use crate::domain::{Cursor, FieldError, IdempotencyKey, Seq, UserId};
 use crate::hub::{Connection, HubError};
 use crate::ingest::{parse_mark_read, publish_command};
 use crate::metrics::Transport;
-use crate::store::{ListQuery, MAX_PAGE};
+use crate::store::{ListQuery, DEFAULT_PAGE, MAX_PAGE};
 use actix::ArbiterHandle;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
-
-/// The page size when `limit` is not given: REST's default.
-const DEFAULT_PAGE: i64 = 50;
 
 pub struct Notifications {
     core: Core,
@@ -38,16 +35,9 @@ impl Notifications {
         let value = value
             .to_str()
             .map_err(|_| AuthError::Invalid("the authorization metadata is not text".into()))?;
-        match value.split_once(' ') {
-            Some((scheme, token))
-                if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-            {
-                self.core.auth.verify(token.trim())
-            }
-            _ => Err(AuthError::Invalid(
-                "the authorization metadata must be `Bearer <token>`".into(),
-            )),
-        }
+        self.core
+            .auth
+            .verify(bearer_token(value, "the authorization metadata")?)
     }
 
     fn user(&self, meta: &MetadataMap) -> Result<(UserId, i64), GrpcError> {

@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{AuthError, Principal};
+use crate::auth::{bearer_token, AuthError, Principal};
 use crate::domain::{Cursor, Seq, UserId};
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -41,16 +41,7 @@ fn bearer(req: &HttpRequest) -> Result<Option<&str>, AuthError> {
     let value = value
         .to_str()
         .map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
-    match value.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Ok(Some(token.trim()))
-        }
-        _ => Err(AuthError::Invalid(
-            "the Authorization header must be `Bearer <token>`".into(),
-        )),
-    }
+    bearer_token(value, "the Authorization header").map(Some)
 }
 
 fn query_token(req: &HttpRequest) -> Option<String> {

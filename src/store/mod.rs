@@ -34,6 +34,9 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// At most this many notifications per page.
 pub const MAX_PAGE: u32 = 200;
 
+/// A page's size when the client names none (REST and gRPC alike).
+pub const DEFAULT_PAGE: i64 = 50;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is overloaded: a 503, never the caller's fault.
