@@ -7,9 +7,16 @@ use crate::bus::{Bus, BusState};
 use crate::domain::{Event, MarkRead, UserId};
 use crate::metrics::Metrics;
 use crate::store::{Delivery, PublishCommand, PublishOutcome, ReadOutcome, Store, StoreError};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 /// Recipients per transaction in a topic fan-out.
-pub const TOPIC_BATCH: u32 = 500;
+pub const TOPIC_BATCH: u32 = 1000;
+
+/// A topic fan-out's batches in flight at once. Their recipients are disjoint (pages of
+/// the subscriber list), so they never wait for each other's locks, and on Postgres the
+/// group committer may join them into one commit; the bound keeps one huge topic from
+/// taking every committer from other publishers.
+const TOPIC_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct Notifier {
@@ -48,19 +55,29 @@ impl Notifier {
     /// transaction nor keeps its subscribers' cursor rows locked against other publishers for
     /// the whole fan-out. Each subscriber still gets a seq and an unread count as usual.
     /// Subscribers are read in user id order with keyset paging, so the list is never held
-    /// whole. Returns how many recipients it reached. Not atomic across batches: if the
-    /// database fails midway, the batches before committed and were delivered.
+    /// whole; while a page commits the next one is read, with at most [`TOPIC_IN_FLIGHT`]
+    /// batches committing at once. Returns how many recipients it reached. Not atomic across
+    /// batches: if the database fails midway, the batches that committed were delivered.
     pub async fn publish_topic(&self, cmd: &PublishCommand) -> Result<u64, StoreError> {
         let Some(topic) = &cmd.notification.topic else {
             return Ok(0);
         };
         let mut reached = 0u64;
         let mut after: Option<UserId> = None;
+        let mut in_flight = FuturesUnordered::new();
+        let mut failed = None;
         loop {
-            let batch = self
+            let batch = match self
                 .store
                 .topic_subscribers(topic, after.as_ref(), TOPIC_BATCH)
-                .await?;
+                .await
+            {
+                Ok(batch) => batch,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             let Some(last) = batch.last().cloned() else {
                 break;
             };
@@ -68,13 +85,34 @@ impl Notifier {
             let mut part = cmd.clone();
             part.idempotency = None;
             part.notification.recipients = batch;
-            reached += self.publish(&part).await?.receipts.len() as u64;
+            in_flight.push(async move { self.publish(&part).await });
+            if in_flight.len() >= TOPIC_IN_FLIGHT {
+                match in_flight.next().await {
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Some(Ok(done)) => reached += done.receipts.len() as u64,
+                    None => {}
+                }
+            }
             if !full {
                 break;
             }
             after = Some(last);
         }
-        Ok(reached)
+        // Every batch already handed to the store runs to its end, even after a failure: a
+        // batch that commits must also be announced.
+        while let Some(done) = in_flight.next().await {
+            match done {
+                Ok(done) => reached += done.receipts.len() as u64,
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(reached),
+        }
     }
 
     pub async fn mark_read(

@@ -8,6 +8,7 @@
 mod event;
 mod inbox;
 mod notification;
+mod notification_id;
 mod publish;
 mod text;
 mod user_id;
@@ -15,6 +16,7 @@ mod user_id;
 pub use event::Event;
 pub use inbox::{Counts, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
+pub use notification_id::NotificationId;
 pub use publish::{FieldError, NewNotification};
 pub use text::{Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{ServiceName, TopicName, UserId};

@@ -2,8 +2,8 @@
 //!
 //! A durable commit costs a WAL flush, and one flush per request caps single-recipient
 //! ingest at a few thousand per second. Here a few committer tasks each take whatever
-//! publishes are queued (up to a bound), write them all in one transaction of three
-//! statements, commit once, and only then answer each request with its own outcome: every
+//! publishes are queued (up to a bound), write them all in one transaction of four
+//! statements (cursors, messages, inbox rows, outbox), commit once, and only then answer each request with its own outcome: every
 //! request still gets its 201 only after its own rows are durable.
 //!
 //! The seq rule is unchanged: each user's cursor row is bumped once per batch by the number
@@ -13,7 +13,7 @@
 //! Publishes with an `Idempotency-Key` take the single-request path: their claim-or-replay
 //! step must see other requests' commits, which a shared transaction would hide.
 
-use super::postgres::OutboxColumns;
+use super::postgres::{self, OutboxColumns};
 use super::{Counts, Outbox, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
 use crate::domain::Seq;
 use crate::shutdown::Shutdown;
@@ -23,7 +23,6 @@ use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
-use uuid::Uuid;
 
 /// Publishes waiting for a committer; past it, publishers wait (backpressure).
 const QUEUE: usize = 4096;
@@ -186,14 +185,15 @@ async fn commit(
         after.insert(r.try_get(0)?, (counts, 0));
     }
 
+    let messages = Messages::new(batch).insert(&mut tx).await?;
+
     let mut per_job: Vec<Vec<Counts>> = Vec::with_capacity(batch.len());
-    let mut columns = Columns::default();
+    let mut inbox = Inbox::default();
     // In batch order: per user, seq order.
     let mut outbox = OutboxColumns::default();
-    for prep in batch {
+    for (prep, &message) in batch.iter().zip(&messages) {
         let mut bumped = Vec::with_capacity(prep.rows.len());
-        let data = prep.data_json();
-        for (user, id) in &prep.rows {
+        for (user, ordinal) in &prep.rows {
             let k = per_user.get(user.as_str()).copied().unwrap_or(0);
             let (total, handed) = after.get_mut(user.as_str()).ok_or_else(|| {
                 StoreError::Database(sqlx::Error::Protocol(format!(
@@ -209,29 +209,32 @@ async fn commit(
                 version: total.version - behind,
             };
             bumped.push(counts);
-            columns.push(user.as_str(), counts.seq, *id, prep, data.clone());
+            inbox.users.push(user.as_str().to_owned());
+            inbox.seqs.push(counts.seq);
+            inbox.messages.push(message);
+            inbox.ordinals.push(postgres::ordinal(*ordinal)?);
             if with_outbox {
-                outbox.push_delivery(user.as_str(), &prep.notification(*id, counts.seq), &counts);
+                let id = PreparedPublish::id(message, *ordinal, counts.seq)?;
+                outbox.push_delivery(user.as_str(), &prep.notification(id, counts.seq), &counts);
             }
         }
         per_job.push(bumped);
     }
-    columns.insert(&mut tx).await?;
+    inbox.insert(&mut tx).await?;
     outbox.insert(&mut tx).await?;
     tx.commit().await?;
-    Ok(batch
+    batch
         .iter()
         .zip(per_job)
-        .map(|(prep, bumped)| prep.outcome(&bumped))
-        .collect())
+        .zip(messages)
+        .map(|((prep, bumped), message)| prep.outcome(message, &bumped))
+        .collect()
 }
 
-/// The notification rows of a batch, column by column, for one `unnest` insert.
+/// The messages of a batch, one per publish, column by column for one `unnest` insert.
 #[derive(Default)]
-struct Columns {
-    users: Vec<String>,
-    seqs: Vec<Seq>,
-    ids: Vec<Uuid>,
+struct Messages {
+    services: Vec<String>,
     kinds: Vec<String>,
     titles: Vec<String>,
     bodies: Vec<Option<String>>,
@@ -241,42 +244,38 @@ struct Columns {
     topics: Vec<Option<String>>,
 }
 
-impl Columns {
-    fn push(
-        &mut self,
-        user: &str,
-        seq: Seq,
-        id: Uuid,
-        prep: &PreparedPublish<'_>,
-        data: Option<String>,
-    ) {
-        let n = &prep.cmd.notification;
-        self.users.push(user.to_owned());
-        self.seqs.push(seq);
-        self.ids.push(id);
-        self.kinds.push(n.kind.as_str().to_owned());
-        self.titles.push(n.title.as_str().to_owned());
-        self.bodies
-            .push(n.body.as_ref().map(|b| b.as_str().to_owned()));
-        self.data.push(data);
-        self.links
-            .push(n.link.as_ref().map(|l| l.as_str().to_owned()));
-        self.created.push(prep.created_at);
-        self.topics
-            .push(n.topic.as_ref().map(|t| t.as_str().to_owned()));
+impl Messages {
+    fn new(batch: &[PreparedPublish<'_>]) -> Self {
+        let mut m = Self::default();
+        for prep in batch {
+            let n = &prep.cmd.notification;
+            m.services.push(prep.cmd.service.clone());
+            m.kinds.push(n.kind.as_str().to_owned());
+            m.titles.push(n.title.as_str().to_owned());
+            m.bodies
+                .push(n.body.as_ref().map(|b| b.as_str().to_owned()));
+            m.data.push(prep.data_json());
+            m.links.push(n.link.as_ref().map(|l| l.as_str().to_owned()));
+            m.created.push(prep.created_at);
+            m.topics
+                .push(n.topic.as_ref().map(|t| t.as_str().to_owned()));
+        }
+        m
     }
 
-    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at, topic)
-             SELECT u, s, i, ty, ti, b, d::jsonb, l, c, tp
-             FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::timestamptz[], $10::text[])
-                  AS t(u, s, i, ty, ti, b, d, l, c, tp)",
+    /// Inserts them in batch order and returns their ids in that order. The identity column
+    /// takes its values as the rows are inserted, in the `ORDER BY ord` of the select, so the
+    /// returned ids sorted ascending are the ids of the publishes in order.
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<Vec<i64>, StoreError> {
+        let mut ids: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (service, type, title, body, data, link, created_at, topic)
+             SELECT sv, ty, ti, b, d::jsonb, l, c, tp
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::timestamptz[], $8::text[]) WITH ORDINALITY AS t(sv, ty, ti, b, d, l, c, tp, ord)
+             ORDER BY ord
+             RETURNING id",
         )
-        .bind(&self.users)
-        .bind(&self.seqs)
-        .bind(&self.ids)
+        .bind(&self.services)
         .bind(&self.kinds)
         .bind(&self.titles)
         .bind(&self.bodies)
@@ -284,6 +283,39 @@ impl Columns {
         .bind(&self.links)
         .bind(&self.created)
         .bind(&self.topics)
+        .fetch_all(tx)
+        .await?;
+        if ids.len() != self.kinds.len() {
+            return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                "{} messages inserted, {} returned",
+                self.kinds.len(),
+                ids.len()
+            ))));
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+/// The inbox rows of a batch, column by column, for one `unnest` insert.
+#[derive(Default)]
+struct Inbox {
+    users: Vec<String>,
+    seqs: Vec<Seq>,
+    messages: Vec<i64>,
+    ordinals: Vec<i32>,
+}
+
+impl Inbox {
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO inbox (user_id, seq, message_id, ordinal)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[])",
+        )
+        .bind(&self.users)
+        .bind(&self.seqs)
+        .bind(&self.messages)
+        .bind(&self.ordinals)
         .execute(tx)
         .await?;
         Ok(())

@@ -16,7 +16,8 @@ mod postgres;
 mod sqlite;
 
 use crate::domain::{
-    Counts, IdempotencyKey, MarkRead, NewNotification, Notification, Page, Seq, TopicName, UserId,
+    Counts, IdempotencyKey, MarkRead, NewNotification, Notification, NotificationId, Page, Seq,
+    TopicName, UserId,
 };
 use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
@@ -357,21 +358,23 @@ fn idempotency_cutoff() -> DateTime<Utc> {
 }
 
 /// The rows one publish writes, computed before any SQL runs so both backends write the
-/// same thing: one id per recipient, one timestamp for all.
+/// same thing: one timestamp for all, and each recipient's ordinal (its position among the
+/// recipients as named), which with the message id and its seq makes its notification id.
 pub(crate) struct PreparedPublish<'a> {
     pub cmd: &'a PublishCommand,
     pub created_at: DateTime<Utc>,
-    /// Sorted by user id: the lock order.
-    pub rows: Vec<(UserId, Uuid)>,
+    /// Sorted by user id: the lock order. The `u32` is the recipient's ordinal.
+    pub rows: Vec<(UserId, u32)>,
 }
 
 impl<'a> PreparedPublish<'a> {
     pub fn new(cmd: &'a PublishCommand) -> Self {
-        let mut rows: Vec<(UserId, Uuid)> = cmd
+        let mut rows: Vec<(UserId, u32)> = cmd
             .notification
             .recipients
             .iter()
-            .map(|u| (u.clone(), Uuid::now_v7()))
+            .zip(0u32..)
+            .map(|(u, i)| (u.clone(), i))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
@@ -379,6 +382,19 @@ impl<'a> PreparedPublish<'a> {
             created_at: crate::domain::now_micros(),
             rows,
         }
+    }
+
+    /// The id of one recipient's notification, or an error past the id's ranges (2^48
+    /// messages, 2^42 notifications per user): refused, never a repeated id.
+    pub fn id(message: i64, ordinal: u32, seq: Seq) -> Result<Uuid, StoreError> {
+        NotificationId::new(message, ordinal, seq.get())
+            .map(NotificationId::to_uuid)
+            .ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Protocol(format!(
+                    "notification id out of range: message {message}, seq {}",
+                    seq.get()
+                )))
+            })
     }
 
     pub fn notification(&self, id: Uuid, seq: Seq) -> Notification {
@@ -405,14 +421,15 @@ impl<'a> PreparedPublish<'a> {
             .and_then(|d| serde_json::to_string(d.as_map()).ok())
     }
 
-    /// Builds the outcome from the counters the cursor update returned (in `rows` order),
-    /// with receipts in the order the sender named the recipients.
-    pub fn outcome(&self, bumped: &[Counts]) -> PublishOutcome {
+    /// Builds the outcome from the stored message's id and the counters the cursor update
+    /// returned (in `rows` order), with receipts in the order the sender named the recipients.
+    pub fn outcome(&self, message: i64, bumped: &[Counts]) -> Result<PublishOutcome, StoreError> {
         let mut deliveries = Vec::with_capacity(self.rows.len());
-        for ((user, id), counts) in self.rows.iter().zip(bumped) {
+        for ((user, ordinal), counts) in self.rows.iter().zip(bumped) {
             deliveries.push(Delivery {
                 recipient: user.clone(),
-                notification: self.notification(*id, counts.seq),
+                notification: self
+                    .notification(Self::id(message, *ordinal, counts.seq)?, counts.seq),
                 counts: *counts,
             });
         }
@@ -431,11 +448,55 @@ impl<'a> PreparedPublish<'a> {
                 created_at: self.created_at,
             })
             .collect();
-        PublishOutcome {
+        Ok(PublishOutcome {
             receipts,
             deliveries,
             replayed: false,
+        })
+    }
+}
+
+/// Notification ids as the store looks them up in one user's inbox: derived ids by their
+/// (seq, message, ordinal), which the primary key (user, seq) finds; ids from before the
+/// storage layout by `legacy_id`. Ids that are neither find nothing, as unknown ids should.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct IdLookup {
+    pub seqs: Vec<i64>,
+    pub messages: Vec<i64>,
+    pub ordinals: Vec<i32>,
+    pub legacy: Vec<Uuid>,
+}
+
+impl IdLookup {
+    pub fn new(ids: &[Uuid]) -> Self {
+        let mut l = Self::default();
+        for id in ids {
+            match NotificationId::from_uuid(id) {
+                // An ordinal past i32 was never stored (the column is a 32-bit integer).
+                Some(n) => {
+                    if let Ok(o) = i32::try_from(n.ordinal) {
+                        l.seqs.push(n.seq);
+                        l.messages.push(n.message);
+                        l.ordinals.push(o);
+                    }
+                }
+                None => l.legacy.push(*id),
+            }
         }
+        l
+    }
+}
+
+/// A stored row's id: its legacy id if it has one, else the derived one.
+pub(crate) fn stored_id(
+    legacy: Option<Uuid>,
+    message: i64,
+    ordinal: i32,
+    seq: Seq,
+) -> Result<Uuid, StoreError> {
+    match legacy {
+        Some(id) => Ok(id),
+        None => PreparedPublish::id(message, u32::try_from(ordinal).unwrap_or(0), seq),
     }
 }
 

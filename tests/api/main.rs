@@ -11,6 +11,7 @@ mod idempotency;
 mod inbox;
 mod jsonp;
 mod live;
+mod migrate;
 mod mqtt;
 mod operations;
 mod publish;

@@ -65,7 +65,9 @@ e2e('screenshot of the demo page with a badge and a list (artifacts/demo.png, do
     const sql = created.map((c, i) => {
       const at = new Date(now - OLDER[i].ago * 1000).toISOString();
       const readAt = OLDER[i].read ? `'${new Date(now - OLDER[i].ago * 1000 + 600000).toISOString()}'` : 'NULL';
-      return `UPDATE notifications SET created_at = '${at}', read_at = ${readAt} WHERE id = '${c.id}';`;
+      const row = `user_id = '${c.recipient}' AND seq = ${c.seq}`;
+      return `UPDATE messages SET created_at = '${at}' WHERE id = (SELECT message_id FROM inbox WHERE ${row});
+UPDATE inbox SET read_at = ${readAt} WHERE ${row};`;
     }).join('\n');
     execFileSync('sqlite3', [dbFile, sql]);
     await server.start();

@@ -184,7 +184,7 @@ export async function publish(server, specs, { recipient = 'alice' } = {}) {
     const body = { recipients: [recipient], type: s.type || 'demo.test', title: s.title || `Test ${publishCounter}` };
     for (const k of ['body', 'data', 'link']) if (s[k] !== undefined) body[k] = s[k];
     const n = (await publishBody(server.url, body, { label: server.name, token: SERVICE })).notifications[0];
-    out.push({ id: n.id, seq: n.seq });
+    out.push({ id: n.id, seq: n.seq, recipient: n.recipient });
   }
   return out;
 }

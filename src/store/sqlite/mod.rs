@@ -7,8 +7,8 @@
 
 use super::outbox::{rows_for, unread_payload};
 use super::{
-    replay, Counts, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page, PreparedPublish,
-    PublishCommand, PublishOutcome, ReadOutcome, StoreError,
+    replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
+    PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
 };
 use crate::domain::{format_time, now_micros, Notification, Seq, TopicName, UserId};
 use chrono::{DateTime, Utc};
@@ -21,12 +21,16 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
-    outbox: Outbox,
+    pub(super) writer: SqlitePool,
+    pub(super) reader: SqlitePool,
+    pub(super) outbox: Outbox,
 }
 
-const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at, topic";
+/// A notification as the inbox shows it: the recipient's row joined to its message.
+pub(super) const COLUMNS: &str =
+    "i.seq, i.message_id, i.ordinal, i.legacy_id, i.read_at, i.archived_at,
+     m.type, m.title, m.body, m.data, m.link, m.created_at, m.topic";
+pub(super) const FROM: &str = "inbox i JOIN messages m ON m.id = i.message_id";
 
 impl SqliteStore {
     pub async fn connect(
@@ -106,11 +110,24 @@ impl SqliteStore {
             }
         }
 
-        let mut bumped = Vec::with_capacity(prep.rows.len());
-        let data = prep.data_json();
-        let created_at = format_time(&prep.created_at);
         let n = &cmd.notification;
-        for (user, id) in &prep.rows {
+        let created_at = format_time(&prep.created_at);
+        let message: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (service, type, title, body, data, link, created_at, topic)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+        )
+        .bind(&cmd.service)
+        .bind(n.kind.as_str())
+        .bind(n.title.as_str())
+        .bind(n.body.as_ref().map(|b| b.as_str()))
+        .bind(prep.data_json())
+        .bind(n.link.as_ref().map(|l| l.as_str()))
+        .bind(&created_at)
+        .bind(n.topic.as_ref().map(|t| t.as_str()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut bumped = Vec::with_capacity(prep.rows.len());
+        for (user, ordinal) in &prep.rows {
             let row = sqlx::query(
                 "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES (?1, 1, 1, 1)
                  ON CONFLICT (user_id) DO UPDATE
@@ -126,30 +143,24 @@ impl SqliteStore {
                 version: row.try_get(2)?,
             };
             sqlx::query(
-                "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at, topic)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO inbox (user_id, seq, message_id, ordinal) VALUES (?1, ?2, ?3, ?4)",
             )
             .bind(user.as_str())
             .bind(counts.seq)
-            .bind(id.to_string())
-            .bind(n.kind.as_str())
-            .bind(n.title.as_str())
-            .bind(n.body.as_ref().map(|b| b.as_str()))
-            .bind(data.as_deref())
-            .bind(n.link.as_ref().map(|l| l.as_str()))
-            .bind(&created_at)
-            .bind(n.topic.as_ref().map(|t| t.as_str()))
+            .bind(message)
+            .bind(i64::from(*ordinal))
             .execute(&mut *tx)
             .await?;
             if self.outbox.is_on() {
-                for (kind, payload) in rows_for(&prep.notification(*id, counts.seq), &counts) {
+                let id = PreparedPublish::id(message, *ordinal, counts.seq)?;
+                for (kind, payload) in rows_for(&prep.notification(id, counts.seq), &counts) {
                     insert_outbox(&mut tx, user, kind, &payload, &created_at).await?;
                 }
             }
             bumped.push(counts);
         }
 
-        let outcome = prep.outcome(&bumped);
+        let outcome = prep.outcome(message, &bumped)?;
         if let Some(idem) = &cmd.idempotency {
             let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
             sqlx::query(
@@ -174,13 +185,13 @@ impl SqliteStore {
                 after,
                 limit,
                 unread_only,
-            } => ("seq > ?2", "ASC", after, limit, unread_only),
+            } => ("i.seq > ?2", "ASC", after, limit, unread_only),
             ListQuery::Before {
                 before,
                 limit,
                 unread_only,
             } => (
-                "seq < ?2",
+                "i.seq < ?2",
                 "DESC",
                 before.unwrap_or(Seq::MAX),
                 limit,
@@ -188,13 +199,13 @@ impl SqliteStore {
             ),
         };
         let unread_filter = if unread_only {
-            "AND read_at IS NULL"
+            "AND i.read_at IS NULL"
         } else {
             ""
         };
         let sql = format!(
-            "SELECT {COLUMNS} FROM notifications WHERE user_id = ?1 AND {filter} {unread_filter}
-             ORDER BY seq {order} LIMIT ?3"
+            "SELECT {COLUMNS} FROM {FROM} WHERE i.user_id = ?1 AND {filter} {unread_filter}
+             ORDER BY i.seq {order} LIMIT ?3"
         );
         let rows = sqlx::query(&sql)
             .bind(user.as_str())
@@ -224,22 +235,17 @@ impl SqliteStore {
         let now = format_time(&now_micros());
         let mut tx = self.writer.begin().await?;
         let changed = match what {
-            MarkRead::Ids(ids) => {
-                let ids = serde_json::to_string(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
-                    .unwrap_or_else(|_| "[]".into());
-                sqlx::query(
-                    "UPDATE notifications SET read_at = ?1
-                     WHERE user_id = ?2 AND read_at IS NULL AND id IN (SELECT value FROM json_each(?3))",
-                )
-                .bind(&now)
-                .bind(user.as_str())
-                .bind(ids)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-            }
+            MarkRead::Ids(ids) => sqlx::query(&format!(
+                "UPDATE inbox SET read_at = ?1 WHERE user_id = ?2 AND read_at IS NULL AND {BY_IDS}"
+            ))
+            .bind(&now)
+            .bind(user.as_str())
+            .bind(id_lookup_json(&IdLookup::new(ids)))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
             MarkRead::UpTo(seq) => sqlx::query(
-                "UPDATE notifications SET read_at = ?1 WHERE user_id = ?2 AND read_at IS NULL AND seq <= ?3",
+                "UPDATE inbox SET read_at = ?1 WHERE user_id = ?2 AND read_at IS NULL AND seq <= ?3",
             )
             .bind(&now)
             .bind(user.as_str())
@@ -459,16 +465,26 @@ async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Coun
     })
 }
 
-fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
+pub(super) fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
     let bad =
         |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Database(sqlx::Error::Decode(e));
-    let id: String = row.try_get("id")?;
+    let legacy: Option<String> = row.try_get("legacy_id")?;
     let data: Option<String> = row.try_get("data")?;
     let created_at: String = row.try_get("created_at")?;
     let read_at: Option<String> = row.try_get("read_at")?;
+    let seq: Seq = row.try_get("seq")?;
+    let legacy = legacy
+        .map(|l| l.parse::<uuid::Uuid>())
+        .transpose()
+        .map_err(|e| bad(Box::new(e)))?;
     Ok(Notification {
-        id: id.parse().map_err(|e| bad(Box::new(e)))?,
-        seq: row.try_get("seq")?,
+        id: stored_id(
+            legacy,
+            row.try_get("message_id")?,
+            row.try_get("ordinal")?,
+            seq,
+        )?,
+        seq,
         kind: row.try_get("type")?,
         title: row.try_get("title")?,
         body: row.try_get("body")?,
@@ -484,6 +500,28 @@ fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
             .map_err(|e| bad(Box::new(e)))?,
         topic: row.try_get("topic")?,
     })
+}
+
+/// The rows of one user (`user_id = ?2` in the caller's statement) named by an
+/// [`IdLookup`], bound as ?3 with [`id_lookup_json`]: derived ids by the primary key
+/// (user, seq) checked against their message and ordinal; older ids by `legacy_id`.
+pub(super) const BY_IDS: &str = "(
+    (seq, message_id, ordinal) IN (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+        FROM json_each(?3, '$.derived'))
+    OR legacy_id IN (SELECT value FROM json_each(?3, '$.legacy')))";
+
+/// An [`IdLookup`] as the one JSON parameter [`BY_IDS`] reads.
+pub(super) fn id_lookup_json(l: &IdLookup) -> String {
+    let derived: Vec<(i64, i64, i32)> = l
+        .seqs
+        .iter()
+        .zip(&l.messages)
+        .zip(&l.ordinals)
+        .map(|((s, m), o)| (*s, *m, *o))
+        .collect();
+    let legacy: Vec<String> = l.legacy.iter().map(|u| u.to_string()).collect();
+    serde_json::json!({ "derived": derived, "legacy": legacy }).to_string()
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {

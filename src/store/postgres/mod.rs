@@ -7,8 +7,8 @@
 use super::group_commit::GroupCommit;
 use super::outbox::{rows_for, unread_payload};
 use super::{
-    replay, Counts, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page, PreparedPublish,
-    PublishCommand, PublishOutcome, ReadOutcome, StoreError,
+    replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
+    PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
 };
 use crate::domain::{now_micros, Notification, Seq, TopicName, UserId};
 use crate::shutdown::Shutdown;
@@ -19,20 +19,19 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// Writes (publish, mark read) and reads (listing, replay, catch-up) use separate pools,
 /// so a storm of reconnecting clients replaying their backlog can never starve publishing
 /// of connections: the notification that the clients are waiting for must still commit.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
-    read_pool: PgPool,
+    pub(super) pool: PgPool,
+    pub(super) read_pool: PgPool,
     group: GroupCommit,
-    outbox: Outbox,
+    pub(super) outbox: Outbox,
     /// The bridge's own connections: a lease holds one for as long as the broker takes to
     /// acknowledge a batch, which must never take a connection publishing needs.
-    outbox_pool: Option<PgPool>,
+    pub(super) outbox_pool: Option<PgPool>,
 }
 
 /// Rows of the outbox window a lease looks at to find users with work: the oldest first, so
@@ -42,7 +41,11 @@ const LEASE_WINDOW_PER_USER: i64 = 16;
 /// users go to other workers.
 const LEASE_TIMEOUT: &str = "60s";
 
-const COLUMNS: &str = "id, seq, type, title, body, data, link, created_at, read_at, topic";
+/// A notification as the inbox shows it: the recipient's row joined to its message.
+pub(super) const COLUMNS: &str =
+    "i.seq, i.message_id, i.ordinal, i.legacy_id, i.read_at, i.archived_at,
+     m.type, m.title, m.body, m.data, m.link, m.created_at, m.topic";
+pub(super) const FROM: &str = "inbox i JOIN messages m ON m.id = i.message_id";
 const ATTEMPTS: usize = 5;
 
 impl PgStore {
@@ -146,7 +149,11 @@ impl PgStore {
         }
 
         let users: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
-        let ids: Vec<Uuid> = prep.rows.iter().map(|(_, id)| *id).collect();
+        let ordinals: Vec<i32> = prep
+            .rows
+            .iter()
+            .map(|(_, o)| ordinal(*o))
+            .collect::<Result<_, _>>()?;
         let bumped_rows = sqlx::query(
             "INSERT INTO user_cursors (user_id, last_seq, unread, version)
              SELECT u, 1, 1, 1 FROM unnest($1::text[]) WITH ORDINALITY AS t(u, ord) ORDER BY ord
@@ -177,14 +184,11 @@ impl PgStore {
         let seqs: Vec<Seq> = bumped.iter().map(|c| c.seq).collect();
 
         let n = &cmd.notification;
-        sqlx::query(
-            "INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at, topic)
-             SELECT u, s, i, $4, $5, $6, $7::jsonb, $8, $9, $10
-             FROM unnest($1::text[], $2::bigint[], $3::uuid[]) AS t(u, s, i)",
+        let message: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (service, type, title, body, data, link, created_at, topic)
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8) RETURNING id",
         )
-        .bind(&users)
-        .bind(&seqs)
-        .bind(&ids)
+        .bind(&cmd.service)
         .bind(n.kind.as_str())
         .bind(n.title.as_str())
         .bind(n.body.as_ref().map(|b| b.as_str()))
@@ -192,10 +196,20 @@ impl PgStore {
         .bind(n.link.as_ref().map(|l| l.as_str()))
         .bind(prep.created_at)
         .bind(n.topic.as_ref().map(|t| t.as_str()))
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO inbox (user_id, seq, message_id, ordinal)
+             SELECT u, s, $3, o FROM unnest($1::text[], $2::bigint[], $4::int[]) AS t(u, s, o)",
+        )
+        .bind(&users)
+        .bind(&seqs)
+        .bind(message)
+        .bind(&ordinals)
         .execute(&mut *tx)
         .await?;
 
-        let outcome = prep.outcome(&bumped);
+        let outcome = prep.outcome(message, &bumped)?;
         if self.outbox.is_on() {
             let mut rows = OutboxColumns::default();
             for d in &outcome.deliveries {
@@ -230,13 +244,13 @@ impl PgStore {
                 after,
                 limit,
                 unread_only,
-            } => ("seq > $2", "ASC", after, limit, unread_only),
+            } => ("i.seq > $2", "ASC", after, limit, unread_only),
             ListQuery::Before {
                 before,
                 limit,
                 unread_only,
             } => (
-                "seq < $2",
+                "i.seq < $2",
                 "DESC",
                 before.unwrap_or(Seq::MAX),
                 limit,
@@ -244,13 +258,13 @@ impl PgStore {
             ),
         };
         let unread_filter = if unread_only {
-            "AND read_at IS NULL"
+            "AND i.read_at IS NULL"
         } else {
             ""
         };
         let sql = format!(
-            "SELECT {COLUMNS} FROM notifications WHERE user_id = $1 AND {filter} {unread_filter}
-             ORDER BY seq {order} LIMIT $3"
+            "SELECT {COLUMNS} FROM {FROM} WHERE i.user_id = $1 AND {filter} {unread_filter}
+             ORDER BY i.seq {order} LIMIT $3"
         );
         let rows = sqlx::query(&sql)
             .bind(user.as_str())
@@ -288,18 +302,23 @@ impl PgStore {
         let now = now_micros();
         let mut tx = self.pool.begin().await?;
         let changed = match what {
-            MarkRead::Ids(ids) => sqlx::query(
-                "UPDATE notifications SET read_at = $1
-                 WHERE user_id = $2 AND read_at IS NULL AND id = ANY($3::uuid[])",
-            )
-            .bind(now)
-            .bind(user.as_str())
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
+            MarkRead::Ids(ids) => {
+                let l = IdLookup::new(ids);
+                sqlx::query(&format!(
+                    "UPDATE inbox SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND {BY_IDS}"
+                ))
+                .bind(now)
+                .bind(user.as_str())
+                .bind(&l.seqs)
+                .bind(&l.messages)
+                .bind(&l.ordinals)
+                .bind(&l.legacy)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            }
             MarkRead::UpTo(seq) => sqlx::query(
-                "UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND seq <= $3",
+                "UPDATE inbox SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND seq <= $3",
             )
             .bind(now)
             .bind(user.as_str())
@@ -604,10 +623,16 @@ async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, 
     })
 }
 
-fn decode(row: &PgRow) -> Result<Notification, StoreError> {
+pub(super) fn decode(row: &PgRow) -> Result<Notification, StoreError> {
+    let seq: Seq = row.try_get("seq")?;
     Ok(Notification {
-        id: row.try_get("id")?,
-        seq: row.try_get("seq")?,
+        id: stored_id(
+            row.try_get("legacy_id")?,
+            row.try_get("message_id")?,
+            row.try_get("ordinal")?,
+            seq,
+        )?,
+        seq,
         kind: row.try_get("type")?,
         title: row.try_get("title")?,
         body: row.try_get("body")?,
@@ -618,3 +643,20 @@ fn decode(row: &PgRow) -> Result<Notification, StoreError> {
         topic: row.try_get("topic")?,
     })
 }
+
+/// A recipient's ordinal as its 32-bit column holds it.
+pub(super) fn ordinal(o: u32) -> Result<i32, StoreError> {
+    i32::try_from(o).map_err(|_| {
+        StoreError::Database(sqlx::Error::Protocol(format!(
+            "recipient ordinal {o} past the column's range"
+        )))
+    })
+}
+
+/// The rows of one user (`user_id = $2` in the caller's statement) named by an
+/// [`IdLookup`] bound as $3 (seqs), $4 (messages), $5 (ordinals) and $6 (legacy ids). The
+/// `seq = ANY` lets the planner find derived ids by the primary key.
+pub(super) const BY_IDS: &str = "(
+    (seq = ANY($3::bigint[])
+     AND (seq, message_id, ordinal) IN (SELECT * FROM unnest($3::bigint[], $4::bigint[], $5::int[])))
+    OR legacy_id = ANY($6::uuid[]))";

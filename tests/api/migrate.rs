@@ -1,0 +1,136 @@
+//! The storage layout of the performance issue upgrades an existing database in place:
+//! notifications written before it keep their ids, seqs, read state and counters.
+
+use crate::helpers::{sample, seqs, spawn_app_with, Backend};
+use serde_json::json;
+use sqlx::migrate::Migrator;
+use sqlx::{Connection, Executor};
+use std::borrow::Cow;
+use tidings_test_support::harness;
+
+/// The first migration of the message/inbox layout: everything before it is the old one.
+const LAYOUT: i64 = 20261202000001;
+
+const OLD_IDS: [&str; 3] = [
+    "0192e4a0-0000-7000-8000-000000000001",
+    "0192e4a0-0000-7000-8000-000000000002",
+    "0192e4a0-0000-7000-8000-000000000003",
+];
+
+async fn old_migrator(dir: &str) -> Migrator {
+    let mut m = Migrator::new(std::path::Path::new(dir))
+        .await
+        .expect("read the migrations");
+    let old: Vec<_> = m
+        .migrations
+        .iter()
+        .filter(|x| x.version < LAYOUT)
+        .cloned()
+        .collect();
+    m.migrations = Cow::Owned(old);
+    m
+}
+
+/// alice had three notifications (the first read), bob one, in the old layout.
+fn old_rows(ts: &str) -> String {
+    format!(
+        "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES ('alice', 3, 2, 4), ('bob', 1, 1, 1);
+         INSERT INTO notifications (user_id, seq, id, type, title, body, data, link, created_at, read_at, topic) VALUES
+           ('alice', 1, '{a}', 'old.kind', 'first', 'b1', NULL, NULL, {ts}, {ts}, NULL),
+           ('alice', 2, '{b}', 'old.kind', 'second', NULL, '{{\"k\": 1}}', 'https://example.com/x', {ts}, NULL, 'news'),
+           ('alice', 3, '{c}', 'old.kind', 'third', NULL, NULL, NULL, {ts}, NULL, NULL),
+           ('bob', 1, '0192e4a0-0000-7000-8000-0000000000b1', 'old.kind', 'bob''s', NULL, NULL, NULL, {ts}, NULL, NULL);",
+        a = OLD_IDS[0],
+        b = OLD_IDS[1],
+        c = OLD_IDS[2],
+    )
+}
+
+async fn an_old_database_is_upgraded_in_place(b: Backend) {
+    let _dir;
+    let mut pg_name = None;
+    let url = match b {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+            _dir = dir;
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
+            old_migrator("migrations/sqlite")
+                .await
+                .run(&mut conn)
+                .await
+                .expect("old migrations");
+            conn.execute(old_rows("'2026-11-01T10:00:00.000000Z'").as_str())
+                .await
+                .expect("old rows");
+            let _ = conn.close().await;
+            url
+        }
+        Backend::Postgres => {
+            let (name, url) = harness::create_database("tidings_migrate").await;
+            pg_name = Some(name);
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("postgres");
+            old_migrator("migrations/postgres")
+                .await
+                .run(&mut conn)
+                .await
+                .expect("old migrations");
+            conn.execute(old_rows("'2026-11-01T10:00:00Z'").as_str())
+                .await
+                .expect("old rows");
+            let _ = conn.close().await;
+            url
+        }
+    };
+
+    let app = spawn_app_with(b, |s| s.database.url = url.clone().into()).await;
+
+    let page = app.list("alice", "?after=0").await;
+    assert_eq!(seqs(&page), [1, 2, 3]);
+    assert_eq!(
+        (page["unread"].clone(), page["seq"].clone()),
+        (json!(2), json!(3))
+    );
+    let n = &page["notifications"];
+    let ids: Vec<&str> = (0..3).map(|i| n[i]["id"].as_str().unwrap_or("")).collect();
+    assert_eq!(ids, OLD_IDS, "old ids are kept");
+    assert_eq!(n[0]["title"], "first");
+    assert!(!n[0]["read_at"].is_null(), "read state is kept");
+    assert_eq!(n[1]["data"], json!({"k": 1}));
+    assert_eq!(n[1]["link"], "https://example.com/x");
+    assert!(n[2]["read_at"].is_null());
+
+    // An old id still marks read, and only the caller's.
+    let (status, counts) = app.mark_read("alice", &json!({"ids": [OLD_IDS[1]]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(counts, json!({"unread": 1, "seq": 3}));
+    let (_, bobs) = app
+        .mark_read(
+            "alice",
+            &json!({"ids": ["0192e4a0-0000-7000-8000-0000000000b1"]}),
+        )
+        .await;
+    assert_eq!(bobs["unread"], 1);
+    assert_eq!(app.unread("bob").await["unread"], 1);
+
+    // New notifications continue the seq, with ids of the new layout, and mark read by id.
+    let r = app.publish(&sample(&["alice", "bob"])).await;
+    let mine = &r["notifications"][0];
+    assert_eq!(
+        (mine["recipient"].clone(), mine["seq"].clone()),
+        (json!("alice"), json!(4))
+    );
+    let (_, counts) = app
+        .mark_read("alice", &json!({"ids": [mine["id"].clone()]}))
+        .await;
+    assert_eq!(counts, json!({"unread": 1, "seq": 4}));
+    assert_eq!(seqs(&app.list("alice", "").await), [4, 3, 2, 1]);
+    assert_eq!(app.unread("bob").await, json!({"unread": 2, "seq": 2}));
+
+    drop(app);
+    if let Some(name) = pg_name {
+        harness::drop_database_blocking(&name);
+    }
+}
+
+crate::both_backends!(an_old_database_is_upgraded_in_place);
