@@ -234,7 +234,7 @@ impl TestApp {
                 let mut conn = sqlx::SqliteConnection::connect(&url)
                     .await
                     .expect("open the SQLite file");
-                for table in ["notifications", "user_cursors"] {
+                for table in ["inbox", "user_cursors"] {
                     conn.execute(format!("ALTER TABLE {table} RENAME TO {table}_gone").as_str())
                         .await
                         .expect("rename the tables every read uses");
