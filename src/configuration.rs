@@ -55,6 +55,8 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     #[serde(default)]
     pub sockjs: SockJsSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
     #[serde(skip_deserializing, default = "default_profile")]
     pub profile: Profile,
 }
@@ -127,6 +129,83 @@ impl Default for SockJsSettings {
             client_url: None,
             max_sessions: 10_000,
         }
+    }
+}
+
+/// How long notifications are kept. Unset (the default) keeps every notification for ever:
+/// the inbox is the source of truth, and how long a company keeps its users' history is the
+/// company's decision (a legal hold, an audit trail, a product promise), not ours to guess.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RetentionSettings {
+    /// Notifications older than this are pruned: whole seconds, or a number with a unit
+    /// (`90d`, `12h`, `30m`, `45s`). Unset: no pruning by age.
+    #[serde(deserialize_with = "duration_setting")]
+    pub max_age: Option<std::time::Duration>,
+    /// Each user keeps at most this many notifications, the newest. Unset: no cap.
+    pub max_per_user: Option<u64>,
+    /// Inbox rows pruned per transaction: each transaction is short, so it never holds up a
+    /// publish for long.
+    pub batch_size: u32,
+    /// Seconds between pruning runs (a run goes on batch after batch until nothing is left).
+    pub interval_seconds: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            max_age: None,
+            max_per_user: None,
+            batch_size: 1000,
+            interval_seconds: 300,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// Whether there is anything to prune at all.
+    pub fn enabled(&self) -> bool {
+        self.max_age.is_some() || self.max_per_user.is_some()
+    }
+}
+
+/// A duration as configured: whole seconds (a number, or a string of digits), or digits
+/// followed by `s`, `m`, `h` or `d`. Empty means unset.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90d, 12h, 30m or 3600"))?;
+    let scale = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?} has an unknown unit; use s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn duration_setting<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Seconds(s)) => Ok(Some(std::time::Duration::from_secs(s))),
+        Some(Raw::Text(t)) if t.trim().is_empty() => Ok(None),
+        Some(Raw::Text(t)) => parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
     }
 }
 
@@ -377,6 +456,14 @@ impl Settings {
                 self.sockjs.stream_bytes_limit,
             ),
             ("TIDINGS__SOCKJS__MAX_SESSIONS", self.sockjs.max_sessions),
+            (
+                "TIDINGS__RETENTION__BATCH_SIZE",
+                self.retention.batch_size as usize,
+            ),
+            (
+                "TIDINGS__RETENTION__INTERVAL_SECONDS",
+                self.retention.interval_seconds as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -471,6 +558,24 @@ impl Settings {
                     "a client certificate needs its key, and a key its certificate",
                 ));
             }
+        }
+        if self.retention.max_age.is_some_and(|a| a.is_zero()) {
+            return Err(SettingsError::invalid(
+                "TIDINGS__RETENTION__MAX_AGE",
+                "must be greater than 0 (unset it to keep notifications for ever)",
+            ));
+        }
+        if self.retention.max_per_user == Some(0) {
+            return Err(SettingsError::invalid(
+                "TIDINGS__RETENTION__MAX_PER_USER",
+                "must be greater than 0 (unset it to keep every notification)",
+            ));
+        }
+        if self.retention.batch_size > 100_000 {
+            return Err(SettingsError::invalid(
+                "TIDINGS__RETENTION__BATCH_SIZE",
+                "must be at most 100000: a batch is one transaction",
+            ));
         }
         for origin in &self.server.allowed_origins {
             if origin != "*" && url::Url::parse(origin).is_err() {
@@ -685,6 +790,27 @@ mod tests {
         let b = s.resolve_jwt_secret().unwrap();
         assert_eq!(a.expose_secret(), b.expose_secret());
         assert!(a.expose_secret().len() >= MIN_SECRET_LEN);
+    }
+
+    #[test]
+    fn retention_durations_take_seconds_or_a_unit() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("d").is_err());
+        let s = Settings::defaults(Profile::Local).unwrap();
+        assert!(!s.retention.enabled(), "keeping everything is the default");
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        s.retention.max_per_user = Some(0);
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TIDINGS__RETENTION__MAX_PER_USER"));
     }
 
     #[test]
