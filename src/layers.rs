@@ -47,6 +47,21 @@ const RULES: &[(&str, &str, &str)] = &[
     ("store", "crate::ingest", "ingest is upstream of the store"),
     (
         "store",
+        "crate::retention",
+        "retention drives the store, not the other way",
+    ),
+    (
+        "hub",
+        "crate::retention",
+        "retention is upstream: the hub only sees its events",
+    ),
+    (
+        "retention.rs",
+        "crate::hub",
+        "retention announces through the notifier, never to connections",
+    ),
+    (
+        "store",
         "crate::notifier",
         "the notifier is downstream, and calls the store",
     ),

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod notifier;
+pub mod retention;
 pub mod routes;
 pub mod shutdown;
 pub mod sockjs;

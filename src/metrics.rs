@@ -65,6 +65,72 @@ pub struct Metrics {
     pub bus_resubscribes: Counter,
     /// Present when the MQTT bridge is on.
     pub mqtt: Option<MqttMetrics>,
+    pub retention: RetentionMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// The retention task's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct RetentionMetrics {
+    /// Inbox rows pruned, by reason (`age`, `count`).
+    pruned: Family<ReasonLabel, Counter>,
+    /// Messages deleted because no inbox row referenced them any more.
+    pub messages: Counter,
+    /// Runs this replica did (it held the lock).
+    pub runs: Counter,
+    /// Runs skipped because another replica held the lock.
+    pub skipped: Counter,
+    /// Runs that stopped on a database error, and failed attempts at the lock.
+    pub failures: Counter,
+    /// How long this replica's last run took.
+    pub last_run_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl RetentionMetrics {
+    pub fn pruned(&self, reason: &str) -> Counter {
+        self.pruned
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .clone()
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("retention");
+        for reason in ["age", "count"] {
+            let _ = self.pruned(reason);
+        }
+        r.register(
+            "pruned_rows",
+            "Notifications (inbox rows) pruned by retention, by reason",
+            self.pruned.clone(),
+        );
+        r.register(
+            "messages_deleted",
+            "Messages deleted once no inbox row referenced them",
+            self.messages.clone(),
+        );
+        r.register("runs", "Retention runs done by this replica", self.runs.clone());
+        r.register(
+            "runs_skipped",
+            "Retention runs skipped because another replica was pruning",
+            self.skipped.clone(),
+        );
+        r.register(
+            "failures",
+            "Retention runs stopped by a database error",
+            self.failures.clone(),
+        );
+        r.register(
+            "last_run_seconds",
+            "How long this replica's last retention run took",
+            self.last_run_seconds.clone(),
+        );
+    }
 }
 
 /// The MQTT bridge's metrics; registered only when the bridge is on.
@@ -234,6 +300,8 @@ impl Metrics {
         ] {
             let _ = connections.get_or_create(&TransportLabel { transport });
         }
+        let retention = RetentionMetrics::default();
+        retention.register(&mut registry);
         let mqtt = mqtt.then(|| {
             let m = MqttMetrics::new();
             m.register(&mut registry);
@@ -241,6 +309,7 @@ impl Metrics {
         });
         Self {
             mqtt,
+            retention,
             registry: Arc::new(registry),
             connections,
             published,

@@ -5,6 +5,7 @@
 
 use crate::bus::{Bus, BusState};
 use crate::domain::{Event, MarkRead, UserId};
+use crate::store::{CountCursor, Pruned};
 use crate::metrics::Metrics;
 use crate::store::{Delivery, PublishCommand, PublishOutcome, ReadOutcome, Store, StoreError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -128,6 +129,46 @@ impl Notifier {
             }]);
         }
         Ok(outcome)
+    }
+
+    /// One retention step by age (see `Store::prune_older_than`), announced: every touched
+    /// user's tabs take the new counters, as after a read.
+    pub async fn prune_older_than(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<Pruned, StoreError> {
+        let pruned = self.store.prune_older_than(cutoff, batch).await?;
+        self.announce_pruned(&pruned);
+        Ok(pruned)
+    }
+
+    /// One retention step by count (see `Store::prune_beyond`), announced.
+    pub async fn prune_beyond(
+        &self,
+        keep: u64,
+        batch: u32,
+        cursor: CountCursor,
+    ) -> Result<(Pruned, Option<CountCursor>), StoreError> {
+        let (pruned, next) = self.store.prune_beyond(keep, batch, cursor).await?;
+        self.announce_pruned(&pruned);
+        Ok((pruned, next))
+    }
+
+    fn announce_pruned(&self, pruned: &Pruned) {
+        if pruned.changed.is_empty() {
+            return;
+        }
+        self.bus.publish(
+            pruned
+                .changed
+                .iter()
+                .map(|(user, counts)| Event::Counts {
+                    user: user.clone(),
+                    counts: *counts,
+                })
+                .collect(),
+        );
     }
 
     pub fn bus_state(&self) -> BusState {

@@ -147,7 +147,7 @@ impl Application {
             )?),
             None => Bus::InProcess(hub.clone()),
         };
-        let notifier = Notifier::new(store.clone(), bus, metrics);
+        let notifier = Notifier::new(store.clone(), bus, metrics.clone());
         let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
         if let Some(listener) = grpc_listener {
             grpc::spawn(
@@ -169,7 +169,7 @@ impl Application {
         }
         let state = web::Data::new(AppState {
             store: store.clone(),
-            notifier,
+            notifier: notifier.clone(),
             auth,
             hub: hub.clone(),
             heartbeat: Duration::from_secs(settings.server.heartbeat_seconds),
@@ -205,6 +205,14 @@ impl Application {
 
         let purge = shutdown.child();
         purge.spawn(purge_idempotency_keys(store.clone(), purge.clone()));
+        // Under the root like the purge: a run in flight ends at its next step.
+        crate::retention::spawn(
+            store.clone(),
+            notifier,
+            settings.retention.clone(),
+            metrics.retention.clone(),
+            &shutdown.child(),
+        );
         tracing::info!(
             port,
             grpc_port,
@@ -459,6 +467,7 @@ impl History for StoreHistory {
             Ok(Page {
                 notifications: Vec::new(),
                 counts: store.counts(&user).await?,
+                floor: Seq::ZERO,
             })
         })
     }

@@ -235,8 +235,10 @@ pub async fn publish(
 
 /// List the caller's notifications.
 ///
-/// With `after`: seq > after, oldest first (catching up). Otherwise the inbox view: newest
-/// first, before `before` when given. `after` and `before` cannot be combined.
+/// With `after`: seq > after, oldest first (catching up); the page then carries `floor`, and
+/// `truncated: true` when `after` is below it (retention removed what the client missed, and
+/// the page starts at the oldest kept notification). Otherwise the inbox view: newest first,
+/// before `before` when given. `after` and `before` cannot be combined.
 #[utoipa::path(
     get, path = "/v1/notifications", tag = "inbox",
     params(
@@ -293,10 +295,15 @@ async fn list_page(
         },
     };
     let page = state.store.list(&user.user, query).await?;
+    if let ListQuery::After { after, .. } = query {
+        return Ok(NotificationPage::after(page, after));
+    }
     Ok(NotificationPage {
         notifications: page.notifications,
         unread: page.counts.unread,
         seq: page.counts.seq.get(),
+        truncated: None,
+        floor: None,
     })
 }
 

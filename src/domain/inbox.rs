@@ -19,6 +19,20 @@ pub struct Counts {
 pub struct Page {
     pub notifications: Vec<Notification>,
     pub counts: Counts,
+    /// The history floor: the user's seqs at or below it were pruned by retention (0 when
+    /// nothing was). Set on `after` reads (the only ones that resume from a cursor), read
+    /// after the page: it only rises, so every kept seq above it that had committed when the
+    /// page was read is in the page's range, and a reader that skips to it misses nothing
+    /// that was kept.
+    pub floor: Seq,
+}
+
+impl Page {
+    /// Whether a client resuming after `cursor` lost history: seqs between its cursor and
+    /// the floor were pruned before it saw them.
+    pub fn truncated(&self, cursor: Seq) -> bool {
+        cursor < self.floor
+    }
 }
 
 /// Which notifications a user marks read.

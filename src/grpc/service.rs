@@ -184,6 +184,8 @@ impl notifications_server::Notifications for Notifications {
                 .collect(),
             unread: page.counts.unread,
             seq: page.counts.seq.get(),
+            truncated: after.is_some_and(|a| page.truncated(Seq::new(a))),
+            floor: page.floor.get(),
         }))
     }
 

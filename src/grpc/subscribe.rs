@@ -80,6 +80,14 @@ impl SubscribeStream {
                 // The stream goes on live after `seq`; the client pages up to it.
                 self.last = seq;
             }
+            Frame::Truncated { floor } => {
+                self.pending.push_back(proto::Event {
+                    event: Some(event::Event::Truncated(proto::Truncated {
+                        floor: floor.get(),
+                    })),
+                });
+                self.last = self.last.max(floor);
+            }
             // A catch-up read failed: the session retries and the stream goes on.
             Frame::Shutdown | Frame::Unavailable => {}
         }

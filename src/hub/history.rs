@@ -17,8 +17,8 @@ pub type HistoryError = Box<dyn std::error::Error + Send + Sync>;
 pub type HistoryRead = Pin<Box<dyn Future<Output = Result<Page, HistoryError>> + Send>>;
 
 pub trait History: std::fmt::Debug + Send + Sync + 'static {
-    /// At most `limit` of `user`'s notifications with seq > `after`, oldest first, and the
-    /// user's counters from the same snapshot.
+    /// At most `limit` of `user`'s notifications with seq > `after`, oldest first, the
+    /// user's counters from the same snapshot, and the history floor (see [`Page::floor`]).
     fn after(&self, user: UserId, after: Seq, limit: u32) -> HistoryRead;
 
     /// Only the user's counters (a page with no notifications): where "from now on" starts.

@@ -39,6 +39,10 @@ pub enum Frame {
     Update(Box<Update>),
     /// More than the replay cap was missed: page through the REST API up to `seq`.
     Resync { seq: Seq },
+    /// The connection's cursor is below the user's history floor: retention pruned seqs up
+    /// to `floor` before the client saw them. Sent first, before what follows the floor, so
+    /// a client knows it lost history rather than believing it has all of it.
+    Truncated { floor: Seq },
     /// This replica is stopping: reconnect, to another one.
     Shutdown,
     /// A database read this connection waits on (its replay, or a catch-up) failed. The

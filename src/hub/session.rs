@@ -165,6 +165,16 @@ impl UserSession {
             return;
         };
         let mut resync = None;
+        // Below the floor, the replay starts at the oldest kept notification, and the
+        // connection hears so first.
+        let truncated = match from {
+            ReadFrom::After(after) if page.truncated(after) => {
+                conn.last_sent = conn.last_sent.max(page.floor);
+                Some(Frame::Truncated { floor: page.floor })
+            }
+            _ => None,
+        };
+        let floor = truncated.as_ref().map(|_| page.floor);
         let merged = match from {
             ReadFrom::Latest => {
                 conn.last_sent = page.counts.seq;
@@ -182,7 +192,7 @@ impl UserSession {
                     .iter()
                     .map(|n| (n.seq, (n.seq, render(n))))
                     .collect();
-                conn.seq.finish_read(rows, None)
+                conn.seq.finish_read(rows, floor)
             }
         };
         if let Some((seq, _)) = merged.deliver.last() {
@@ -190,7 +200,9 @@ impl UserSession {
         }
         let update = Frame::update(merged.deliver, counts, conn.last_sent);
         let again = merged.again;
-        let sent = resync.is_none_or(|r| self.push(id, r)) && self.push(id, update);
+        let sent = truncated.is_none_or(|t| self.push(id, t))
+            && resync.is_none_or(|r| self.push(id, r))
+            && self.push(id, update);
         if !sent {
             self.forget_cut(ctx);
         } else if let Some(after) = again {

@@ -13,6 +13,7 @@
 mod group_commit;
 mod outbox;
 mod postgres;
+mod retention;
 mod sqlite;
 
 use crate::domain::{
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 pub use outbox::{Outbox, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
+pub use retention::{CountCursor, Pruned, RetentionLease};
 pub use sqlite::SqliteStore;
 
 /// How long an idempotency key is remembered.
@@ -231,8 +233,14 @@ impl Store {
         dispatch!(self, s => s.publish(cmd).await)
     }
 
+    /// A page of the inbox. One read from a cursor (`After`) also carries the history floor,
+    /// read after the page (see [`Page::floor`]).
     pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
-        dispatch!(self, s => s.list(user, q).await)
+        let mut page = dispatch!(self, s => s.list(user, q).await)?;
+        if let ListQuery::After { .. } = q {
+            page.floor = self.history_floor(user).await?;
+        }
+        Ok(page)
     }
 
     pub async fn counts(&self, user: &UserId) -> Result<Counts, StoreError> {

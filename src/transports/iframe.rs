@@ -67,6 +67,10 @@ impl Format for Iframe {
         self.post(out, |o| Ndjson.resync(o, seq));
     }
 
+    fn truncated(&self, out: &mut String, floor: Seq) {
+        self.post(out, |o| Ndjson.truncated(o, floor));
+    }
+
     fn token_expired(&self, out: &mut String) {
         self.post(out, |o| Ndjson.token_expired(o));
         out.push_str("</body></html>\n");

@@ -8,7 +8,8 @@
 //! poll, on the read pool; when the database is slow the poll waits instead of failing, and
 //! when that read fails the poll answers 503 rather than a 204 that would claim nothing is new.
 
-use crate::domain::{Counts, Cursor, Notification, Page, Seq, UserId};
+use crate::domain::{Counts, Cursor, Page, Seq, UserId};
+use crate::http::pages::NotificationPage;
 use crate::http::error::ApiError;
 use crate::http::extract::{int_param, query_map, StreamUser};
 use crate::http::AppState;
@@ -33,7 +34,7 @@ pub const MAX_TIMEOUT: i64 = 120;
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
-        (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq."),
+        (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq. With `truncated: true`, retention removed notifications after the cursor up to `floor`: the page starts at the oldest kept one (poll again from `floor` when it is empty)."),
         (status = 204, description = "Nothing new before the timeout: poll again with the same cursor."),
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A missing or bad query parameter, named in `errors`."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
@@ -68,6 +69,9 @@ pub async fn poll(
     let deadline = tokio::time::sleep(Duration::from_secs(timeout as u64));
     tokio::pin!(deadline);
     let mut found: Vec<(Seq, Arc<str>)> = Vec::new();
+    // Set when the cursor is below the history floor: the answer says so, even with no
+    // notification kept after it, so the client moves its cursor up to the floor.
+    let mut floor: Option<Seq> = None;
     loop {
         let frame = tokio::select! {
             _ = &mut deadline => return Ok(HttpResponse::NoContent().finish()),
@@ -82,15 +86,20 @@ pub async fn poll(
                     counts = u.counts;
                     found.extend(u.notifications);
                 }
-                if !found.is_empty() || unread.is_some_and(|u| u != counts.unread) {
+                if !found.is_empty()
+                    || floor.is_some()
+                    || unread.is_some_and(|u| u != counts.unread)
+                {
                     found.truncate(MAX_PAGE as usize);
-                    return Ok(answer_rendered(&found, counts));
+                    return Ok(answer_rendered(&found, counts, floor));
                 }
             }
+            // First, before the replay it announces.
+            Some(Frame::Truncated { floor: f }) => floor = Some(f),
             Some(Frame::Resync { .. }) => {
                 // Far behind: answer with the first page; the client polls on from there.
                 let page = first_page(&state, &user, after).await?;
-                return Ok(answer_page(&page.notifications, page.counts));
+                return Ok(HttpResponse::Ok().json(NotificationPage::after(page, after)));
             }
             // The read of what follows the cursor failed: "nothing new" (204) would be a
             // lie the client trusts, so it is told to try again shortly.
@@ -111,16 +120,9 @@ async fn first_page(state: &AppState, user: &UserId, after: Seq) -> Result<Page,
     Ok(state.store.list(user, q).await?)
 }
 
-fn answer_page(notifications: &[Notification], counts: Counts) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "notifications": notifications,
-        "unread": counts.unread,
-        "seq": counts.seq,
-    }))
-}
-
-/// The same body as [`answer_page`], from notifications already rendered by the hub.
-fn answer_rendered(found: &[(Seq, Arc<str>)], counts: Counts) -> HttpResponse {
+/// A [`NotificationPage`] from notifications already rendered by the hub. `floor` is set
+/// when the cursor was below the history floor.
+fn answer_rendered(found: &[(Seq, Arc<str>)], counts: Counts, floor: Option<Seq>) -> HttpResponse {
     let mut body = String::from("{\"notifications\":[");
     for (i, (_, json)) in found.iter().enumerate() {
         if i > 0 {
@@ -130,9 +132,15 @@ fn answer_rendered(found: &[(Seq, Arc<str>)], counts: Counts) -> HttpResponse {
     }
     let _ = write!(
         body,
-        "],\"unread\":{},\"seq\":{}}}",
+        "],\"unread\":{},\"seq\":{}",
         counts.unread, counts.seq
     );
+    match floor {
+        Some(floor) => {
+            let _ = write!(body, ",\"truncated\":true,\"floor\":{floor}}}");
+        }
+        None => body.push('}'),
+    }
     HttpResponse::Ok()
         .content_type("application/json")
         .body(body)

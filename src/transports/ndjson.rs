@@ -35,6 +35,10 @@ impl Format for Ndjson {
         let _ = writeln!(out, "{{\"type\":\"resync\",\"seq\":{seq}}}");
     }
 
+    fn truncated(&self, out: &mut String, floor: Seq) {
+        let _ = writeln!(out, "{{\"type\":\"truncated\",\"floor\":{floor}}}");
+    }
+
     fn token_expired(&self, out: &mut String) {
         out.push_str("{\"type\":\"token-expired\"}\n");
     }

@@ -14,12 +14,14 @@ use std::fmt::Write;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct SseEvent {
-    /// `notification`, `unread`, `resync` or `token-expired`.
-    #[schema(pattern = "^(notification|unread|resync|token-expired)$")]
+    /// `notification`, `unread`, `resync`, `truncated` or `token-expired`.
+    #[schema(pattern = "^(notification|unread|resync|truncated|token-expired)$")]
     event: String,
-    /// JSON: the notification; `{"unread":n,"seq":s}`; `{"seq":s}` to resync from; or `{}`.
+    /// JSON: the notification; `{"unread":n,"seq":s}`; `{"seq":s}` to resync from;
+    /// `{"floor":f}` (retention removed every seq up to f before the client saw it; the
+    /// replay that follows starts at the oldest kept one); or `{}`.
     data: String,
-    /// The seq to resume from (`Last-Event-ID`), on `notification` and `unread`.
+    /// The seq to resume from (`Last-Event-ID`), on `notification`, `unread` and `truncated`.
     #[schema(pattern = "^[0-9]+$")]
     id: Option<String>,
 }
@@ -28,7 +30,8 @@ pub struct SseEvent {
 ///
 /// Replays every notification after the cursor (`Last-Event-ID` wins over `after`), then
 /// streams new ones as they commit. Events: `notification` (id = seq), `unread`, `resync`,
-/// `token-expired`; a `: ping` comment every heartbeat.
+/// `truncated` (first, when the cursor is below the history floor), `token-expired`; a
+/// `: ping` comment every heartbeat.
 #[utoipa::path(
     get, path = "/v1/notifications/stream", tag = "live",
     params(
@@ -102,6 +105,15 @@ impl Format for Sse {
 
     fn resync(&self, out: &mut String, seq: Seq) {
         let _ = write!(out, "event: resync\ndata: {{\"seq\":{seq}}}\n\n");
+    }
+
+    fn truncated(&self, out: &mut String, floor: Seq) {
+        // The floor is a valid place to resume from (nothing at or below it is left), so it
+        // is the event's id: a reconnect right after it does not hear it again.
+        let _ = write!(
+            out,
+            "event: truncated\nid: {floor}\ndata: {{\"floor\":{floor}}}\n\n"
+        );
     }
 
     fn token_expired(&self, out: &mut String) {

@@ -25,6 +25,9 @@ pub trait Format: Unpin {
     /// `last`: the seq of the last notification this stream delivered (or its cursor).
     fn unread(&self, out: &mut String, counts: &Counts, last: Seq);
     fn resync(&self, out: &mut String, seq: Seq);
+    /// Seqs up to `floor` were pruned before the client saw them; what follows starts at
+    /// the oldest kept notification.
+    fn truncated(&self, out: &mut String, floor: Seq);
     fn token_expired(&self, out: &mut String);
     /// The replica is stopping, or the stream must be reopened: tell the client to come back soon.
     fn reconnect(&self, out: &mut String);
@@ -97,6 +100,7 @@ impl<F: Format> EventStream<F> {
                 self.counts_seq = *seq;
                 self.format.resync(out, *seq);
             }
+            Frame::Truncated { floor } => self.format.truncated(out, *floor),
             // The hub retries the read; the stream carries on when it succeeds.
             Frame::Shutdown | Frame::Unavailable => {}
         }

@@ -278,6 +278,7 @@ impl PgStore {
         Ok(Page {
             notifications,
             counts,
+            floor: Seq::ZERO,
         })
     }
 

@@ -219,6 +219,7 @@ impl SqliteStore {
         Ok(Page {
             notifications,
             counts,
+            floor: Seq::ZERO,
         })
     }
 

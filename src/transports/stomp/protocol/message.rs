@@ -29,6 +29,8 @@ pub enum Event {
     Notification { seq: Seq, json: Arc<str> },
     Unread { unread: i64, seq: Seq },
     Resync { seq: Seq },
+    /// Retention pruned the feed's seqs up to `floor` before the client saw them.
+    Truncated { floor: Seq },
 }
 
 impl Event {
@@ -37,6 +39,7 @@ impl Event {
             Event::Notification { .. } => "notification",
             Event::Unread { .. } => "unread",
             Event::Resync { .. } => "resync",
+            Event::Truncated { .. } => "truncated",
         }
     }
 }
@@ -71,6 +74,8 @@ pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
             out
         }
         HubFrame::Resync { seq } => vec![Event::Resync { seq }],
+        // A topic is a filter over the feed, whose history it shares: it lost the same.
+        HubFrame::Truncated { floor } => vec![Event::Truncated { floor }],
         // The hub retries the read; the subscription carries on when it succeeds.
         HubFrame::Shutdown | HubFrame::Unavailable => Vec::new(),
     }
@@ -109,6 +114,7 @@ pub fn message_frame(
             format!("{{\"unread\":{unread},\"seq\":{seq}}}").into_bytes()
         }
         Event::Resync { seq } => format!("{{\"seq\":{seq}}}").into_bytes(),
+        Event::Truncated { floor } => format!("{{\"floor\":{floor}}}").into_bytes(),
     };
     f.with_body(body).with_content_length()
 }
