@@ -27,6 +27,7 @@ const el = {
   setup: $('setup'),
   snippet: $('snippet'),
   toast: $('toast'),
+  pruned: $('pruned'),
 };
 
 // ---- token and options from the fragment --------------------------------
@@ -407,6 +408,7 @@ function start() {
   hasOlder = false;
   unread = null;
   items.clear();
+  el.pruned.hidden = true;
   for (const li of nodes.values()) li.remove();
   nodes.clear();
   renderSnippet();
@@ -430,6 +432,12 @@ function start() {
     onUnread: mine((count) => {
       unread = count;
       renderCounts();
+    }),
+    // The server's retention removed notifications this browser never saw: say so at the
+    // end of the list instead of letting it look complete.
+    onTruncated: mine(({ floor }) => {
+      el.pruned.hidden = false;
+      el.pruned.title = `Notifications up to #${floor} were removed by the server's retention`;
     }),
     onRead: mine((r) => {
       markLocal(r);

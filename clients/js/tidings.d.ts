@@ -54,6 +54,10 @@ export interface Page {
   notifications: Notification[];
   unread: number | null;
   seq: number | null;
+  /** The history floor (seqs at or below it were removed by retention), on `after=` pages. */
+  floor: number | null;
+  /** The page's cursor was below the floor: history the client never saw was removed. */
+  truncated: boolean;
 }
 
 export interface StorageLike {
@@ -71,6 +75,12 @@ export interface ConnectOptions {
   transport?: TransportOption;
   onNotification?: (n: Notification, meta: NotificationMeta) => void;
   onUnread?: (unread: number, info: { seq: number }) => void;
+  /**
+   * Retention removed notifications up to `floor` before this client saw them (its cursor
+   * was below the server's history floor): show "older notifications were removed". Called
+   * once per floor, in every tab.
+   */
+  onTruncated?: (info: { floor: number }) => void;
   onStateChange?: (state: ConnectionState, info: StateInfo) => void;
   /** Reads made by this or another tab (to update read marks in lists). */
   onRead?: (read: { ids: string[] } | { upTo: number }) => void;
@@ -156,6 +166,7 @@ export type Frame =
   | { type: 'notification'; notification: Notification }
   | { type: 'unread'; unread: number; seq: number | null }
   | { type: 'resync'; seq: number | null }
+  | { type: 'truncated'; floor: number }
   | { type: 'token-expired' }
   | { type: 'pong' };
 

@@ -345,7 +345,9 @@ export class SseFallbackPolicy {
 
 /**
  * Frames: {type:'notification', notification}, {type:'unread', unread, seq},
- * {type:'resync', seq}, {type:'token-expired'}, {type:'pong'}.
+ * {type:'resync', seq}, {type:'truncated', floor}, {type:'token-expired'}, {type:'pong'}.
+ * `truncated` comes first when the cursor was below the server's history floor:
+ * retention removed every seq up to `floor` before this client saw it.
  */
 export function normalizeNotification(raw) {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return null;
@@ -393,9 +395,15 @@ export function parseSseEvent(event, data, lastEventId) {
       const seq = obj ? toSeq(obj.seq) : null;
       return { type: 'resync', seq };
     }
+    case 'truncated': return truncatedFrame(parseJson(data));
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
   }
+}
+
+function truncatedFrame(obj) {
+  const floor = obj ? toSeq(obj.floor) : null;
+  return floor === null ? null : { type: 'truncated', floor };
 }
 
 /** A WebSocket text frame to a frame, or null. */
@@ -409,27 +417,38 @@ export function parseWsMessage(text) {
     }
     case 'unread': return unreadFrame(obj);
     case 'resync': return { type: 'resync', seq: toSeq(obj.seq) };
+    case 'truncated': return truncatedFrame(obj);
     case 'pong': return { type: 'pong' };
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
   }
 }
 
-/** `{notifications, unread, seq}` (list, page and poll bodies), notifications sorted by seq. */
+/**
+ * `{notifications, unread, seq}` (list, page and poll bodies), notifications sorted by seq;
+ * `floor` when the server sent one, and `truncated` (true when the cursor was below it).
+ */
 export function parsePage(body) {
   const obj = parseJson(body) || {};
   const list = Array.isArray(obj.notifications) ? obj.notifications.map(normalizeNotification).filter(Boolean) : [];
-  return { notifications: list, unread: toSeq(obj.unread), seq: toSeq(obj.seq) };
+  return {
+    notifications: list,
+    unread: toSeq(obj.unread),
+    seq: toSeq(obj.seq),
+    floor: toSeq(obj.floor),
+    truncated: obj.truncated === true,
+  };
 }
 
 /** A long-poll answer to frames: 204 gives none. */
 export function parsePollResponse(status, body) {
   if (status === 204 || body == null) return [];
   const page = parsePage(body);
-  const frames = page.notifications
+  const frames = page.truncated && page.floor !== null ? [{ type: 'truncated', floor: page.floor }] : [];
+  frames.push(...page.notifications
     .slice()
     .sort((a, b) => a.seq - b.seq)
-    .map((n) => ({ type: 'notification', notification: n }));
+    .map((n) => ({ type: 'notification', notification: n })));
   if (page.unread !== null) frames.push({ type: 'unread', unread: page.unread, seq: page.seq });
   return frames;
 }
@@ -604,7 +623,7 @@ function openSse(EventSourceImpl, url, { onFrame, onHealthy, openTimeoutMs }) {
     if (!healthy) { healthy = true; clearTimeout(timer); onHealthy(); }
     onFrame(f);
   };
-  for (const name of ['notification', 'unread', 'resync', 'token-expired']) es.addEventListener(name, handler(name));
+  for (const name of ['notification', 'unread', 'resync', 'truncated', 'token-expired']) es.addEventListener(name, handler(name));
   // We reconnect ourselves (fresh token, our cursor, our backoff) instead of
   // letting EventSource retry with a possibly expired token in the URL.
   es.onerror = () => finish(healthy ? 'ended' : 'error');
@@ -790,6 +809,8 @@ export class TidingsClient {
     this._leaderState = null;
     this._unread = null;
     this._unreadSeq = -1;
+    /** The highest history floor reported to onTruncated (0: none). */
+    this._floor = 0;
     this._tracker = new SeqTracker(null);
     this._store = null;
     this._closed = false;
@@ -1149,9 +1170,27 @@ export class TidingsClient {
         // Without a seq, page until the server says we are at its latest.
         this._catchUp(f.seq ?? Number.MAX_SAFE_INTEGER);
         break;
+      case 'truncated':
+        this._truncated(f.floor);
+        break;
       default:
         break;
     }
+  }
+
+  /**
+   * Retention removed every seq up to `floor` before this client saw it: the cursor moves
+   * up to the floor (so the jump to the oldest kept notification is no gap to chase), and
+   * the page is told, once per floor, so it can say "older notifications were removed".
+   */
+  _truncated(floor) {
+    if (floor === null || floor === undefined) return;
+    for (const n of this._tracker.advanceTo(floor)) this._deliver(n, 'catchup');
+    if (this._role === 'leader') this._store.set(this._tracker.cursor);
+    if (floor <= this._floor) return;
+    this._floor = floor;
+    if (this._role === 'leader') this._post({ t: 't', floor });
+    safeCall(this.options.onTruncated, { floor });
   }
 
   _ingest(n, source) {
@@ -1228,6 +1267,7 @@ export class TidingsClient {
         continue;
       }
       if (this._closed) break;
+      if (page.truncated) this._truncated(page.floor);
       const r = t.acceptPage(page.notifications);
       for (const n of r.delivered) this._deliver(n, 'catchup');
       if (page.unread !== null) {
@@ -1289,6 +1329,9 @@ export class TidingsClient {
         break;
       case 'u':
         if (this._role === 'follower') this._setUnread(toSeq(msg.unread), toSeq(msg.seq));
+        break;
+      case 't':
+        if (this._role === 'follower') this._truncated(toSeq(msg.floor));
         break;
       case 'read':
         safeCall(this.options.onRead, msg.ids ? { ids: msg.ids } : { upTo: msg.upTo });

@@ -15,6 +15,7 @@ mod migrate;
 mod mqtt;
 mod operations;
 mod publish;
+mod retention;
 mod sockjs;
 mod streams;
 mod topics;

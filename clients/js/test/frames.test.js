@@ -39,6 +39,20 @@ test('unread, resync and token-expired frames', () => {
   assert.deepEqual(parseWsMessage('{"type":"pong"}'), { type: 'pong' });
 });
 
+test('the history floor: truncated frames on every transport, and on pages', () => {
+  assert.deepEqual(parseSseEvent('truncated', '{"floor":7}', '7'), { type: 'truncated', floor: 7 });
+  assert.deepEqual(parseWsMessage('{"type":"truncated","floor":7}'), { type: 'truncated', floor: 7 });
+  assert.equal(parseWsMessage('{"type":"truncated"}'), null);
+  const body = { notifications: [{ ...raw, seq: 8 }], unread: 1, seq: 8, truncated: true, floor: 7 };
+  const page = parsePage(body);
+  assert.equal(page.truncated, true);
+  assert.equal(page.floor, 7);
+  const frames = parsePollResponse(200, body);
+  assert.deepEqual(frames[0], { type: 'truncated', floor: 7 }, 'the floor comes first');
+  assert.equal(frames[1].notification.seq, 8);
+  assert.equal(parsePollResponse(200, { ...body, truncated: undefined })[0].type, 'notification');
+});
+
 test('the SSE id fills in a missing seq', () => {
   const { seq, ...noSeq } = raw;
   assert.equal(seq, 7);
@@ -79,6 +93,6 @@ test('normalizeNotification fills optional fields and keeps extra ones', () => {
 });
 
 test('parsePage tolerates missing fields', () => {
-  assert.deepEqual(parsePage({}), { notifications: [], unread: null, seq: null });
+  assert.deepEqual(parsePage({}), { notifications: [], unread: null, seq: null, floor: null, truncated: false });
   assert.deepEqual(parsePage('{"notifications":[{"seq":1}],"unread":1,"seq":1}').notifications.length, 1);
 });
