@@ -205,7 +205,9 @@ fn duration_setting<'de, D: serde::Deserializer<'de>>(
         None => Ok(None),
         Some(Raw::Seconds(s)) => Ok(Some(std::time::Duration::from_secs(s))),
         Some(Raw::Text(t)) if t.trim().is_empty() => Ok(None),
-        Some(Raw::Text(t)) => parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
+        Some(Raw::Text(t)) => parse_duration(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 

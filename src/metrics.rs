@@ -114,7 +114,11 @@ impl RetentionMetrics {
             "Messages deleted once no inbox row referenced them",
             self.messages.clone(),
         );
-        r.register("runs", "Retention runs done by this replica", self.runs.clone());
+        r.register(
+            "runs",
+            "Retention runs done by this replica",
+            self.runs.clone(),
+        );
         r.register(
             "runs_skipped",
             "Retention runs skipped because another replica was pruning",

@@ -5,8 +5,8 @@
 
 use crate::bus::{Bus, BusState};
 use crate::domain::{Event, MarkRead, UserId};
-use crate::store::{CountCursor, Pruned};
 use crate::metrics::Metrics;
+use crate::store::{CountCursor, Pruned};
 use crate::store::{Delivery, PublishCommand, PublishOutcome, ReadOutcome, Store, StoreError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 

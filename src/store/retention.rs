@@ -17,10 +17,10 @@ use super::{Store, StoreError};
 use crate::domain::{Counts, Seq, UserId};
 use chrono::{DateTime, Utc};
 
-#[path = "postgres/retention.rs"]
-mod pg;
 #[path = "sqlite/retention.rs"]
 mod lite;
+#[path = "postgres/retention.rs"]
+mod pg;
 
 pub use pg::RetentionLease as PgRetentionLease;
 

@@ -9,9 +9,9 @@
 //! when that read fails the poll answers 503 rather than a 204 that would claim nothing is new.
 
 use crate::domain::{Counts, Cursor, Page, Seq, UserId};
-use crate::http::pages::NotificationPage;
 use crate::http::error::ApiError;
 use crate::http::extract::{int_param, query_map, StreamUser};
+use crate::http::pages::NotificationPage;
 use crate::http::AppState;
 use crate::hub::Frame;
 use crate::metrics::Transport;

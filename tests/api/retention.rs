@@ -2,9 +2,7 @@
 //! (no 5xx, counters exact), a cursor below the floor told so first on every transport, and
 //! on Postgres one replica pruning at a time.
 
-use crate::helpers::{
-    sample, seqs, service_token, spawn_app_with, user_token, Backend, TestApp,
-};
+use crate::helpers::{sample, seqs, service_token, spawn_app_with, user_token, Backend, TestApp};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +76,10 @@ impl Publisher {
 async fn assert_counters_exact(app: &TestApp, user: &str) -> Value {
     let page = app.list(user, "?after=0&limit=200").await;
     let rows = page["notifications"].as_array().expect("array");
-    assert!(rows.len() < 200, "{user}: the page must hold the whole inbox");
+    assert!(
+        rows.len() < 200,
+        "{user}: the page must hold the whole inbox"
+    );
     let unread_rows = rows.iter().filter(|n| n["read_at"].is_null()).count() as i64;
     assert_eq!(
         page["unread"].as_i64(),
@@ -119,10 +120,17 @@ async fn retention_prunes_by_age_while_publishing(b: Backend) {
         "every publish during pruning succeeded: {statuses:?}"
     );
     let bob = assert_counters_exact(&app, "bob").await;
-    assert_eq!(bob["unread"], 0, "bob's unread ones were pruned with their rows");
+    assert_eq!(
+        bob["unread"], 0,
+        "bob's unread ones were pruned with their rows"
+    );
     assert!(seqs(&bob).is_empty(), "{bob}");
     assert_eq!(app.unread("bob").await["unread"], 0);
-    assert_eq!(app.unread("bob").await["seq"], 30, "a pruned seq stays used");
+    assert_eq!(
+        app.unread("bob").await["seq"],
+        30,
+        "a pruned seq stays used"
+    );
     let alice = assert_counters_exact(&app, "alice").await;
     let kept = seqs(&alice);
     let floor = alice["floor"].as_i64().expect("floor");
@@ -238,7 +246,13 @@ fn assert_truncated_first(events: &[Value], what: &str) {
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
         types,
-        ["truncated", "notification", "notification", "notification", "unread"],
+        [
+            "truncated",
+            "notification",
+            "notification",
+            "notification",
+            "unread"
+        ],
         "{what}: {events:?}"
     );
     assert_eq!(events[0]["floor"], 7, "{what}");
@@ -255,19 +269,31 @@ async fn a_cursor_below_the_floor_is_told_so_first_on_every_transport(b: Backend
 
     // REST: a field on the page, which starts at the oldest kept notification.
     let page = app.list("alice", "?after=2").await;
-    assert_eq!((page["truncated"].clone(), page["floor"].clone()), (json!(true), json!(7)));
+    assert_eq!(
+        (page["truncated"].clone(), page["floor"].clone()),
+        (json!(true), json!(7))
+    );
     assert_eq!(seqs(&page), [8, 9, 10]);
     let page = app.list("alice", "?after=7").await;
-    assert!(page.get("truncated").is_none(), "at the floor nothing was lost: {page}");
+    assert!(
+        page.get("truncated").is_none(),
+        "at the floor nothing was lost: {page}"
+    );
     assert_eq!(page["floor"], 7);
-    assert!(app.list("alice", "").await.get("floor").is_none(), "the inbox view has none");
+    assert!(
+        app.list("alice", "").await.get("floor").is_none(),
+        "the inbox view has none"
+    );
 
     // Long-poll: the same fields.
     let (status, page) = app
         .get(&token, "/v1/notifications/poll?after=2&timeout=5")
         .await;
     assert_eq!(status, 200);
-    assert_eq!((page["truncated"].clone(), page["floor"].clone()), (json!(true), json!(7)));
+    assert_eq!(
+        (page["truncated"].clone(), page["floor"].clone()),
+        (json!(true), json!(7))
+    );
     assert_eq!(seqs(&page), [8, 9, 10]);
 
     // SSE: a `truncated` event first, whose id is the floor.
@@ -275,7 +301,10 @@ async fn a_cursor_below_the_floor_is_told_so_first_on_every_transport(b: Backend
     match sse.next().await {
         SseEvent::Other { event, data, id } => {
             assert_eq!(event, "truncated");
-            assert_eq!(serde_json::from_str::<Value>(&data).expect("json"), json!({"floor": 7}));
+            assert_eq!(
+                serde_json::from_str::<Value>(&data).expect("json"),
+                json!({"floor": 7})
+            );
             assert_eq!(id, "7");
         }
         other => panic!("expected `truncated` first, got {other:?}"),
@@ -316,7 +345,10 @@ async fn a_cursor_below_the_floor_is_told_so_first_on_every_transport(b: Backend
         WsFrame::Other(v) => assert_eq!(v, json!({"type": "truncated", "floor": 7})),
         other => panic!("expected `truncated` first, got {other:?}"),
     }
-    assert!(matches!(ws.next().await, WsFrame::Notification { seq: 8, .. }));
+    assert!(matches!(
+        ws.next().await,
+        WsFrame::Notification { seq: 8, .. }
+    ));
 
     // STOMP over WebSocket.
     assert_stomp_truncated(&app, &token).await;
@@ -407,7 +439,10 @@ async fn assert_stomp_truncated(app: &TestApp, token: &str) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::http::HeaderValue;
     use tokio_tungstenite::tungstenite::Message;
-    let url = format!("ws://{}/v1/stomp", app.address.trim_start_matches("http://"));
+    let url = format!(
+        "ws://{}/v1/stomp",
+        app.address.trim_start_matches("http://")
+    );
     let mut req = url.into_client_request().expect("request");
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -418,7 +453,9 @@ async fn assert_stomp_truncated(app: &TestApp, token: &str) {
         .expect("handshake within WAIT")
         .expect("handshake");
     for frame in [
-        format!("CONNECT\naccept-version:1.2\nhost:tidings\nheart-beat:0,0\npasscode:{token}\n\n\0"),
+        format!(
+            "CONNECT\naccept-version:1.2\nhost:tidings\nheart-beat:0,0\npasscode:{token}\n\n\0"
+        ),
         "SUBSCRIBE\nid:feed\ndestination:/user/queue/notifications\nx-tidings-after:2\n\n\0".into(),
     ] {
         ws.send(Message::text(frame)).await.expect("send");
@@ -450,11 +487,19 @@ async fn assert_stomp_truncated(app: &TestApp, token: &str) {
             }
         }
     };
-    timeout(WAIT, read).await.expect("the STOMP replay within WAIT");
+    timeout(WAIT, read)
+        .await
+        .expect("the STOMP replay within WAIT");
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(
         names,
-        ["truncated", "notification", "notification", "notification", "unread"],
+        [
+            "truncated",
+            "notification",
+            "notification",
+            "notification",
+            "unread"
+        ],
         "{events:?}"
     );
     assert_eq!(events[0].1, json!({"floor": 7}));
@@ -482,11 +527,25 @@ async fn postgres_one_replica_prunes_at_a_time() {
     let two = Store::connect(&url, 2, Outbox::off(), &shutdown)
         .await
         .expect("connect");
-    let held = one.retention_lease().await.expect("lease").expect("free at first");
-    assert!(two.retention_lease().await.expect("lease").is_none(), "held by one");
-    assert!(one.retention_lease().await.expect("lease").is_none(), "even for its holder's other connections");
+    let held = one
+        .retention_lease()
+        .await
+        .expect("lease")
+        .expect("free at first");
+    assert!(
+        two.retention_lease().await.expect("lease").is_none(),
+        "held by one"
+    );
+    assert!(
+        one.retention_lease().await.expect("lease").is_none(),
+        "even for its holder's other connections"
+    );
     held.release().await;
-    let held = two.retention_lease().await.expect("lease").expect("free once released");
+    let held = two
+        .retention_lease()
+        .await
+        .expect("lease")
+        .expect("free once released");
     // A holder that goes away without releasing (its process died) frees it too.
     drop(held);
     eventually(WAIT, "the lock freed with its connection", || async {

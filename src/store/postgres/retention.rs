@@ -86,7 +86,12 @@ impl PgStore {
         .await?;
         let targets = rows
             .iter()
-            .map(|r| Ok((stored_user(&r.try_get::<String, _>(0)?)?, Seq::new(r.try_get(1)?))))
+            .map(|r| {
+                Ok((
+                    stored_user(&r.try_get::<String, _>(0)?)?,
+                    Seq::new(r.try_get(1)?),
+                ))
+            })
             .collect::<Result<Targets, StoreError>>()?;
         self.prune(&targets).await
     }
@@ -201,10 +206,12 @@ impl PgStore {
             return Ok(Pruned::default());
         }
         // Then the cursors, in user id order as a publish locks them.
-        sqlx::query("SELECT 1 FROM user_cursors WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE")
-            .bind(&touched)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "SELECT 1 FROM user_cursors WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE",
+        )
+        .bind(&touched)
+        .execute(&mut *tx)
+        .await?;
         let counted = sqlx::query(
             "UPDATE user_cursors c
              SET unread = c.unread - t.unread, version = c.version + 1,

@@ -110,9 +110,12 @@ impl SqliteStore {
         let mut pruned = Pruned::default();
         let mut messages = BTreeSet::new();
         for (user, upto) in targets {
+            // Read, then delete, in the one writer's transaction: SQLite's RETURNING on a
+            // WITHOUT ROWID table has reported columns of the deleted row wrongly (3.40 says
+            // `read_at IS NULL` is false for an unread row), and the counter must be exact.
             let gone = sqlx::query(
-                "DELETE FROM inbox WHERE user_id = ?1 AND seq <= ?2
-                 RETURNING seq, message_id, read_at IS NULL",
+                "SELECT seq, message_id, read_at IS NULL FROM inbox
+                 WHERE user_id = ?1 AND seq <= ?2",
             )
             .bind(user.as_str())
             .bind(upto.get())
@@ -121,12 +124,17 @@ impl SqliteStore {
             if gone.is_empty() {
                 continue;
             }
+            sqlx::query("DELETE FROM inbox WHERE user_id = ?1 AND seq <= ?2")
+                .bind(user.as_str())
+                .bind(upto.get())
+                .execute(&mut *tx)
+                .await?;
             let mut unread = 0i64;
             let mut top = 0i64;
             for r in &gone {
                 top = top.max(r.try_get(0)?);
                 messages.insert(r.try_get::<i64, _>(1)?);
-                if r.try_get::<bool, _>(2)? {
+                if r.try_get::<i64, _>(2)? != 0 {
                     unread += 1;
                 }
             }

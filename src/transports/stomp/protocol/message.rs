@@ -26,11 +26,21 @@ pub fn is_on_topic(json: &str, topic: &TopicName) -> bool {
 /// One thing a subscription delivers, kept for a NACK's redelivery.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Notification { seq: Seq, json: Arc<str> },
-    Unread { unread: i64, seq: Seq },
-    Resync { seq: Seq },
+    Notification {
+        seq: Seq,
+        json: Arc<str>,
+    },
+    Unread {
+        unread: i64,
+        seq: Seq,
+    },
+    Resync {
+        seq: Seq,
+    },
     /// Retention pruned the feed's seqs up to `floor` before the client saw them.
-    Truncated { floor: Seq },
+    Truncated {
+        floor: Seq,
+    },
 }
 
 impl Event {
