@@ -117,6 +117,43 @@ test('a reload resumes from the stored cursor and misses nothing', async () => {
   h2.client.close();
 });
 
+test('a cursor below the history floor: onTruncated once, then the kept ones, no gap chased', async () => {
+  for (const transport of ['sse', 'websocket']) {
+    const h = harness({ transport });
+    await live(h.client);
+    h.server.publishMany(2);
+    h.server.publish();
+    await waitFor(() => h.client.cursor === 3);
+    h.client.close();
+    h.server.publishMany(5); // 4..8 while the page is closed
+    h.server.prune(5); // retention removed 1..5, so 4 and 5 were never seen
+    const truncated = [];
+    const before = h.server.requests.length;
+    const h2 = harness({ server: h.server, storage: h.storage, transport, onTruncated: (t) => truncated.push(t) });
+    await waitFor(() => h2.got.length === 3, { what: `${transport}: the kept ones` });
+    assert.deepEqual(h2.seqs(), [6, 7, 8], transport);
+    assert.deepEqual(truncated, [{ floor: 5 }], transport);
+    assert.equal(h2.client.cursor, 8);
+    const listed = h.server.requests.slice(before).filter((r) => r.path === '/v1/notifications' && r.query.after !== undefined);
+    assert.deepEqual(listed, [], `${transport}: no catch-up for the jump over the floor`);
+    h2.client.close();
+  }
+});
+
+test('a catch-up page below the floor reports it and moves on', async () => {
+  const truncated = [];
+  const h = harness({ onTruncated: (t) => truncated.push(t) });
+  await live(h.client);
+  h.server.publish();
+  await waitFor(() => h.client.cursor === 1);
+  h.server.publishMany(4); // 2..5, their live frames lost
+  h.server.prune(3);
+  h.server.publish(); // 6 arrives live: a gap, fetched with ?after=1
+  await waitFor(() => h.client.cursor === 6, { what: 'caught up' });
+  assert.deepEqual(h.seqs(), [1, 4, 5, 6]);
+  assert.deepEqual(truncated, [{ floor: 3 }]);
+});
+
 test('duplicates are dropped; a gap is fetched via ?after= and delivered in order', async () => {
   const h = harness();
   await live(h.client);

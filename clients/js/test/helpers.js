@@ -125,7 +125,13 @@ export class FakeServer {
     };
   }
 
-  latest() { return this.items.length ? this.items[this.items.length - 1].seq : 0; }
+  latest() { return this.items.length ? this.items[this.items.length - 1].seq : (this.floor || 0); }
+
+  /** Retention: removes every notification up to `upto`, which becomes the history floor. */
+  prune(upto) {
+    this.items = this.items.filter((n) => n.seq > upto);
+    this.floor = Math.max(this.floor || 0, upto);
+  }
   unread() { return this.items.filter((n) => !n.read_at).length; }
   openStreams() { return this.eventSources.filter((e) => e.readyState !== 2); }
   openSockets() { return this.sockets.filter((s) => s.readyState === 1); }
@@ -187,6 +193,7 @@ export class FakeServer {
     if (es.onopen) es.onopen({});
     if (this.sseMode === 'buffering') return;
     const after = Number(es.params.get('after') ?? this.latest());
+    if (after < (this.floor || 0)) es.emit('truncated', { floor: this.floor }, this.floor);
     es.emit('unread', { unread: this.unread(), seq: this.latest() }, after);
     const replay = this.items.filter((n) => n.seq > after);
     if (replay.length > this.resyncOver) {
@@ -206,6 +213,7 @@ export class FakeServer {
     ws.readyState = 1;
     if (ws.onopen) ws.onopen({});
     const after = Number(ws.params.get('after') ?? this.latest());
+    if (after < (this.floor || 0)) ws.push({ type: 'truncated', floor: this.floor });
     ws.push({ type: 'unread', unread: this.unread(), seq: this.latest() });
     const replay = this.items.filter((n) => n.seq > after);
     if (replay.length > this.resyncOver) ws.push({ type: 'resync', seq: this.latest() });
@@ -231,7 +239,12 @@ export class FakeServer {
     const page = (list) => ({ notifications: list, unread: this.unread(), seq: this.latest() });
     if (method === 'GET' && u.pathname === '/v1/notifications') {
       const limit = Number(q.limit ?? 50);
-      if (q.after !== undefined) return this._json(200, page(this.items.filter((n) => n.seq > Number(q.after)).slice(0, limit)));
+      if (q.after !== undefined) {
+        const body = page(this.items.filter((n) => n.seq > Number(q.after)).slice(0, limit));
+        body.floor = this.floor || 0;
+        if (Number(q.after) < body.floor) body.truncated = true;
+        return this._json(200, body);
+      }
       const before = q.before !== undefined ? Number(q.before) : Infinity;
       return this._json(200, page(this.items.filter((n) => n.seq < before).reverse().slice(0, limit)));
     }
