@@ -600,3 +600,124 @@ async fn postgres_two_replicas_prune_in_turn_with_exact_counters() {
     drop((a, b));
     tidings_test_support::harness::drop_database_blocking(&name);
 }
+
+/// Figures, not a check: how long pruning 18,000 rows takes on each backend, and single
+/// publishes' latency while it runs and after. One replica seeds 200 users x 100
+/// notifications with retention off; a second one on the same database, with
+/// MAX_PER_USER=10 and batches of 1,000, prunes them. Run with
+/// `cargo test --test api retention_figures -- --ignored --nocapture`.
+async fn retention_figures(b: Backend) {
+    use secrecy::SecretString;
+    use std::time::Instant;
+    use tidings_test_support::live::{metric, scrape};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, pg) = match b {
+        Backend::Sqlite => (
+            format!("sqlite://{}", dir.path().join("tidings.db").display()),
+            None,
+        ),
+        Backend::Postgres => {
+            let (name, url) =
+                tidings_test_support::harness::create_database("tidings_retention").await;
+            (url, Some(name))
+        }
+    };
+    let users: Vec<String> = (0..200).map(|i| format!("u{i:03}")).collect();
+    let recipients: Vec<&str> = users.iter().map(String::as_str).collect();
+    let seed = spawn_app_with(b, {
+        let url = url.clone();
+        move |s| s.database.url = SecretString::from(url)
+    })
+    .await;
+    for _ in 0..100 {
+        seed.publish(&sample(&recipients)).await;
+    }
+    drop(seed);
+    let app = spawn_app_with(b, {
+        let url = url.clone();
+        move |s| {
+            retention(None, Some(10))(s);
+            s.retention.batch_size = 1000;
+            s.retention.interval_seconds = 3600;
+            s.database.url = SecretString::from(url);
+        }
+    })
+    .await;
+    let pruned_rows = |app: &TestApp| {
+        let (client, address) = (app.client.clone(), app.address.clone());
+        async move {
+            let text = scrape(&client, &address).await;
+            metric(
+                &text,
+                "tidings_retention_pruned_rows_total",
+                &[("reason", "count")],
+            )
+            .unwrap_or(0.0)
+        }
+    };
+    let publish_ms = |app: &TestApp| {
+        let (client, url) = (app.client.clone(), app.url("/v1/notifications"));
+        async move {
+            let t = Instant::now();
+            let resp = client
+                .post(url)
+                .bearer_auth(service_token("billing"))
+                .json(&sample(&["zed"]))
+                .send()
+                .await
+                .expect("publish");
+            assert_eq!(resp.status(), 201);
+            t.elapsed().as_secs_f64() * 1000.0
+        }
+    };
+    let percentiles = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        (v.len(), at(0.5), at(0.99))
+    };
+    // Publish one at a time from the start until the run is done: the samples cover the run.
+    let started = Instant::now();
+    let mut during = Vec::new();
+    while pruned_rows(&app).await < 18_000.0 {
+        during.push(publish_ms(&app).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "pruning did not finish"
+        );
+    }
+    let mut after = Vec::new();
+    for _ in 0..200 {
+        after.push(publish_ms(&app).await);
+    }
+    let run = eventually(WAIT, "the run finished", || async {
+        let text = scrape(&app.client, &app.address).await;
+        metric(&text, "tidings_retention_runs_total", &[])
+            .filter(|n| *n >= 1.0)
+            .and(metric(&text, "tidings_retention_last_run_seconds", &[]))
+    })
+    .await;
+    let (n1, p50d, p99d) = percentiles(during);
+    let (n2, p50a, p99a) = percentiles(after);
+    println!(
+        "{b:?}: pruned 18,000 rows (200 users x 100 -> newest 10 each, batches of 1,000) in one \
+         run of {run:.2} s; single publishes while it ran (from start, n={n1}) p50 {p50d:.2} ms \
+         p99 {p99d:.2} ms; after it (n={n2}) p50 {p50a:.2} ms p99 {p99a:.2} ms"
+    );
+    assert_counters_exact(&app, "u000").await;
+    drop(app);
+    if let Some(name) = pg {
+        tidings_test_support::harness::drop_database_blocking(&name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "figures: run with --ignored --nocapture"]
+async fn retention_figures_sqlite() {
+    retention_figures(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "figures: run with --ignored --nocapture"]
+async fn retention_figures_postgres() {
+    retention_figures(Backend::Postgres).await
+}
