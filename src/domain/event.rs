@@ -2,7 +2,7 @@
 //! replicas and the hub hands to a user's connections. It lives here, below all three, so
 //! that none of them has to import another one upstream of it to name it.
 
-use super::{Counts, Notification, UserId};
+use super::{Counts, InboxChange, Notification, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A change that committed.
@@ -21,6 +21,14 @@ pub enum Event {
     },
     /// The user's unread count changed (a read, from any tab on any replica).
     Counts { user: UserId, counts: Counts },
+    /// Notifications already in the user's inbox were archived, unarchived or deleted;
+    /// `counts` are the user's counters right after (a change bumps their version).
+    Changed {
+        user: UserId,
+        /// Boxed, like a notification: two lists would double the size of every event.
+        change: Box<InboxChange>,
+        counts: Counts,
+    },
     /// Events may have been lost on the way: every session re-reads the database.
     CatchUp,
 }
@@ -28,7 +36,9 @@ pub enum Event {
 impl Event {
     pub fn user(&self) -> Option<&UserId> {
         match self {
-            Event::Notification { user, .. } | Event::Counts { user, .. } => Some(user),
+            Event::Notification { user, .. }
+            | Event::Counts { user, .. }
+            | Event::Changed { user, .. } => Some(user),
             Event::CatchUp => None,
         }
     }

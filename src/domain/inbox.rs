@@ -41,3 +41,54 @@ pub enum MarkRead {
     Ids(Vec<Uuid>),
     UpTo(Seq),
 }
+
+/// How a user (or the service that published them) changed notifications already in an
+/// inbox. Marking read is not one of these: it only changes the counters, which every
+/// connection already hears of as `unread`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Hidden from the inbox view (and read); still in the `after=` replay.
+    Archived,
+    /// Back in the inbox view (still read).
+    Unarchived,
+    /// Gone for good; its seq is never reused.
+    Deleted,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Archived => "archived",
+            ChangeKind::Unarchived => "unarchived",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// Which of one user's notifications changed, and how: what each of that user's
+/// connections is told, so every tab can update its list without a read. `ids` and
+/// `seqs` name the same notifications, in seq order: ids for clients that key their list
+/// by id, seqs for those that key it by cursor (and to tell a deleted seq from a missed one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxChange {
+    pub kind: ChangeKind,
+    pub ids: Vec<Uuid>,
+    pub seqs: Vec<Seq>,
+}
+
+impl InboxChange {
+    /// The event's JSON as every JSON transport sends it:
+    /// `{"change":…,"ids":[…],"seqs":[…],"unread":n,"seq":s}`. Built once per event and
+    /// shared by every connection of the user.
+    pub fn to_json(&self, counts: &Counts) -> String {
+        serde_json::json!({
+            "change": self.kind,
+            "ids": self.ids,
+            "seqs": self.seqs,
+            "unread": counts.unread,
+            "seq": counts.seq,
+        })
+        .to_string()
+    }
+}

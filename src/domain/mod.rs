@@ -14,7 +14,7 @@ mod text;
 mod user_id;
 
 pub use event::Event;
-pub use inbox::{Counts, MarkRead, Page};
+pub use inbox::{ChangeKind, Counts, InboxChange, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use notification_id::NotificationId;
 pub use publish::{FieldError, NewNotification};

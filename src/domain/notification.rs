@@ -100,6 +100,11 @@ pub struct Notification {
     #[serde(serialize_with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub read_at: Option<DateTime<Utc>>,
+    /// When it was archived; `null` when it is in the inbox view. Archived notifications
+    /// still appear in the `after=` replay, so a client's cursor never skips one.
+    #[serde(default, serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub archived_at: Option<DateTime<Utc>>,
     /// The topic it was published to; absent for a publish to named recipients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
@@ -156,17 +161,20 @@ mod tests {
             link: None,
             created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             read_at: None,
+            archived_at: None,
             topic: None,
         };
         let v = serde_json::to_value(&n).unwrap();
         assert_eq!(v["type"], "order.shipped");
         assert_eq!(v["created_at"], "2023-11-14T22:13:20.123456Z");
         assert!(v["read_at"].is_null());
+        assert!(v["archived_at"].is_null());
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
         assert_eq!(
             keys,
             [
+                "archived_at",
                 "body",
                 "created_at",
                 "data",

@@ -18,7 +18,7 @@ pub use history::{History, HistoryError, HistoryRead};
 pub use presence::Presence;
 pub use sequencer::{Live, Merged, Sequencer};
 
-use crate::domain::{Counts, Cursor, Event, Seq, UserId};
+use crate::domain::{Counts, Cursor, Event, InboxChange, Seq, UserId};
 use crate::metrics::{Metrics, Transport};
 use actix::{Actor, Addr};
 use session::{CatchUp, Deliver, Join, Leave, Shutdown, UserSession};
@@ -37,6 +37,9 @@ pub enum Frame {
     /// connection's queue, is 16 bytes rather than 64 (the queue allocates its first block
     /// of slots up front, idle or not).
     Update(Box<Update>),
+    /// Notifications already sent were archived, unarchived or deleted, then the counters
+    /// after it: a transport writes a `changed` event and then `unread`.
+    Changed(Box<Changed>),
     /// More than the replay cap was missed: page through the REST API up to `seq`.
     Resync { seq: Seq },
     /// The connection's cursor is below the user's history floor: retention pruned seqs up
@@ -59,6 +62,16 @@ pub enum Frame {
 #[derive(Debug, Clone)]
 pub struct Update {
     pub notifications: Vec<(Seq, Arc<str>)>,
+    pub counts: Counts,
+    pub last: Seq,
+}
+
+/// One inbox change as a connection gets it. `json` is the event's body, rendered once
+/// for every connection of the user ([`InboxChange::to_json`]); `last` is as in [`Update`].
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub change: Arc<InboxChange>,
+    pub json: Arc<str>,
     pub counts: Counts,
     pub last: Seq,
 }

@@ -103,18 +103,22 @@ impl<T> Sequencer<T> {
     }
 
     /// Merges a completed read. `rows` are what the database holds after the read's cursor,
-    /// in seq order. `skip_to` jumps the cursor forward without delivering (a resync, or a
-    /// connection that starts live at the latest seq).
-    pub fn finish_read(&mut self, rows: Vec<(Seq, T)>, skip_to: Option<Seq>) -> Merged<T> {
+    /// in seq order: a seq missing between two of them was deleted (seqs commit in order per
+    /// user, so a read that sees one sees every one before it that still exists). `through`
+    /// says the read covered every seq up to it, returned or not: the cursor moves there
+    /// after the rows. It is the counters' seq for a complete read (so deleted seqs at the
+    /// end are passed too), and the jump of a resync or of a connection that starts live at
+    /// the latest seq.
+    pub fn finish_read(&mut self, rows: Vec<(Seq, T)>, through: Option<Seq>) -> Merged<T> {
         let mut deliver = Vec::with_capacity(rows.len());
-        if let Some(to) = skip_to {
-            self.delivered = self.delivered.max(to);
-        }
         for (seq, item) in rows {
-            if seq == self.delivered.plus(1) {
+            if seq > self.delivered {
                 self.delivered = seq;
                 deliver.push(item);
             }
+        }
+        if let Some(to) = through {
+            self.delivered = self.delivered.max(to);
         }
         let mut held = self.held.take().unwrap_or_default();
         let mut gap = false;
@@ -215,6 +219,36 @@ mod tests {
         assert_eq!(m.again, Some(Seq::new(3)));
         let m = s.finish_read(vec![(Seq::new(4), 4), (Seq::new(5), 5)], None);
         assert_eq!(m.deliver, [4, 5]);
+        assert_eq!(m.again, None);
+    }
+
+    #[test]
+    fn deleted_seqs_in_a_read_are_passed_over_not_waited_for() {
+        let mut s = Sequencer::reading_from(Seq::new(0));
+        // 2 and 5 were deleted; the read covers up to 5, the counters' seq.
+        let m = s.finish_read(
+            vec![(Seq::new(1), 1), (Seq::new(3), 3), (Seq::new(4), 4)],
+            Some(Seq::new(5)),
+        );
+        assert_eq!(m.deliver, [1, 3, 4]);
+        assert_eq!(m.again, None);
+        assert_eq!(s.delivered(), Seq::new(5));
+        assert_eq!(live(&mut s, 6), Live::Deliver(6));
+        // A live event past a deleted seq reads once, and the read passes the hole.
+        assert_eq!(live(&mut s, 8), Live::CatchUp { after: Seq::new(6) });
+        let m = s.finish_read(vec![(Seq::new(8), 8)], Some(Seq::new(8)));
+        assert_eq!(m.deliver, [8]);
+        assert_eq!(m.again, None);
+        assert_eq!(live(&mut s, 9), Live::Deliver(9));
+    }
+
+    #[test]
+    fn held_events_past_a_deleted_seq_need_no_second_read() {
+        let mut s = Sequencer::reading_from(Seq::new(0));
+        assert_eq!(live(&mut s, 3), Live::Drop);
+        // 2 was deleted before the read; 3 committed after its snapshot.
+        let m = s.finish_read(vec![(Seq::new(1), 1)], Some(Seq::new(2)));
+        assert_eq!(m.deliver, [1, 3]);
         assert_eq!(m.again, None);
     }
 

@@ -1,8 +1,8 @@
 //! One user's actor: the user's open connections on this replica, and their cursors.
 
 use super::history::{History, HistoryError};
-use super::{ConnControl, Frame, Hub, Live, Sequencer};
-use crate::domain::{Counts, Cursor, Event, Page, Seq, UserId};
+use super::{Changed, ConnControl, Frame, Hub, Live, Sequencer};
+use crate::domain::{Counts, Cursor, Event, InboxChange, Page, Seq, UserId};
 use crate::telemetry::Chain;
 use actix::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -174,7 +174,6 @@ impl UserSession {
             }
             _ => None,
         };
-        let floor = truncated.as_ref().map(|_| page.floor);
         let merged = match from {
             ReadFrom::Latest => {
                 conn.last_sent = page.counts.seq;
@@ -192,11 +191,17 @@ impl UserSession {
                     .iter()
                     .map(|n| (n.seq, (n.seq, render(n))))
                     .collect();
-                conn.seq.finish_read(rows, floor)
+                // At most REPLAY_CAP rows of a limit of one more: the page holds every seq
+                // up to the counters' seq that was not deleted (nor pruned below the floor).
+                let merged = conn.seq.finish_read(rows, Some(page.counts.seq));
+                // Past deleted seqs at the end too, so a client resuming from it does not
+                // ask for them again.
+                conn.last_sent = conn.seq.delivered();
+                merged
             }
         };
         if let Some((seq, _)) = merged.deliver.last() {
-            conn.last_sent = *seq;
+            conn.last_sent = conn.last_sent.max(*seq);
         }
         let update = Frame::update(merged.deliver, counts, conn.last_sent);
         let again = merged.again;
@@ -354,6 +359,32 @@ impl Handler<Deliver> for UserSession {
                 let mut cut = false;
                 for (id, last) in targets {
                     cut |= !self.push(id, Frame::update(Vec::new(), counts, last));
+                }
+                if cut {
+                    self.forget_cut(ctx);
+                }
+            }
+            Event::Changed { change, counts, .. } => {
+                // Sent even when the counters are not newer than the ones seen (a change
+                // that arrives after a later publish's counters): the list still changes.
+                self.observe(*counts);
+                let counts = self.counts;
+                let change: Arc<InboxChange> = Arc::new((**change).clone());
+                let json: Arc<str> = change.to_json(&counts).into();
+                // Every connection, even one whose replay read is in flight: the change
+                // may concern notifications it was sent before, and a client ignores ids
+                // it does not hold.
+                let targets: Vec<(u64, Seq)> =
+                    self.conns.iter().map(|c| (c.id, c.last_sent)).collect();
+                let mut cut = false;
+                for (id, last) in targets {
+                    let frame = Frame::Changed(Box::new(Changed {
+                        change: change.clone(),
+                        json: json.clone(),
+                        counts,
+                        last,
+                    }));
+                    cut |= !self.push(id, frame);
                 }
                 if cut {
                     self.forget_cut(ctx);
