@@ -2,7 +2,7 @@
 //! `ingest` validates for REST, so both faces refuse the same input with the same words.
 
 use super::proto;
-use crate::domain::{format_time, Counts, Notification};
+use crate::domain::{format_time, ChangeKind, Counts, InboxChange, Notification};
 use crate::store::Receipt;
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
@@ -124,6 +124,20 @@ pub fn notification(n: &Notification) -> proto::Notification {
         created_at: format_time(&n.created_at),
         read_at: n.read_at.as_ref().map(format_time),
         topic: n.topic.clone(),
+        archived_at: n.archived_at.as_ref().map(format_time),
+    }
+}
+
+pub fn changed(c: &InboxChange) -> proto::Changed {
+    let kind = match c.kind {
+        ChangeKind::Archived => proto::ChangeKind::Archived,
+        ChangeKind::Unarchived => proto::ChangeKind::Unarchived,
+        ChangeKind::Deleted => proto::ChangeKind::Deleted,
+    };
+    proto::Changed {
+        change: kind as i32,
+        ids: c.ids.iter().map(|i| i.to_string()).collect(),
+        seqs: c.seqs.iter().map(|s| s.get()).collect(),
     }
 }
 

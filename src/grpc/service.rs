@@ -6,7 +6,7 @@ use super::status::GrpcError;
 use super::subscribe::SubscribeStream;
 use super::Core;
 use crate::auth::{bearer_token, AuthError, Principal, Verified};
-use crate::domain::{Cursor, FieldError, IdempotencyKey, Seq, UserId};
+use crate::domain::{ChangeKind, Cursor, FieldError, IdempotencyKey, Seq, UserId};
 use crate::hub::{Connection, HubError};
 use crate::ingest::{parse_mark_read, publish_command};
 use crate::metrics::Transport;
@@ -62,6 +62,24 @@ impl Notifications {
     }
 
     /// Opens a hub connection on the arbiter, where the user's session actor can start.
+    /// Archive, Unarchive and Delete: the REST endpoints' body, the notifier's one call.
+    async fn change(
+        &self,
+        request: Request<proto::MarkReadRequest>,
+        kind: ChangeKind,
+    ) -> Result<Response<proto::Counts>, Status> {
+        let (user, _) = self.user(request.metadata())?;
+        let what = parse_mark_read(&convert::mark_read_body(request.get_ref()), &[])
+            .map_err(GrpcError::Validation)?;
+        let outcome = self
+            .core
+            .notifier
+            .change(&user, kind, &what)
+            .await
+            .map_err(GrpcError::from)?;
+        Ok(Response::new(convert::counts(&outcome.counts)))
+    }
+
     async fn connect(&self, user: UserId, cursor: Cursor) -> Result<Connection, GrpcError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let hub = self.core.hub.clone();
@@ -153,6 +171,13 @@ impl notifications_server::Notifications for Notifications {
         let limit = bounded(r.limit, "limit", 1, i64::from(MAX_PAGE))?.unwrap_or(DEFAULT_PAGE);
         let limit = u32::try_from(limit).unwrap_or(MAX_PAGE);
         let unread_only = r.unread;
+        if after.is_some() && r.archived {
+            return Err(field(
+                "archived",
+                "cannot be combined with `after`: the replay after a cursor includes archived notifications",
+            )
+            .into());
+        }
         let query = match (after, before) {
             (Some(_), Some(_)) => {
                 return Err(
@@ -168,6 +193,7 @@ impl notifications_server::Notifications for Notifications {
                 before: before.map(Seq::new),
                 limit,
                 unread_only,
+                archived: r.archived,
             },
         };
         let page = self
@@ -217,6 +243,27 @@ impl notifications_server::Notifications for Notifications {
             .await
             .map_err(GrpcError::from)?;
         Ok(Response::new(convert::counts(&outcome.counts)))
+    }
+
+    async fn archive(
+        &self,
+        request: Request<proto::MarkReadRequest>,
+    ) -> Result<Response<proto::Counts>, Status> {
+        self.change(request, ChangeKind::Archived).await
+    }
+
+    async fn unarchive(
+        &self,
+        request: Request<proto::MarkReadRequest>,
+    ) -> Result<Response<proto::Counts>, Status> {
+        self.change(request, ChangeKind::Unarchived).await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::MarkReadRequest>,
+    ) -> Result<Response<proto::Counts>, Status> {
+        self.change(request, ChangeKind::Deleted).await
     }
 
     type SubscribeStream = SubscribeStream;

@@ -73,6 +73,14 @@ impl SubscribeStream {
                 });
                 self.last = update.last;
             }
+            Frame::Changed(c) => {
+                self.pending.push_back(proto::Event {
+                    event: Some(event::Event::Changed(convert::changed(&c.change))),
+                });
+                self.pending.push_back(proto::Event {
+                    event: Some(event::Event::Unread(convert::counts(&c.counts))),
+                });
+            }
             Frame::Resync { seq } => {
                 self.pending.push_back(proto::Event {
                     event: Some(event::Event::Resync(proto::Resync { seq: seq.get() })),

@@ -63,6 +63,10 @@ impl Format for Iframe {
         self.post(out, |o| Ndjson.unread(o, counts, last));
     }
 
+    fn changed(&self, out: &mut String, json: &str) {
+        self.post(out, |o| Ndjson.changed(o, json));
+    }
+
     fn resync(&self, out: &mut String, seq: Seq) {
         self.post(out, |o| Ndjson.resync(o, seq));
     }

@@ -34,7 +34,7 @@ pub const MAX_TIMEOUT: i64 = 120;
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
-        (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq. With `truncated: true`, retention removed notifications after the cursor up to `floor`: the page starts at the oldest kept one (poll again from `floor` when it is empty)."),
+        (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq. With `truncated: true`, retention removed notifications after the cursor up to `floor`: the page starts at the oldest kept one (poll again from `floor` when it is empty). When notifications were archived, unarchived or deleted meanwhile, `changes` lists those events (as the streams' `changed`), oldest first; a poll that only saw changes answers at once with no notifications."),
         (status = 204, description = "Nothing new before the timeout: poll again with the same cursor."),
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A missing or bad query parameter, named in `errors`."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
@@ -72,26 +72,26 @@ pub async fn poll(
     // Set when the cursor is below the history floor: the answer says so, even with no
     // notification kept after it, so the client moves its cursor up to the floor.
     let mut floor: Option<Seq> = None;
+    let mut changes: Vec<Arc<str>> = Vec::new();
     loop {
         let frame = tokio::select! {
             _ = &mut deadline => return Ok(HttpResponse::NoContent().finish()),
             f = conn.rx.recv() => f,
         };
         match frame {
-            Some(Frame::Update(u)) => {
-                let mut counts = u.counts;
-                found.extend(u.notifications);
+            Some(first @ (Frame::Update(_) | Frame::Changed(_))) => {
+                let mut counts = take(first, &mut found, &mut changes);
                 // Take whatever else is already queued, so one answer carries a burst.
-                while let Ok(Frame::Update(u)) = conn.rx.try_recv() {
-                    counts = u.counts;
-                    found.extend(u.notifications);
+                while let Ok(next @ (Frame::Update(_) | Frame::Changed(_))) = conn.rx.try_recv() {
+                    counts = take(next, &mut found, &mut changes);
                 }
                 if !found.is_empty()
                     || floor.is_some()
+                    || !changes.is_empty()
                     || unread.is_some_and(|u| u != counts.unread)
                 {
                     found.truncate(MAX_PAGE as usize);
-                    return Ok(answer_rendered(&found, counts, floor));
+                    return Ok(answer_rendered(&found, &changes, counts, floor));
                 }
             }
             // First, before the replay it announces.
@@ -110,6 +110,21 @@ pub async fn poll(
     }
 }
 
+/// Adds one frame's notifications or change to the answer; returns the counters after it.
+fn take(frame: Frame, found: &mut Vec<(Seq, Arc<str>)>, changes: &mut Vec<Arc<str>>) -> Counts {
+    match frame {
+        Frame::Update(u) => {
+            found.extend(u.notifications);
+            u.counts
+        }
+        Frame::Changed(c) => {
+            changes.push(c.json.clone());
+            c.counts
+        }
+        _ => Counts::default(),
+    }
+}
+
 /// Up to a page of what follows the cursor, with the counters.
 async fn first_page(state: &AppState, user: &UserId, after: Seq) -> Result<Page, ApiError> {
     let q = ListQuery::After {
@@ -121,14 +136,29 @@ async fn first_page(state: &AppState, user: &UserId, after: Seq) -> Result<Page,
 }
 
 /// A [`NotificationPage`] from notifications already rendered by the hub. `floor` is set
-/// when the cursor was below the history floor.
-fn answer_rendered(found: &[(Seq, Arc<str>)], counts: Counts, floor: Option<Seq>) -> HttpResponse {
+/// when the cursor was below the history floor; `changes` (the `changed` events' JSON,
+/// oldest first) is written when there were any.
+fn answer_rendered(
+    found: &[(Seq, Arc<str>)],
+    changes: &[Arc<str>],
+    counts: Counts,
+    floor: Option<Seq>,
+) -> HttpResponse {
     let mut body = String::from("{\"notifications\":[");
     for (i, (_, json)) in found.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
         body.push_str(json);
+    }
+    if !changes.is_empty() {
+        body.push_str("],\"changes\":[");
+        for (i, json) in changes.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(json);
+        }
     }
     let _ = write!(
         body,

@@ -22,3 +22,14 @@ pub(crate) fn is_overflow(e: &actix_ws::ProtocolError) -> bool {
         _ => false,
     }
 }
+
+/// A JSON object with a `"type"` member put first: `{"type":"changed",…the object's own…}`,
+/// for the formats that name each event inside its JSON (NDJSON, the iframe stream,
+/// WebSocket). The object is ours (built by `InboxChange::to_json`), so it starts with `{`
+/// and is never empty.
+pub(crate) fn typed(kind: &str, object: &str) -> String {
+    match object.strip_prefix('{') {
+        Some("}") | None => format!("{{\"type\":\"{kind}\"}}"),
+        Some(rest) => format!("{{\"type\":\"{kind}\",{rest}"),
+    }
+}

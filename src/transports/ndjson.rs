@@ -2,6 +2,7 @@
 //! fetch/XHR-streaming clients and for scripts (`curl -N`). Same cursor rules as SSE.
 
 use super::stream::{stream_response, EventStream, Format};
+use super::typed;
 use crate::domain::{Counts, Seq};
 use crate::http::error::ApiError;
 use crate::http::extract::cursor_param;
@@ -12,7 +13,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::fmt::Write;
 
 /// One JSON object per line: `{"type":"notification","notification":{…}}`,
-/// `{"type":"unread","unread":n,"seq":s,"last":l}`, `{"type":"resync","seq":s}`,
+/// `{"type":"unread","unread":n,"seq":s,"last":l}`,
+/// `{"type":"changed","change":"archived"|"unarchived"|"deleted","ids":[…],"seqs":[…],"unread":n,"seq":s}`
+/// (followed by an `unread`), `{"type":"resync","seq":s}`,
 /// `{"type":"token-expired"}`, `{"type":"reconnect"}`, `{"type":"ping"}`.
 pub struct Ndjson;
 
@@ -29,6 +32,10 @@ impl Format for Ndjson {
             "{{\"type\":\"unread\",\"unread\":{},\"seq\":{},\"last\":{last}}}",
             counts.unread, counts.seq
         );
+    }
+
+    fn changed(&self, out: &mut String, json: &str) {
+        let _ = writeln!(out, "{}", typed("changed", json));
     }
 
     fn resync(&self, out: &mut String, seq: Seq) {

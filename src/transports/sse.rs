@@ -14,12 +14,13 @@ use std::fmt::Write;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct SseEvent {
-    /// `notification`, `unread`, `resync`, `truncated` or `token-expired`.
-    #[schema(pattern = "^(notification|unread|resync|truncated|token-expired)$")]
+    /// `notification`, `unread`, `changed`, `resync`, `truncated` or `token-expired`.
+    #[schema(pattern = "^(notification|unread|changed|resync|truncated|token-expired)$")]
     event: String,
-    /// JSON: the notification; `{"unread":n,"seq":s}`; `{"seq":s}` to resync from;
-    /// `{"floor":f}` (retention removed every seq up to f before the client saw it; the
-    /// replay that follows starts at the oldest kept one); or `{}`.
+    /// JSON: the notification; `{"unread":n,"seq":s}`; for `changed`,
+    /// `{"change":"archived"|"unarchived"|"deleted","ids":[…],"seqs":[…],"unread":n,"seq":s}`;
+    /// `{"seq":s}` to resync from; `{"floor":f}` (retention removed every seq up to f before
+    /// the client saw it; the replay that follows starts at the oldest kept one); or `{}`.
     data: String,
     /// The seq to resume from (`Last-Event-ID`), on `notification`, `unread` and `truncated`.
     #[schema(pattern = "^[0-9]+$")]
@@ -29,9 +30,10 @@ pub struct SseEvent {
 /// Stream the caller's notifications as Server-Sent Events.
 ///
 /// Replays every notification after the cursor (`Last-Event-ID` wins over `after`), then
-/// streams new ones as they commit. Events: `notification` (id = seq), `unread`, `resync`,
-/// `truncated` (first, when the cursor is below the history floor), `token-expired`; a
-/// `: ping` comment every heartbeat.
+/// streams new ones as they commit. Events: `notification` (id = seq), `unread`, `changed`
+/// (notifications archived, unarchived or deleted, by any tab or by their service; an
+/// `unread` follows), `resync`, `truncated` (first, when the cursor is below the history
+/// floor), `token-expired`; a `: ping` comment every heartbeat.
 #[utoipa::path(
     get, path = "/v1/notifications/stream", tag = "live",
     params(
@@ -101,6 +103,11 @@ impl Format for Sse {
             "event: unread\nid: {last}\ndata: {{\"unread\":{},\"seq\":{}}}\n\n",
             counts.unread, counts.seq
         );
+    }
+
+    fn changed(&self, out: &mut String, json: &str) {
+        // No `id`: a change is not a place in the stream to resume from.
+        let _ = write!(out, "event: changed\ndata: {json}\n\n");
     }
 
     fn resync(&self, out: &mut String, seq: Seq) {

@@ -24,6 +24,9 @@ pub trait Format: Unpin {
     fn notification(&self, out: &mut String, seq: Seq, json: &str);
     /// `last`: the seq of the last notification this stream delivered (or its cursor).
     fn unread(&self, out: &mut String, counts: &Counts, last: Seq);
+    /// Notifications were archived, unarchived or deleted: `json` is
+    /// `{"change","ids","seqs","unread","seq"}`. An `unread` follows it.
+    fn changed(&self, out: &mut String, json: &str);
     fn resync(&self, out: &mut String, seq: Seq);
     /// Seqs up to `floor` were pruned before the client saw them; what follows starts at
     /// the oldest kept notification.
@@ -95,6 +98,11 @@ impl<F: Format> EventStream<F> {
                 }
                 self.counts_seq = u.counts.seq;
                 self.format.unread(out, &u.counts, u.last);
+            }
+            Frame::Changed(c) => {
+                self.format.changed(out, &c.json);
+                self.counts_seq = c.counts.seq;
+                self.format.unread(out, &c.counts, c.last);
             }
             Frame::Resync { seq } => {
                 self.counts_seq = *seq;

@@ -2,7 +2,7 @@
 
 use super::is_overflow;
 use super::stream::expiry_instant;
-use crate::domain::UserId;
+use crate::domain::{ChangeKind, UserId};
 use crate::http::error::ApiError;
 use crate::http::extract::cursor_param;
 use crate::http::extract::{query_map, StreamUser};
@@ -204,8 +204,29 @@ pub async fn on_client_message(state: &AppState, user: &UserId, text: &str) -> O
                 Some(error_frame(&fields.join("; ")))
             }
         },
+        Some(kind @ ("archive" | "unarchive" | "delete")) => {
+            let kind = match kind {
+                "archive" => ChangeKind::Archived,
+                "unarchive" => ChangeKind::Unarchived,
+                _ => ChangeKind::Deleted,
+            };
+            match parse_mark_read(&value, &["type"]) {
+                // The change reaches this socket (and every other) through the bus.
+                Ok(what) => match state.notifier.change(user, kind, &what).await {
+                    Ok(_) => None,
+                    Err(e) => Some(error_frame(&ApiError::from(e).to_string())),
+                },
+                Err(errors) => {
+                    let fields: Vec<String> = errors
+                        .iter()
+                        .map(|e| format!("{} {}", e.field, e.message))
+                        .collect();
+                    Some(error_frame(&fields.join("; ")))
+                }
+            }
+        }
         _ => Some(error_frame(
-            "unknown message type; send {\"type\":\"read\",...} or {\"type\":\"ping\"}",
+            "unknown message type; send {\"type\":\"read\"|\"archive\"|\"unarchive\"|\"delete\",...} or {\"type\":\"ping\"}",
         )),
     }
 }
@@ -231,6 +252,13 @@ pub fn render(frame: &Frame) -> Vec<String> {
             ));
             out
         }
+        Frame::Changed(c) => vec![
+            super::typed("changed", &c.json),
+            format!(
+                "{{\"type\":\"unread\",\"unread\":{},\"seq\":{}}}",
+                c.counts.unread, c.counts.seq
+            ),
+        ],
         Frame::Resync { seq } => vec![format!("{{\"type\":\"resync\",\"seq\":{seq}}}")],
         Frame::Truncated { floor } => {
             vec![format!("{{\"type\":\"truncated\",\"floor\":{floor}}}")]

@@ -41,6 +41,10 @@ pub enum Event {
     Truncated {
         floor: Seq,
     },
+    /// Notifications archived, unarchived or deleted: the shared `changed` JSON.
+    Changed {
+        json: Arc<str>,
+    },
 }
 
 impl Event {
@@ -50,6 +54,7 @@ impl Event {
             Event::Unread { .. } => "unread",
             Event::Resync { .. } => "resync",
             Event::Truncated { .. } => "truncated",
+            Event::Changed { .. } => "changed",
         }
     }
 }
@@ -83,6 +88,17 @@ pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
             }
             out
         }
+        // The feed only, like the count: a topic subscription is told of new notifications.
+        HubFrame::Changed(c) if *destination == Destination::Feed => vec![
+            Event::Changed {
+                json: c.json.clone(),
+            },
+            Event::Unread {
+                unread: c.counts.unread,
+                seq: c.counts.seq,
+            },
+        ],
+        HubFrame::Changed(_) => Vec::new(),
         HubFrame::Resync { seq } => vec![Event::Resync { seq }],
         // A topic is a filter over the feed, whose history it shares: it lost the same.
         HubFrame::Truncated { floor } => vec![Event::Truncated { floor }],
@@ -125,6 +141,7 @@ pub fn message_frame(
         }
         Event::Resync { seq } => format!("{{\"seq\":{seq}}}").into_bytes(),
         Event::Truncated { floor } => format!("{{\"floor\":{floor}}}").into_bytes(),
+        Event::Changed { json } => json.as_bytes().to_vec(),
     };
     f.with_body(body).with_content_length()
 }
