@@ -4,11 +4,15 @@
 //! a notification that a crash could still undo.
 
 use crate::bus::{Bus, BusState};
-use crate::domain::{Event, MarkRead, UserId};
+use crate::domain::{ChangeKind, Event, MarkRead, UserId};
 use crate::metrics::Metrics;
 use crate::store::{CountCursor, Pruned};
-use crate::store::{Delivery, PublishCommand, PublishOutcome, ReadOutcome, Store, StoreError};
+use crate::store::{
+    ChangeOutcome, Delivery, PublishCommand, PublishOutcome, ReadOutcome, Retracted, Store,
+    StoreError,
+};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use uuid::Uuid;
 
 /// Recipients per transaction in a topic fan-out.
 pub const TOPIC_BATCH: u32 = 1000;
@@ -169,6 +173,47 @@ impl Notifier {
                 })
                 .collect(),
         );
+    }
+
+    /// Archives, unarchives or deletes the user's notifications, then tells every
+    /// connection of the user, on every replica, which ones changed and the new counters.
+    pub async fn change(
+        &self,
+        user: &UserId,
+        kind: ChangeKind,
+        what: &MarkRead,
+    ) -> Result<ChangeOutcome, StoreError> {
+        let outcome = self.store.change(user, kind, what).await?;
+        if !outcome.change.ids.is_empty() {
+            self.bus.publish(vec![Event::Changed {
+                user: user.clone(),
+                change: Box::new(outcome.change.clone()),
+                counts: outcome.counts,
+            }]);
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes, for every recipient, the message behind notification `id` if `service`
+    /// published it, and tells each recipient's connections. `None`: not this service's
+    /// (or no longer there).
+    pub async fn retract(&self, service: &str, id: Uuid) -> Result<Option<u64>, StoreError> {
+        let Some(retracted) = self.store.retract(service, id).await? else {
+            return Ok(None);
+        };
+        let reached = retracted.len() as u64;
+        self.bus.publish(
+            retracted
+                .into_iter()
+                .filter(|r| !r.outcome.change.ids.is_empty())
+                .map(|Retracted { user, outcome }| Event::Changed {
+                    user,
+                    change: Box::new(outcome.change),
+                    counts: outcome.counts,
+                })
+                .collect(),
+        );
+        Ok(Some(reached))
     }
 
     pub fn bus_state(&self) -> BusState {

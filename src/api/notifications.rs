@@ -1,9 +1,9 @@
 //! The REST endpoints: publishing (services) and the inbox (users).
 
-use crate::domain::{FieldError, IdempotencyKey, Seq};
+use crate::domain::{ChangeKind, FieldError, IdempotencyKey, MarkRead, Seq};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    bool_param, int_param, query_map, read_json, AuthenticatedService, AuthenticatedUser,
+    bool_param, int_param, query_map, read_json, AuthenticatedService, AuthenticatedUser, Caller,
     MAX_BODY_BYTES,
 };
 use crate::http::jsonp;
@@ -235,10 +235,15 @@ pub async fn publish(
 
 /// List the caller's notifications.
 ///
-/// With `after`: seq > after, oldest first (catching up); the page then carries `floor`, and
+/// With `after`: seq > after, oldest first (catching up), archived ones included (with
+/// `archived_at`) and deleted ones left out; the page then carries `floor`, and
 /// `truncated: true` when `after` is below it (retention removed what the client missed, and
-/// the page starts at the oldest kept notification). Otherwise the inbox view: newest first,
-/// before `before` when given. `after` and `before` cannot be combined.
+/// the page starts at the oldest kept notification). A page for `after=N` covers every seq
+/// from N+1 up to the last one it returns, or up to `seq` (the latest) when it returns fewer
+/// than `limit`: a seq in that range that is not in the page was deleted (or pruned), not
+/// missed, and need not be asked for again. Otherwise the inbox view: newest first, before
+/// `before` when given, without archived notifications (`archived=true`: only them).
+/// `after` and `before` cannot be combined.
 #[utoipa::path(
     get, path = "/v1/notifications", tag = "inbox",
     params(
@@ -246,6 +251,7 @@ pub async fn publish(
         ("before" = Option<i64>, Query, nullable = false, minimum = 1, description = "Only seq < before, descending; omitted means from the newest."),
         ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
         ("unread" = Option<bool>, Query, nullable = false, description = "Only unread notifications."),
+        ("archived" = Option<bool>, Query, nullable = false, description = "The inbox view (without `after`) leaves archived notifications out; `archived=true` lists only them. Not with `after`: the replay includes archived notifications, with `archived_at` set."),
         ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
@@ -276,6 +282,13 @@ async fn list_page(
     let limit = int_param(&q, "limit", 1, i64::from(MAX_PAGE))?.unwrap_or(DEFAULT_PAGE);
     let limit = u32::try_from(limit).unwrap_or(MAX_PAGE);
     let unread_only = bool_param(&q, "unread")?.unwrap_or(false);
+    let archived = bool_param(&q, "archived")?;
+    if after.is_some() && archived.is_some() {
+        return Err(ApiError::bad_field(
+            "archived",
+            "cannot be combined with `after`: the replay after a cursor includes archived notifications (see `archived_at`)",
+        ));
+    }
     let query = match (after, before) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_field(
@@ -292,6 +305,7 @@ async fn list_page(
             before: before.map(Seq::new),
             limit,
             unread_only,
+            archived: archived.unwrap_or(false),
         },
     };
     let page = state.store.list(&user.user, query).await?;
@@ -304,6 +318,7 @@ async fn list_page(
         seq: page.counts.seq.get(),
         truncated: None,
         floor: None,
+        changes: None,
     })
 }
 
@@ -365,4 +380,150 @@ pub async fn mark_read(
     let what = parse_mark_read(&body, &[]).map_err(ApiError::Validation)?;
     let outcome = state.notifier.mark_read(&user.user, &what).await?;
     Ok(HttpResponse::Ok().json(UnreadCount::from(outcome.counts)))
+}
+
+async fn change_by_body(
+    state: &AppState,
+    user: &AuthenticatedUser,
+    kind: ChangeKind,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json(req, payload, MAX_BODY_BYTES).await?;
+    let what = parse_mark_read(&body, &[]).map_err(ApiError::Validation)?;
+    let outcome = state.notifier.change(&user.user, kind, &what).await?;
+    Ok(HttpResponse::Ok().json(UnreadCount::from(outcome.counts)))
+}
+
+/// Archive the caller's notifications, by ids or up to a seq.
+///
+/// Archiving also marks them read. They leave the inbox view (`GET /v1/notifications`
+/// without `after`; `archived=true` lists them) but stay in the `after=` replay with
+/// `archived_at`, so no client cursor skips them. Ids that are not the caller's are
+/// ignored. Every open stream and socket of the caller, on every replica, gets a `changed`
+/// event (`"change":"archived"`) and the new unread count.
+#[utoipa::path(
+    post, path = "/v1/notifications/archive", tag = "inbox",
+    request_body = ReadRequest,
+    responses(
+        (status = 200, body = UnreadCount, description = "The caller's counters after the change."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 408, body = Problem, content_type = "application/problem+json", description = "The body did not arrive within the body timeout."),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn archive(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    change_by_body(&state, &user, ChangeKind::Archived, &req, payload).await
+}
+
+/// Move the caller's archived notifications back to the inbox view, by ids or up to a seq.
+///
+/// They stay read. Every open stream and socket of the caller gets a `changed` event
+/// (`"change":"unarchived"`).
+#[utoipa::path(
+    post, path = "/v1/notifications/unarchive", tag = "inbox",
+    request_body = ReadRequest,
+    responses(
+        (status = 200, body = UnreadCount, description = "The caller's counters after the change."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 408, body = Problem, content_type = "application/problem+json", description = "The body did not arrive within the body timeout."),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn unarchive(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    change_by_body(&state, &user, ChangeKind::Unarchived, &req, payload).await
+}
+
+/// Delete the caller's notifications for good, by ids or up to a seq.
+///
+/// A deleted notification's seq stays used (no later one takes it) and the `after=`
+/// replay skips it: see `GET /v1/notifications` for how a client tells a deleted seq from
+/// a missed one. Ids that are not the caller's are ignored. Every open stream and socket
+/// of the caller gets a `changed` event (`"change":"deleted"`) and the new unread count.
+#[utoipa::path(
+    post, path = "/v1/notifications/delete", tag = "inbox",
+    request_body = ReadRequest,
+    responses(
+        (status = 200, body = UnreadCount, description = "The caller's counters after the change."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a user token."),
+        (status = 408, body = Problem, content_type = "application/problem+json", description = "The body did not arrive within the body timeout."),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
+    security(("user_token" = []))
+)]
+pub async fn delete_many(
+    state: web::Data<AppState>,
+    user: AuthenticatedUser,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    change_by_body(&state, &user, ChangeKind::Deleted, &req, payload).await
+}
+
+/// Delete one notification.
+///
+/// With a user token: the caller's own notification, as `POST /v1/notifications/delete`
+/// does for one id; an id that is not the caller's changes nothing and still answers 200
+/// with the counters (nothing says whether it exists). With a service token: the
+/// message behind this id is deleted for every recipient if that service published it
+/// (a retracted alert), and each recipient's connections get a `changed` event; any
+/// other id is a 404.
+#[utoipa::path(
+    delete, path = "/v1/notifications/{id}", tag = "inbox",
+    params(("id" = uuid::Uuid, Path, description = "A notification id (a recipient's, as in a publish's receipts).")),
+    responses(
+        (status = 200, body = UnreadCount, description = "User token: the caller's counters after the change."),
+        (status = 204, description = "Service token: deleted for every recipient."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The id is not a UUID."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "Service token: not a notification this service published (or it was deleted already)."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
+    ),
+    security(("user_token" = []), ("service_token" = []))
+)]
+pub async fn delete_one(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_field("id", "must be a notification id (a UUID)"))?;
+    match caller {
+        Caller::User(user) => {
+            let what = MarkRead::Ids(vec![id]);
+            let outcome = state
+                .notifier
+                .change(&user.user, ChangeKind::Deleted, &what)
+                .await?;
+            Ok(HttpResponse::Ok().json(UnreadCount::from(outcome.counts)))
+        }
+        Caller::Service(service) => match state.notifier.retract(&service.name, id).await? {
+            Some(_) => Ok(HttpResponse::NoContent().finish()),
+            None => Err(ApiError::NotFound),
+        },
+    }
 }

@@ -206,3 +206,27 @@ pub fn cursor_param(q: &HashMap<String, String>) -> Result<Cursor, ApiError> {
         None => Cursor::Live,
     })
 }
+
+/// Either kind of caller, for the one endpoint both may use (`DELETE
+/// /v1/notifications/{id}`: a user deletes their copy, a service retracts its message).
+/// Reads the `Authorization` header only.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(AuthenticatedUser),
+    Service(AuthenticatedService),
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let token = bearer(req)?.ok_or(AuthError::Missing)?;
+            match state(req)?.auth.verify(token)?.principal {
+                Principal::Service(name) => Ok(Caller::Service(AuthenticatedService { name })),
+                Principal::User(_) => user_from(req, Some(token)).map(Caller::User),
+            }
+        })())
+    }
+}

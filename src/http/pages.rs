@@ -39,6 +39,11 @@ pub struct NotificationPage {
     /// `after=` page, and on a long-poll answer with `truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor: Option<i64>,
+    /// Long-poll only, and only when there were any: the `changed` events since the poll
+    /// began, oldest first (`{"change","ids","seqs","unread","seq"}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub changes: Option<Vec<serde_json::Value>>,
 }
 
 impl NotificationPage {
@@ -51,6 +56,7 @@ impl NotificationPage {
             notifications: page.notifications,
             unread: page.counts.unread,
             seq: page.counts.seq.get(),
+            changes: None,
         }
     }
 }

@@ -31,12 +31,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(notifications::mark_read))
             .default_service(method_not_allowed("POST")),
     )
+    .service(
+        web::resource("/v1/notifications/archive")
+            .route(web::post().to(notifications::archive))
+            .default_service(method_not_allowed("POST")),
+    )
+    .service(
+        web::resource("/v1/notifications/unarchive")
+            .route(web::post().to(notifications::unarchive))
+            .default_service(method_not_allowed("POST")),
+    )
+    .service(
+        web::resource("/v1/notifications/delete")
+            .route(web::post().to(notifications::delete_many))
+            .default_service(method_not_allowed("POST")),
+    )
     .service(get_only("/v1/notifications/stream", sse::stream))
     .service(get_only("/v1/notifications/stream.ndjson", ndjson::stream))
     .service(get_only("/v1/notifications/stream.html", iframe::stream))
     .service(get_only("/v1/notifications/poll", longpoll::poll))
     .service(get_only("/v1/ws", ws::socket))
     .service(get_only("/v1/stomp", stomp::socket))
+    // After every fixed path under /v1/notifications/, which it would otherwise shadow.
+    .service(
+        web::resource("/v1/notifications/{id}")
+            .route(web::delete().to(notifications::delete_one))
+            .default_service(method_not_allowed("DELETE")),
+    )
     .service(get_only("/metrics", health::metrics))
     .configure(demo::configure)
     .service(

@@ -10,6 +10,7 @@
 //! "after N" therefore never misses one that commits later. Recipients are locked in sorted
 //! order so that two multi-recipient publishes cannot deadlock each other.
 
+mod changes;
 mod group_commit;
 mod outbox;
 mod postgres;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
+pub use changes::{ChangeOutcome, Retracted};
 pub use outbox::{Outbox, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
 pub use retention::{CountCursor, Pruned, RetentionLease};
@@ -160,11 +162,13 @@ pub enum ListQuery {
         limit: u32,
         unread_only: bool,
     },
-    /// seq < before (or from the newest), newest first: the inbox view.
+    /// seq < before (or from the newest), newest first: the inbox view. Archived
+    /// notifications are left out, or with `archived` they are the only ones shown.
     Before {
         before: Option<Seq>,
         limit: u32,
         unread_only: bool,
+        archived: bool,
     },
 }
 
@@ -417,6 +421,7 @@ impl<'a> PreparedPublish<'a> {
             link: n.link.as_ref().map(|l| l.as_str().to_owned()),
             created_at: self.created_at,
             read_at: None,
+            archived_at: None,
             topic: n.topic.as_ref().map(|t| t.as_str().to_owned()),
         }
     }

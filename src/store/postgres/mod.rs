@@ -4,6 +4,8 @@
 //! recipient's cursor row (locking them in sorted order), one inserts every copy from
 //! arrays. A transaction that loses a deadlock or serialization race is retried whole.
 
+mod changes;
+
 use super::group_commit::GroupCommit;
 use super::outbox::{rows_for, unread_payload};
 use super::{
@@ -249,8 +251,13 @@ impl PgStore {
                 before,
                 limit,
                 unread_only,
+                archived,
             } => (
-                "i.seq < $2",
+                if archived {
+                    "i.seq < $2 AND i.archived_at IS NOT NULL"
+                } else {
+                    "i.seq < $2 AND i.archived_at IS NULL"
+                },
                 "DESC",
                 before.unwrap_or(Seq::MAX),
                 limit,
@@ -642,6 +649,7 @@ pub(super) fn decode(row: &PgRow) -> Result<Notification, StoreError> {
         created_at: row.try_get("created_at")?,
         read_at: row.try_get("read_at")?,
         topic: row.try_get("topic")?,
+        archived_at: row.try_get("archived_at")?,
     })
 }
 

@@ -5,6 +5,8 @@
 //! through a pool of exactly one connection, so they queue in-process; reads use a separate
 //! pool and, in WAL mode, never wait for the writer.
 
+mod changes;
+
 use super::outbox::{rows_for, unread_payload};
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
@@ -190,8 +192,13 @@ impl SqliteStore {
                 before,
                 limit,
                 unread_only,
+                archived,
             } => (
-                "i.seq < ?2",
+                if archived {
+                    "i.seq < ?2 AND i.archived_at IS NOT NULL"
+                } else {
+                    "i.seq < ?2 AND i.archived_at IS NULL"
+                },
                 "DESC",
                 before.unwrap_or(Seq::MAX),
                 limit,
@@ -473,6 +480,7 @@ pub(super) fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
     let data: Option<String> = row.try_get("data")?;
     let created_at: String = row.try_get("created_at")?;
     let read_at: Option<String> = row.try_get("read_at")?;
+    let archived_at: Option<String> = row.try_get("archived_at")?;
     let seq: Seq = row.try_get("seq")?;
     let legacy = legacy
         .map(|l| l.parse::<uuid::Uuid>())
@@ -500,6 +508,10 @@ pub(super) fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
             .transpose()
             .map_err(|e| bad(Box::new(e)))?,
         topic: row.try_get("topic")?,
+        archived_at: archived_at
+            .map(|t| parse_time(&t))
+            .transpose()
+            .map_err(|e| bad(Box::new(e)))?,
     })
 }
 
