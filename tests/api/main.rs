@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod changes;
 mod cursor;
 mod grpc;
 mod hardening;

@@ -11,7 +11,7 @@ use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{SinkExt, Stream, StreamExt};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -643,6 +643,8 @@ pub enum PollAnswer {
         notifications: Vec<Value>,
         unread: i64,
         seq: i64,
+        /// The `changed` events the poll saw (archive, unarchive, delete), oldest first.
+        changes: Vec<Value>,
     },
     NoContent,
     Refused(Refused),
@@ -724,10 +726,12 @@ pub async fn long_poll_query(
                 let (Some(unread), Some(seq)) = (v["unread"].as_i64(), v["seq"].as_i64()) else {
                     return Err(format!("poll answer without unread/seq: {v}"));
                 };
+                let changes = v["changes"].as_array().cloned().unwrap_or_default();
                 Ok(PollAnswer::Batch {
                     notifications,
                     unread,
                     seq,
+                    changes,
                 })
             }
             204 => Ok(PollAnswer::NoContent),
@@ -1183,6 +1187,9 @@ pub struct CollectorOptions {
     pub start: Option<i64>,
     /// `timeout=` of each long-poll.
     pub poll_timeout_secs: u64,
+    /// Notifications may be deleted during the run: an SSE `unread` whose id is past the
+    /// last notification sent (a deleted seq passed over) is not a violation.
+    pub allow_deleted_gaps: bool,
 }
 
 impl CollectorOptions {
@@ -1199,6 +1206,7 @@ impl CollectorOptions {
             token,
             start: Some(0),
             poll_timeout_secs: 10,
+            allow_deleted_gaps: false,
         }
     }
 }
@@ -1212,6 +1220,8 @@ struct State {
     last_event_id: Option<String>,
     connects: u64,
     resyncs: u64,
+    /// Seqs a `changed` event said were deleted.
+    deleted: BTreeSet<i64>,
     current: Option<String>,
     /// Protocol violations; a test fails when there are any.
     anomalies: Vec<String>,
@@ -1253,6 +1263,19 @@ impl Shared {
 
     fn cursor(&self) -> Option<i64> {
         self.state.lock().unwrap().cursor
+    }
+
+    /// A `changed` event's JSON (any transport): remembers the seqs it deleted.
+    fn changed(&self, v: &Value) {
+        if v["change"] != "deleted" {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        for s in v["seqs"].as_array().into_iter().flatten() {
+            if let Some(s) = s.as_i64() {
+                st.deleted.insert(s);
+            }
+        }
     }
 
     fn connected(&self, target: &str) {
@@ -1317,12 +1340,54 @@ pub struct Report {
     pub seqs: Vec<i64>,
     pub connects: u64,
     pub resyncs: u64,
+    /// Seqs `changed` events said were deleted.
+    pub deleted: Vec<i64>,
     pub anomalies: Vec<String>,
     pub log: Vec<String>,
 }
 
 impl Report {
     /// Every seq `1..=n` exactly once, in order, and no protocol violation on the way.
+    /// With notifications deleted meanwhile: what was received is in seq order with no
+    /// duplicate, holds every seq in `surviving`, and anything else it holds is in `deleted`
+    /// (delivered before its deletion).
+    pub fn assert_surviving(&self, surviving: &[i64], deleted: &[i64]) {
+        let fail = |e: String| -> ! {
+            panic!(
+                "{} ({:?}, {} connects, {} resyncs): {e}; recent: {:?}",
+                self.name,
+                self.transport,
+                self.connects,
+                self.resyncs,
+                self.log.iter().rev().take(8).collect::<Vec<_>>()
+            )
+        };
+        if let Some(w) = self.seqs.windows(2).find(|w| w[0] >= w[1]) {
+            fail(format!("out of order or repeated: {} then {}", w[0], w[1]));
+        }
+        let got: BTreeSet<i64> = self.seqs.iter().copied().collect();
+        let missing: Vec<i64> = surviving
+            .iter()
+            .filter(|s| !got.contains(s))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            fail(format!("missed surviving seqs {missing:?}"));
+        }
+        let keep: BTreeSet<i64> = surviving.iter().chain(deleted).copied().collect();
+        let unknown: Vec<i64> = got.iter().filter(|s| !keep.contains(s)).copied().collect();
+        if !unknown.is_empty() {
+            fail(format!("received seqs never published {unknown:?}"));
+        }
+        assert!(
+            self.anomalies.is_empty(),
+            "{} ({:?}) saw protocol violations: {:?}",
+            self.name,
+            self.transport,
+            self.anomalies
+        );
+    }
+
     pub fn assert_exactly(&self, n: i64) {
         if let Err(e) = check_exactly_once_in_order(&self.seqs, n) {
             panic!(
@@ -1436,6 +1501,7 @@ impl Collector {
             seqs: std::mem::take(&mut st.seqs),
             connects: st.connects,
             resyncs: st.resyncs,
+            deleted: st.deleted.iter().copied().collect(),
             anomalies: std::mem::take(&mut st.anomalies),
             log: st.log.iter().cloned().collect(),
         }
@@ -1650,9 +1716,11 @@ async fn sse_session(
             SseEvent::Unread { id, unread, seq } => {
                 // Its id is the last notification this stream sent (or the cursor it started
                 // from): reconnecting from it must never skip or repeat one.
+                // With deletions it may be past the last one sent (a deleted seq at the end
+                // of a replay is passed over); it may never be before it.
                 let cursor = shared.cursor();
                 if let (Some(id), Some(cursor)) = (id, cursor) {
-                    if id != cursor {
+                    if id < cursor || (id > cursor && !opts.allow_deleted_gaps) {
                         shared.anomaly(format!(
                             "unread {{unread: {unread}, seq: {seq}}} carried id {id} but the last \
                              notification sent was {cursor}"
@@ -1663,6 +1731,12 @@ async fn sse_session(
             }
             SseEvent::Resync { seq } => return Outcome::Resync(seq),
             SseEvent::TokenExpired => return Outcome::Reconnect("token expired".into()),
+            SseEvent::Other { event, data, .. } if event == "changed" => {
+                match serde_json::from_str::<Value>(&data) {
+                    Ok(v) => shared.changed(&v),
+                    Err(e) => shared.anomaly(format!("a changed event that is not JSON ({e})")),
+                }
+            }
             SseEvent::Other { event, data, .. } => {
                 shared.log(format!(
                     "other event {event}: {}",
@@ -1706,6 +1780,7 @@ async fn ws_session(
             WsFrame::Notification { seq, .. } => shared.record(seq),
             WsFrame::Unread { .. } | WsFrame::Pong => {}
             WsFrame::Resync { seq } => return Outcome::Resync(seq),
+            WsFrame::Other(v) if v["type"] == "changed" => shared.changed(&v),
             WsFrame::Other(v) => shared.log(format!("other frame {v}")),
             WsFrame::Closed(Some(4001)) => return Outcome::Reconnect("closed 4001".into()),
             WsFrame::Closed(code) => return Outcome::Lost(format!("closed {code:?}")),
@@ -1731,7 +1806,14 @@ async fn poll_session(
             a = long_poll(client, target, token, Some(after), None, Some(opts.poll_timeout_secs)) => a,
         };
         match answer {
-            Ok(PollAnswer::Batch { notifications, .. }) => {
+            Ok(PollAnswer::Batch {
+                notifications,
+                changes,
+                ..
+            }) => {
+                for c in &changes {
+                    shared.changed(c);
+                }
                 if notifications.len() > 200 {
                     shared.anomaly(format!(
                         "a poll answered {} notifications (> 200)",
