@@ -13,6 +13,8 @@ export interface Notification {
   created_at: string | null;
   /** null while unread */
   read_at: string | null;
+  /** When it was archived; null when it is in the inbox view. */
+  archived_at: string | null;
 }
 
 export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'follower' | 'closed';
@@ -43,6 +45,12 @@ export interface TokenRequest {
   reason: 'initial' | 'expired' | 'unauthorized';
   /** true when the previous token was rejected or expired: do not hand it back. */
   forceRefresh: boolean;
+}
+
+export interface Change {
+  change: 'archived' | 'unarchived' | 'deleted';
+  ids: string[];
+  seqs: number[];
 }
 
 export interface UnreadCount {
@@ -84,6 +92,13 @@ export interface ConnectOptions {
   onStateChange?: (state: ConnectionState, info: StateInfo) => void;
   /** Reads made by this or another tab (to update read marks in lists). */
   onRead?: (read: { ids: string[] } | { upTo: number }) => void;
+  /**
+   * Notifications archived, unarchived or deleted, by any tab or session of the user (or,
+   * for `deleted`, by the service that published them). `ids` and `seqs` name the same
+   * notifications, in seq order. A deleted notification that arrives later is not passed
+   * to onNotification.
+   */
+  onChange?: (change: Change) => void;
   /** Where the cursor is kept. Default localStorage; null = memory only. */
   storage?: StorageLike | null;
   /** Overrides the cursor key (default `tidings:cursor:<baseUrl>:<sub>`). */
@@ -145,8 +160,14 @@ export interface TidingsClient {
   markRead(ids: string | string[]): Promise<UnreadCount | null>;
   /** POST /v1/notifications/read {up_to: cursor}: never marks what was not delivered. */
   markAllRead(): Promise<UnreadCount | null>;
-  /** GET /v1/notifications?before=&limit=&unread= (newest first), for rendering a list. */
-  list(params?: { before?: number; limit?: number; unread?: boolean }): Promise<Page>;
+  /** GET /v1/notifications?before=&limit=&unread=&archived= (newest first), for rendering a list. Archived ones are left out unless `archived: true` (then only they are listed). */
+  list(params?: { before?: number; limit?: number; unread?: boolean; archived?: boolean }): Promise<Page>;
+  /** POST /v1/notifications/archive: archives (and marks read) ids, or everything up to a seq. */
+  archive(what: string | string[] | { upTo: number }): Promise<UnreadCount | null>;
+  /** POST /v1/notifications/unarchive: back to the inbox view (still read). */
+  unarchive(what: string | string[] | { upTo: number }): Promise<UnreadCount | null>;
+  /** POST /v1/notifications/delete: deletes for good; the seqs are never reused. */
+  remove(what: string | string[] | { upTo: number }): Promise<UnreadCount | null>;
   /** Skip the backoff wait and reconnect now (leader only). */
   reconnect(): void;
   /** Closes the connection, hands leadership to another tab. */

@@ -345,7 +345,8 @@ export class SseFallbackPolicy {
 
 /**
  * Frames: {type:'notification', notification}, {type:'unread', unread, seq},
- * {type:'resync', seq}, {type:'truncated', floor}, {type:'token-expired'}, {type:'pong'}.
+ * {type:'changed', change, ids, seqs, unread, seq}, {type:'resync', seq},
+ * {type:'truncated', floor}, {type:'token-expired'}, {type:'pong'}.
  * `truncated` comes first when the cursor was below the server's history floor:
  * retention removed every seq up to `floor` before this client saw it.
  */
@@ -364,7 +365,18 @@ export function normalizeNotification(raw) {
     link: raw.link ?? null,
     created_at: raw.created_at ?? null,
     read_at: raw.read_at ?? null,
+    archived_at: raw.archived_at ?? null,
   };
+}
+
+const CHANGES = ['archived', 'unarchived', 'deleted'];
+
+/** A `changed` event's body (any transport) to a frame, or null. */
+export function changedFrame(obj) {
+  if (!obj || typeof obj !== 'object' || !CHANGES.includes(obj.change)) return null;
+  const ids = Array.isArray(obj.ids) ? obj.ids.map(String) : [];
+  const seqs = Array.isArray(obj.seqs) ? obj.seqs.map(toSeq).filter((x) => x !== null) : [];
+  return { type: 'changed', change: obj.change, ids, seqs, unread: toSeq(obj.unread), seq: toSeq(obj.seq) };
 }
 
 function parseJson(text) {
@@ -390,6 +402,7 @@ export function parseSseEvent(event, data, lastEventId) {
       return n ? { type: 'notification', notification: n } : null;
     }
     case 'unread': return unreadFrame(parseJson(data));
+    case 'changed': return changedFrame(parseJson(data));
     case 'resync': {
       const obj = parseJson(data);
       const seq = obj ? toSeq(obj.seq) : null;
@@ -416,6 +429,7 @@ export function parseWsMessage(text) {
       return n ? { type: 'notification', notification: n } : null;
     }
     case 'unread': return unreadFrame(obj);
+    case 'changed': return changedFrame(obj);
     case 'resync': return { type: 'resync', seq: toSeq(obj.seq) };
     case 'truncated': return truncatedFrame(obj);
     case 'pong': return { type: 'pong' };
@@ -449,6 +463,8 @@ export function parsePollResponse(status, body) {
     .slice()
     .sort((a, b) => a.seq - b.seq)
     .map((n) => ({ type: 'notification', notification: n })));
+  const obj = parseJson(body) || {};
+  if (Array.isArray(obj.changes)) for (const c of obj.changes) { const f = changedFrame(c); if (f) frames.push(f); }
   if (page.unread !== null) frames.push({ type: 'unread', unread: page.unread, seq: page.seq });
   return frames;
 }
@@ -623,7 +639,7 @@ function openSse(EventSourceImpl, url, { onFrame, onHealthy, openTimeoutMs }) {
     if (!healthy) { healthy = true; clearTimeout(timer); onHealthy(); }
     onFrame(f);
   };
-  for (const name of ['notification', 'unread', 'resync', 'truncated', 'token-expired']) es.addEventListener(name, handler(name));
+  for (const name of ['notification', 'unread', 'changed', 'resync', 'truncated', 'token-expired']) es.addEventListener(name, handler(name));
   // We reconnect ourselves (fresh token, our cursor, our backoff) instead of
   // letting EventSource retry with a possibly expired token in the URL.
   es.onerror = () => finish(healthy ? 'ended' : 'error');
@@ -812,6 +828,9 @@ export class TidingsClient {
     /** The highest history floor reported to onTruncated (0: none). */
     this._floor = 0;
     this._tracker = new SeqTracker(null);
+    // Seqs a `changed` event deleted: one that arrives after its deletion (a replay read
+    // before it, another replica's event late) moves the cursor but is not shown.
+    this._deleted = new Set();
     this._store = null;
     this._closed = false;
     this._epoch = 0;
@@ -870,11 +889,48 @@ export class TidingsClient {
     return u ? { unread: u.unread, seq: u.seq } : null;
   }
 
-  /** The inbox view (newest first) for rendering a list; does not move the cursor. */
-  async list({ before, limit = 50, unread } = {}) {
+  /**
+   * Archives notifications (which marks them read): ids, or `{ upTo: seq }`. Resolves to
+   * {unread, seq}. Every tab (and every other session of the user) hears `onChange`.
+   */
+  archive(what) { return this._change('archive', what); }
+
+  /** Moves archived notifications back to the inbox view: ids, or `{ upTo: seq }`. */
+  unarchive(what) { return this._change('unarchive', what); }
+
+  /** Deletes notifications for good: ids, or `{ upTo: seq }`. Their seqs are never reused. */
+  remove(what) { return this._change('delete', what); }
+
+  async _change(action, what) {
+    await this.ready;
+    const path = `/v1/notifications/${action}`;
+    if (what && typeof what === 'object' && !Array.isArray(what) && 'upTo' in what) {
+      const upTo = toSeq(what.upTo);
+      if (upTo === null) throw new TypeError(`tidings: ${action}: upTo must be a seq`);
+      const res = await this._api('POST', path, { body: { up_to: upTo } });
+      const u = unreadFrame(res.body);
+      if (u) this._setUnread(u.unread, u.seq);
+      return u ? { unread: u.unread, seq: u.seq } : null;
+    }
+    const list = (Array.isArray(what) ? what : [what]).filter((x) => x != null && x !== '').map(String);
+    if (!list.length) return { unread: this._unread, seq: this._unreadSeq < 0 ? null : this._unreadSeq };
+    let last = null;
+    for (let i = 0; i < list.length; i += 1000) {
+      const res = await this._api('POST', path, { body: { ids: list.slice(i, i + 1000) } });
+      last = unreadFrame(res.body);
+      if (last) this._setUnread(last.unread, last.seq);
+    }
+    return last ? { unread: last.unread, seq: last.seq } : null;
+  }
+
+  /**
+   * The inbox view (newest first) for rendering a list; does not move the cursor. Archived
+   * notifications are left out; `archived: true` lists only them.
+   */
+  async list({ before, limit = 50, unread, archived } = {}) {
     await this.ready;
     const res = await this._api('GET', '/v1/notifications', {
-      query: { before, limit, unread: unread ? 'true' : undefined },
+      query: { before, limit, unread: unread ? 'true' : undefined, archived: archived ? 'true' : undefined },
     });
     const page = parsePage(res.body);
     page.notifications.sort((a, b) => b.seq - a.seq);
@@ -1166,6 +1222,10 @@ export class TidingsClient {
         this._setUnread(f.unread, f.seq);
         this._scheduleLagCheck(f.seq);
         break;
+      case 'changed':
+        this._onChanged(f);
+        this._setUnread(f.unread, f.seq);
+        break;
       case 'resync':
         // Without a seq, page until the server says we are at its latest.
         this._catchUp(f.seq ?? Number.MAX_SAFE_INTEGER);
@@ -1193,6 +1253,20 @@ export class TidingsClient {
     safeCall(this.options.onTruncated, { floor });
   }
 
+  /** A change to notifications already in the inbox, from any tab or the server. */
+  _onChanged(f) {
+    if (f.change === 'deleted') {
+      for (const s of f.seqs) this._deleted.add(s);
+      // Bounded: only seqs near the cursor can still arrive late.
+      if (this._deleted.size > 5000) {
+        const floor = (this._tracker.cursor ?? 0) - 1000;
+        for (const s of this._deleted) if (s < floor) this._deleted.delete(s);
+      }
+    }
+    if (this._role === 'leader') this._post({ t: 'c', f });
+    safeCall(this.options.onChange, { change: f.change, ids: f.ids, seqs: f.seqs });
+  }
+
   _ingest(n, source) {
     const r = this._tracker.accept(n);
     for (const d of r.delivered) this._deliver(d, source);
@@ -1200,7 +1274,7 @@ export class TidingsClient {
   }
 
   _deliver(n, source) {
-    safeCall(this.options.onNotification, n, { source, transport: this._transport });
+    if (!this._deleted.has(n.seq)) safeCall(this.options.onNotification, n, { source, transport: this._transport });
     if (this._role === 'leader') {
       this._store.set(n.seq);
       this._post({ t: 'n', n, source });
@@ -1270,6 +1344,12 @@ export class TidingsClient {
       if (page.truncated) this._truncated(page.floor);
       const r = t.acceptPage(page.notifications);
       for (const n of r.delivered) this._deliver(n, 'catchup');
+      // A page shorter than the limit covers every seq up to the latest (`seq`): one that
+      // is not in it was deleted, so the cursor passes it instead of asking again.
+      if (page.notifications.length < PAGE_LIMIT && page.seq !== null && page.seq > t.cursor) {
+        for (const n of t.advanceTo(page.seq)) this._deliver(n, 'catchup');
+        if (this._role === 'leader') this._store.set(t.cursor);
+      }
       if (page.unread !== null) {
         this._checkServerSeq(page.seq, after);
         this._setUnread(page.unread, page.seq);
@@ -1332,6 +1412,12 @@ export class TidingsClient {
         break;
       case 't':
         if (this._role === 'follower') this._truncated(toSeq(msg.floor));
+        break;
+      case 'c':
+        if (this._role === 'follower') {
+          const f = changedFrame(msg.f);
+          if (f) this._onChanged(f);
+        }
         break;
       case 'read':
         safeCall(this.options.onRead, msg.ids ? { ids: msg.ids } : { upTo: msg.upTo });

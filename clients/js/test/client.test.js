@@ -185,6 +185,55 @@ test('a lost tail is noticed from the unread seq and fetched', async () => {
   h.client.close();
 });
 
+test('a deleted seq is not fetched again and again: a short page covers up to the latest seq', async () => {
+  const h = harness();
+  await live(h.client);
+  h.server.publish();
+  await waitFor(() => h.client.cursor === 1);
+  // 2 and 3 are published and deleted before this client saw them (the tail is a hole).
+  h.server.publish({}, { live: false });
+  h.server.publish({}, { live: false });
+  h.server.remove([2, 3], { live: false });
+  h.server.openStreams()[0].emit('unread', { unread: 1, seq: 3 });
+  await waitFor(() => h.client.cursor === 3, { what: 'the cursor passes the deleted tail' });
+  await sleep(150);
+  const paging = h.server.requests.filter((r) => r.path === '/v1/notifications' && r.query.after !== undefined);
+  assert.deepEqual(paging.map((r) => r.query.after), ['1'], 'one page, no retries');
+  // A live notification after a deleted one is delivered after one page, without a loop.
+  h.server.publish({}, { live: false });
+  h.server.remove([4], { live: false });
+  h.server.publish();
+  await waitFor(() => h.client.cursor === 5, { what: 'past the hole' });
+  assert.deepEqual(h.seqs(), [1, 5]);
+  await sleep(150);
+  const after = h.server.requests.filter((r) => r.path === '/v1/notifications' && r.query.after !== undefined);
+  assert.deepEqual(after.map((r) => r.query.after), ['1', '3']);
+  h.client.close();
+});
+
+test('changed events reach onChange; a deleted notification arriving late is not shown', async () => {
+  const changes = [];
+  const h = harness({ onChange: (c) => changes.push(c) });
+  await live(h.client);
+  h.server.publish();
+  h.server.publish();
+  await waitFor(() => h.client.cursor === 2);
+  h.server.remove([1]);
+  await waitFor(() => changes.length === 1, { what: 'onChange' });
+  assert.deepEqual(changes[0], { change: 'deleted', ids: ['00000000-0000-4000-8000-000000000001'], seqs: [1] });
+  assert.equal(h.client.unread, 1);
+  // Deleted before it was delivered (a late live frame): the cursor moves, nothing is shown.
+  const es = h.server.openStreams()[0];
+  h.server.publish({}, { live: false });
+  h.server.remove([3]);
+  await waitFor(() => changes.length === 2, { what: 'the second onChange' });
+  const late = { id: 'x', seq: 3, type: 't', title: 'late' };
+  es.emit('notification', late, 3);
+  await waitFor(() => h.client.cursor === 3);
+  assert.deepEqual(h.seqs(), [1, 2]);
+  h.client.close();
+});
+
 test('resync pages through ?after= until caught up, in order, once', async () => {
   const storage = new FakeStorage();
   const server = new FakeServer({ base: 'https://resync.test', tokens: [tok(1)] });

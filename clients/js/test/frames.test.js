@@ -18,6 +18,7 @@ const raw = {
   link: 'https://shop.example/orders/1234',
   created_at: '2024-05-01T10:00:00Z',
   read_at: null,
+  archived_at: null,
 };
 
 test('the same notification normalises identically from every transport', () => {
@@ -86,7 +87,7 @@ test('normalizeNotification fills optional fields and keeps extra ones', () => {
   const n = normalizeNotification({ id: 1, seq: '3', title: 'Hi', extra: true });
   assert.deepEqual(n, {
     id: '1', seq: 3, type: '', title: 'Hi', body: null, data: null, link: null,
-    created_at: null, read_at: null, extra: true,
+    created_at: null, read_at: null, archived_at: null, extra: true,
   });
   assert.equal(normalizeNotification({ seq: 0 }), null);
   assert.equal(normalizeNotification(null), null);
@@ -95,4 +96,14 @@ test('normalizeNotification fills optional fields and keeps extra ones', () => {
 test('parsePage tolerates missing fields', () => {
   assert.deepEqual(parsePage({}), { notifications: [], unread: null, seq: null, floor: null, truncated: false });
   assert.deepEqual(parsePage('{"notifications":[{"seq":1}],"unread":1,"seq":1}').notifications.length, 1);
+});
+
+test('a changed event parses the same from SSE, WebSocket and long-poll', () => {
+  const body = { change: 'deleted', ids: ['a', 'b'], seqs: [3, 5], unread: 2, seq: 9 };
+  const want = { type: 'changed', change: 'deleted', ids: ['a', 'b'], seqs: [3, 5], unread: 2, seq: 9 };
+  assert.deepEqual(parseSseEvent('changed', JSON.stringify(body), ''), want);
+  assert.deepEqual(parseWsMessage(JSON.stringify({ type: 'changed', ...body })), want);
+  const frames = parsePollResponse(200, JSON.stringify({ notifications: [], changes: [body], unread: 2, seq: 9 }));
+  assert.deepEqual(frames, [want, { type: 'unread', unread: 2, seq: 9 }]);
+  assert.equal(parseSseEvent('changed', JSON.stringify({ ...body, change: 'exploded' }), ''), null);
 });

@@ -125,7 +125,8 @@ export class FakeServer {
     };
   }
 
-  latest() { return this.items.length ? this.items[this.items.length - 1].seq : (this.floor || 0); }
+  /** The latest seq ever given: a deleted or pruned seq stays used, as on the server. */
+  latest() { return Math.max(this.top || 0, this.floor || 0, this.items.length ? this.items[this.items.length - 1].seq : 0); }
 
   /** Retention: removes every notification up to `upto`, which becomes the history floor. */
   prune(upto) {
@@ -152,6 +153,7 @@ export class FakeServer {
       ...fields,
     };
     this.items.push(n);
+    this.top = seq;
     if (live) {
       for (const es of this.openStreams()) {
         if (es.live) {
@@ -166,6 +168,18 @@ export class FakeServer {
     }
     this._wakePolls();
     return n;
+  }
+
+  /** Deletes notifications by seq and tells open streams and sockets (unless `live: false`). */
+  remove(seqs, { live = true } = {}) {
+    const gone = this.items.filter((n) => seqs.includes(n.seq));
+    this.items = this.items.filter((n) => !seqs.includes(n.seq));
+    const change = { change: 'deleted', ids: gone.map((n) => n.id), seqs: gone.map((n) => n.seq), unread: this.unread(), seq: this.latest() };
+    if (live) {
+      for (const es of this.openStreams()) if (es.live) es.emit('changed', change);
+      for (const ws of this.openSockets()) ws.push({ type: 'changed', ...change });
+    }
+    return change;
   }
 
   publishMany(count, fields) {
