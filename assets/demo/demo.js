@@ -165,7 +165,13 @@ function createItem(n) {
   const top = h('div', { class: 'item-top' });
   top.append(h('p', { class: 'item-title' }), h('time', { class: 'item-time' }));
   main.append(top, h('p', { class: 'item-body' }), h('div', { class: 'item-meta' }));
-  li.append(icon, main);
+  const actions = h('div', { class: 'item-actions' });
+  const archive = h('button', { class: 'icon-btn', type: 'button', 'data-action': 'archive' });
+  archive.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><rect x="3" y="4" width="18" height="5" rx="1.5"/><path d="M5 9v9a2 2 0 0 0 2 2h10a2 2 0 0 0 2-2V9M10 13h4"/></svg>';
+  const del = h('button', { class: 'icon-btn', type: 'button', 'data-action': 'delete', 'data-testid': 'delete', 'aria-label': 'Delete', title: 'Delete' });
+  del.innerHTML = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 7h16M10 11v6M14 11v6M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12M9 7V4h6v3"/></svg>';
+  actions.append(archive, del);
+  li.append(icon, main, actions);
   updateItem(li, n);
   return li;
 }
@@ -175,6 +181,13 @@ function updateItem(li, n) {
   li.dataset.seq = String(n.seq);
   li.dataset.id = n.id;
   li.dataset.read = String(read);
+  li.dataset.archived = String(Boolean(n.archived_at));
+  const archive = li.querySelector('[data-action="archive"]');
+  const label = n.archived_at ? 'Move to inbox' : 'Archive';
+  archive.dataset.testid = n.archived_at ? 'unarchive' : 'archive';
+  archive.setAttribute('data-testid', archive.dataset.testid);
+  archive.setAttribute('aria-label', label);
+  archive.title = label;
   li.setAttribute('aria-label', `${read ? '' : 'Unread: '}${n.title}`);
   li.querySelector('.item-title').textContent = n.title;
   const time = li.querySelector('.item-time');
@@ -205,6 +218,8 @@ function updateItem(li, n) {
 }
 
 function visible(n) {
+  if (filter === 'archived') return Boolean(n.archived_at);
+  if (n.archived_at) return false;
   return filter === 'all' || !n.read_at;
 }
 
@@ -237,6 +252,9 @@ function render() {
   if (!client) {
     el.emptyTitle.textContent = 'Not connected';
     el.emptyText.textContent = 'Open this page with #token=<user JWT> to see your notifications.';
+  } else if (filter === 'archived') {
+    el.emptyTitle.textContent = 'Nothing archived';
+    el.emptyText.textContent = 'Archived notifications are kept here, out of your inbox.';
   } else if (filter === 'unread' && items.size > 0) {
     el.emptyTitle.textContent = 'No unread notifications';
     el.emptyText.textContent = 'Nice work. Everything here has been read.';
@@ -350,7 +368,7 @@ function ring() {
 
 function upsert(n, { fresh = false } = {}) {
   const old = items.get(n.seq);
-  const merged = old ? { ...old, ...n, read_at: old.read_at || n.read_at } : n;
+  const merged = old ? { ...old, ...n, read_at: old.read_at || n.read_at, archived_at: n.archived_at ?? old.archived_at ?? null } : n;
   items.set(n.seq, merged);
   if (fresh && !old) {
     requestAnimationFrame(() => {
@@ -369,12 +387,53 @@ function markLocal({ ids, upTo }) {
   }
 }
 
+/** A change from any tab, session or the publishing service: archived, unarchived, deleted. */
+function applyChange({ change, seqs }) {
+  const now = new Date().toISOString();
+  for (const seq of seqs) {
+    const n = items.get(seq);
+    if (!n) continue;
+    if (change === 'deleted') items.delete(seq);
+    else if (change === 'archived') {
+      n.archived_at = n.archived_at || now;
+      n.read_at = n.read_at || now;
+    } else if (change === 'unarchived') n.archived_at = null;
+  }
+}
+
+/** The Archived tab lists what the server holds archived (not only what this page has seen). */
+async function loadArchived() {
+  if (!client) return;
+  const c = client;
+  try {
+    const page = await c.list({ limit: PAGE, archived: true });
+    if (c !== client) return;
+    for (const n of page.notifications) upsert(n);
+  } catch {
+    toast('Could not load archived notifications');
+  }
+  render();
+}
+
+async function onItemAction(li, action) {
+  const n = items.get(Number(li.dataset.seq));
+  if (!n || !client) return;
+  try {
+    if (action === 'delete') await client.remove([n.id]);
+    else if (n.archived_at) await client.unarchive([n.id]);
+    else await client.archive([n.id]);
+  } catch {
+    toast('Could not change the notification — check your connection');
+  }
+  // This tab and every other one update from the `changed` event (onChange).
+}
+
 async function loadList({ older = false } = {}) {
   if (!client || loadingFor === client) return;
   const c = client;
   loadingFor = c;
   try {
-    const seqs = [...items.keys()];
+    const seqs = [...items.values()].filter((n) => !n.archived_at).map((n) => n.seq);
     const before = older && seqs.length ? Math.min(...seqs) : undefined;
     const page = await c.list({ limit: PAGE, before });
     if (c !== client) return;
@@ -441,6 +500,10 @@ function start() {
     }),
     onRead: mine((r) => {
       markLocal(r);
+      render();
+    }),
+    onChange: mine((c) => {
+      applyChange(c);
       render();
     }),
     onStateChange: mine((state) => {
@@ -540,7 +603,10 @@ document.addEventListener('click', (e) => {
 
 el.list.addEventListener('click', (e) => {
   const li = e.target.closest('[data-testid="item"]');
-  if (li) onItemActivate(li);
+  if (!li) return;
+  const button = e.target.closest('[data-action]');
+  if (button) onItemAction(li, button.dataset.action);
+  else onItemActivate(li);
 });
 el.list.addEventListener('keydown', (e) => {
   if ((e.key === 'Enter' || e.key === ' ') && e.target.matches('[data-testid="item"]')) {
@@ -557,6 +623,7 @@ for (const tab of document.querySelectorAll('.tab')) {
       t.classList.toggle('is-active', t === tab);
       t.setAttribute('aria-selected', String(t === tab));
     }
+    if (filter === 'archived') loadArchived();
     render();
   });
 }
