@@ -133,6 +133,30 @@ async fn method_not_allowed_lists_the_allowed_methods(b: Backend) {
             "/v1/notifications/poll",
             "GET",
         ),
+        (
+            "GET",
+            "/v1/notifications/archive",
+            "/v1/notifications/archive",
+            "POST",
+        ),
+        (
+            "PUT",
+            "/v1/notifications/unarchive",
+            "/v1/notifications/unarchive",
+            "POST",
+        ),
+        (
+            "DELETE",
+            "/v1/notifications/delete",
+            "/v1/notifications/delete",
+            "POST",
+        ),
+        (
+            "GET",
+            "/v1/notifications/0190a5c4-8b2e-7c3d-9e4f-5a6b7c8d9e0f",
+            "/v1/notifications/{id}",
+            "DELETE",
+        ),
         ("POST", "/v1/ws", "/v1/ws", "GET"),
         ("PATCH", "/v1/topics/t1", "/v1/topics/{topic}", "GET"),
         (
@@ -236,6 +260,12 @@ async fn refusals_are_documented(b: Backend) {
             "/v1/notifications/unread-count",
             "/v1/notifications/unread-count",
             200,
+        ),
+        (
+            "get",
+            "/v1/notifications?after=0&archived=true",
+            "/v1/notifications",
+            400,
         ),
     ] {
         let resp = app
