@@ -487,3 +487,107 @@ async fn sigterm_of_a_clients_replica_loses_nothing() {
     .expect("publish");
     assert_eq!(back.next_seqs(1).await, [total + 1]);
 }
+
+/// The next `changed` event on an SSE stream, as JSON (counts in between are skipped).
+async fn next_changed(sse: &mut SseClient) -> serde_json::Value {
+    loop {
+        match sse.next().await {
+            SseEvent::Other { event, data, .. } if event == "changed" => {
+                return serde_json::from_str(&data).expect("changed JSON")
+            }
+            SseEvent::Unread { .. } => continue,
+            other => panic!("expected a changed event, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_and_delete_on_one_replica_reach_sessions_on_the_others() {
+    let c = Cluster::start(3).await;
+    let svc = service_token("billing");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let receipt = publish(&c.client, &c.url(0), &svc, &sample(&["alice", "bob"]), None)
+            .await
+            .expect("publish");
+        ids.push(receipt["notifications"][0]["id"].clone());
+    }
+    let alice = user_token("alice");
+    let mut sse = SseClient::open(&c.url(1), &alice, Some(4)).await;
+    assert_eq!(sse.wait_unread(4).await, (4, Some(4)));
+    let mut ws = WsClient::open(&c.url(2), &alice, Some(4)).await;
+    assert_eq!(ws.wait_unread(4).await, 4);
+
+    // Archive over REST on replica 0: replica 1's stream and replica 2's socket hear it.
+    let resp = c
+        .client
+        .post(format!("{}/v1/notifications/archive", c.url(0)))
+        .bearer_auth(&alice)
+        .json(&json!({"ids": [ids[0]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v = next_changed(&mut sse).await;
+    assert_eq!(
+        (v["change"].clone(), v["seqs"].clone(), v["unread"].clone()),
+        (json!("archived"), json!([1]), json!(3))
+    );
+    let v = loop {
+        match ws.next().await {
+            WsFrame::Other(v) if v["type"] == "changed" => break v,
+            WsFrame::Unread { .. } => {}
+            other => panic!("expected a changed frame, got {other:?}"),
+        }
+    };
+    assert_eq!(v["change"], "archived");
+
+    // A delete sent on replica 2's socket, heard on replica 1.
+    ws.send_json(&json!({"type": "delete", "ids": [ids[1]]}))
+        .await;
+    let v = next_changed(&mut sse).await;
+    assert_eq!(
+        (v["change"].clone(), v["ids"].clone(), v["unread"].clone()),
+        (json!("deleted"), json!([ids[1]]), json!(2))
+    );
+
+    // The service retracts message 3 on replica 0: both users' sessions on other replicas hear it.
+    let mut bob = SseClient::open(&c.url(2), &user_token("bob"), Some(4)).await;
+    assert_eq!(bob.wait_unread(4).await, (4, Some(4)));
+    let resp = c
+        .client
+        .delete(format!(
+            "{}/v1/notifications/{}",
+            c.url(0),
+            ids[2].as_str().unwrap()
+        ))
+        .bearer_auth(&svc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    for s in [&mut sse, &mut bob] {
+        let v = next_changed(s).await;
+        assert_eq!(
+            (v["change"].clone(), v["seqs"].clone()),
+            (json!("deleted"), json!([3]))
+        );
+    }
+    assert_eq!(bob.wait_unread(3).await, (4, Some(4)));
+    assert_eq!(sse.wait_unread(1).await, (4, Some(4)));
+    let (_, page) = get_json(
+        &c.client,
+        &c.url(1),
+        "/v1/notifications?after=0",
+        Some(&alice),
+    )
+    .await
+    .unwrap();
+    let seqs: Vec<i64> = page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 4]);
+}
