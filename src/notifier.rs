@@ -6,11 +6,11 @@
 use crate::bus::{Bus, BusState};
 use crate::domain::{ChangeKind, Event, MarkRead, UserId};
 use crate::metrics::Metrics;
-use crate::store::{CountCursor, Pruned};
 use crate::store::{
     ChangeOutcome, Delivery, PublishCommand, PublishOutcome, ReadOutcome, Retracted, Store,
     StoreError,
 };
+use crate::store::{CountCursor, Pruned};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use uuid::Uuid;
 
