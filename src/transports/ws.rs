@@ -118,7 +118,12 @@ impl SocketTask {
                 },
                 msg = messages.recv() => match msg {
                     Some(Ok(AggregatedMessage::Text(text))) => {
-                        let reply = on_client_message(&self.state, &self.user, &text).await;
+                        // Boxed, so that it is allocated only while a client message is being
+                        // handled: `mark_read` goes down to the store, and its future is
+                        // kilobytes. Awaited inline it would be part of this task's state, which
+                        // every idle socket holds for its lifetime (the idle WebSocket figure in
+                        // bench/RESULTS.md).
+                        let reply = Box::pin(on_client_message(&self.state, &self.user, &text)).await;
                         if let Some(reply) = reply {
                             if !self.send(reply).await {
                                 break End::Gone;
