@@ -28,6 +28,18 @@
 //! catch up from the database, from each connection's last delivered seq; the session's
 //! sequencer merges that read with live events, dropping duplicates.
 //!
+//! A confirmation is not a promise, on a cluster. The cluster client keeps one connection per
+//! node and replaces them on its own while slots change hands: during a fail-over, several
+//! subscribe commands redirected at once to the new primary each open a connection to it, and
+//! each new one takes the place of the last in the client's map; those it replaced close, and
+//! their subscriptions go with them, with neither a disconnection nor an unsubscribe push.
+//! The channel stays confirmed here and receives nothing: its events are lost for good unless
+//! a later one shows the gap (in the fail-over test, the last events of a run went missing
+//! that way). So the subscriber does not trust its own bookkeeping: every second it asks each
+//! node how many channels its connection holds (`CLIENT INFO`, `sub` + `ssub`), and when they
+//! are fewer than the channels it subscribed, twice in a row, it starts over on a fresh
+//! connection: every channel is subscribed again and every confirmation catches its user up.
+//!
 //! Two tasks own the Redis connections:
 //! * the publisher drains a bounded queue and pipelines (S)PUBLISHes. While Redis is down it
 //!   keeps failed events in a bounded buffer and sends them when Redis returns; if even that
@@ -67,8 +79,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// A subscribe batch may wait for a slot map refresh on a cluster.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the subscriber checks its connection when nothing else happens.
+/// How often the subscriber checks its connection, and counts the channels the server holds
+/// for it, when nothing else happens.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// Checks in a row that may find fewer channels held than subscribed before the subscriber
+/// starts over. One short count can be a moved slot whose re-subscription (after the server's
+/// unsubscribe push) has not run yet; two a second apart is a subscription that is gone.
+const SHORT_CHECKS: u32 = 2;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long after a resubscription on a cluster every session catches up once more.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -574,10 +591,10 @@ impl SubConn {
     async fn ping(&mut self) -> redis::RedisResult<()> {
         match self {
             SubConn::Single(c) => redis::cmd("PING").query_async(c).await,
-            // Every primary of the slot map must answer: one that does not (killed, its
-            // replica not yet promoted) is reported, so the subscriber starts over and
-            // subscribes again once the fail-over is done, rather than leave a user's
-            // channel on a node that will not carry it.
+            // Every primary the cluster client holds a connection to must answer: one that
+            // does not (killed, its replica not yet promoted) is reported. A primary it holds
+            // no connection to is skipped, though, so a PING that passes does not prove every
+            // shard is reachable; [`SubConn::held`] finds the channels such a shard lost.
             SubConn::Cluster(c) => {
                 use redis::cluster_routing::{
                     MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
@@ -594,6 +611,66 @@ impl SubConn {
             }
         }
     }
+
+    /// How many channels the server holds for this subscriber: `sub` + `ssub` of
+    /// `CLIENT INFO` on its connection, summed over every primary's on a cluster. A primary
+    /// the cluster client holds no connection to is not asked, so the channels it should hold
+    /// count as missing, which they are.
+    async fn held(&mut self) -> redis::RedisResult<usize> {
+        let mut client_info = redis::cmd("CLIENT");
+        client_info.arg("INFO");
+        let unexpected = || -> redis::RedisError {
+            (
+                redis::ErrorKind::Client,
+                "CLIENT INFO answered without sub= and ssub=",
+            )
+                .into()
+        };
+        match self {
+            SubConn::Single(c) => {
+                let reply: Value = client_info.query_async(c).await?;
+                subscriptions_in(&reply).ok_or_else(unexpected)
+            }
+            SubConn::Cluster(c) => {
+                use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+                // No response policy: one reply per primary, keyed by its address.
+                let replies = c
+                    .route_command(
+                        client_info,
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let Value::Map(replies) = replies else {
+                    return Err(unexpected());
+                };
+                replies.iter().try_fold(0usize, |total, (_, reply)| {
+                    subscriptions_in(reply)
+                        .map(|n| total + n)
+                        .ok_or_else(unexpected)
+                })
+            }
+        }
+    }
+}
+
+/// The channels (`sub=`) and shard channels (`ssub=`) one `CLIENT INFO` line counts; `None`
+/// for anything else (an error from that node, a server without those fields).
+fn subscriptions_in(reply: &Value) -> Option<usize> {
+    let text = match reply {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?,
+        Value::VerbatimString { text, .. } => text.as_str(),
+        Value::SimpleString(text) => text.as_str(),
+        _ => return None,
+    };
+    let mut found = false;
+    let mut total = 0usize;
+    for (key, value) in text.split_whitespace().filter_map(|f| f.split_once('=')) {
+        if key == "sub" || key == "ssub" {
+            total += value.parse::<usize>().ok()?;
+            found = true;
+        }
+    }
+    found.then_some(total)
 }
 
 /// One push from Redis: a message, a subscription confirmed or dropped, or the connection
@@ -706,7 +783,8 @@ async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken) {
             continue;
         }
         shared.state.store(UP, Ordering::Release);
-        attempt = 0;
+        // `attempt` (the backoff) is reset only once a check finds every channel held: a
+        // connection that keeps losing subscriptions backs off like one that cannot connect.
         if ever_up {
             metrics.bus_reconnects.inc();
             metrics.bus_resubscribes.inc();
@@ -725,12 +803,14 @@ async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken) {
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // After a resubscription, sessions catch up once more when the cluster has had time
-        // to settle: during a fail-over, a channel may be confirmed by a node whose slots
-        // are still changing hands, and an event published meanwhile reaches no one. The
-        // database has it; one more read per session after a rare event is cheap.
+        // After a resubscription on a cluster, sessions catch up once more when the
+        // fail-over has had time to settle. The catch-up on each confirmation, and the
+        // count of what the server holds (below), are what close the gaps; this one more
+        // read per session after a rare event is a cheap safety net for what the cluster
+        // client may do that neither can see.
         let mut settle = Box::pin(tokio::time::sleep(SETTLE));
         let mut settled = !resubscribed || !target.is_cluster();
+        let mut short_checks = 0u32;
         let why = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -745,10 +825,25 @@ async fn subscriber(shared: Arc<Shared>, shutdown: CancellationToken) {
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(COMMAND_TIMEOUT, conn.ping()).await {
-                        Ok(Ok(())) => {}
+                    // The liveness check, and the count of what the server holds for us: a
+                    // subscription can vanish without a push (see the module's docs).
+                    let held = match tokio::time::timeout(COMMAND_TIMEOUT, conn.held()).await {
+                        Ok(Ok(held)) => held,
                         Ok(Err(e)) => break e.to_string(),
-                        Err(_) => break "PING timed out".to_owned(),
+                        Err(_) => break "CLIENT INFO timed out".to_owned(),
+                    };
+                    // The broadcast channel and every user's (none with shared routing).
+                    let wanted = subscribed.len() + 1;
+                    if held >= wanted {
+                        short_checks = 0;
+                        attempt = 0;
+                    } else {
+                        short_checks += 1;
+                        if short_checks >= SHORT_CHECKS {
+                            break format!(
+                                "Redis holds {held} of the {wanted} channels it confirmed"
+                            );
+                        }
                     }
                 }
             }
@@ -920,6 +1015,31 @@ mod tests {
             }
         }
         crc % 16384
+    }
+
+    #[test]
+    fn client_info_counts_channels_and_shard_channels_but_not_patterns() {
+        let line = "id=7 addr=127.0.0.1:5 laddr=127.0.0.1:6379 fd=8 name= age=1 idle=0 \
+                    flags=P db=0 sub=1 psub=4 ssub=2 multi=-1 qbuf=0 cmd=client|info resp=3";
+        let verbatim = Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: line.to_owned(),
+        };
+        assert_eq!(subscriptions_in(&verbatim), Some(3));
+        assert_eq!(
+            subscriptions_in(&Value::BulkString(line.as_bytes().to_vec())),
+            Some(3)
+        );
+        // A node that answered with an error, or a server without the fields, proves nothing.
+        assert_eq!(subscriptions_in(&Value::Nil), None);
+        assert_eq!(
+            subscriptions_in(&Value::SimpleString("id=7 psub=1".into())),
+            None
+        );
+        assert_eq!(
+            subscriptions_in(&Value::SimpleString("sub=x ssub=1".into())),
+            None
+        );
     }
 
     #[test]

@@ -162,6 +162,13 @@ impl Cluster {
         self.replicas[i].url()
     }
 
+    /// `TIDINGS__REDIS__CHANNEL` of every replica: the broadcast channel, and the prefix of
+    /// every user's (`<channel>:u:<user>`).
+    #[allow(dead_code)] // harness API
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.replicas.iter().map(Replica::url).collect()
     }

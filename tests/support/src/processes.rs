@@ -266,6 +266,45 @@ impl RedisCluster {
             .expect("a running primary")
     }
 
+    /// The index of a running primary that does not serve `key`'s slot.
+    pub fn a_primary_not_serving(&self, key: &str) -> usize {
+        let any = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a running node");
+        let slot: u16 = redis_cli(any.port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a slot");
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.child.is_some()
+                    && redis_cli(n.port, &["ROLE"]).starts_with("master")
+                    && !serves(&redis_cli(n.port, &["CLUSTER", "NODES"]), slot)
+            })
+            .expect("a running primary that does not serve the slot")
+    }
+
+    /// How many connections subscribe to each of `channels` (sharded pub/sub), summed over
+    /// the running nodes, in the order given: Redis's own count, whatever its clients
+    /// believe. Each node answers `PUBSUB SHARDNUMSUB` for its own connections only.
+    pub fn shard_subscribers(&self, channels: &[String]) -> Vec<usize> {
+        let mut totals = vec![0; channels.len()];
+        let mut args = vec!["PUBSUB", "SHARDNUMSUB"];
+        args.extend(channels.iter().map(String::as_str));
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let out = redis_cli(node.port, &args);
+            // Channel and count on alternate lines, in the order asked.
+            let counts = out.lines().skip(1).step_by(2);
+            for (total, count) in totals.iter_mut().zip(counts) {
+                *total += count.trim().parse::<usize>().unwrap_or(0);
+            }
+        }
+        totals
+    }
+
     /// `kill -9` of node `i`: its replica takes over after the node timeout.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();
@@ -282,6 +321,22 @@ impl Drop for RedisCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether the `myself` line of a node's `CLUSTER NODES` lists `slot` among its own.
+fn serves(nodes: &str, slot: u16) -> bool {
+    let Some(myself) = nodes.lines().find(|l| l.contains("myself")) else {
+        return false;
+    };
+    myself.split_whitespace().skip(8).any(|range| {
+        let mut ends = range.splitn(2, '-').map(|n| n.parse::<u16>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(from)), Some(Ok(to))) => (from..=to).contains(&slot),
+            (Some(Ok(only)), None) => only == slot,
+            // `[slot->-node]`: a slot in migration, not served here for this purpose.
+            _ => false,
+        }
+    })
 }
 
 /// One `redis-cli` command's output, empty if it failed.
