@@ -429,6 +429,12 @@ stop_redis_cluster() {
   CLUSTER_PIDS=()
 }
 
+# Sleeps until the epoch time $1 (fractional), if it is still ahead.
+sleep_until() {
+  local d
+  d=$(echo "$1 - $(date +%s.%N)" | bc)
+  if [ "$(echo "$d > 0" | bc)" = 1 ]; then sleep "$d"; fi
+}
 # utime + stime of PID, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # A counter (no labels) from a replica's /metrics.
@@ -436,8 +442,8 @@ metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {prin
 
 # One step: a publishing replica P (no connections) and R subscriber replicas on one database;
 # R cross-replica runs at once, run i with users/R users on replica i and rate/R publishes/s
-# through P. Measured over the publishing window: replica 1's CPU and bus events received, and
-# the events received by every replica.
+# through P. Measured over the window in which every run publishes: replica 1's CPU and bus
+# events received, and the events received by every replica.
 scaling_step() {
   local mode=$1 r=$2 routing=${1%%-*} i pids=() ports=() outs=() bpids=()
   local users=$((SC_USERS / r)) rate=$((SC_RATE / r))
@@ -461,19 +467,34 @@ scaling_step() {
       >"$out.log" 2>&1 &
     bpids+=($!)
   done
-  # The window opens when every run has connected its users and starts publishing.
+  # When each run has connected its users and starts publishing (for SC_SECS from then).
+  local -A started=()
   for _ in $(seq 1200); do
     local ready=1
-    for i in "${outs[@]}"; do grep -q 'publishing' "$i.log" 2>/dev/null || ready=0; done
+    for i in "${outs[@]}"; do
+      [ -n "${started[$i]:-}" ] && continue
+      if grep -q 'publishing' "$i.log" 2>/dev/null; then started[$i]=$(date +%s.%N); else ready=0; fi
+    done
     [ "$ready" = 1 ] && break
     sleep 0.1
   done
-  sleep 2
+  # The window: from 2 s after the last run started publishing to 2 s before the first one
+  # stops. The runs connect their users one after another, so they start seconds apart; a
+  # window that outlasted the first run measured replica 1 after its users had left.
+  local first last open close skew
+  first=$(printf '%s\n' "${started[@]}" | sort -n | head -1)
+  last=$(printf '%s\n' "${started[@]}" | sort -n | tail -1)
+  skew=$(echo "$last - $first" | bc)
+  open=$(echo "$last + 2" | bc)
+  close=$(echo "$first + $SC_SECS - 2" | bc)
+  [ "$(echo "$close - $open < 4" | bc)" = 1 ] &&
+    log "scaling $mode R=$r: the runs started ${skew} s apart, which leaves a short window (raise BENCH_SCALING_SECS)"
+  sleep_until "$open"
   local t0 c0 e0 all0=0 t1 c1 e1 all1=0 port
   t0=$(date +%s.%N); c0=$(cpu_ticks "${pids[0]}"); e0=$(metric "${ports[0]}" tidings_bus_events_received_total)
   for port in $((PORT_BASE + 50)) "${ports[@]}"; do
     all0=$(echo "$all0 + $(metric "$port" tidings_bus_events_received_total)" | bc); done
-  sleep $((SC_SECS - 4))
+  sleep_until "$close"
   t1=$(date +%s.%N); c1=$(cpu_ticks "${pids[0]}"); e1=$(metric "${ports[0]}" tidings_bus_events_received_total)
   for port in $((PORT_BASE + 50)) "${ports[@]}"; do
     all1=$(echo "$all1 + $(metric "$port" tidings_bus_events_received_total)" | bc); done
@@ -482,12 +503,13 @@ scaling_step() {
   local failed=0
   for i in "${bpids[@]}"; do wait "$i" || failed=$((failed + 1)); done
   python3 - "$mode" "$r" "$t0" "$t1" "$c0" "$c1" "$e0" "$e1" "$all0" "$all1" "$(getconf CLK_TCK)" \
-    "$users" "$SC_RATE" "$failed" "$subs_metric" >>"$WORK/scaling.jsonl" <<'PY'
+    "$users" "$SC_RATE" "$failed" "$subs_metric" "$skew" >>"$WORK/scaling.jsonl" <<'PY'
 import json, sys
-mode, r, t0, t1, c0, c1, e0, e1, a0, a1, hz, users, rate, failed, subs = sys.argv[1:]
+mode, r, t0, t1, c0, c1, e0, e1, a0, a1, hz, users, rate, failed, subs, skew = sys.argv[1:]
 dt = float(t1) - float(t0)
 print(json.dumps({
     "mode": mode, "replicas": int(r), "window_s": round(dt, 2),
+    "start_skew_s": round(float(skew), 2),
     "users_per_replica": int(users), "publish_rate": int(rate),
     "replica1_cpu_pct": round(100 * (float(c1) - float(c0)) / float(hz) / dt, 1),
     "replica1_events_per_s": round((float(e1) - float(e0)) / dt, 1),
