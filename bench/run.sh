@@ -18,7 +18,7 @@
 #                  and on a Redis Cluster, and with the single shared channel (Tidings only)
 #   baseline       the idle SSE measurement against a bare actix-web server (no hub, no
 #                  actor, no timers): the framework's share of Tidings' figure
-#   all            every one of them (about 13 minutes), then results/summary.md and
+#   all            every one of them (about 15 minutes), then results/summary.md and
 #                  results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
 # users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
