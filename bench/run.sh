@@ -6,6 +6,10 @@
 #   idle           15,000 idle SSE connections, then WebSocket: server RSS per connection
 #   unicast        10,000 users, 2,000 notifications/s for 60 s, each to one random user
 #   fanout         one notification to 1,000 online users (Nchan: 1,000 publishes)
+#   topic          one publish to a topic of 100,000 subscribers, 10,000 of them online over SSE:
+#                  recipients committed per second and time until the last online has it, 3
+#                  rounds (Nchan: 10,000 subscribers on one channel, one publish; --small: 2,000
+#                  subscribers, 200 online)
 #   ingest         highest durable publish rate, 1 and 100 recipients per request
 #   cross-replica  unicast with subscribers on replica B, publishes to replica A, via Redis
 #   scaling        a fixed publish rate while the cluster grows from 1 to 4 subscriber replicas
@@ -14,7 +18,7 @@
 #                  and on a Redis Cluster, and with the single shared channel (Tidings only)
 #   baseline       the idle SSE measurement against a bare actix-web server (no hub, no
 #                  actor, no timers): the framework's share of Tidings' figure
-#   all            every one of them (about 13 minutes), then results/summary.md and
+#   all            every one of them (about 15 minutes), then results/summary.md and
 #                  results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
 # users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
@@ -36,6 +40,7 @@
 #   BENCH_PG_ADMIN=URL     admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
 #   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan (default 18080)
 #   NCHAN_PEER_DIR=DIR     the Nchan peer scripts (default ../shared/peers/nchan)
+#   BENCH_TOPIC_SUBSCRIBERS / _ONLINE / _ROUNDS   the topic scenario's size (100,000 / 10,000 / 3)
 #   BENCH_SCALING_USERS / _RATE / _SECS / _MAX / _MODES   the scaling scenario's users (2,000),
 #                          publishes/s (500), seconds per step (20), largest cluster (4), and
 #                          modes (user-single,user-cluster,shared-single)
@@ -81,7 +86,7 @@ for a in "$@"; do
   esac
 done
 case "$SCEN" in
-  idle | unicast | fanout | ingest | cross-replica | scaling | baseline | all) ;;
+  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | all) ;;
   *) usage ;;
 esac
 if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
@@ -294,6 +299,9 @@ FO_N="${BENCH_FANOUT_RECIPIENTS:-$FO_N}"
 FO_ROUNDS="${BENCH_FANOUT_ROUNDS:-$FO_ROUNDS}"
 ING_DUR="${BENCH_INGEST_SECS:-$ING_DUR}"
 ING_CONC="${BENCH_INGEST_CONCURRENCY:-$ING_CONC}"
+TP_SUBS="${BENCH_TOPIC_SUBSCRIBERS:-$([ "$SMALL" = 1 ] && echo 2000 || echo 100000)}"
+TP_ONLINE="${BENCH_TOPIC_ONLINE:-$([ "$SMALL" = 1 ] && echo 200 || echo 10000)}"
+TP_ROUNDS="${BENCH_TOPIC_ROUNDS:-3}"
 
 run_idle() {
   local tr
@@ -344,6 +352,23 @@ run_fanout() {
   for mode in memory redis; do
     start_nchan "$N_PORT" "$mode"
     bench "fanout-sse-nchan-$mode" fanout --target nchan --url "http://127.0.0.1:$N_PORT" \
+      --server-pid "$N_WORKERS" --label "nchan-$mode" "${args[@]}"
+    stop_nchan "$N_PORT"
+  done
+}
+
+# Tidings on Postgres: a topic of TP_SUBS users, TP_ONLINE of them online. Nchan (memory, then
+# redis): TP_ONLINE subscribers on one channel, its native fan-out; no per-subscriber storage.
+run_topic() {
+  local args=(--online "$TP_ONLINE" --rounds "$TP_ROUNDS" --transport sse "${CHECK[@]}")
+  start_tidings "$T_PORT_A"
+  bench "topic-sse-tidings-pg" topic --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+    --server-pid "$T_PID" --label tidings-pg --subscribers "$TP_SUBS" "${args[@]}"
+  stop_tidings "$T_PID"; drop_tidings_db
+  local mode
+  for mode in memory redis; do
+    start_nchan "$N_PORT" "$mode"
+    bench "topic-sse-nchan-$mode" topic --target nchan --url "http://127.0.0.1:$N_PORT" \
       --server-pid "$N_WORKERS" --label "nchan-$mode" "${args[@]}"
     stop_nchan "$N_PORT"
   done
@@ -569,11 +594,12 @@ case "$SCEN" in
   idle) run_idle ;;
   unicast) run_unicast ;;
   fanout) run_fanout ;;
+  topic) run_topic ;;
   ingest) run_ingest ;;
   cross-replica) run_cross_replica ;;
   scaling) run_scaling ;;
   baseline) run_baseline ;;
-  all) run_idle; run_baseline; run_unicast; run_fanout; run_ingest; run_cross_replica ;;
+  all) run_idle; run_baseline; run_unicast; run_fanout; run_topic; run_ingest; run_cross_replica ;;
 esac
 
 echo

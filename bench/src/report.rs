@@ -12,6 +12,8 @@ enum Unit {
     Count,
     Secs,
     Float,
+    /// A count where a missing figure means the peer has no such thing: "n/a".
+    CountOrNa,
 }
 
 struct Row {
@@ -220,6 +222,55 @@ fn rows(scenario: &str) -> Vec<Row> {
             r.extend(cpu());
             r
         }
+        "topic" => {
+            let mut r = vec![
+                Row {
+                    name: "topic subscribers (Nchan: one channel)",
+                    unit: Unit::CountOrNa,
+                    get: |v| ptr(v, "/topic/subscribers"),
+                },
+                Row {
+                    name: "online subscribers",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/topic/online"),
+                },
+                Row {
+                    name: "publish request, median round (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/publish_us/median"),
+                },
+                Row {
+                    name: "recipients committed per second, median round",
+                    unit: Unit::CountOrNa,
+                    get: |v| ptr(v, "/topic/recipients_per_s/median"),
+                },
+                Row {
+                    name: "time until the last online has it, median round (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/time_to_last_us/median"),
+                },
+                Row {
+                    name: "time until the last online has it, best round (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/time_to_last_us/min"),
+                },
+                Row {
+                    name: "time until the last online has it, worst round (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/time_to_last_us/max"),
+                },
+                latency("delivery p50, all rounds (ms)", "p50"),
+                latency("delivery p99, all rounds (ms)", "p99"),
+                Row {
+                    name: "server CPU per 1,000 recipients committed (ms)",
+                    unit: Unit::Float,
+                    get: |v| ptr(v, "/topic/server_cpu_ms_per_1000_committed"),
+                },
+            ];
+            r.extend(loss);
+            r.extend(cpu());
+            r
+        }
         _ => Vec::new(),
     }
 }
@@ -242,6 +293,7 @@ fn best_level(v: &Value) -> Option<&Value> {
 
 fn fmt(unit: Unit, x: Option<f64>) -> String {
     match x {
+        None if matches!(unit, Unit::CountOrNa) => "n/a".into(),
         None => "–".into(),
         Some(x) => match unit {
             Unit::Ms => format!("{:.2}", x / 1000.0),
@@ -249,6 +301,7 @@ fn fmt(unit: Unit, x: Option<f64>) -> String {
             Unit::Count => format!("{x:.0}"),
             Unit::Secs => format!("{x:.1}"),
             Unit::Float => format!("{x:.2}"),
+            Unit::CountOrNa => format!("{x:.0}"),
         },
     }
 }
@@ -262,7 +315,14 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
         docs.push(v);
     }
-    let order = ["idle", "unicast", "fanout", "ingest", "cross-replica"];
+    let order = [
+        "idle",
+        "unicast",
+        "fanout",
+        "topic",
+        "ingest",
+        "cross-replica",
+    ];
     let mut groups: Vec<(String, String)> = Vec::new();
     for d in &docs {
         let key = (

@@ -5,4 +5,5 @@ pub(crate) mod idle;
 pub(crate) mod ingest;
 mod publishing;
 mod subscribers;
+pub(crate) mod topic;
 pub(crate) mod unicast;
