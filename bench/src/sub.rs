@@ -111,17 +111,16 @@ impl Ctx {
         target: Target,
         transport: Transport,
         ep: Endpoint,
-        faces: Faces,
         connector: Arc<Connector>,
         connect_concurrency: usize,
         rounds: usize,
         users: usize,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Self {
+        Self {
             target,
             transport,
             ep,
-            faces,
+            faces: Faces::default(),
             connector,
             connect_sem: Semaphore::new(connect_concurrency.max(1)),
             cancel: CancellationToken::new(),
@@ -139,7 +138,12 @@ impl Ctx {
             round_count: (0..rounds).map(|_| AtomicU64::new(0)).collect(),
             online: (0..users).map(|_| AtomicBool::new(false)).collect(),
             errors: Mutex::new(Vec::new()),
-        })
+        }
+    }
+
+    /// Where `grpc` and `mqtt` subscribers connect.
+    pub fn with_faces(self, faces: Faces) -> Self {
+        Self { faces, ..self }
     }
 
     pub fn note_error(&self, what: String) {

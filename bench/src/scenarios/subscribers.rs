@@ -33,15 +33,17 @@ pub(super) async fn open_subs(
             .map(|u| MqttBroker::parse(u, &c.mqtt_topic_prefix))
             .transpose()?,
     };
-    let ctx = Ctx::new(
-        c.target,
-        transport,
-        ep,
-        faces,
-        connector,
-        c.connect_concurrency,
-        rounds,
-        users.len(),
+    let ctx = Arc::new(
+        Ctx::new(
+            c.target,
+            transport,
+            ep,
+            connector,
+            c.connect_concurrency,
+            rounds,
+            users.len(),
+        )
+        .with_faces(faces),
     );
     let t0 = Instant::now();
     let handles = if transport == Transport::Mqtt {
