@@ -18,8 +18,14 @@
 #                  and on a Redis Cluster, and with the single shared channel (Tidings only)
 #   baseline       the idle SSE measurement against a bare actix-web server (no hub, no
 #                  actor, no timers): the framework's share of Tidings' figure
-#   all            every one of them (about 15 minutes), then results/summary.md and
-#                  results/latency.svg
+#   faces          Tidings only, its delivery faces side by side: one Tidings per transport in
+#                  turn, the same unicast load (2,000 users, 1,000 notifications/s for 30 s)
+#                  over SSE, gRPC `Subscribe` and MQTT (the bridge into a Mosquitto started
+#                  here, 100 users per subscriber connection); then the MQTT bridge's sustained
+#                  rate: 50,000 notifications to 1,000 users published at once, time until the
+#                  outbox is empty, without and with MQTT subscribers consuming (about 4 min)
+#   all            every one of them but scaling and faces (about 15 minutes), then
+#                  results/summary.md and results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
 # users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
 # or misordered anything or a request failed. `SCENARIO --small` runs a small version of any
@@ -44,6 +50,11 @@
 #   BENCH_SCALING_USERS / _RATE / _SECS / _MAX / _MODES   the scaling scenario's users (2,000),
 #                          publishes/s (500), seconds per step (20), largest cluster (4), and
 #                          modes (user-single,user-cluster,shared-single)
+#   BENCH_FACES_USERS / _RATE / _SECS   faces' unicast load (2,000 users, 1,000/s, 30 s)
+#   BENCH_MQTT_USERS_PER_CONN          user topics per MQTT subscriber connection (100)
+#   BENCH_DRAIN_NOTIFICATIONS / _USERS  faces' MQTT backlog (50,000 notifications, 1,000 users)
+#   faces needs mosquitto (apt-get install -y mosquitto), started here on a free port with a
+#   generated configuration; the bridge's rate needs PostgreSQL (its outbox is counted)
 #   TIDINGS__*             passed through to the Tidings servers (e.g. DATABASE__MAX_CONNECTIONS)
 set -euo pipefail
 
@@ -86,7 +97,7 @@ for a in "$@"; do
   esac
 done
 case "$SCEN" in
-  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | all) ;;
+  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | faces | all) ;;
   *) usage ;;
 esac
 if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
@@ -107,6 +118,7 @@ TIDINGS_PIDS=()
 declare -A T_LOGS=()
 NCHAN_PORTS=()
 DATABASES=()
+MOSQUITTO_PIDS=()
 REDIS_PIDFILE=""
 FAILED=0
 OUTPUTS=()
@@ -131,6 +143,7 @@ cleanup() {
   for p in "${NCHAN_PORTS[@]}"; do NCHAN_PEER_RM_PREFIX=1 "$PEER/stop.sh" "$p" 2>/dev/null || true; done
   for db in "${DATABASES[@]}"; do drop_db "$db"; done
   for p in "${CLUSTER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${MOSQUITTO_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   if command -v redis-cli >/dev/null && [ -n "${REDIS_UP:-}" ]; then
     # Nchan's Redis keys of this run ({channel:/rRUNID...}); Tidings' bus keeps none.
     redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "*r${RUNID}*" 2>/dev/null |
@@ -158,7 +171,10 @@ fi
 [ -x "$TIDINGS" ] || die "no $TIDINGS (build it: cargo build ${PROFILE_FLAG[*]} -p tidings --bin tidings)"
 log "server binary: $TIDINGS"
 [ -x "$BENCH" ] || die "no $BENCH (build it: cargo build ${PROFILE_FLAG[*]} -p tidings-bench)"
-if [ "$SCEN" != scaling ]; then
+if [ "$SCEN" = faces ]; then
+  MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+  [ -x "$MOSQUITTO" ] || die "mosquitto is not installed: apt-get install -y mosquitto"
+elif [ "$SCEN" != scaling ]; then
   [ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
     die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
@@ -212,10 +228,13 @@ start_tidings() {
     [ -n "${T_REDIS_URL:-}" ] || need_redis
     extra=(TIDINGS__REDIS__URL="${T_REDIS_URL:-redis://127.0.0.1:6379}" TIDINGS__REDIS__CHANNEL="bench:$RUNID")
   fi
+  # T_GRPC_LISTEN: the gRPC listener (off unless a scenario measures it); T_MQTT_URL: the
+  # broker of the MQTT bridge (off unless set).
+  if [ -n "${T_MQTT_URL:-}" ]; then extra+=(TIDINGS__MQTT__URL="$T_MQTT_URL"); fi
   # A fresh working directory: no .env or tidings.toml of the caller is read.
   (cd "$dir" && exec env -u TIDINGS_CONFIG -u RUST_LOG \
     TIDINGS__SERVER__LISTEN="127.0.0.1:$port" \
-    TIDINGS__GRPC__LISTEN=off \
+    TIDINGS__GRPC__LISTEN="${T_GRPC_LISTEN:-off}" \
     TIDINGS__DATABASE__URL="$db_url" \
     TIDINGS__LOG__LEVEL="${TIDINGS__LOG__LEVEL:-warn}" \
     TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS="${TIDINGS__SERVER__SHUTDOWN_GRACE_SECONDS:-2}" \
@@ -231,7 +250,7 @@ start_tidings() {
   done
   curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz" ||
     { cat "$dir/log" >&2; die "tidings on port $port did not become ready"; }
-  log "tidings up on $port (pid $T_PID, ${mode:-in-process bus}, $(echo "$db_url" | sed 's#//[^@]*@#//#'))"
+  log "tidings up on $port (pid $T_PID, ${mode:-in-process bus}, $(echo "$db_url" | sed 's#//[^@]*@#//#')${T_GRPC_LISTEN:+, gRPC on $T_GRPC_LISTEN}${T_MQTT_URL:+, MQTT bridge to $T_MQTT_URL})"
 }
 
 stop_tidings() { # PID
@@ -261,6 +280,44 @@ start_nchan() {
 
 stop_nchan() { NCHAN_PEER_RM_PREFIX=1 "$PEER/stop.sh" "$1" 2>/dev/null || true; }
 
+# A TCP port nothing listens on now (the kernel picks it).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_mosquitto: a private Mosquitto on a free loopback port with a generated configuration
+# (anonymous, no persistence); sets MQ_PORT and MQ_PID. Stopped by stop_mosquitto or on exit.
+# The queue per client is raised from 1,000 so that a subscriber behind a drained backlog is
+# not dropped messages; TCP_NODELAY as a latency-minded deployment would set it.
+MQ_N=0
+start_mosquitto() {
+  MQ_N=$((MQ_N + 1))
+  local dir="$WORK/mosquitto-$MQ_N"
+  mkdir -p "$dir"
+  MQ_PORT=$(free_port)
+  printf '%s\n' "listener $MQ_PORT 127.0.0.1" "allow_anonymous true" "persistence false" \
+    "max_queued_messages 1000000" "set_tcp_nodelay true" "log_dest stderr" \
+    "log_type error" "log_type warning" >"$dir/mosquitto.conf"
+  "$MOSQUITTO" -c "$dir/mosquitto.conf" >"$dir/log" 2>&1 &
+  MQ_PID=$!
+  MOSQUITTO_PIDS+=("$MQ_PID")
+  local i
+  for i in $(seq 100); do
+    kill -0 "$MQ_PID" 2>/dev/null || { cat "$dir/log" >&2; die "mosquitto exited at start"; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$MQ_PORT") 2>/dev/null && break
+    sleep 0.1
+  done
+  (exec 3<>"/dev/tcp/127.0.0.1/$MQ_PORT") 2>/dev/null || { cat "$dir/log" >&2; die "mosquitto did not listen"; }
+  log "mosquitto up on $MQ_PORT (pid $MQ_PID, $("$MOSQUITTO" -h 2>/dev/null | head -1))"
+}
+
+stop_mosquitto() {
+  kill -TERM "$MQ_PID" 2>/dev/null || true
+  local i
+  for i in $(seq 50); do kill -0 "$MQ_PID" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$MQ_PID" 2>/dev/null || true
+}
+
 # bench NAME ARGS...: runs tidings-bench, result in $RESULTS/NAME.json
 bench() {
   local name=$1
@@ -283,10 +340,12 @@ bench() {
 # ---------------------------------------------------------------- scenarios ---
 if [ "$SMALL" = 1 ]; then
   IDLE_N=200 UC_USERS=200 UC_RATE=200 UC_DUR=5 FO_N=200 FO_ROUNDS=3 ING_DUR=2 ING_CONC=8 XR_DUR=5
+  FC_USERS=200 FC_RATE=200 FC_DUR=5 DR_N=2000 DR_USERS=100
   CHECK=(--fail-on-loss)
 else
   IDLE_N=15000 UC_USERS=10000 UC_RATE=2000 UC_DUR=60 FO_N=1000 FO_ROUNDS=10 ING_DUR=8
   ING_CONC=16,64,256 XR_DUR=30
+  FC_USERS=2000 FC_RATE=1000 FC_DUR=30 DR_N=50000 DR_USERS=1000
   CHECK=()
 fi
 # Overrides, e.g. BENCH_UNICAST_RATE=1000 bench/run.sh unicast
@@ -302,6 +361,12 @@ ING_CONC="${BENCH_INGEST_CONCURRENCY:-$ING_CONC}"
 TP_SUBS="${BENCH_TOPIC_SUBSCRIBERS:-$([ "$SMALL" = 1 ] && echo 2000 || echo 100000)}"
 TP_ONLINE="${BENCH_TOPIC_ONLINE:-$([ "$SMALL" = 1 ] && echo 200 || echo 10000)}"
 TP_ROUNDS="${BENCH_TOPIC_ROUNDS:-3}"
+FC_USERS="${BENCH_FACES_USERS:-$FC_USERS}"
+FC_RATE="${BENCH_FACES_RATE:-$FC_RATE}"
+FC_DUR="${BENCH_FACES_SECS:-$FC_DUR}"
+MQ_PER_CONN="${BENCH_MQTT_USERS_PER_CONN:-100}"
+DR_N="${BENCH_DRAIN_NOTIFICATIONS:-$DR_N}"
+DR_USERS="${BENCH_DRAIN_USERS:-$DR_USERS}"
 
 run_idle() {
   local tr
@@ -410,6 +475,49 @@ run_cross_replica() {
     --url "http://127.0.0.1:$N_PORT_A" --sub-url "http://127.0.0.1:$N_PORT_B" \
     --server-pid "$N_WORKERS" --cpu-pid "$a" --label nchan-redis "${UC_ARGS[@]}"
   stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
+}
+
+# -------------------------------------------------------------------- faces ---
+# One Tidings per transport in turn, the same unicast load; then the MQTT bridge's rate.
+run_faces() {
+  local args=(--target tidings --url "http://127.0.0.1:$T_PORT_A" --users "$FC_USERS"
+    --rate "$FC_RATE" --duration "$FC_DUR" "${CHECK[@]}")
+  start_tidings "$T_PORT_A"
+  bench "faces-sse-tidings-pg" faces "${args[@]}" --server-pid "$T_PID" --label tidings-sse \
+    --transport sse
+  stop_tidings "$T_PID"; drop_tidings_db
+
+  local gport
+  gport=$(free_port)
+  T_GRPC_LISTEN="127.0.0.1:$gport" start_tidings "$T_PORT_A"
+  bench "faces-grpc-tidings-pg" faces "${args[@]}" --server-pid "$T_PID" --label tidings-grpc \
+    --transport grpc --grpc-url "http://127.0.0.1:$gport"
+  stop_tidings "$T_PID"; drop_tidings_db
+
+  start_mosquitto
+  T_MQTT_URL="mqtt://127.0.0.1:$MQ_PORT" start_tidings "$T_PORT_A"
+  bench "faces-mqtt-tidings-pg" faces "${args[@]}" --server-pid "$T_PID" --label tidings-mqtt \
+    --transport mqtt --mqtt-url "mqtt://127.0.0.1:$MQ_PORT" --broker-pid "$MQ_PID" \
+    --mqtt-users-per-connection "$MQ_PER_CONN"
+  stop_tidings "$T_PID"; drop_tidings_db; stop_mosquitto
+
+  if [ "$PG_OK" != 1 ]; then
+    log "no PostgreSQL: the MQTT bridge's rate (its outbox is counted there) is skipped"
+    return 0
+  fi
+  local sub label more
+  for sub in no yes; do
+    label=bridge-only more=()
+    if [ "$sub" = yes ]; then label=with-subscribers more=(--subscribe); fi
+    start_mosquitto
+    T_MQTT_URL="mqtt://127.0.0.1:$MQ_PORT" start_tidings "$T_PORT_A"
+    bench "mqtt-drain-$label" mqtt-drain --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+      --server-pid "$T_PID" --broker-pid "$MQ_PID" --label "$label" \
+      --notifications "$DR_N" --users "$DR_USERS" --outbox-db "$T_DB_URL" \
+      --mqtt-url "mqtt://127.0.0.1:$MQ_PORT" --mqtt-users-per-connection "$MQ_PER_CONN" \
+      "${more[@]}" "${CHECK[@]}"
+    stop_tidings "$T_PID"; drop_tidings_db; stop_mosquitto
+  done
 }
 
 # ------------------------------------------------------------------ scaling ---
@@ -599,6 +707,7 @@ case "$SCEN" in
   cross-replica) run_cross_replica ;;
   scaling) run_scaling ;;
   baseline) run_baseline ;;
+  faces) run_faces ;;
   all) run_idle; run_baseline; run_unicast; run_fanout; run_topic; run_ingest; run_cross_replica ;;
 esac
 

@@ -1,7 +1,8 @@
 //! `tidings-bench`: drives Tidings or Nchan with the same workload and measures connections,
 //! memory, publish-to-receive latency, throughput, and lost or duplicated notifications.
 //!
-//! Scenarios: `idle`, `unicast`, `cross-replica`, `fanout`, `ingest`; `report` turns the JSON
+//! Scenarios: `idle`, `unicast`, `cross-replica`, `fanout`, `ingest`, `faces` (unicast over
+//! SSE, gRPC or MQTT), `mqtt-drain` (the MQTT bridge's sustained rate); `report` turns the JSON
 //! files they write into side-by-side tables. See `bench/run.sh` for how they are run.
 
 mod net;
@@ -13,7 +14,9 @@ mod sub;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use net::now_us;
-use scenarios::{fanout::fanout, idle::idle, ingest::ingest, unicast::unicast};
+use scenarios::{
+    fanout::fanout, idle::idle, ingest::ingest, mqtt_drain::mqtt_drain, unicast::unicast,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -28,6 +31,13 @@ pub enum Transport {
     Sse,
     Ws,
     Poll,
+    /// Tidings' gRPC `Subscribe` (server streaming), one HTTP/2 connection per user, on
+    /// `--grpc-url`.
+    Grpc,
+    /// The MQTT bridge: subscribers are MQTT clients of the broker at `--mqtt-url`, each
+    /// connection subscribed (QoS 1) to the notification topics of up to
+    /// `--mqtt-users-per-connection` users.
+    Mqtt,
 }
 
 impl Transport {
@@ -36,6 +46,8 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Ws => "ws",
             Transport::Poll => "poll",
+            Transport::Grpc => "grpc",
+            Transport::Mqtt => "mqtt",
         }
     }
 }
@@ -71,6 +83,22 @@ enum Cmd {
         common: Common,
         #[command(flatten)]
         args: UnicastArgs,
+    },
+    /// `unicast` under the name `faces`, so that runs over SSE, gRPC and MQTT (one Tidings
+    /// each) make one table in the report.
+    Faces {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: UnicastArgs,
+    },
+    /// The MQTT bridge's sustained rate: a backlog of notifications published as fast as
+    /// Tidings takes them, then the time until the outbox is empty (every row PUBACKed).
+    MqttDrain {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: DrainArgs,
     },
     /// `unicast` with the subscribers on `--sub-url` (replica B) and the publisher on `--url` (A).
     CrossReplica {
@@ -185,6 +213,51 @@ struct Common {
     /// Helper processes (by name) whose CPU use is reported too.
     #[arg(long, value_delimiter = ',', default_value = "postgres,redis-server")]
     watch_comm: Vec<String>,
+    /// The MQTT broker's processes: their CPU is reported apart from the server's (by pid,
+    /// not by name, so another test's Mosquitto on the same machine does not count).
+    #[arg(long, value_delimiter = ',')]
+    broker_pid: Vec<u32>,
+    /// Tidings' gRPC listener, `http://host:port` (`--transport grpc`).
+    #[arg(long)]
+    grpc_url: Option<String>,
+    /// The MQTT broker the bridge publishes to, `mqtt://host:port` (`--transport mqtt`).
+    #[arg(long)]
+    mqtt_url: Option<String>,
+    /// `--transport mqtt`: user topics each MQTT connection subscribes to. One connection per
+    /// user would measure Mosquitto's connection handling more than the bridge.
+    #[arg(long, default_value_t = 100)]
+    mqtt_users_per_connection: usize,
+    /// The MQTT bridge's topic prefix (TIDINGS__MQTT__TOPIC_PREFIX).
+    #[arg(long, default_value = "tidings")]
+    mqtt_topic_prefix: String,
+}
+
+#[derive(Args, Clone)]
+struct DrainArgs {
+    /// Notifications in the backlog (rounded down to whole requests).
+    #[arg(long, default_value_t = 50_000)]
+    notifications: u64,
+    /// Distinct recipients, each getting the same share.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Recipients per publish request: many, so that the backlog is written faster than the
+    /// bridge drains it and the figure is the bridge's, not the ingest's.
+    #[arg(long, default_value_t = 100)]
+    recipients_per_request: usize,
+    /// Publish requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// MQTT subscribers (QoS 1) to every recipient's notification topic consume the backlog
+    /// while it drains; without this flag no client is subscribed.
+    #[arg(long)]
+    subscribe: bool,
+    /// Postgres URL of Tidings' database, whose `mqtt_outbox` rows are counted (the
+    /// `tidings_mqtt_outbox_depth` gauge is refreshed only every 5 s). Read with `psql`.
+    #[arg(long)]
+    outbox_db: String,
+    /// Give up waiting for the outbox to empty after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
 }
 
 #[derive(Args, Clone)]
@@ -317,6 +390,14 @@ fn main() -> Result<()> {
             }
             Cmd::Unicast { common, args } => {
                 let r = unicast(&common, &args, "unicast").await;
+                (common, r)
+            }
+            Cmd::Faces { common, args } => {
+                let r = unicast(&common, &args, "faces").await;
+                (common, r)
+            }
+            Cmd::MqttDrain { common, args } => {
+                let r = mqtt_drain(&common, &args).await;
                 (common, r)
             }
             Cmd::CrossReplica { common, args } => {

@@ -1,5 +1,6 @@
 //! `tidings-bench report FILE...`: Markdown tables, one per scenario and variant, with a column
-//! per label (Tidings first, then Nchan) and the ratio of each Tidings column to each Nchan one.
+//! per label (Tidings first, then Nchan) and the ratio of each Tidings column to each Nchan one;
+//! for `faces` (one Tidings per transport), the ratio of each transport's column to SSE's.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -271,6 +272,158 @@ fn rows(scenario: &str) -> Vec<Row> {
             r.extend(cpu());
             r
         }
+        "faces" => {
+            let mut r = vec![
+                latency("latency p50 (ms)", "p50"),
+                latency("latency p90 (ms)", "p90"),
+                latency("latency p99 (ms)", "p99"),
+                latency("latency p99.9 (ms)", "p999"),
+                latency("latency max (ms)", "max"),
+                Row {
+                    name: "latency p99 counted from the schedule (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/latency_from_schedule_us/p99"),
+                },
+                Row {
+                    name: "delivered per second",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/delivered_per_s"),
+                },
+                Row {
+                    name: "publish request p99 (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/publish/latency_us/p99"),
+                },
+                Row {
+                    name: "Tidings CPU per 1,000 delivered (ms)",
+                    unit: Unit::Float,
+                    get: |v| ptr(v, "/server_cpu_ms_per_1000"),
+                },
+                Row {
+                    name: "Mosquitto CPU per 1,000 delivered (ms)",
+                    unit: Unit::Float,
+                    get: |v| ptr(v, "/broker_cpu_ms_per_1000"),
+                },
+                Row {
+                    name: "users subscribed",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/connections/connected"),
+                },
+                Row {
+                    name: "subscriber connections",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/connections/client_connections"),
+                },
+            ];
+            r.extend(loss);
+            r.push(Row {
+                name: "redelivered, dropped by seq (MQTT, at least once)",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/delivery/redelivered_dropped"),
+            });
+            r.extend(cpu());
+            r.insert(
+                r.len() - 2,
+                Row {
+                    name: "Mosquitto CPU (cores)",
+                    unit: Unit::Float,
+                    get: |v| ptr(v, "/broker_cpu/server_cores"),
+                },
+            );
+            r
+        }
+        "mqtt-drain" => vec![
+            Row {
+                name: "notifications in the backlog",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/drain/accepted"),
+            },
+            Row {
+                name: "time to publish them (s)",
+                unit: Unit::Secs,
+                get: |v| ptr(v, "/drain/publish_secs"),
+            },
+            Row {
+                name: "outbox rows left when publishing ended",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/drain/depth_after_publish"),
+            },
+            Row {
+                name: "first publish to empty outbox (s)",
+                unit: Unit::Secs,
+                get: |v| ptr(v, "/drain/drained_secs"),
+            },
+            Row {
+                name: "bridge rate, notifications per second",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/drain/notifications_per_s"),
+            },
+            Row {
+                name: "outbox rows (notifications and unread counts)",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/drain/outbox_rows"),
+            },
+            Row {
+                name: "PUBACKed publishes per second",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/drain/acknowledged_per_s"),
+            },
+            Row {
+                name: "last notification at a subscriber (s)",
+                unit: Unit::Secs,
+                get: |v| ptr(v, "/last_received_secs"),
+            },
+            Row {
+                name: "received by subscribers per second",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/received_per_s"),
+            },
+            Row {
+                name: "lost",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/delivery/lost"),
+            },
+            Row {
+                name: "seq gaps / backwards",
+                unit: Unit::Count,
+                get: |v| Some(ptr(v, "/delivery/seq_gaps")? + ptr(v, "/delivery/seq_backwards")?),
+            },
+            Row {
+                name: "redelivered, dropped by seq",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/delivery/redelivered_dropped"),
+            },
+            Row {
+                name: "Tidings CPU per 1,000 notifications (ms)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/server_cpu_ms_per_1000"),
+            },
+            Row {
+                name: "Mosquitto CPU per 1,000 notifications (ms)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/broker_cpu_ms_per_1000"),
+            },
+            Row {
+                name: "Tidings CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/cpu/server_cores"),
+            },
+            Row {
+                name: "Postgres CPU, all its processes (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/cpu/named_cores/postgres"),
+            },
+            Row {
+                name: "Mosquitto CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/broker_cpu/server_cores"),
+            },
+            Row {
+                name: "whole machine busy (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/cpu/machine_busy_cores"),
+            },
+        ],
         _ => Vec::new(),
     }
 }
@@ -322,6 +475,8 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
         "topic",
         "ingest",
         "cross-replica",
+        "faces",
+        "mqtt-drain",
     ];
     let mut groups: Vec<(String, String)> = Vec::new();
     for d in &docs {
@@ -350,16 +505,29 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
                 d["label"].as_str().unwrap_or("").to_owned(),
             )
         });
-        let tidings: Vec<&Value> = cols
-            .iter()
-            .copied()
-            .filter(|d| d["target"] == "tidings")
-            .collect();
-        let nchan: Vec<&Value> = cols
-            .iter()
-            .copied()
-            .filter(|d| d["target"] == "nchan")
-            .collect();
+        // The ratio columns: each Tidings column ÷ each Nchan one; for `faces`, each transport
+        // ÷ SSE, in the order SSE, gRPC, MQTT.
+        let (tidings, nchan): (Vec<&Value>, Vec<&Value>) = if scenario == "faces" {
+            let rank = |d: &Value| match d["transport"].as_str() {
+                Some("sse") => 0,
+                Some("grpc") => 1,
+                Some("mqtt") => 2,
+                _ => 3,
+            };
+            cols.sort_by_key(|d| rank(d));
+            cols.iter().copied().partition(|d| d["transport"] != "sse")
+        } else {
+            (
+                cols.iter()
+                    .copied()
+                    .filter(|d| d["target"] == "tidings")
+                    .collect(),
+                cols.iter()
+                    .copied()
+                    .filter(|d| d["target"] == "nchan")
+                    .collect(),
+            )
+        };
         let label = |d: &Value| d["label"].as_str().unwrap_or("?").to_owned();
         println!("### {scenario} ({variant})\n");
         if let Some(p) = cols.first().map(|d| &d["params"]) {

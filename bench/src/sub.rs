@@ -1,15 +1,23 @@
-//! Subscribers: one per user, over SSE, WebSocket or long-poll, to Tidings or Nchan. Each
-//! records what it received (message ids, seq order) and feeds the shared latency histogram.
+//! Subscribers: one per user, over SSE, WebSocket, long-poll or gRPC `Subscribe`, to Tidings
+//! or Nchan; or MQTT clients of the broker Tidings' bridge publishes to, each subscribed to
+//! many users' topics. Each user's subscriber records what it received (message ids, seq
+//! order) and feeds the shared latency histogram.
 
 use crate::net::{self, handshake, now_us, Client, Connector, Endpoint};
 use crate::{Target, Transport};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use http_body_util::BodyExt;
 use hyper::header::ACCEPT;
 use hyper::Method;
+use hyper_util::rt::TokioIo;
+use proto::notifications_client::NotificationsClient;
+use rumqttc::{
+    AsyncClient, MqttOptions, NetworkOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +25,51 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+
+/// The client of Tidings' gRPC contract, generated from the committed .proto (build.rs).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("tidings.v1");
+}
+
+/// Where the `grpc` and `mqtt` subscribers connect (the others use `Ctx::ep`).
+#[derive(Clone, Debug, Default)]
+pub struct Faces {
+    /// Tidings' gRPC listener.
+    pub grpc: Option<Endpoint>,
+    pub mqtt: Option<MqttBroker>,
+}
+
+/// The broker the MQTT bridge publishes to, and how the bench subscribes to it.
+#[derive(Clone, Debug)]
+pub struct MqttBroker {
+    pub host: String,
+    pub port: u16,
+    /// TIDINGS__MQTT__TOPIC_PREFIX
+    pub prefix: String,
+}
+
+impl MqttBroker {
+    /// `mqtt://host:port` (no credentials, no TLS: the bench's own loopback broker).
+    pub fn parse(url: &str, prefix: &str) -> Result<Self> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| anyhow!("{url}: only mqtt:// URLs are supported"))?;
+        let hostport = rest.split('/').next().unwrap_or_default();
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("{url}: no port"))?;
+        Ok(Self {
+            host: host.to_owned(),
+            port: port.parse().with_context(|| format!("{url}: bad port"))?,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn topic(&self, user: &str) -> String {
+        format!("{}/users/{user}/notifications", self.prefix)
+    }
+}
 
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
@@ -27,6 +80,7 @@ pub struct Ctx {
     pub target: Target,
     pub transport: Transport,
     pub ep: Endpoint,
+    pub faces: Faces,
     pub connector: Arc<Connector>,
     pub connect_sem: Semaphore,
     pub cancel: CancellationToken,
@@ -35,6 +89,8 @@ pub struct Ctx {
     /// from when the publish was due by the schedule (includes any queueing in this client)
     pub latency_sched: Mutex<Histogram<u64>>,
     pub received: AtomicU64,
+    /// MQTT (at least once): copies of a seq already received, dropped uncounted elsewhere.
+    pub redelivered: AtomicU64,
     pub connected: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
@@ -59,17 +115,19 @@ impl Ctx {
         connect_concurrency: usize,
         rounds: usize,
         users: usize,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Self {
+        Self {
             target,
             transport,
             ep,
+            faces: Faces::default(),
             connector,
             connect_sem: Semaphore::new(connect_concurrency.max(1)),
             cancel: CancellationToken::new(),
             latency: Mutex::new(histogram()),
             latency_sched: Mutex::new(histogram()),
             received: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -80,7 +138,12 @@ impl Ctx {
             round_count: (0..rounds).map(|_| AtomicU64::new(0)).collect(),
             online: (0..users).map(|_| AtomicBool::new(false)).collect(),
             errors: Mutex::new(Vec::new()),
-        })
+        }
+    }
+
+    /// Where `grpc` and `mqtt` subscribers connect.
+    pub fn with_faces(self, faces: Faces) -> Self {
+        Self { faces, ..self }
     }
 
     pub fn note_error(&self, what: String) {
@@ -100,16 +163,37 @@ pub struct SubResult {
     /// Tidings: a seq that skipped ahead (a hole) or went back (a duplicate or reorder).
     pub seq_gaps: u32,
     pub seq_back: u32,
+    /// MQTT: copies of an already received seq, dropped (at-least-once delivery).
+    pub redelivered: u32,
 }
 
 struct State {
     res: SubResult,
     last_seq: i64,
+    /// MQTT delivers at least once: a seq seen before is a redelivery, counted and dropped,
+    /// as a consumer of the bridge is told to do. The other transports keep every copy, so a
+    /// duplicate there counts as one.
+    seen: Option<HashSet<i64>>,
 }
 
 impl State {
+    fn new(idx: u32, dedup: bool) -> Self {
+        Self {
+            res: SubResult {
+                idx,
+                got: Vec::new(),
+                connected: false,
+                dropped: false,
+                seq_gaps: 0,
+                seq_back: 0,
+                redelivered: 0,
+            },
+            last_seq: 0,
+            seen: dedup.then(HashSet::new),
+        }
+    }
+
     fn on_msg(&mut self, ctx: &Ctx, payload: &str, seq: Option<i64>) {
-        let now = now_us();
         let (Some(sent), Some(m)) = (
             num_after(payload, "\"sent_us\":"),
             num_after(payload, "\"bench_m\":"),
@@ -120,12 +204,26 @@ impl State {
             ));
             return;
         };
+        let sched = num_after(payload, "\"sched_us\":").unwrap_or(sent);
+        self.record(ctx, sent, sched, m, seq);
+    }
+
+    /// One notification: `sent` and `sched` are the publisher's clock readings (µs), `m` the
+    /// bench's message id.
+    fn record(&mut self, ctx: &Ctx, sent: u64, sched: u64, m: u64, seq: Option<i64>) {
+        let now = now_us();
+        if let (Some(seen), Some(seq)) = (self.seen.as_mut(), seq) {
+            if !seen.insert(seq) {
+                self.res.redelivered += 1;
+                ctx.redelivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
         let _ = ctx
             .latency
             .lock()
             .unwrap()
             .record(now.saturating_sub(sent).max(1));
-        let sched = num_after(payload, "\"sched_us\":").unwrap_or(sent);
         let _ = ctx
             .latency_sched
             .lock()
@@ -227,32 +325,47 @@ fn sub_path(ctx: &Ctx, name: &str, token: &str) -> String {
         }
         (Target::Tidings, Transport::Ws) => format!("/v1/ws?access_token={token}"),
         (Target::Tidings, Transport::Poll) => "/v1/notifications/poll".into(),
+        (Target::Tidings, Transport::Grpc | Transport::Mqtt) => String::new(),
         (Target::Nchan, _) => format!("/sub/{name}"),
     }
 }
 
 /// Runs one subscriber until `ctx.cancel`; never fails, it reports what happened instead.
 pub async fn run(ctx: Arc<Ctx>, idx: u32, name: String, token: String) -> SubResult {
-    let mut st = State {
-        res: SubResult {
-            idx,
-            got: Vec::new(),
-            connected: false,
-            dropped: false,
-            seq_gaps: 0,
-            seq_back: 0,
-        },
-        last_seq: 0,
-    };
+    let mut st = State::new(idx, false);
     let outcome = match ctx.transport {
         Transport::Sse => sse(&ctx, &mut st, &name, &token).await,
         Transport::Ws => ws(&ctx, &mut st, &name, &token).await,
         Transport::Poll => poll(&ctx, &mut st, &name, &token).await,
+        Transport::Grpc => grpc(&ctx, &mut st, &token).await,
+        Transport::Mqtt => Err(anyhow!("MQTT subscribers are run by run_mqtt")),
     };
+    finish(&ctx, &mut st, &name, outcome);
+    st.res
+}
+
+/// Runs one MQTT connection subscribed to `names`' notification topics (users `first`..)
+/// until `ctx.cancel`; one result per user.
+pub async fn run_mqtt(ctx: Arc<Ctx>, first: u32, names: Vec<String>) -> Vec<SubResult> {
+    let mut states: Vec<State> = (0..names.len())
+        .map(|i| State::new(first + i as u32, true))
+        .collect();
+    let outcome = mqtt(&ctx, &mut states, &names).await;
+    if let Err(e) = outcome {
+        let e = format!("{e:#}");
+        for (st, name) in states.iter_mut().zip(&names) {
+            finish(&ctx, st, name, Err(anyhow!("{e}")));
+        }
+    }
+    states.into_iter().map(|s| s.res).collect()
+}
+
+/// Counts a subscriber that ended with an error as dropped (it had connected) or failed.
+fn finish(ctx: &Ctx, st: &mut State, name: &str, outcome: Result<()>) {
     if let Err(e) = outcome {
         if st.res.connected {
             st.res.dropped = true;
-            ctx.online[idx as usize].store(false, Ordering::Relaxed);
+            ctx.online[st.res.idx as usize].store(false, Ordering::Relaxed);
             ctx.dropped.fetch_add(1, Ordering::Relaxed);
             ctx.note_error(format!("{name}: dropped: {e:#}"));
         } else {
@@ -260,7 +373,6 @@ pub async fn run(ctx: Arc<Ctx>, idx: u32, name: String, token: String) -> SubRes
             ctx.note_error(format!("{name}: connect: {e:#}"));
         }
     }
-    st.res
 }
 
 fn connected(ctx: &Ctx, st: &mut State) {
@@ -455,6 +567,151 @@ async fn poll(ctx: &Ctx, st: &mut State, name: &str, token: &str) -> Result<()> 
                 let jitter = rand::random_range(0..500);
                 tokio::time::sleep(Duration::from_millis(retry_after + jitter)).await;
             }
+        }
+    }
+}
+
+/// A number field of a `google.protobuf.Struct` (the notification's `data`).
+fn struct_u64(data: Option<&prost_types::Struct>, key: &str) -> Option<u64> {
+    match data?.fields.get(key)?.kind.as_ref()? {
+        // The bench's numbers are microsecond timestamps and counters, far below 2^53.
+        prost_types::value::Kind::NumberValue(n) if *n >= 0.0 => Some(*n as u64),
+        _ => None,
+    }
+}
+
+/// One gRPC `Subscribe` stream (live only, like the SSE subscriber without Last-Event-ID) on
+/// a connection of its own, as a browser or service holding one stream would have.
+async fn grpc(ctx: &Ctx, st: &mut State, token: &str) -> Result<()> {
+    use proto::event::Event as Ev;
+    let Some(ep) = ctx.faces.grpc.clone() else {
+        bail!("--transport grpc needs --grpc-url");
+    };
+    let (_client, mut stream) = {
+        let _permit = ctx.connect_sem.acquire().await?;
+        let connector = ctx.connector.clone();
+        let addr = ep.addr;
+        // Through our Connector, so that thousands of streams spread over loopback sources.
+        let connect = tower::service_fn(move |_: tonic::transport::Uri| {
+            let connector = connector.clone();
+            async move {
+                connector
+                    .connect(addr)
+                    .await
+                    .map(TokioIo::new)
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", ep.host))?
+            .connect_timeout(Duration::from_secs(30))
+            .connect_with_connector(connect)
+            .await?;
+        let mut client = NotificationsClient::new(channel);
+        let mut req = tonic::Request::new(proto::SubscribeRequest { after: None });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let resp = tokio::time::timeout(Duration::from_secs(30), client.subscribe(req))
+            .await
+            .map_err(|_| anyhow!("no response head in 30s"))?
+            .map_err(|s| anyhow!("Subscribe: {s}"))?;
+        (client, resp.into_inner())
+    };
+    connected(ctx, st);
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Ok(()),
+            ev = stream.message() => match ev {
+                Ok(Some(proto::Event { event: Some(Ev::Notification(n)) })) => {
+                    let data = n.data.as_ref();
+                    match (struct_u64(data, "sent_us"), struct_u64(data, "bench_m")) {
+                        (Some(sent), Some(m)) => {
+                            let sched = struct_u64(data, "sched_us").unwrap_or(sent);
+                            st.record(ctx, sent, sched, m, Some(n.seq));
+                        }
+                        _ => ctx.note_error(format!("notification without bench data: {n:?}")),
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("the server ended the stream"),
+                Err(status) => bail!("stream error: {status}"),
+            },
+        }
+    }
+}
+
+/// One MQTT connection (clean session, QoS 1) subscribed to the notification topics of
+/// `states`' users with one SUBSCRIBE; the users count as connected at its SUBACK.
+async fn mqtt(ctx: &Ctx, states: &mut [State], names: &[String]) -> Result<()> {
+    let Some(broker) = ctx.faces.mqtt.clone() else {
+        bail!("--transport mqtt needs --mqtt-url");
+    };
+    let topics: HashMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (broker.topic(n), i))
+        .collect();
+    let id = format!("{}-sub", names.first().map_or("bench", String::as_str));
+    let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(options, 16);
+    // PUBACKs at once, as the broker's in-flight window for this client waits on them.
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    {
+        let _permit = ctx.connect_sem.acquire().await?;
+        let subscribed =
+            async {
+                loop {
+                    match events.poll().await? {
+                        rumqttc::Event::Incoming(Packet::ConnAck(_)) => client.try_subscribe_many(
+                            topics
+                                .keys()
+                                .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce)),
+                        )?,
+                        rumqttc::Event::Incoming(Packet::SubAck(ack)) => {
+                            if let Some(bad) = ack.return_codes.iter().find(|c| {
+                                !matches!(c, SubscribeReasonCode::Success(QoS::AtLeastOnce))
+                            }) {
+                                bail!("SUBACK refused a topic or lowered its QoS: {bad:?}");
+                            }
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
+            };
+        tokio::time::timeout(Duration::from_secs(30), subscribed)
+            .await
+            .map_err(|_| anyhow!("no SUBACK in 30s"))??;
+    }
+    for st in states.iter_mut() {
+        connected(ctx, st);
+    }
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => {
+                let _ = client.try_disconnect();
+                return Ok(());
+            }
+            ev = events.poll() => match ev {
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    let Some(&i) = topics.get(p.topic.as_str()) else {
+                        continue;
+                    };
+                    let Ok(text) = std::str::from_utf8(&p.payload) else {
+                        ctx.note_error(format!("{}: payload is not UTF-8", p.topic));
+                        continue;
+                    };
+                    let seq = num_after(text, "\"seq\":").map(|s| s as i64);
+                    states[i].on_msg(ctx, text, seq);
+                }
+                Ok(_) => {}
+                Err(e) => bail!("MQTT connection: {e}"),
+            },
         }
     }
 }

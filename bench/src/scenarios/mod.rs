@@ -3,6 +3,7 @@
 pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod ingest;
+pub(crate) mod mqtt_drain;
 mod publishing;
 mod subscribers;
 pub(crate) mod topic;

@@ -182,7 +182,7 @@ pub(super) fn account(stats: &PubStats, results: &[SubResult]) -> Value {
     let failed = stats.failed.lock().unwrap();
     let (mut expected, mut received, mut lost, mut dup, mut unexpected, mut after_error) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let (mut gaps, mut back) = (0u64, 0u64);
+    let (mut gaps, mut back, mut redelivered) = (0u64, 0u64, 0u64);
     let mut lost_users = Vec::new();
     for r in results {
         let want = {
@@ -223,6 +223,7 @@ pub(super) fn account(stats: &PubStats, results: &[SubResult]) -> Value {
         }
         gaps += u64::from(r.seq_gaps);
         back += u64::from(r.seq_back);
+        redelivered += u64::from(r.redelivered);
     }
     json!({
         "expected": expected,
@@ -233,6 +234,7 @@ pub(super) fn account(stats: &PubStats, results: &[SubResult]) -> Value {
         "delivered_after_failed_publish": after_error,
         "seq_gaps": gaps,
         "seq_backwards": back,
+        "redelivered_dropped": redelivered,
         "lost_examples": lost_users,
     })
 }

@@ -1,7 +1,7 @@
 //! Opening and closing the subscribers of a scenario, and what they report.
 
 use crate::net::{Connector, Endpoint};
-use crate::sub::{self, Ctx, SubResult};
+use crate::sub::{self, Ctx, Faces, MqttBroker, SubResult};
 use crate::{Common, Transport};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 pub(super) struct Subs {
     pub(super) ctx: Arc<Ctx>,
-    pub(super) handles: Vec<tokio::task::JoinHandle<SubResult>>,
+    /// One task per user, or (MQTT) per connection subscribed for many users.
+    pub(super) handles: Vec<tokio::task::JoinHandle<Vec<SubResult>>>,
     pub(super) connect_secs: f64,
 }
 
@@ -24,24 +25,47 @@ pub(super) async fn open_subs(
 ) -> Result<Subs> {
     let ep = Endpoint::parse(c.sub_url.as_deref().unwrap_or(&c.url))?;
     let connector = Arc::new(Connector::new(c.source_ips, &ep.addr));
-    let ctx = Ctx::new(
-        c.target,
-        transport,
-        ep,
-        connector,
-        c.connect_concurrency,
-        rounds,
-        users.len(),
+    let faces = Faces {
+        grpc: c.grpc_url.as_deref().map(Endpoint::parse).transpose()?,
+        mqtt: c
+            .mqtt_url
+            .as_deref()
+            .map(|u| MqttBroker::parse(u, &c.mqtt_topic_prefix))
+            .transpose()?,
+    };
+    let ctx = Arc::new(
+        Ctx::new(
+            c.target,
+            transport,
+            ep,
+            connector,
+            c.connect_concurrency,
+            rounds,
+            users.len(),
+        )
+        .with_faces(faces),
     );
     let t0 = Instant::now();
-    let handles = users
-        .iter()
-        .zip(tokens)
-        .enumerate()
-        .map(|(i, (name, token))| {
-            tokio::spawn(sub::run(ctx.clone(), i as u32, name.clone(), token.clone()))
-        })
-        .collect();
+    let handles = if transport == Transport::Mqtt {
+        let per = c.mqtt_users_per_connection.max(1);
+        users
+            .chunks(per)
+            .enumerate()
+            .map(|(k, chunk)| {
+                tokio::spawn(sub::run_mqtt(ctx.clone(), (k * per) as u32, chunk.to_vec()))
+            })
+            .collect()
+    } else {
+        users
+            .iter()
+            .zip(tokens)
+            .enumerate()
+            .map(|(i, (name, token))| {
+                let (ctx, name, token) = (ctx.clone(), name.clone(), token.clone());
+                tokio::spawn(async move { vec![sub::run(ctx, i as u32, name, token).await] })
+            })
+            .collect()
+    };
     let n = users.len() as u64;
     let mut shown = Instant::now();
     loop {
@@ -93,7 +117,7 @@ pub(super) async fn close_subs(subs: Subs) -> Vec<SubResult> {
     let mut out = Vec::with_capacity(subs.handles.len());
     for h in subs.handles {
         if let Ok(r) = h.await {
-            out.push(r);
+            out.extend(r);
         }
     }
     out
@@ -106,6 +130,7 @@ pub(super) fn connections_json(subs: &Subs, requested: usize) -> Value {
         "failed": subs.ctx.failed.load(Ordering::Relaxed),
         "dropped": subs.ctx.dropped.load(Ordering::Relaxed),
         "poll_errors": subs.ctx.poll_errors.load(Ordering::Relaxed),
+        "client_connections": subs.handles.len(),
         "connect_secs": (subs.connect_secs * 100.0).round() / 100.0,
     })
 }

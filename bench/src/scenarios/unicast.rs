@@ -5,7 +5,7 @@ use super::publishing::{account, delivery_clean, publish_recorded, PubStats, Pub
 use super::subscribers::{close_subs, connections_json, open_subs, print_errors};
 use crate::net::{now_us, Connector, Endpoint, Pool};
 use crate::stats::{cpu_json, cpu_sample, hist_json, hist_line, rss, rss_json};
-use crate::{Common, UnicastArgs};
+use crate::{Common, Transport, UnicastArgs};
 use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,6 +52,7 @@ pub(crate) async fn unicast(c: &Common, a: &UnicastArgs, scenario: &str) -> Resu
     let mut rng = StdRng::seed_from_u64(c.seed);
     let mut tasks = JoinSet::new();
     let cpu0 = cpu_sample(&c.cpu_pids(), &c.watch_comm);
+    let broker0 = cpu_sample(&c.broker_pid, &[]);
     let start = Instant::now();
     let start_us = now_us();
     let mut i = 0u64;
@@ -92,6 +93,7 @@ pub(crate) async fn unicast(c: &Common, a: &UnicastArgs, scenario: &str) -> Resu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu = cpu_json(&cpu0, &cpu_sample(&c.cpu_pids(), &c.watch_comm));
+    let broker_cpu = cpu_json(&broker0, &cpu_sample(&c.broker_pid, &[]));
     // Room for late duplicates.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let connections = connections_json(&subs, users.len());
@@ -122,14 +124,15 @@ pub(crate) async fn unicast(c: &Common, a: &UnicastArgs, scenario: &str) -> Resu
         hist_line(&stats.latency.lock().unwrap())
     );
     println!(
-        "  delivery     {} received of {}, {delivered_per_s}/s; lost {}, duplicated {}, unexpected {}, seq gaps {}, seq backwards {}",
+        "  delivery     {} received of {}, {delivered_per_s}/s; lost {}, duplicated {}, unexpected {}, seq gaps {}, seq backwards {}, redelivered (dropped by seq) {}",
         delivery["received"],
         delivery["expected"],
         delivery["lost"],
         delivery["duplicated"],
         delivery["unexpected"],
         delivery["seq_gaps"],
-        delivery["seq_backwards"]
+        delivery["seq_backwards"],
+        delivery["redelivered_dropped"]
     );
     println!(
         "  memory       {} bytes/connection (server RSS {} -> {} kB)",
@@ -142,6 +145,9 @@ pub(crate) async fn unicast(c: &Common, a: &UnicastArgs, scenario: &str) -> Resu
         );
     }
     println!("  cpu (cores)  {cpu}");
+    if !c.broker_pid.is_empty() {
+        println!("  broker cpu   {broker_cpu}");
+    }
     print_errors(&ctx);
     println!("  statuses     {:?}", stats.statuses.lock().unwrap());
 
@@ -149,14 +155,26 @@ pub(crate) async fn unicast(c: &Common, a: &UnicastArgs, scenario: &str) -> Resu
         && stats.failed_n.load(Ordering::Relaxed) == 0
         && connections["failed"] == 0
         && connections["dropped"] == 0;
-    let mut out = c.header(
-        scenario,
-        a.transport.name(),
-        json!({
-            "users": a.users, "rate": a.rate, "duration_s": a.duration,
-            "transport": a.transport.name(), "publishers": a.publishers,
-        }),
-    );
+    // `faces` compares transports in one table: the transport is the column, not the variant.
+    let (variant, mut params) = if scenario == "faces" {
+        (
+            "unicast",
+            json!({"users": a.users, "rate": a.rate, "duration_s": a.duration, "publishers": a.publishers}),
+        )
+    } else {
+        (
+            a.transport.name(),
+            json!({
+                "users": a.users, "rate": a.rate, "duration_s": a.duration,
+                "transport": a.transport.name(), "publishers": a.publishers,
+            }),
+        )
+    };
+    if a.transport == Transport::Mqtt {
+        params["mqtt_users_per_connection"] = json!(c.mqtt_users_per_connection);
+    }
+    let mut out = c.header(scenario, variant, params);
+    out.insert("transport".into(), json!(a.transport.name()));
     out.insert("connections".into(), connections);
     out.insert("rss".into(), rss_v);
     out.insert("latency_us".into(), hist_json(&latency));
@@ -176,6 +194,13 @@ pub(crate) async fn unicast(c: &Common, a: &UnicastArgs, scenario: &str) -> Resu
         per_1000(cpu["server_cpu_s"].as_f64().unwrap_or(0.0)),
     );
     out.insert("cpu".into(), cpu);
+    if !c.broker_pid.is_empty() {
+        out.insert(
+            "broker_cpu_ms_per_1000".into(),
+            per_1000(broker_cpu["server_cpu_s"].as_f64().unwrap_or(0.0)),
+        );
+        out.insert("broker_cpu".into(), broker_cpu);
+    }
     out.insert(
         "subscriber_errors".into(),
         json!(*ctx.errors.lock().unwrap()),
