@@ -489,8 +489,15 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
         };
         let label = |d: &Value| d["label"].as_str().unwrap_or("?").to_owned();
         println!("### {scenario} ({variant})\n");
-        if let Some(p) = cols.first().map(|d| &d["params"]) {
-            println!("parameters: `{p}`\n");
+        // The parameters every column shares; one that differs between columns (the MQTT
+        // users per connection, the broker of a drain run) is told by the column's label.
+        if let Some(Value::Object(first)) = cols.first().map(|d| &d["params"]) {
+            let shared: serde_json::Map<String, Value> = first
+                .iter()
+                .filter(|(k, v)| cols.iter().all(|d| d["params"].get(k.as_str()) == Some(*v)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            println!("parameters: `{}`\n", Value::Object(shared));
         }
         let mut head = vec!["metric".to_owned()];
         head.extend(cols.iter().map(|d| label(d)));
