@@ -23,7 +23,8 @@
 #                  over SSE, gRPC `Subscribe` and MQTT (the bridge into a Mosquitto started
 #                  here, 100 users per subscriber connection); then the MQTT bridge's sustained
 #                  rate: 50,000 notifications to 1,000 users published at once, time until the
-#                  outbox is empty, without and with MQTT subscribers consuming (about 4 min)
+#                  outbox is empty, without and with MQTT subscribers consuming, and with the
+#                  broker started only after the backlog is written (about 3 minutes)
 #   all            every one of them but scaling and faces (about 15 minutes), then
 #                  results/summary.md and results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
@@ -118,7 +119,6 @@ TIDINGS_PIDS=()
 declare -A T_LOGS=()
 NCHAN_PORTS=()
 DATABASES=()
-MOSQUITTO_PIDS=()
 REDIS_PIDFILE=""
 FAILED=0
 OUTPUTS=()
@@ -143,7 +143,9 @@ cleanup() {
   for p in "${NCHAN_PORTS[@]}"; do NCHAN_PEER_RM_PREFIX=1 "$PEER/stop.sh" "$p" 2>/dev/null || true; done
   for db in "${DATABASES[@]}"; do drop_db "$db"; done
   for p in "${CLUSTER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${MOSQUITTO_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "$WORK"/mosquitto-*/pid; do
+    if [ -f "$p" ]; then kill -TERM "$(cat "$p")" 2>/dev/null || true; fi
+  done
   if command -v redis-cli >/dev/null && [ -n "${REDIS_UP:-}" ]; then
     # Nchan's Redis keys of this run ({channel:/rRUNID...}); Tidings' bus keeps none.
     redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "*r${RUNID}*" 2>/dev/null |
@@ -285,37 +287,53 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_mosquitto: a private Mosquitto on a free loopback port with a generated configuration
-# (anonymous, no persistence); sets MQ_PORT and MQ_PID. Stopped by stop_mosquitto or on exit.
-# The queue per client is raised from 1,000 so that a subscriber behind a drained backlog is
-# not dropped messages; TCP_NODELAY as a latency-minded deployment would set it.
+# A private Mosquitto per measurement, on a free loopback port with a generated configuration
+# (anonymous, no persistence). The queue per client is raised from 1,000 so that a subscriber
+# behind a drained backlog is not dropped messages; TCP_NODELAY as a latency-minded deployment
+# would set it. mosquitto_prepare writes MQ_DIR/{mosquitto.conf,port} and sets MQ_DIR and
+# MQ_PORT; "bash $MQ_UP $MOSQUITTO $MQ_DIR" starts that broker, waits until it listens and
+# prints its pid (also in MQ_DIR/pid, which stop_mosquitto and the exit trap read). The bench
+# runs that command itself when the broker must come up after a backlog is written.
 MQ_N=0
-start_mosquitto() {
+MQ_UP="$WORK/mosquitto-up.sh"
+printf '%s\n' '#!/usr/bin/env bash' \
+  '# mosquitto-up.sh MOSQUITTO DIR (written by bench/run.sh)' \
+  '"$1" -c "$2/mosquitto.conf" >"$2/log" 2>&1 </dev/null &' \
+  'pid=$!' \
+  'echo "$pid" >"$2/pid"' \
+  'port=$(cat "$2/port")' \
+  'for _ in $(seq 200); do' \
+  '  kill -0 "$pid" 2>/dev/null || { cat "$2/log" >&2; exit 1; }' \
+  '  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { echo "$pid"; exit 0; }' \
+  '  sleep 0.05' \
+  'done' \
+  'echo "mosquitto did not listen on $port" >&2' \
+  'exit 1' >"$MQ_UP"
+
+mosquitto_prepare() {
   MQ_N=$((MQ_N + 1))
-  local dir="$WORK/mosquitto-$MQ_N"
-  mkdir -p "$dir"
+  MQ_DIR="$WORK/mosquitto-$MQ_N"
+  mkdir -p "$MQ_DIR"
   MQ_PORT=$(free_port)
+  echo "$MQ_PORT" >"$MQ_DIR/port"
   printf '%s\n' "listener $MQ_PORT 127.0.0.1" "allow_anonymous true" "persistence false" \
     "max_queued_messages 1000000" "set_tcp_nodelay true" "log_dest stderr" \
-    "log_type error" "log_type warning" >"$dir/mosquitto.conf"
-  "$MOSQUITTO" -c "$dir/mosquitto.conf" >"$dir/log" 2>&1 &
-  MQ_PID=$!
-  MOSQUITTO_PIDS+=("$MQ_PID")
-  local i
-  for i in $(seq 100); do
-    kill -0 "$MQ_PID" 2>/dev/null || { cat "$dir/log" >&2; die "mosquitto exited at start"; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$MQ_PORT") 2>/dev/null && break
-    sleep 0.1
-  done
-  (exec 3<>"/dev/tcp/127.0.0.1/$MQ_PORT") 2>/dev/null || { cat "$dir/log" >&2; die "mosquitto did not listen"; }
+    "log_type error" "log_type warning" >"$MQ_DIR/mosquitto.conf"
+}
+
+# start_mosquitto: prepares and starts one; sets MQ_PID.
+start_mosquitto() {
+  mosquitto_prepare
+  MQ_PID=$(bash "$MQ_UP" "$MOSQUITTO" "$MQ_DIR") || die "mosquitto did not start"
   log "mosquitto up on $MQ_PORT (pid $MQ_PID, $("$MOSQUITTO" -h 2>/dev/null | head -1))"
 }
 
 stop_mosquitto() {
-  kill -TERM "$MQ_PID" 2>/dev/null || true
-  local i
-  for i in $(seq 50); do kill -0 "$MQ_PID" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$MQ_PID" 2>/dev/null || true
+  local pid i
+  pid=$(cat "$MQ_DIR/pid" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 # bench NAME ARGS...: runs tidings-bench, result in $RESULTS/NAME.json
@@ -518,6 +536,15 @@ run_faces() {
       "${more[@]}" "${CHECK[@]}"
     stop_tidings "$T_PID"; drop_tidings_db; stop_mosquitto
   done
+  # The bridge's own rate: the backlog is written while the broker is down, then the bench
+  # starts it and times the drain from the first PUBACK, with nothing else running.
+  mosquitto_prepare
+  T_MQTT_URL="mqtt://127.0.0.1:$MQ_PORT" start_tidings "$T_PORT_A"
+  bench "mqtt-drain-broker-after-backlog" mqtt-drain --target tidings \
+    --url "http://127.0.0.1:$T_PORT_A" --server-pid "$T_PID" --label broker-after-backlog \
+    --notifications "$DR_N" --users "$DR_USERS" --outbox-db "$T_DB_URL" \
+    --broker-up-cmd "bash $MQ_UP $MOSQUITTO $MQ_DIR" "${CHECK[@]}"
+  stop_tidings "$T_PID"; drop_tidings_db; stop_mosquitto
 }
 
 # ------------------------------------------------------------------ scaling ---

@@ -255,6 +255,11 @@ struct DrainArgs {
     /// `tidings_mqtt_outbox_depth` gauge is refreshed only every 5 s). Read with `psql`.
     #[arg(long)]
     outbox_db: String,
+    /// The broker is down while the backlog is written; this shell command then starts it and
+    /// prints its pid. The rate is measured from the first PUBACK to the empty outbox: the
+    /// bridge's own, with no publishing beside it. Not with --subscribe.
+    #[arg(long)]
+    broker_up_cmd: Option<String>,
     /// Give up waiting for the outbox to empty after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,

@@ -12,6 +12,8 @@ enum Unit {
     Kib,
     Count,
     Secs,
+    /// Seconds to the hundredth, for short waits.
+    Secs2,
     Float,
     /// A count where a missing figure means the peer has no such thing: "n/a".
     CountOrNa,
@@ -340,7 +342,7 @@ fn rows(scenario: &str) -> Vec<Row> {
             },
             Row {
                 name: "time to publish them (s)",
-                unit: Unit::Secs,
+                unit: Unit::Secs2,
                 get: |v| ptr(v, "/drain/publish_secs"),
             },
             Row {
@@ -349,12 +351,22 @@ fn rows(scenario: &str) -> Vec<Row> {
                 get: |v| ptr(v, "/drain/depth_after_publish"),
             },
             Row {
-                name: "first publish to empty outbox (s)",
-                unit: Unit::Secs,
+                name: "broker started (s after the first publish)",
+                unit: Unit::Secs2,
+                get: |v| ptr(v, "/drain/broker_started_secs"),
+            },
+            Row {
+                name: "drain began: first publish, or first PUBACK (s)",
+                unit: Unit::Secs2,
+                get: |v| ptr(v, "/drain/drain_from_secs"),
+            },
+            Row {
+                name: "outbox empty (s after the first publish)",
+                unit: Unit::Secs2,
                 get: |v| ptr(v, "/drain/drained_secs"),
             },
             Row {
-                name: "bridge rate, notifications per second",
+                name: "bridge rate: notifications per second from drain start to empty",
                 unit: Unit::Count,
                 get: |v| ptr(v, "/drain/notifications_per_s"),
             },
@@ -370,7 +382,7 @@ fn rows(scenario: &str) -> Vec<Row> {
             },
             Row {
                 name: "last notification at a subscriber (s)",
-                unit: Unit::Secs,
+                unit: Unit::Secs2,
                 get: |v| ptr(v, "/last_received_secs"),
             },
             Row {
@@ -394,7 +406,7 @@ fn rows(scenario: &str) -> Vec<Row> {
                 get: |v| ptr(v, "/delivery/redelivered_dropped"),
             },
             Row {
-                name: "Tidings CPU per 1,000 notifications (ms)",
+                name: "Tidings CPU per 1,000 notifications (ms; publishing included unless the broker started after)",
                 unit: Unit::Float,
                 get: |v| ptr(v, "/server_cpu_ms_per_1000"),
             },
@@ -453,6 +465,7 @@ fn fmt(unit: Unit, x: Option<f64>) -> String {
             Unit::Kib => format!("{:.1}", x / 1024.0),
             Unit::Count => format!("{x:.0}"),
             Unit::Secs => format!("{x:.1}"),
+            Unit::Secs2 => format!("{x:.2}"),
             Unit::Float => format!("{x:.2}"),
             Unit::CountOrNa => format!("{x:.0}"),
         },
@@ -530,8 +543,15 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
         };
         let label = |d: &Value| d["label"].as_str().unwrap_or("?").to_owned();
         println!("### {scenario} ({variant})\n");
-        if let Some(p) = cols.first().map(|d| &d["params"]) {
-            println!("parameters: `{p}`\n");
+        // The parameters every column shares; one that differs between columns (the MQTT
+        // users per connection, the broker of a drain run) is told by the column's label.
+        if let Some(Value::Object(first)) = cols.first().map(|d| &d["params"]) {
+            let shared: serde_json::Map<String, Value> = first
+                .iter()
+                .filter(|(k, v)| cols.iter().all(|d| d["params"].get(k.as_str()) == Some(*v)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            println!("parameters: `{}`\n", Value::Object(shared));
         }
         let mut head = vec!["metric".to_owned()];
         head.extend(cols.iter().map(|d| label(d)));
