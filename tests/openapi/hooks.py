@@ -44,7 +44,9 @@ def filter_case(ctx, case):
     op = case.operation
     query = case.query or {}
     if op.method.upper() == "GET" and op.path == "/v1/notifications":
-        return not ("after" in query and "before" in query)
+        # `after` excludes `before` and `archived` (the replay after a cursor includes archived
+        # ones); OpenAPI cannot say so, the API tests check both 400s.
+        return not ("after" in query and ("before" in query or "archived" in query))
     if op.method.upper() == "POST" and op.path == "/v1/notifications":
         headers = {k.lower() for k in (case.headers or {})}
         body = case.body if isinstance(case.body, dict) else {}
