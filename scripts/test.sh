@@ -52,12 +52,18 @@ together() {
   stage_now="together (wall time)" stage_start=$start
   wait "${pids[@]}" || true
   stage_now=''
+  # Passed suites' output first, failed ones' last, so that the end of the run's output (all
+  # that a CI summary may keep) shows what failed.
+  local order=() failing=()
   for j in "${!names[@]}"; do
-    read -r rc secs <"$dir/$j.rc" || { rc=1; secs=0; }
-    say "${names[$j]}: its output"
-    cat "$dir/$j.log"
+    read -r rc secs <"$dir/$j.rc" || { rc=1; secs=0; echo "1 0" >"$dir/$j.rc"; }
     stage_rows+=("  ${names[$j]}|$secs|$([ "$rc" = 0 ] && echo ok || echo "FAILED ($rc)")|concurrent")
-    [ "$rc" = 0 ] || failed=1
+    if [ "$rc" = 0 ]; then order+=("$j"); else failing+=("$j"); failed=1; fi
+  done
+  for j in "${order[@]}" "${failing[@]}"; do
+    read -r rc secs <"$dir/$j.rc"
+    say "${names[$j]}: its output$([ "$rc" = 0 ] || echo " (FAILED, exit $rc)")"
+    cat "$dir/$j.log"
   done
   stage_rows+=("together (wall time)|$((SECONDS - start))|$([ "$failed" = 0 ] && echo ok || echo FAILED)")
   rm -rf "$dir"
