@@ -136,7 +136,7 @@ ensure_redis() {
 }
 
 # A [patch.crates-io] that cargo does not use is only a warning; make it an error.
-stage "vendored actix-http is the one in use" scripts/check-vendored.sh
+stage "vendored actix-http and actix-ws are the ones in use" scripts/check-vendored.sh
 
 services() {
   ensure_postgres

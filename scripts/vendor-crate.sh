@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Re-vendor actix-http VERSION from crates.io into vendor/actix-http and re-apply
-# vendor/actix-http.patch (see vendor/README.md for why we carry a patch at all).
+# Re-vendor crate NAME at VERSION from crates.io into vendor/NAME and re-apply
+# vendor/NAME.patch (see vendor/README.md for why we carry patches at all). The crates we carry:
 #
-#   scripts/vendor-actix-http.sh 3.20.0
+#   scripts/vendor-crate.sh actix-http 3.20.0
+#   scripts/vendor-crate.sh actix-ws 0.4.0
 #
 # The source comes from crates.io through cargo itself (`cargo vendor` in a throwaway project),
 # so it is exactly what cargo would build. Only Cargo.toml, src/, README.md and the licence
@@ -16,13 +17,14 @@
 # For the version we have, the result is byte for byte what is committed (`git status` clean).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-die() { printf 'vendor-actix-http: %s\n' "$*" >&2; exit 1; }
+die() { printf 'vendor-crate: %s\n' "$*" >&2; exit 1; }
 
-[ $# -eq 1 ] || die "usage: $0 VERSION   (for example 3.20.0)"
-version=$1
+[ $# -eq 2 ] || die "usage: $0 NAME VERSION   (for example actix-http 3.20.0)"
+crate=$1 version=$2
+case "$crate" in actix-http | actix-ws) ;; *) die "we carry no patch for $crate (vendor/README.md)" ;; esac
 [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$ ]] || die "not a version: $version"
-patchfile="$root/vendor/actix-http.patch"
-dest="$root/vendor/actix-http"
+patchfile="$root/vendor/$crate.patch"
+dest="$root/vendor/$crate"
 [ -f "$patchfile" ] || die "missing $patchfile"
 
 tmp="$(mktemp -d)"
@@ -32,27 +34,27 @@ trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/fetch/src"
 cat >"$tmp/fetch/Cargo.toml" <<EOF
 [package]
-name = "vendor-actix-http"
+name = "vendor-$crate"
 version = "0.0.0"
 edition = "2021"
 publish = false
 
 [dependencies]
-actix-http = "=$version"
+$crate = "=$version"
 EOF
 echo 'fn main() {}' >"$tmp/fetch/src/main.rs"
-echo "==> fetching actix-http $version from crates.io (cargo vendor)"
+echo "==> fetching $crate $version from crates.io (cargo vendor)"
 (cd "$tmp/fetch" && cargo vendor --quiet --versioned-dirs "$tmp/crates" >/dev/null) \
-  || die "cargo could not fetch actix-http $version"
-src="$tmp/crates/actix-http-$version"
+  || die "cargo could not fetch $crate $version"
+src="$tmp/crates/$crate-$version"
 [ -d "$src" ] || die "cargo vendor did not produce $src"
 
-stage="$tmp/actix-http"
+stage="$tmp/$crate"
 mkdir "$stage"
 cp -R "$src/src" "$stage/src"
 cp "$src/README.md" "$stage/"
 licences=("$src"/LICENSE*)
-[ -e "${licences[0]}" ] || die "actix-http $version has no LICENSE* file"
+[ -e "${licences[0]}" ] || die "$crate $version has no LICENSE* file"
 cp "${licences[@]}" "$stage/"
 # Drop every [[example]] / [[test]] / [[bench]] table: from its header to the next table header
 # that is not one of them (the blank line that ends a dropped table goes with it).
@@ -65,9 +67,9 @@ if grep -Eq '^\[\[(example|test|bench)\]\]' "$stage/Cargo.toml"; then
   die "could not drop the example/test/bench targets from Cargo.toml"
 fi
 
-echo "==> applying vendor/actix-http.patch"
+echo "==> applying vendor/$crate.patch"
 if ! patch -p1 --forward --batch --fuzz=0 --no-backup-if-mismatch -d "$stage" <"$patchfile"; then
-  die "vendor/actix-http.patch does not apply to actix-http $version; vendor/actix-http is unchanged.
+  die "vendor/$crate.patch does not apply to $crate $version; vendor/$crate is unchanged.
 Redo the change by hand on $version (see vendor/README.md) and regenerate the patch."
 fi
 leftovers="$(find "$stage" -name '*.rej' -o -name '*.orig')"
@@ -75,10 +77,10 @@ leftovers="$(find "$stage" -name '*.rej' -o -name '*.orig')"
 
 rm -rf "$dest"
 cp -R "$stage" "$dest"
-echo "==> vendor/actix-http is now actix-http $version with our patch"
-if [ "$(cd "$root" && git status --porcelain -- vendor/actix-http | head -1)" = "" ]; then
+echo "==> vendor/$crate is now $crate $version with our patch"
+if [ "$(cd "$root" && git status --porcelain -- "vendor/$crate" | head -1)" = "" ]; then
   echo "    (identical to what is committed)"
 else
-  echo "    next: cargo update -p actix-http (so Cargo.lock takes the new version), review"
+  echo "    next: cargo update -p $crate (so Cargo.lock takes the new version), review"
   echo "    git diff, run the tests and bench/run.sh idle; see vendor/README.md"
 fi
