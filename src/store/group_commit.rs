@@ -2,9 +2,10 @@
 //!
 //! A durable commit costs a WAL flush, and one flush per request caps single-recipient
 //! ingest at a few thousand per second. Here a few committer tasks each take whatever
-//! publishes are queued (up to a bound), write them all in one transaction of four
-//! statements (cursors, messages, inbox rows, outbox), commit once, and only then answer each request with its own outcome: every
-//! request still gets its 201 only after its own rows are durable.
+//! publishes are queued (up to a bound), write them all in one transaction (one statement
+//! without the outbox; cursors, messages, inbox rows and outbox rows with it), commit once,
+//! and only then answer each request with its own outcome: every request still gets its 201
+//! only after its own rows are durable.
 //!
 //! The seq rule is unchanged: each user's cursor row is bumped once per batch by the number
 //! of that user's notifications in it (locked in sorted order, held until commit), and the
@@ -145,21 +146,228 @@ fn replicate(e: &StoreError) -> StoreError {
 }
 
 /// Writes every prepared publish in one transaction; outcomes in the same order.
+///
+/// Without the outbox the whole batch is one statement in its own implicit transaction: one
+/// round trip to Postgres instead of five (BEGIN, cursors, messages, inbox, COMMIT). With
+/// five, Postgres spent 60 % of a publish transaction waiting for Tidings' next statement
+/// while holding the batch's cursor row locks; with one, 5 %, and the WAL flush is nearly all
+/// that is left (`bench/RESULTS.md`, issue 15). With the outbox on, its rows need the seqs the
+/// cursors hand out, so that path keeps its statements in one explicit transaction.
 async fn commit(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
     with_outbox: bool,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
-    // How many notifications each user gets in this batch, in lock (sorted) order.
-    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
-    for prep in batch {
-        for (user, _) in &prep.rows {
-            *per_user.entry(user.as_str()).or_default() += 1;
+    let plan = Plan::new(batch);
+    if with_outbox {
+        commit_with_outbox(pool, batch, &plan).await
+    } else {
+        commit_in_one_statement(pool, batch, &plan).await
+    }
+}
+
+/// How many notifications each user gets in a batch, in lock (sorted) order.
+struct Plan<'b> {
+    per_user: BTreeMap<&'b str, i64>,
+}
+
+impl<'b> Plan<'b> {
+    fn new(batch: &'b [PreparedPublish<'_>]) -> Self {
+        let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
+        for prep in batch {
+            for (user, _) in &prep.rows {
+                *per_user.entry(user.as_str()).or_default() += 1;
+            }
+        }
+        Self { per_user }
+    }
+
+    fn users(&self) -> Vec<&'b str> {
+        self.per_user.keys().copied().collect()
+    }
+
+    fn counts(&self) -> Vec<i64> {
+        self.per_user.values().copied().collect()
+    }
+
+    /// Hands out each user's counters in batch order, from the counters after the whole
+    /// batch (`after`), calling `row` for every recipient with its message and counters.
+    /// Returns each publish's counters per recipient. Both paths use it, and the one-statement
+    /// path's SQL computes the same seqs from the same `behind` (see `OneStatement`).
+    fn hand_out(
+        &self,
+        batch: &[PreparedPublish<'_>],
+        after: &HashMap<String, Counts>,
+        messages: &[i64],
+        mut row: impl FnMut(&PreparedPublish<'_>, &str, u32, i64, Counts) -> Result<(), StoreError>,
+    ) -> Result<Vec<Vec<Counts>>, StoreError> {
+        let mut handed: HashMap<&str, i64> = HashMap::with_capacity(self.per_user.len());
+        let mut per_job: Vec<Vec<Counts>> = Vec::with_capacity(batch.len());
+        for (prep, &message) in batch.iter().zip(messages) {
+            let mut bumped = Vec::with_capacity(prep.rows.len());
+            for (user, ordinal) in &prep.rows {
+                let user = user.as_str();
+                let k = self.per_user.get(user).copied().unwrap_or(0);
+                let total = after.get(user).ok_or_else(|| {
+                    StoreError::Database(sqlx::Error::Protocol(format!(
+                        "no cursor returned for {user}"
+                    )))
+                })?;
+                let n = handed.entry(user).or_default();
+                *n += 1;
+                // This user's n-th notification of the batch: the counters right after it.
+                let behind = k - *n;
+                let counts = Counts {
+                    seq: total.seq.plus(-behind),
+                    unread: total.unread - behind,
+                    version: total.version - behind,
+                };
+                row(prep, user, *ordinal, message, counts)?;
+                bumped.push(counts);
+            }
+            per_job.push(bumped);
+        }
+        Ok(per_job)
+    }
+}
+
+fn outcomes(
+    batch: &[PreparedPublish<'_>],
+    per_job: Vec<Vec<Counts>>,
+    messages: Vec<i64>,
+) -> Result<Vec<PublishOutcome>, StoreError> {
+    batch
+        .iter()
+        .zip(per_job)
+        .zip(messages)
+        .map(|((prep, bumped), message)| prep.outcome(message, &bumped))
+        .collect()
+}
+
+fn protocol(message: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(message))
+}
+
+/// The batch as one statement: data-modifying CTEs bump the cursors, insert the messages and
+/// the inbox rows, and the statement returns the cursors after the batch, the message ids and
+/// how many inbox rows went in. Each inbox row's seq is its user's `last_seq` after the batch
+/// minus `behind`, the number of that user's rows after it in batch order: the same seqs
+/// `Plan::hand_out` gives the answers.
+async fn commit_in_one_statement(
+    pool: &PgPool,
+    batch: &[PreparedPublish<'_>],
+    plan: &Plan<'_>,
+) -> Result<Vec<PublishOutcome>, StoreError> {
+    let messages = Messages::new(batch);
+    let mut rows = OneStatement::default();
+    let mut seen: HashMap<&str, i64> = HashMap::with_capacity(plan.per_user.len());
+    for (position, prep) in (1i64..).zip(batch) {
+        for (user, ordinal) in &prep.rows {
+            let k = plan.per_user.get(user.as_str()).copied().unwrap_or(0);
+            let n = seen.entry(user.as_str()).or_default();
+            *n += 1;
+            rows.users.push(user.as_str());
+            rows.messages.push(position);
+            rows.behind.push(k - *n);
+            rows.ordinals.push(postgres::ordinal(*ordinal)?);
         }
     }
-    let users: Vec<&str> = per_user.keys().copied().collect();
-    let ks: Vec<i64> = per_user.values().copied().collect();
+    let returned = sqlx::query(
+        "WITH cur AS (
+           INSERT INTO user_cursors (user_id, last_seq, unread, version)
+           SELECT u, k, k, k FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS t(u, k, ord) ORDER BY ord
+           ON CONFLICT (user_id) DO UPDATE
+             SET last_seq = user_cursors.last_seq + EXCLUDED.last_seq,
+                 unread = user_cursors.unread + EXCLUDED.unread,
+                 version = user_cursors.version + EXCLUDED.version
+           RETURNING user_id, last_seq, unread, version
+         ), msg AS (
+           INSERT INTO messages (service, type, title, body, data, link, created_at, topic)
+           SELECT sv, ty, ti, b, d::jsonb, l, c, tp
+           FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                       $9::timestamptz[], $10::text[]) WITH ORDINALITY AS t(sv, ty, ti, b, d, l, c, tp, ord)
+           ORDER BY ord
+           RETURNING id
+         ), ids AS (
+           SELECT id, row_number() OVER (ORDER BY id) AS position FROM msg
+         ), ins AS (
+           INSERT INTO inbox (user_id, seq, message_id, ordinal)
+           SELECT r.u, cur.last_seq - r.behind, ids.id, r.o
+           FROM unnest($11::text[], $12::bigint[], $13::bigint[], $14::int[]) AS r(u, m, behind, o)
+           JOIN cur ON cur.user_id = r.u
+           JOIN ids ON ids.position = r.m
+           RETURNING 1
+         )
+         SELECT user_id, last_seq, unread, version, NULL::bigint FROM cur
+         UNION ALL SELECT NULL, NULL, NULL, NULL, id FROM msg
+         UNION ALL SELECT NULL, count(*), NULL, NULL, NULL FROM ins",
+    )
+    .bind(plan.users())
+    .bind(plan.counts())
+    .bind(&messages.services)
+    .bind(&messages.kinds)
+    .bind(&messages.titles)
+    .bind(&messages.bodies)
+    .bind(&messages.data)
+    .bind(&messages.links)
+    .bind(&messages.created)
+    .bind(&messages.topics)
+    .bind(&rows.users)
+    .bind(&rows.messages)
+    .bind(&rows.behind)
+    .bind(&rows.ordinals)
+    .fetch_all(pool)
+    .await?;
 
+    let mut after: HashMap<String, Counts> = HashMap::with_capacity(plan.per_user.len());
+    let mut ids: Vec<i64> = Vec::with_capacity(batch.len());
+    let mut inserted: Option<i64> = None;
+    for r in &returned {
+        if let Some(user) = r.try_get::<Option<String>, _>(0)? {
+            let counts = Counts {
+                seq: r.try_get(1)?,
+                unread: r.try_get(2)?,
+                version: r.try_get(3)?,
+            };
+            after.insert(user, counts);
+        } else if let Some(id) = r.try_get::<Option<i64>, _>(4)? {
+            ids.push(id);
+        } else {
+            inserted = r.try_get(1)?;
+        }
+    }
+    // The joins drop nothing unless a cursor or message went missing; say so rather than
+    // answer for rows that were not written (the statement committed, so this is a bug).
+    if ids.len() != batch.len() || inserted != i64::try_from(rows.users.len()).ok() {
+        return Err(protocol(format!(
+            "{} messages and {} inbox rows written, {} returned and {:?} inserted",
+            batch.len(),
+            rows.users.len(),
+            ids.len(),
+            inserted
+        )));
+    }
+    ids.sort_unstable();
+    let per_job = plan.hand_out(batch, &after, &ids, |_, _, _, _, _| Ok(()))?;
+    outcomes(batch, per_job, ids)
+}
+
+/// The inbox rows of a one-statement batch before their seqs are known: the publish's
+/// position in the batch (1-based) and how many of the user's rows come after it.
+#[derive(Default)]
+struct OneStatement<'b> {
+    users: Vec<&'b str>,
+    messages: Vec<i64>,
+    behind: Vec<i64>,
+    ordinals: Vec<i32>,
+}
+
+/// The batch in one explicit transaction of four statements, the outbox rows with it.
+async fn commit_with_outbox(
+    pool: &PgPool,
+    batch: &[PreparedPublish<'_>],
+    plan: &Plan<'_>,
+) -> Result<Vec<PublishOutcome>, StoreError> {
     let mut tx = pool.begin().await?;
     let bumped = sqlx::query(
         "INSERT INTO user_cursors (user_id, last_seq, unread, version)
@@ -170,65 +378,42 @@ async fn commit(
                version = user_cursors.version + EXCLUDED.version
          RETURNING user_id, last_seq, unread, version",
     )
-    .bind(&users)
-    .bind(&ks)
+    .bind(plan.users())
+    .bind(plan.counts())
     .fetch_all(&mut *tx)
     .await?;
-    // Per user: the counters after the whole batch, and how many of its seqs are handed out.
-    let mut after: HashMap<String, (Counts, i64)> = HashMap::with_capacity(bumped.len());
+    let mut after: HashMap<String, Counts> = HashMap::with_capacity(bumped.len());
     for r in &bumped {
         let counts = Counts {
             seq: r.try_get(1)?,
             unread: r.try_get(2)?,
             version: r.try_get(3)?,
         };
-        after.insert(r.try_get(0)?, (counts, 0));
+        after.insert(r.try_get(0)?, counts);
     }
 
     let messages = Messages::new(batch).insert(&mut tx).await?;
-
-    let mut per_job: Vec<Vec<Counts>> = Vec::with_capacity(batch.len());
     let mut inbox = Inbox::default();
     // In batch order: per user, seq order.
     let mut outbox = OutboxColumns::default();
-    for (prep, &message) in batch.iter().zip(&messages) {
-        let mut bumped = Vec::with_capacity(prep.rows.len());
-        for (user, ordinal) in &prep.rows {
-            let k = per_user.get(user.as_str()).copied().unwrap_or(0);
-            let (total, handed) = after.get_mut(user.as_str()).ok_or_else(|| {
-                StoreError::Database(sqlx::Error::Protocol(format!(
-                    "no cursor returned for {user}"
-                )))
-            })?;
-            *handed += 1;
-            // This user's i-th notification of the batch: the counters as they were right after it.
-            let behind = k - *handed;
-            let counts = Counts {
-                seq: total.seq.plus(-behind),
-                unread: total.unread - behind,
-                version: total.version - behind,
-            };
-            bumped.push(counts);
-            inbox.users.push(user.as_str().to_owned());
+    let per_job = plan.hand_out(
+        batch,
+        &after,
+        &messages,
+        |prep, user, ordinal, message, counts| {
+            inbox.users.push(user.to_owned());
             inbox.seqs.push(counts.seq);
             inbox.messages.push(message);
-            inbox.ordinals.push(postgres::ordinal(*ordinal)?);
-            if with_outbox {
-                let id = PreparedPublish::id(message, *ordinal, counts.seq)?;
-                outbox.push_delivery(user.as_str(), &prep.notification(id, counts.seq), &counts);
-            }
-        }
-        per_job.push(bumped);
-    }
+            inbox.ordinals.push(postgres::ordinal(ordinal)?);
+            let id = PreparedPublish::id(message, ordinal, counts.seq)?;
+            outbox.push_delivery(user, &prep.notification(id, counts.seq), &counts);
+            Ok(())
+        },
+    )?;
     inbox.insert(&mut tx).await?;
     outbox.insert(&mut tx).await?;
     tx.commit().await?;
-    batch
-        .iter()
-        .zip(per_job)
-        .zip(messages)
-        .map(|((prep, bumped), message)| prep.outcome(message, &bumped))
-        .collect()
+    outcomes(batch, per_job, messages)
 }
 
 /// The messages of a batch, one per publish, column by column for one `unnest` insert.
@@ -286,11 +471,11 @@ impl Messages {
         .fetch_all(tx)
         .await?;
         if ids.len() != self.kinds.len() {
-            return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+            return Err(protocol(format!(
                 "{} messages inserted, {} returned",
                 self.kinds.len(),
                 ids.len()
-            ))));
+            )));
         }
         ids.sort_unstable();
         Ok(ids)
