@@ -46,6 +46,11 @@ RUN set -eu; \
 ############################################################################
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
+# The binary's allocator, jemalloc, is built from its C sources (tikv-jemalloc-sys): the slim
+# image has the C compiler but not make.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 # sqlx: use the checked-in .sqlx/ query cache if compile-time-checked queries
 # are ever added; never reach for a database during `docker build`.
 ENV SQLX_OFFLINE=true \
