@@ -145,25 +145,8 @@ enum Cmd {
     Topic {
         #[command(flatten)]
         common: Common,
-        /// Users subscribed to the topic (Tidings; Nchan stores no subscriber list).
-        #[arg(long, default_value_t = 100_000)]
-        subscribers: usize,
-        /// Of them, users holding a stream (Nchan: subscribers on the one channel).
-        #[arg(long, default_value_t = 10_000)]
-        online: usize,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Pause between rounds.
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u64,
-        #[arg(long, value_enum, default_value = "sse")]
-        transport: Transport,
-        /// Seconds one publish may take before the client gives up on it.
-        #[arg(long, default_value_t = 300)]
-        publish_timeout: u64,
-        /// Seconds to wait after a publish answered for every online user to have it.
-        #[arg(long, default_value_t = 30)]
-        drain: u64,
+        #[command(flatten)]
+        args: scenarios::topic::TopicArgs,
     },
     /// Side-by-side tables (Markdown) from the JSON files the scenarios wrote.
     Report { files: Vec<PathBuf> },
@@ -451,25 +434,7 @@ fn main() -> Result<()> {
                 .await;
                 (common, r)
             }
-            Cmd::Topic {
-                common,
-                subscribers,
-                online,
-                rounds,
-                interval_ms,
-                transport,
-                publish_timeout,
-                drain,
-            } => {
-                let args = scenarios::topic::TopicArgs {
-                    subscribers,
-                    online,
-                    rounds,
-                    interval_ms,
-                    transport,
-                    publish_timeout,
-                    drain,
-                };
+            Cmd::Topic { common, args } => {
                 let r = scenarios::topic::topic(&common, &args).await;
                 (common, r)
             }

@@ -41,6 +41,31 @@ fn rows(scenario: &str) -> Vec<Row> {
             _ => |v| ptr(v, "/latency_us/max"),
         },
     };
+    // What every live-delivery scenario reports first: latency, rate and the publish request.
+    let delivery = || -> Vec<Row> {
+        vec![
+            latency("latency p50 (ms)", "p50"),
+            latency("latency p90 (ms)", "p90"),
+            latency("latency p99 (ms)", "p99"),
+            latency("latency p99.9 (ms)", "p999"),
+            latency("latency max (ms)", "max"),
+            Row {
+                name: "latency p99 counted from the schedule (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/latency_from_schedule_us/p99"),
+            },
+            Row {
+                name: "delivered per second",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/delivered_per_s"),
+            },
+            Row {
+                name: "publish request p99 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/publish/latency_us/p99"),
+            },
+        ]
+    };
     let cpu = || -> Vec<Row> {
         vec![
             Row {
@@ -116,27 +141,8 @@ fn rows(scenario: &str) -> Vec<Row> {
             },
         ],
         "unicast" | "cross-replica" => {
-            let mut r = vec![
-                latency("latency p50 (ms)", "p50"),
-                latency("latency p90 (ms)", "p90"),
-                latency("latency p99 (ms)", "p99"),
-                latency("latency p99.9 (ms)", "p999"),
-                latency("latency max (ms)", "max"),
-                Row {
-                    name: "latency p99 counted from the schedule (ms)",
-                    unit: Unit::Ms,
-                    get: |v| ptr(v, "/latency_from_schedule_us/p99"),
-                },
-                Row {
-                    name: "delivered per second",
-                    unit: Unit::Count,
-                    get: |v| ptr(v, "/delivered_per_s"),
-                },
-                Row {
-                    name: "publish request p99 (ms)",
-                    unit: Unit::Ms,
-                    get: |v| ptr(v, "/publish/latency_us/p99"),
-                },
+            let mut r = delivery();
+            r.extend([
                 Row {
                     name: "server CPU per 1,000 delivered (ms)",
                     unit: Unit::Float,
@@ -152,7 +158,7 @@ fn rows(scenario: &str) -> Vec<Row> {
                     unit: Unit::Kib,
                     get: |v| ptr(v, "/rss/bytes_per_conn"),
                 },
-            ];
+            ]);
             r.extend(loss);
             r.extend(cpu());
             r
@@ -275,27 +281,8 @@ fn rows(scenario: &str) -> Vec<Row> {
             r
         }
         "faces" => {
-            let mut r = vec![
-                latency("latency p50 (ms)", "p50"),
-                latency("latency p90 (ms)", "p90"),
-                latency("latency p99 (ms)", "p99"),
-                latency("latency p99.9 (ms)", "p999"),
-                latency("latency max (ms)", "max"),
-                Row {
-                    name: "latency p99 counted from the schedule (ms)",
-                    unit: Unit::Ms,
-                    get: |v| ptr(v, "/latency_from_schedule_us/p99"),
-                },
-                Row {
-                    name: "delivered per second",
-                    unit: Unit::Count,
-                    get: |v| ptr(v, "/delivered_per_s"),
-                },
-                Row {
-                    name: "publish request p99 (ms)",
-                    unit: Unit::Ms,
-                    get: |v| ptr(v, "/publish/latency_us/p99"),
-                },
+            let mut r = delivery();
+            r.extend([
                 Row {
                     name: "Tidings CPU per 1,000 delivered (ms)",
                     unit: Unit::Float,
@@ -316,7 +303,7 @@ fn rows(scenario: &str) -> Vec<Row> {
                     unit: Unit::Count,
                     get: |v| ptr(v, "/connections/client_connections"),
                 },
-            ];
+            ]);
             r.extend(loss);
             r.push(Row {
                 name: "redelivered, dropped by seq (MQTT, at least once)",

@@ -24,16 +24,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// How the run is shaped; see `tidings-bench topic --help`.
+/// How the run is shaped: `tidings-bench topic`'s own options.
+#[derive(clap::Args)]
 pub(crate) struct TopicArgs {
+    /// Users subscribed to the topic (Tidings; Nchan stores no subscriber list).
+    #[arg(long, default_value_t = 100_000)]
     pub(crate) subscribers: usize,
+    /// Of them, users holding a stream (Nchan: subscribers on the one channel).
+    #[arg(long, default_value_t = 10_000)]
     pub(crate) online: usize,
+    #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
+    /// Pause between rounds.
+    #[arg(long, default_value_t = 1000)]
     pub(crate) interval_ms: u64,
+    #[arg(long, value_enum, default_value = "sse")]
     pub(crate) transport: Transport,
-    /// Seconds a publish may take before the client gives up on it.
+    /// Seconds one publish may take before the client gives up on it.
+    #[arg(long, default_value_t = 300)]
     pub(crate) publish_timeout: u64,
-    /// Seconds to wait, after the publish answered, for the online users to have it.
+    /// Seconds to wait after a publish answered for every online user to have it.
+    #[arg(long, default_value_t = 30)]
     pub(crate) drain: u64,
 }
 
