@@ -181,7 +181,13 @@ const RULES: &[(&str, &str, &str)] = &[
     (
         "sockjs/server.rs",
         "crate::",
-        "the SockJS layer carries any protocol; only sockjs/tidings.rs knows the crate",
+        "the SockJS layer carries any protocol; only sockjs/tidings.rs knows the crate \
+         (and the pure HTML escaping every face shares, crate::http::html)",
+    ),
+    (
+        "http/html.rs",
+        "crate::",
+        "the HTML escaping is shared by faces that import nothing else of the crate",
     ),
     (
         "sockjs/mod.rs",
@@ -189,6 +195,10 @@ const RULES: &[(&str, &str, &str)] = &[
         "the SockJS layer carries any protocol; only sockjs/tidings.rs knows the crate",
     ),
 ];
+
+/// Imports a file may make despite a rule above: (file under `src/`, import). The
+/// HTML escaping is one function every face that writes HTML shares, and imports nothing.
+const ALLOWED: &[(&str, &str)] = &[("sockjs/server.rs", "crate::http::html")];
 
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     if dir.is_file() {
@@ -217,6 +227,10 @@ fn imports_point_down_the_data_path() {
         assert!(!found.is_empty(), "no source found for {place}");
         for file in found {
             let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let text = ALLOWED
+                .iter()
+                .filter(|(f, _)| file.ends_with(f))
+                .fold(text, |t, (_, allowed)| t.replace(allowed, ""));
             if text.contains(forbidden) {
                 broken.push(format!("{} uses {forbidden}: {why}", file.display()));
             }

@@ -30,14 +30,20 @@ pub fn callback(req: &HttpRequest) -> Result<Option<String>, ApiError> {
             "callback",
             format!(
                 "must be a JavaScript identifier path (letters, digits, _ and $, dotted), \
-                 at most {MAX_CALLBACK} characters"
+                 at most {MAX_CALLBACK} characters, with no part named constructor, \
+                 prototype, __proto__, eval or Function"
             ),
         ))
     }
 }
 
+/// Nor may any dotted part reach a constructor or the evaluator: `a.constructor.constructor`
+/// is `Function`, which would run the response's data as code.
 pub fn valid_callback(cb: &str) -> bool {
     cb.len() <= MAX_CALLBACK
+        && cb.split('.').all(|part| {
+            !["constructor", "prototype", "__proto__", "eval", "Function"].contains(&part)
+        })
         && cb.split('.').all(|part| {
             let mut chars = part.chars();
             chars
@@ -92,7 +98,15 @@ mod tests {
 
     #[test]
     fn callback_names() {
-        for ok in ["cb", "app.badge.set", "$jq_123", "_", "a1.b2"] {
+        for ok in [
+            "cb",
+            "app.badge.set",
+            "$jq_123",
+            "_",
+            "a1.b2",
+            "evaluate",
+            "app.functions",
+        ] {
             assert!(valid_callback(ok), "{ok}");
         }
         let long = "a".repeat(MAX_CALLBACK + 1);
@@ -106,6 +120,13 @@ mod tests {
             "alert(1)//",
             "a b",
             "a[0]",
+            "eval",
+            "constructor.constructor",
+            "app.constructor",
+            "Object.prototype.x",
+            "a.__proto__",
+            "Function",
+            "window.eval",
             &long,
         ] {
             assert!(!valid_callback(bad), "{bad}");

@@ -89,8 +89,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         }),
     )
     .service(
-        utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
-            .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+        // Like every HTML page Tidings serves: a CSP that runs only its own scripts.
+        web::scope("/docs")
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("Content-Security-Policy", crate::http::html::DOCS_POLICY))
+                    .add(("X-Content-Type-Options", crate::http::html::NOSNIFF)),
+            )
+            .service(
+                utoipa_swagger_ui::SwaggerUi::new("/{_:.*}")
+                    .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+            ),
     );
 }
 

@@ -89,13 +89,25 @@ pub fn parse_ws(text: &str) -> Result<Vec<String>, PayloadError> {
 /// A `c` / `callback` parameter as sockjs-client sends it: `[A-Za-z0-9_.]`, at most 256
 /// bytes (its own callbacks are `_jp.a1b2c3.a` style). The protocol also allows `-`, which
 /// is refused here: `x-alert` would make the response call `alert`.
+///
+/// Nor may any dotted part be one that reaches a constructor or the evaluator
+/// (`constructor`, `prototype`, `__proto__`, `eval`, `Function`): `x.constructor.constructor`
+/// is `Function`, which turns the data it is called with into code.
 pub fn valid_callback(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 256
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        && !name
+            .split('.')
+            .any(|part| DANGEROUS_CALLBACK_PARTS.contains(&part))
 }
+
+/// Names that turn a JSONP call into running its argument as code (see
+/// [`valid_callback`]).
+pub const DANGEROUS_CALLBACK_PARTS: &[&str] =
+    &["constructor", "prototype", "__proto__", "eval", "Function"];
 
 #[cfg(test)]
 mod tests {
@@ -137,7 +149,23 @@ mod tests {
     fn callbacks() {
         assert!(valid_callback("_jp.abc123.a"));
         assert!(valid_callback("callback"));
-        for bad in ["", " ", "*", "abc(", "a-b", "a;alert(1)", "a b"] {
+        assert!(valid_callback("_jp.evaluate.constructors"));
+        for bad in [
+            "",
+            " ",
+            "*",
+            "abc(",
+            "a-b",
+            "a;alert(1)",
+            "a b",
+            "eval",
+            "constructor.constructor",
+            "a.constructor",
+            "x.prototype.y",
+            "__proto__.f",
+            "Function",
+            "window.eval",
+        ] {
             assert!(!valid_callback(bad), "{bad}");
         }
     }

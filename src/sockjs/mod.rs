@@ -18,8 +18,12 @@
 //! Status codes on these paths are the protocol's own (a malformed `xhr_send` is a 500
 //! "Broken JSON encoding."): sockjs-client and the conformance suite rely on them.
 //!
-//! This module imports nothing of the crate: [`tidings`] is where Tidings' own protocols
-//! are put on it.
+//! Every session belongs to the owner of the request that opened it (see [`Service`]);
+//! HTML it writes (`htmlfile`, the iframe page) carries a CSP and `nosniff`, and data in
+//! its scripts is escaped by `http::html`.
+//!
+//! This module imports nothing of the crate but that pure escaping: [`tidings`] is where
+//! Tidings' own protocols are put on it.
 
 pub mod frame;
 pub mod server;
@@ -38,10 +42,25 @@ pub const CLIENT_FILE: &str = "sockjs-client-1.6.1.min.js";
 pub const CLIENT_JS: &str = include_str!("../../assets/sockjs/sockjs-client-1.6.1.min.js");
 
 /// What runs on a SockJS session.
+///
+/// Every session belongs to whoever opened it: [`Service::owner`] names the party a
+/// request speaks for (for Tidings, the user of its token), the endpoint stores it with the
+/// session, and every later request for the session (receiving or sending, on any
+/// transport) must name the same owner, or it is answered as for an unknown session and
+/// sees nothing. A request that names nobody opens nothing, so it counts against no cap.
 pub trait Service: Send + Sync + 'static {
+    /// Who `req` speaks for: an opaque key compared for equality. An error refuses the
+    /// request with that error's response when it would open a session.
+    fn owner(&self, req: &HttpRequest) -> Result<String, actix_web::Error>;
+
     /// Starts the protocol on a new session (spawns its task), given the request that
-    /// opened it; an error refuses the session with that error's response.
+    /// opened it (which [`Service::owner`] accepted); an error refuses the session with
+    /// that error's response.
     fn open(&self, req: &HttpRequest, conn: Conn) -> Result<(), actix_web::Error>;
+
+    /// Whether the request's `Origin` may read responses sent with credentials (CORS):
+    /// sockjs-client sends every cross-origin XHR with them.
+    fn trusts_origin(&self, req: &HttpRequest) -> bool;
 }
 
 /// An endpoint's settings. The defaults are sockjs-node's and Spring's.
@@ -69,6 +88,9 @@ pub struct Options {
     pub max_send_bytes: usize,
     /// How long a send waits for room before the other side counts as gone.
     pub send_timeout: Duration,
+    /// How long an `xhr_send`/`jsonp_send` body may take to arrive: a client trickling a
+    /// byte now and then would hold its connection and buffer for as long as it likes.
+    pub body_timeout: Duration,
 }
 
 impl Default for Options {
@@ -85,6 +107,7 @@ impl Default for Options {
             incoming_queue: 64,
             max_send_bytes: 64 * 1024 + 4 * 1024,
             send_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::frame::{self, PayloadError};
 use super::session::{Closed, Full, Next, Receiver, Registry, Session};
 use super::{Options, Service, CLIENT_FILE, CLIENT_JS};
+use crate::http::html::{self, nonce_policy, script_hash, script_safe, NOSNIFF};
 use actix_web::body::BodyStream;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{ConnectionType, Method, StatusCode, Version};
@@ -28,16 +29,19 @@ const XHR_PRELUDE_LEN: usize = 2048;
 /// `htmlfile` pads its head to this many bytes, for the same reason.
 const HTMLFILE_MIN: usize = 1024;
 
+/// The iframe page's one inline script; its CSP allows it by hash.
+const IFRAME_SCRIPT: &str = r#"
+    document.domain = document.domain;
+    SockJS.bootstrap_iframe();
+  "#;
+
 const IFRAME: &str = r#"<!DOCTYPE html>
 <html>
 <head>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
   <script src="{{ sockjs_url }}"></script>
-  <script>
-    document.domain = document.domain;
-    SockJS.bootstrap_iframe();
-  </script>
+  <script>{{ script }}</script>
 </head>
 <body>
   <h2>Don't panic!</h2>
@@ -50,7 +54,7 @@ const HTMLFILE_HEAD: &str = r#"<!doctype html>
   <meta http-equiv="X-UA-Compatible" content="IE=edge" />
   <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
 </head><body><h2>Don't panic!</h2>
-  <script>
+  <script nonce="{{ nonce }}">
     document.domain = document.domain;
     var c = parent.{{ callback }};
     c.start();
@@ -77,6 +81,8 @@ pub enum Refusal {
     NotUpgrade,
     #[error("Too many sessions; try again shortly.")]
     Full,
+    #[error("The request body did not arrive in {0} s.")]
+    BodyTimeout(u64),
     /// An unknown (or closed) session, or a path that is not SockJS's.
     #[error("Not found.")]
     NotFound,
@@ -94,6 +100,7 @@ impl Refusal {
             Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BrokenBody | Refusal::NotUpgrade => StatusCode::BAD_REQUEST,
             Refusal::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::NotFound => return HttpResponse::NotFound().finish(),
             Refusal::Service(e) => return e.error_response(),
         };
@@ -116,6 +123,7 @@ struct Inner {
     registry: Arc<Registry>,
     iframe: String,
     iframe_etag: String,
+    iframe_csp: String,
 }
 
 /// How a receiving transport frames what it writes.
@@ -125,7 +133,8 @@ enum Format {
     Jsonp(String),
     XhrStreaming,
     EventSource,
-    HtmlFile(String),
+    /// The callback, and the response's CSP nonce.
+    HtmlFile(String, String),
 }
 
 impl Format {
@@ -137,7 +146,7 @@ impl Format {
         match self {
             Format::Xhr | Format::Jsonp(_) | Format::XhrStreaming => JS,
             Format::EventSource => "text/event-stream",
-            Format::HtmlFile(_) => HTML,
+            Format::HtmlFile(..) => HTML,
         }
     }
 
@@ -145,8 +154,10 @@ impl Format {
         match self {
             Format::XhrStreaming => Some(format!("{}\n", "h".repeat(XHR_PRELUDE_LEN))),
             Format::EventSource => Some("\r\n".to_owned()),
-            Format::HtmlFile(cb) => {
-                let head = HTMLFILE_HEAD.replace("{{ callback }}", cb);
+            Format::HtmlFile(cb, nonce) => {
+                let head = HTMLFILE_HEAD
+                    .replace("{{ callback }}", cb)
+                    .replace("{{ nonce }}", nonce);
                 let pad = HTMLFILE_MIN.saturating_sub(head.len()) + 14;
                 Some(format!("{head}{}\r\n\r\n", " ".repeat(pad)))
             }
@@ -158,7 +169,12 @@ impl Format {
         match self {
             Format::Xhr | Format::XhrStreaming => format!("{f}\n"),
             Format::EventSource => format!("data: {f}\r\n\r\n"),
-            Format::HtmlFile(_) => format!("<script>\np({});\n</script>\r\n", frame::quote(f)),
+            // The frame is the client's data (a title, a STOMP body): escaped so that it
+            // can neither end the block nor be read as markup.
+            Format::HtmlFile(_, nonce) => format!(
+                "<script nonce=\"{nonce}\">\np({});\n</script>\r\n",
+                script_safe(&frame::quote(f))
+            ),
             Format::Jsonp(cb) => format!("/**/{cb}({});\r\n", frame::quote(f)),
         }
     }
@@ -172,7 +188,21 @@ impl Endpoint {
             .sockjs_url
             .clone()
             .unwrap_or_else(|| format!("{prefix}/{CLIENT_FILE}"));
-        let iframe = IFRAME.replace("{{ sockjs_url }}", &html_attr(&script));
+        let iframe = IFRAME
+            .replace("{{ sockjs_url }}", &html_attr(&script))
+            .replace("{{ script }}", IFRAME_SCRIPT);
+        // The client script from this server, or from where `sockjs_url` says (its origin).
+        let script_source = url::Url::parse(&script)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|| "'self'".to_owned());
+        // Its transports connect to this server and frame its htmlfile pages.
+        let iframe_csp = format!(
+            "default-src 'none'; script-src {script_source} {}; connect-src 'self'; \
+             frame-src 'self'; base-uri 'none'; form-action 'none'",
+            script_hash(IFRAME_SCRIPT)
+        );
         let digest = Sha256::digest(iframe.as_bytes());
         let iframe_etag = format!(
             "\"{}\"",
@@ -189,6 +219,7 @@ impl Endpoint {
                 service,
                 iframe,
                 iframe_etag,
+                iframe_csp,
             }),
         }
     }
@@ -229,7 +260,7 @@ impl Endpoint {
             }),
             "/info" => match *req.method() {
                 Method::GET => self.info(&req),
-                Method::OPTIONS => options(&req, "OPTIONS, GET"),
+                Method::OPTIONS => self.options(&req, "OPTIONS, GET"),
                 _ => not_allowed("OPTIONS, GET"),
             },
             "/websocket" if opts.websocket => {
@@ -248,8 +279,11 @@ impl Endpoint {
                 let parts: Vec<&str> = t.split('/').collect();
                 match parts.as_slice() {
                     ["", server, session, transport] if valid_id(server) && valid_id(session) => {
-                        let (session, transport) = (session.to_string(), transport.to_string());
-                        self.transport(req, body, &session, &transport).await
+                        // A session is named by both segments: the same session id under
+                        // another server id is another session.
+                        let key = format!("{server}/{session}");
+                        let transport = transport.to_string();
+                        self.transport(req, body, &key, &transport).await
                     }
                     _ => not_found(),
                 }
@@ -266,7 +300,7 @@ impl Endpoint {
             "entropy": rand::random::<u32>(),
         });
         let mut r = HttpResponse::Ok();
-        cors(&mut r, req);
+        self.cors(&mut r, req);
         r.insert_header((header::CACHE_CONTROL, NO_CACHE))
             .content_type("application/json; charset=UTF-8")
             .body(body.to_string())
@@ -286,6 +320,11 @@ impl Endpoint {
         }
         cacheable(HttpResponse::Ok())
             .insert_header((header::ETAG, etag.as_str()))
+            .insert_header((
+                header::CONTENT_SECURITY_POLICY,
+                self.inner.iframe_csp.as_str(),
+            ))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, NOSNIFF))
             .content_type(HTML)
             .body(self.inner.iframe.clone())
     }
@@ -294,7 +333,7 @@ impl Endpoint {
         &self,
         req: HttpRequest,
         body: web::Payload,
-        session_id: &str,
+        key: &str,
         transport: &str,
     ) -> HttpResponse {
         let post = [Method::POST];
@@ -306,7 +345,7 @@ impl Endpoint {
             _ => return not_found(),
         };
         if req.method() == Method::OPTIONS && allowed == post {
-            return options(&req, "OPTIONS, POST");
+            return self.options(&req, "OPTIONS, POST");
         }
         if !allowed.contains(req.method()) {
             return not_allowed(if allowed == post {
@@ -316,47 +355,73 @@ impl Endpoint {
             });
         }
         let format = match transport {
-            "websocket" => return self.websocket(req, body, false),
+            "websocket" => {
+                // A WebSocket session lives on its socket, apart from the registry; still,
+                // nobody but its owner opens anything under a polling session's name.
+                if let Some(s) = self.inner.registry.get(key) {
+                    if !self.owns(&req, &s) {
+                        return not_found();
+                    }
+                }
+                return self.websocket(req, body, false);
+            }
             "xhr_send" | "jsonp_send" => {
-                return self
-                    .send(req, body, session_id, transport == "jsonp_send")
-                    .await
+                return self.send(req, body, key, transport == "jsonp_send").await
             }
             "xhr" => Format::Xhr,
             "xhr_streaming" => Format::XhrStreaming,
             "eventsource" => Format::EventSource,
             "htmlfile" | "jsonp" => match callback(&req) {
                 Ok(cb) if transport == "jsonp" => Format::Jsonp(cb),
-                Ok(cb) => Format::HtmlFile(cb),
+                Ok(cb) => Format::HtmlFile(cb, html::nonce()),
                 Err(r) => return r.response(),
             },
             _ => return not_found(),
         };
-        let session = match self.session(&req, session_id) {
+        let session = match self.session(&req, key) {
             Ok(s) => s,
             Err(r) => return r.response(),
         };
         self.receive(&req, session, format).await
     }
 
-    /// The session `id`, or a new one opened with the service.
-    fn session(&self, req: &HttpRequest, id: &str) -> Result<Arc<Session>, Refusal> {
-        if let Some(s) = self.inner.registry.get(id) {
-            return Ok(s);
+    /// Whether `req` speaks for the owner of `session` (a valid token of the same user).
+    fn owns(&self, req: &HttpRequest, session: &Session) -> bool {
+        self.inner
+            .service
+            .owner(req)
+            .is_ok_and(|owner| owner == session.owner)
+    }
+
+    /// The session `key` if the request speaks for its owner, or a new one opened with the
+    /// service. Somebody else's session is "not found", exactly as an unknown one is on
+    /// `xhr_send`; a request that speaks for nobody opens nothing (the service's refusal,
+    /// before a session is counted).
+    fn session(&self, req: &HttpRequest, key: &str) -> Result<Arc<Session>, Refusal> {
+        if let Some(s) = self.inner.registry.get(key) {
+            return if self.owns(req, &s) {
+                Ok(s)
+            } else {
+                Err(Refusal::NotFound)
+            };
         }
+        let owner = self.inner.service.owner(req).map_err(Refusal::Service)?;
         let o = &self.inner.options;
-        let (session, conn) = Session::new(o.max_queued_bytes, o.incoming_queue, o.send_timeout);
+        let (session, conn) =
+            Session::new(owner, o.max_queued_bytes, o.incoming_queue, o.send_timeout);
         match self
             .inner
             .registry
-            .insert(id, session.clone(), o.disconnect_delay)
+            .insert(key, session.clone(), o.disconnect_delay)
         {
-            Ok(Some(existing)) => return Ok(existing),
+            // Two first requests raced: the other one opened it.
+            Ok(Some(existing)) if existing.owner == session.owner => return Ok(existing),
+            Ok(Some(_)) => return Err(Refusal::NotFound),
             Ok(None) => {}
             Err(Full) => return Err(Refusal::Full),
         }
         if let Err(e) = self.inner.service.open(req, conn) {
-            self.inner.registry.remove(id, &session);
+            self.inner.registry.remove(key, &session);
             return Err(Refusal::Service(e));
         }
         Ok(session)
@@ -371,8 +436,12 @@ impl Endpoint {
         let o = &self.inner.options;
         let mut r = HttpResponse::Ok();
         r.content_type(format.content_type())
-            .insert_header((header::CACHE_CONTROL, NO_CACHE));
-        cors(&mut r, req);
+            .insert_header((header::CACHE_CONTROL, NO_CACHE))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, NOSNIFF));
+        if let Format::HtmlFile(_, nonce) = &format {
+            r.insert_header((header::CONTENT_SECURITY_POLICY, nonce_policy(nonce)));
+        }
+        self.cors(&mut r, req);
         self.cookie(&mut r, req);
         let polling = format.polling();
         let receiver = Receiver::attach(session, o.heartbeat, polling);
@@ -443,24 +512,22 @@ impl Endpoint {
     async fn send(
         &self,
         req: HttpRequest,
-        mut body: web::Payload,
-        session_id: &str,
+        body: web::Payload,
+        key: &str,
         jsonp: bool,
     ) -> HttpResponse {
         let o = &self.inner.options;
-        let Some(session) = self.inner.registry.get(session_id) else {
+        // Somebody else's session is as unknown as one that never was: nothing of the
+        // body is read, nothing reaches the service.
+        let Some(session) = self.inner.registry.get(key).filter(|s| self.owns(&req, s)) else {
             return not_found();
         };
-        let mut bytes = web::BytesMut::new();
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else {
-                return Refusal::BrokenBody.response();
+        let bytes =
+            match tokio::time::timeout(o.body_timeout, read_body(body, o.max_send_bytes)).await {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(refusal)) => return refusal.response(),
+                Err(_) => return Refusal::BodyTimeout(o.body_timeout.as_secs()).response(),
             };
-            if bytes.len() + chunk.len() > o.max_send_bytes {
-                return Refusal::TooLarge(o.max_send_bytes).response();
-            }
-            bytes.extend_from_slice(&chunk);
-        }
         let payload = if jsonp && is_form(&req) {
             serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
                 .ok()
@@ -483,8 +550,9 @@ impl Endpoint {
             HttpResponse::NoContent()
         };
         r.content_type(TEXT)
-            .insert_header((header::CACHE_CONTROL, NO_CACHE));
-        cors(&mut r, &req);
+            .insert_header((header::CACHE_CONTROL, NO_CACHE))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, NOSNIFF));
+        self.cors(&mut r, &req);
         self.cookie(&mut r, &req);
         if jsonp {
             r.body("ok")
@@ -506,7 +574,13 @@ impl Endpoint {
             .max_frame_size(o.max_send_bytes)
             .aggregate_continuations()
             .max_continuation_size(o.max_send_bytes);
-        let (session, conn) = Session::new(o.max_queued_bytes, o.incoming_queue, o.send_timeout);
+        // Who opens it owns it; a request that speaks for nobody opens nothing.
+        let owner = match self.inner.service.owner(&req) {
+            Ok(owner) => owner,
+            Err(e) => return Refusal::Service(e).response(),
+        };
+        let (session, conn) =
+            Session::new(owner, o.max_queued_bytes, o.incoming_queue, o.send_timeout);
         if let Err(e) = self.inner.service.open(&req, conn) {
             return Refusal::Service(e).response();
         }
@@ -519,6 +593,42 @@ impl Endpoint {
         };
         actix_web::rt::spawn(task.run(messages));
         response
+    }
+
+    /// CORS as SockJS does it, where it is safe: sockjs-client sends every cross-origin XHR
+    /// with credentials, so an origin the service accepts gets itself echoed with
+    /// `Access-Control-Allow-Credentials` (and a `JSESSIONID` cookie can fly); any other
+    /// origin gets `*` without credentials, which a credentialed request cannot read.
+    fn cors(&self, r: &mut HttpResponseBuilder, req: &HttpRequest) {
+        match req.headers().get(header::ORIGIN) {
+            Some(origin) if self.inner.service.trusts_origin(req) => {
+                r.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()))
+                    .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"))
+                    .insert_header((header::VARY, "Origin"));
+            }
+            Some(_) => {
+                r.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
+                    .insert_header((header::VARY, "Origin"));
+            }
+            None => {
+                r.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"));
+            }
+        }
+    }
+
+    fn options(&self, req: &HttpRequest, methods: &'static str) -> HttpResponse {
+        let mut r = cacheable(HttpResponse::NoContent());
+        r.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, methods))
+            .insert_header((header::ACCESS_CONTROL_MAX_AGE, YEAR.to_string()));
+        if let Some(h) = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .filter(|h| !h.is_empty())
+        {
+            r.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, h.clone()));
+        }
+        self.cors(&mut r, req);
+        r.finish()
     }
 
     fn cookie(&self, r: &mut HttpResponseBuilder, req: &HttpRequest) {
@@ -699,33 +809,17 @@ fn callback(req: &HttpRequest) -> Result<String, Refusal> {
     }
 }
 
-/// CORS as SockJS does it: the caller's origin echoed with credentials (so a
-/// `JSESSIONID` cookie can fly), or `*` without an Origin.
-fn cors(r: &mut HttpResponseBuilder, req: &HttpRequest) {
-    match req.headers().get(header::ORIGIN) {
-        Some(origin) => {
-            r.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()))
-                .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"));
+/// An `xhr_send`/`jsonp_send` body, refused as soon as it passes `limit`.
+async fn read_body(mut body: web::Payload, limit: usize) -> Result<web::BytesMut, Refusal> {
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| Refusal::BrokenBody)?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(Refusal::TooLarge(limit));
         }
-        None => {
-            r.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"));
-        }
+        bytes.extend_from_slice(&chunk);
     }
-}
-
-fn options(req: &HttpRequest, methods: &'static str) -> HttpResponse {
-    let mut r = cacheable(HttpResponse::NoContent());
-    r.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, methods))
-        .insert_header((header::ACCESS_CONTROL_MAX_AGE, YEAR.to_string()));
-    if let Some(h) = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .filter(|h| !h.is_empty())
-    {
-        r.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, h.clone()));
-    }
-    cors(&mut r, req);
-    r.finish()
+    Ok(bytes)
 }
 
 /// Cached for a year: the iframe page, the client script and CORS preflights.
@@ -792,8 +886,27 @@ mod tests {
 
     #[test]
     fn htmlfile_head_is_padded() {
-        let p = Format::HtmlFile("cb".into()).prelude().unwrap_or_default();
+        let p = Format::HtmlFile("cb".into(), "n0nce".into())
+            .prelude()
+            .unwrap_or_default();
         assert!(p.len() > HTMLFILE_MIN);
         assert!(p.contains("var c = parent.cb;"));
+        assert!(p.contains("<script nonce=\"n0nce\">"));
+    }
+
+    #[test]
+    fn htmlfile_frames_cannot_end_their_script() {
+        let f = Format::HtmlFile("cb".into(), "n".into());
+        let hostile = frame::messages(&["</script><script>window.__pwned=1</script>\u{2028}&"]);
+        let out = f.wrap(&hostile);
+        let inner = out
+            .strip_prefix("<script nonce=\"n\">\np(")
+            .and_then(|s| s.strip_suffix(");\n</script>\r\n"))
+            .unwrap_or_default();
+        for bad in ['<', '>', '&', '\u{2028}'] {
+            assert!(!inner.contains(bad), "{bad:?} in {out}");
+        }
+        let back: String = serde_json::from_str(inner).unwrap_or_default();
+        assert_eq!(back, hostile);
     }
 }

@@ -115,6 +115,9 @@ pub(crate) struct State {
 
 #[derive(Debug)]
 pub(crate) struct Session {
+    /// Whom the session belongs to ([`super::Service::owner`] of its opening request):
+    /// every later request must name the same.
+    pub owner: String,
     state: Mutex<State>,
     /// Bumped on every change of `state`: wakes the receiving request and waiting senders.
     changes: watch::Sender<()>,
@@ -122,12 +125,14 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(
+        owner: String,
         max_queued: usize,
         incoming: usize,
         send_timeout: Duration,
     ) -> (Arc<Session>, Conn) {
         let (tx, rx) = mpsc::channel(incoming.max(1));
         let session = Arc::new(Session {
+            owner,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -325,7 +330,7 @@ impl Drop for Receiver {
     }
 }
 
-/// The sessions of one endpoint, by session id. Bounded; each session is forgotten
+/// The sessions of one endpoint, by `server/session` id. Bounded; each session is forgotten
 /// `disconnect_delay` after its last receiving request ended.
 #[derive(Debug)]
 pub(crate) struct Registry {
@@ -422,7 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_makes_the_service_wait_then_refuses() {
-        let (session, conn) = Session::new(10, 4, Duration::from_millis(50));
+        let (session, conn) = Session::new("alice".into(), 10, 4, Duration::from_millis(50));
         conn.out.send("0123456789".into()).await.expect("fits");
         // Full: waits for the client to take the queue, then gives up.
         assert_eq!(conn.out.send("x".into()).await, Err(Closed));
@@ -438,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_receiver_at_a_time_and_an_interrupted_one_closes() {
-        let (session, mut conn) = Session::new(1024, 4, Duration::from_millis(50));
+        let (session, mut conn) = Session::new("alice".into(), 1024, 4, Duration::from_millis(50));
         let first = Receiver::attach(session.clone(), Duration::from_secs(5), false)
             .unwrap_or_else(|_| panic!("attach"));
         match Receiver::attach(session.clone(), Duration::from_secs(5), false) {

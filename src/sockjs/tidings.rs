@@ -42,6 +42,7 @@ pub fn endpoints(state: web::Data<AppState>, settings: &SockJsSettings) -> Vec<E
         jsessionid: settings.jsessionid,
         sockjs_url: settings.client_url.clone(),
         max_sessions: settings.max_sessions,
+        body_timeout: state.body_timeout,
         ..Options::default()
     };
     vec![
@@ -62,16 +63,34 @@ struct Stomp {
 }
 
 impl Service for Stomp {
+    fn owner(&self, req: &HttpRequest) -> Result<String, actix_web::Error> {
+        owner(req)
+    }
+
     fn open(&self, req: &HttpRequest, conn: Conn) -> Result<(), actix_web::Error> {
         check_origin(req, &self.state.allowed_origins)?;
-        // The token may come in the SockJS URL (sockjs-client repeats the base URL's query
-        // on every request); CONNECT's own wins.
+        // The token comes in the SockJS URL (sockjs-client repeats the base URL's query on
+        // every request, which is how each of them shows it speaks for the session's
+        // user); a token in CONNECT must name the same user.
+        let user = StreamUser::extract(req).into_inner()?.0;
         let token = query_map(req)?.remove("access_token");
-        let session =
-            StompSession::new(self.state.clone(), SockOut(conn.out)).with_url_token(token);
+        let session = StompSession::new(self.state.clone(), SockOut(conn.out))
+            .with_url_token(token)
+            .bound_to(user.user, user.expires_at);
         actix_web::rt::spawn(session.run(SockIn(conn.incoming)));
         Ok(())
     }
+
+    fn trusts_origin(&self, req: &HttpRequest) -> bool {
+        check_origin(req, &self.state.allowed_origins).is_ok()
+    }
+}
+
+/// The owner of a session: the user of the request's token (`access_token` in the URL,
+/// or `Authorization`).
+fn owner(req: &HttpRequest) -> Result<String, actix_web::Error> {
+    let user = StreamUser::extract(req).into_inner()?.0;
+    Ok(user.user.as_str().to_owned())
 }
 
 struct SockOut(Outgoing);
@@ -122,6 +141,14 @@ struct Json {
 }
 
 impl Service for Json {
+    fn owner(&self, req: &HttpRequest) -> Result<String, actix_web::Error> {
+        owner(req)
+    }
+
+    fn trusts_origin(&self, req: &HttpRequest) -> bool {
+        check_origin(req, &self.state.allowed_origins).is_ok()
+    }
+
     fn open(&self, req: &HttpRequest, conn: Conn) -> Result<(), actix_web::Error> {
         check_origin(req, &self.state.allowed_origins)?;
         let user = StreamUser::extract(req).into_inner()?.0;

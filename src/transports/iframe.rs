@@ -10,6 +10,7 @@ use crate::domain::{Counts, Seq};
 use crate::http::error::ApiError;
 use crate::http::extract::cursor_param;
 use crate::http::extract::{query_map, StreamUser};
+use crate::http::html::{self, script_safe};
 use crate::http::origin::check_origin_value;
 use crate::http::AppState;
 use crate::metrics::Transport;
@@ -24,12 +25,8 @@ const PADDING: usize = 2048;
 pub struct Iframe {
     /// The parent's origin as a JS string literal, escaped for a `<script>` block.
     origin_js: String,
-}
-
-/// JSON made safe inside `<script>`: `<` cannot appear outside a JSON string, and inside
-/// one `\u003c` means the same, so no `</script>` or `<!--` can end the block early.
-fn script_safe(json: &str) -> String {
-    json.replace('<', "\\u003c")
+    /// This response's CSP nonce, on each of its `<script>` tags.
+    nonce: String,
 }
 
 impl Iframe {
@@ -38,7 +35,12 @@ impl Iframe {
         let mut lines = String::new();
         render(&mut lines);
         for event in lines.lines() {
-            let _ = writeln!(out, "<script>p({})</script>", script_safe(event));
+            let _ = writeln!(
+                out,
+                "<script nonce=\"{}\">p({})</script>",
+                self.nonce,
+                script_safe(event)
+            );
         }
     }
 }
@@ -48,8 +50,8 @@ impl Format for Iframe {
         let _ = write!(
             out,
             "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>tidings</title></head><body>\n\
-             <script>var o={};function p(e){{parent.postMessage(e,o)}}</script>\n<!--",
-            self.origin_js
+             <script nonce=\"{}\">var o={};function p(e){{parent.postMessage(e,o)}}</script>\n<!--",
+            self.nonce, self.origin_js
         );
         out.extend(std::iter::repeat_n(' ', PADDING));
         out.push_str("-->\n");
@@ -136,14 +138,17 @@ pub async fn stream(
         .await?;
     let format = Iframe {
         origin_js: script_safe(&serde_json::to_string(&origin).unwrap_or_default()),
+        nonce: html::nonce(),
     };
+    // Only this response's own scripts run (an injected one lacks the nonce), and only the
+    // parent it posts to may frame it.
+    let csp = format!(
+        "{}; frame-ancestors {origin}",
+        html::nonce_policy(&format.nonce)
+    );
     Ok(stream_response("text/html; charset=utf-8")
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        // Only the parent it posts to may frame it.
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            format!("frame-ancestors {origin}"),
-        ))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, html::NOSNIFF))
+        .insert_header((header::CONTENT_SECURITY_POLICY, csp))
         .streaming(EventStream::new(
             format,
             conn,

@@ -18,5 +18,6 @@ mod operations;
 mod publish;
 mod retention;
 mod sockjs;
+mod sockjs_owner;
 mod streams;
 mod topics;

@@ -332,7 +332,11 @@ async fn a_cursor_below_the_floor_is_told_so_first_on_every_transport(b: Backend
         &app,
         "/v1/notifications/stream.html?origin=https://app.example&after=2",
         |l| {
-            let json = l.strip_prefix("<script>p(")?.strip_suffix(")</script>")?;
+            let json = l
+                .strip_prefix("<script nonce=\"")?
+                .split_once("\">p(")?
+                .1
+                .strip_suffix(")</script>")?;
             serde_json::from_str(json).ok()
         },
     )
@@ -413,7 +417,9 @@ async fn a_cursor_below_the_floor_is_told_so_first_on_every_transport(b: Backend
     // Each poll answers with what is queued by then: poll until the counters came.
     let mut events: Vec<Value> = Vec::new();
     while !events.iter().any(|e| e["type"] == "unread") {
-        let (_, body) = timeout(WAIT, get(String::new())).await.expect("a poll");
+        let (_, body) = timeout(WAIT, get(format!("&access_token={token}")))
+            .await
+            .expect("a poll");
         let frame: String = serde_json::from_str(
             body.strip_prefix("/**/cb(")
                 .and_then(|b| b.strip_suffix(");\r\n"))

@@ -23,13 +23,17 @@ fn subscribe(after: i64) -> String {
 struct Poller<'a> {
     app: &'a TestApp,
     base: String,
+    /// The SockJS URL's query, as sockjs-client repeats it on every request.
+    query: String,
 }
 
 impl<'a> Poller<'a> {
-    fn new(app: &'a TestApp, session: &str) -> Self {
+    /// A client of `/v1/sockjs` whose URL carries `token`.
+    fn new(app: &'a TestApp, session: &str, token: &str) -> Self {
         Poller {
             app,
             base: app.url(&format!("/v1/sockjs/000/{session}")),
+            query: format!("?access_token={token}"),
         }
     }
 
@@ -37,7 +41,7 @@ impl<'a> Poller<'a> {
         let resp = self
             .app
             .client
-            .post(format!("{}/{transport}", self.base))
+            .post(format!("{}/{transport}{}", self.base, self.query))
             .body(body)
             .send()
             .await
@@ -96,11 +100,13 @@ async fn bad_input_is_refused_and_the_process_stays_up(b: Backend) {
     let token = user_token("alice");
 
     // Unknown sessions.
-    let stranger = Poller::new(&app, "never-opened");
+    let stranger = Poller::new(&app, "never-opened", &token);
     assert_eq!(stranger.send(&[connect(&token)]).await.0, 404);
     let resp = app
         .client
-        .post(app.url("/v1/sockjs/000/never-opened/jsonp_send"))
+        .post(app.url(&format!(
+            "/v1/sockjs/000/never-opened/jsonp_send?access_token={token}"
+        )))
         .body("d=%5B%22x%22%5D")
         .header("content-type", "application/x-www-form-urlencoded")
         .send()
@@ -108,7 +114,7 @@ async fn bad_input_is_refused_and_the_process_stays_up(b: Backend) {
         .expect("post");
     assert_eq!(resp.status().as_u16(), 404);
 
-    let p = Poller::new(&app, "bad-input");
+    let p = Poller::new(&app, "bad-input", &token);
     assert_eq!(p.poll().await, "o");
     // Malformed SockJS bodies: the protocol's own 500s, and the session lives on.
     for (body, expect) in [
@@ -157,14 +163,14 @@ async fn bad_input_is_refused_and_the_process_stays_up(b: Backend) {
     assert_eq!(app.unread("alice").await["unread"], 1);
 
     // Malformed STOMP over a fresh session: ERROR, close.
-    let q = Poller::new(&app, "garbage");
+    let q = Poller::new(&app, "garbage", &token);
     assert_eq!(q.poll().await, "o");
     assert_eq!(q.send(&["NOT A FRAME\n\n\0".to_owned()]).await.0, 204);
     let frame = q.poll().await;
     assert!(frame.contains("ERROR"), "{frame}");
 
     // Still up, and a good session works.
-    let ok = Poller::new(&app, "good");
+    let ok = Poller::new(&app, "good", &token);
     assert_eq!(ok.poll().await, "o");
     assert_eq!(ok.send(&[connect(&token), subscribe(0)]).await.0, 204);
     let mut seqs = Vec::new();
@@ -187,7 +193,7 @@ async fn reconnecting_client(app: &TestApp, user: &str) -> Vec<i64> {
     let mut round = 0;
     while seqs.last().copied().unwrap_or(0) < RACE_NOTIFICATIONS {
         round += 1;
-        let p = Poller::new(app, &format!("{user}-{round}"));
+        let p = Poller::new(app, &format!("{user}-{round}"), &token);
         assert_eq!(p.poll().await, "o");
         let after = seqs.last().copied().unwrap_or(0);
         assert_eq!(p.send(&[connect(&token), subscribe(after)]).await.0, 204);
@@ -249,7 +255,8 @@ async fn json_protocol_over_sockjs(b: Backend) {
     assert_eq!(status, 401);
     let (status, body) = get(format!("&access_token={token}&after=1")).await;
     assert_eq!((status, body.as_str()), (200, "/**/cb(\"o\");\r\n"));
-    let (_, body) = get(String::new()).await;
+    // Every request of the session carries the token (sockjs-client repeats the URL's query).
+    let (_, body) = get(format!("&access_token={token}")).await;
     let frame: String = serde_json::from_str(
         body.strip_prefix("/**/cb(")
             .and_then(|b| b.strip_suffix(");\r\n"))

@@ -80,10 +80,12 @@ fn ndjson_line(line: &str) -> Option<Value> {
     serde_json::from_str(line).ok()
 }
 
-/// `<script>p({...})</script>` → the event.
+/// `<script nonce="…">p({...})</script>` → the event.
 fn iframe_line(line: &str) -> Option<Value> {
     let json = line
-        .strip_prefix("<script>p(")?
+        .strip_prefix("<script nonce=\"")?
+        .split_once("\">p(")?
+        .1
         .strip_suffix(")</script>")?;
     serde_json::from_str(json).ok()
 }
@@ -145,10 +147,20 @@ async fn iframe_posts_only_to_an_allowed_origin(b: Backend) {
     assert_eq!(resp.status(), 400);
     let resp = get("/v1/notifications/stream.html?origin=https://app.example".into()).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["content-security-policy"],
-        "frame-ancestors https://app.example"
+    // Only the response's own scripts run, and only that origin may frame it.
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'nonce-"),
+        "{csp}"
     );
+    assert!(
+        csp.ends_with("; frame-ancestors https://app.example"),
+        "{csp}"
+    );
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     // The opening: padding for the browser, and postMessage addressed to that origin alone.
     let mut body = resp.bytes_stream();
     let first = tokio::time::timeout(WAIT, body.next())
@@ -161,7 +173,7 @@ async fn iframe_posts_only_to_an_allowed_origin(b: Backend) {
     assert!(first.contains(r#"var o="https://app.example";function p(e){parent.postMessage(e,o)}"#));
     // A title cannot close the script block early.
     let mut hostile = sample(&["alice"]);
-    hostile["title"] = "</script><script>alert(1)</script>".into();
+    hostile["title"] = "</script><script>alert(1)</script>\u{2028}&>".into();
     app.publish(&hostile).await;
     let mut rest = String::new();
     let read = async {
@@ -174,7 +186,8 @@ async fn iframe_posts_only_to_an_allowed_origin(b: Backend) {
         .await
         .expect("the notification arrives");
     assert!(!rest.contains("</script><script>"), "{rest}");
-    assert!(rest.contains(r"\u003c/script>"), "{rest}");
+    assert!(rest.contains(r"\u003c/script\u003e"), "{rest}");
+    assert!(rest.contains(r"\u2028\u0026\u003e"), "{rest}");
 }
 
 /// "Only new notifications" starts no later than the moment the client sees the stream open:

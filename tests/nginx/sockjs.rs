@@ -81,7 +81,12 @@ impl<'a> Client<'a> {
     }
 
     fn url(&self, session: &str, transport: &str) -> String {
-        format!("{}/v1/sockjs/000/{session}/{transport}", self.t.url())
+        // The token on the SockJS URL, as sockjs-client repeats it on every request.
+        format!(
+            "{}/v1/sockjs/000/{session}/{transport}?access_token={}",
+            self.t.url(),
+            self.token
+        )
     }
 
     async fn post(&self, session: &str, transport: &str, body: String) -> Option<String> {

@@ -147,6 +147,9 @@ pub struct Session<W: Outbound = actix_ws::Session> {
     /// A token that came with the channel (SockJS's `access_token` in the URL), used when
     /// CONNECT carries none.
     url_token: Option<String>,
+    /// The user the channel belongs to, and when its token expires (a SockJS session
+    /// belongs to the user of the token that opened it): CONNECT must name the same user.
+    bound: Option<(UserId, i64)>,
     decoder: Decoder,
     /// Set by CONNECT.
     user: Option<UserId>,
@@ -189,6 +192,7 @@ impl<W: Outbound> Session<W> {
             state,
             ws,
             url_token: None,
+            bound: None,
             decoder: Decoder::new(Limits::default()),
             user: None,
             version: None,
@@ -210,6 +214,14 @@ impl<W: Outbound> Session<W> {
     /// Accepts `token` (from the channel's URL) when CONNECT carries none.
     pub fn with_url_token(mut self, token: Option<String>) -> Self {
         self.url_token = token;
+        self
+    }
+
+    /// Binds the session to `user` (whose token, expiring at `expires_at`, opened the
+    /// channel): a CONNECT token of anybody else is refused, and the session ends no later
+    /// than that token, since every request of the channel carries it.
+    pub fn bound_to(mut self, user: UserId, expires_at: i64) -> Self {
+        self.bound = Some((user, expires_at));
         self
     }
 
@@ -484,6 +496,16 @@ impl<W: Outbound> Session<W> {
             let client = HeartBeat::parse(frame.header("heart-beat")).map_err(Failure::protocol)?;
             (heartbeat::negotiate(client, server_offer), server_offer)
         };
+        let mut expires_at = verified.expires_at;
+        if let Some((owner, owner_expires)) = &self.bound {
+            if *owner != user {
+                return Err(Failure::policy(
+                    "this token names another user than the one whose token opened the SockJS \
+                     session (access_token in its URL)",
+                ));
+            }
+            expires_at = expires_at.min(*owner_expires);
+        }
         let connected = Frame::new(Command::Connected)
             .with_header("version", version)
             .with_header("heart-beat", offered.header())
@@ -492,7 +514,7 @@ impl<W: Outbound> Session<W> {
             .with_header("user-name", user.as_str());
         self.user = Some(user);
         self.version = Some(version);
-        self.expires = Some(expiry_instant(verified.expires_at));
+        self.expires = Some(expiry_instant(expires_at));
         self.heartbeat = negotiated;
         if let Some(every) = negotiated.send {
             self.ws.heartbeats_negotiated();
