@@ -14,7 +14,23 @@ use tidings::sockjs::{Conn, Endpoint, Options, Service};
 /// Sends every message back.
 struct Echo;
 
+/// The suite has no users: every request speaks for the same anonymous owner, and every
+/// origin is trusted (it checks that CORS echoes the origin with credentials).
+macro_rules! anonymous {
+    () => {
+        fn owner(&self, _req: &HttpRequest) -> Result<String, actix_web::Error> {
+            Ok(String::new())
+        }
+
+        fn trusts_origin(&self, _req: &HttpRequest) -> bool {
+            true
+        }
+    };
+}
+
 impl Service for Echo {
+    anonymous!();
+
     fn open(&self, _req: &HttpRequest, mut conn: Conn) -> Result<(), actix_web::Error> {
         actix_web::rt::spawn(async move {
             while let Some(m) = conn.incoming.recv().await {
@@ -31,6 +47,8 @@ impl Service for Echo {
 struct Close;
 
 impl Service for Close {
+    anonymous!();
+
     fn open(&self, _req: &HttpRequest, conn: Conn) -> Result<(), actix_web::Error> {
         conn.out.close(3000, "Go away!");
         Ok(())
