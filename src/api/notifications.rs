@@ -252,7 +252,7 @@ pub async fn publish(
         ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
         ("unread" = Option<bool>, Query, nullable = false, description = "Only unread notifications."),
         ("archived" = Option<bool>, Query, nullable = false, description = "The inbox view (without `after`) leaves archived notifications out; `archived=true` lists only them. Not with `after`: the replay includes archived notifications, with `archived_at` set."),
-        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
+        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, description = "JSONP: a JavaScript identifier path of at most 64 characters, with no part named `constructor`, `prototype`, `__proto__`, `eval` or `Function`. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the page or, on an error, the problem document; the token may then come as `access_token`."),
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
     responses(
@@ -326,7 +326,7 @@ async fn list_page(
 #[utoipa::path(
     get, path = "/v1/notifications/unread-count", tag = "inbox",
     params(
-        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, description = "JSONP: a JavaScript identifier path of at most 64 characters. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the count or, on an error, the problem document; the token may then come as `access_token`."),
+        ("callback" = Option<String>, Query, nullable = false, min_length = 1, max_length = 64, description = "JSONP: a JavaScript identifier path of at most 64 characters, with no part named `constructor`, `prototype`, `__proto__`, `eval` or `Function`. The answer is then always a 200 `application/javascript` script `/**/callback(body);`, where body is the count or, on an error, the problem document; the token may then come as `access_token`."),
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, with `callback` only (a `<script>` cannot send headers)."),
     ),
     responses(
