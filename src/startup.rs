@@ -168,6 +168,7 @@ impl Application {
                         handshake: Duration::from_secs(settings.grpc.handshake_timeout_seconds),
                         idle: Duration::from_secs(settings.grpc.idle_timeout_seconds),
                     },
+                    body_timeout: Duration::from_secs(settings.server.body_timeout_seconds),
                 },
                 &stopping,
                 &shutdown,

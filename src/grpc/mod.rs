@@ -10,6 +10,7 @@
 //! place where errors become gRPC status codes.
 
 mod convert;
+mod input;
 pub mod listener;
 pub use convert::{json_to_struct, struct_to_json};
 mod service;
@@ -79,6 +80,8 @@ pub struct Options {
     pub grace: Duration,
     /// The bounds on the listener's TCP connections.
     pub limits: listener::Limits,
+    /// How long a request body may take to arrive (`TIDINGS__SERVER__BODY_TIMEOUT_SECONDS`).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,9 @@ pub fn spawn(
         .layer(listener::CallsLayer)
         .layer(cors(&options.allowed_origins))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(input::InputLayer {
+            body_timeout: options.body_timeout,
+        })
         .add_service(notifications)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -7,6 +7,7 @@ mod auth;
 mod changes;
 mod cursor;
 mod grpc;
+mod grpc_input;
 mod grpc_limits;
 mod hardening;
 mod head;
