@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod changes;
 mod cursor;
+mod deep_data;
 mod grpc;
 mod grpc_input;
 mod grpc_limits;
