@@ -38,8 +38,10 @@ async fn head_answers_wherever_get_does(b: Backend) {
             get_type,
             "HEAD {path}"
         );
-        // The GET's length, when it has one (RFC 9110 §8.6), and never a body.
-        if let Some(length) = head.headers().get("content-length") {
+        // The GET's length, when it has one (RFC 9110 §8.6), and never a body. Only for
+        // fixed documents: /readyz and /v1/sockjs/info say something new each time.
+        let fixed = ["/healthz", "/openapi.json"].contains(&path);
+        if let Some(length) = head.headers().get("content-length").filter(|_| fixed) {
             assert_eq!(
                 length.to_str().ok(),
                 Some(get_body.len().to_string().as_str()),
