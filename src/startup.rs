@@ -529,3 +529,53 @@ impl History for StoreHistory {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::Profile;
+
+    fn settings() -> Settings {
+        let mut s = Settings::defaults(Profile::Local).expect("defaults");
+        s.server.max_connections = 20_000;
+        s.grpc.max_connections = 10_000;
+        s.database.max_connections = 5;
+        s
+    }
+
+    #[test]
+    fn both_caps_fit_in_the_open_file_budget() {
+        // 1,024 descriptors, 256 + 6 × 5 reserved: 738 for clients, a quarter for gRPC.
+        let caps = connection_caps(&settings(), true, Some(1024));
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                hub: 554,
+                grpc: 184
+            }
+        );
+        // Without the gRPC listener HTTP has it all.
+        let caps = connection_caps(&settings(), false, Some(1024));
+        assert_eq!(caps, ConnectionCaps { hub: 738, grpc: 0 });
+    }
+
+    #[test]
+    fn a_high_limit_keeps_the_configured_caps() {
+        let caps = connection_caps(&settings(), true, Some(1 << 20));
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                hub: 20_000,
+                grpc: 10_000
+            }
+        );
+        let caps = connection_caps(&settings(), true, None);
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                hub: 20_000,
+                grpc: 10_000
+            }
+        );
+    }
+}
