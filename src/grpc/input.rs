@@ -56,13 +56,20 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let timeout = self.body_timeout;
-        let req = req.map(|body| {
-            Body::new(TimedBody {
-                body,
-                deadline: Box::pin(tokio::time::sleep(timeout)),
-                timeout,
+        // Reflection is a bidirectional stream (a tool sends request after request on one
+        // call), so its body is not bounded; every other method takes one message.
+        let streaming = req.uri().path().starts_with("/grpc.reflection.");
+        let req = if streaming {
+            req
+        } else {
+            req.map(|body| {
+                Body::new(TimedBody {
+                    body,
+                    deadline: Box::pin(tokio::time::sleep(timeout)),
+                    timeout,
+                })
             })
-        });
+        };
         let response = self.inner.call(req);
         Box::pin(async move {
             let mut response = response.await?;
