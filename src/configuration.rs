@@ -250,6 +250,16 @@ pub struct GrpcSettings {
     /// A listener of its own because gRPC wants HTTP/2 end to end, which actix-web's
     /// HTTP/1 listener does not speak.
     pub listen: String,
+    /// TCP connections the listener holds at once; past it a connection is closed at once.
+    /// Its descriptors come out of the same open-file budget as the HTTP face's, so a
+    /// flood on one listener cannot starve the other.
+    pub max_connections: usize,
+    /// A connection that has not sent its HTTP/2 preface (or HTTP/1 request) this long
+    /// after it was accepted is closed.
+    pub handshake_timeout_seconds: u64,
+    /// A connection with no call open for this long is closed (dead peers are found sooner
+    /// by HTTP/2 pings every `server.heartbeat_seconds`).
+    pub idle_timeout_seconds: u64,
 }
 
 /// The MQTT bridge: every committed notification and unread-count change is published to
@@ -444,6 +454,15 @@ impl Settings {
             (
                 "TIDINGS__DATABASE__MAX_CONNECTIONS",
                 self.database.max_connections as usize,
+            ),
+            ("TIDINGS__GRPC__MAX_CONNECTIONS", self.grpc.max_connections),
+            (
+                "TIDINGS__GRPC__HANDSHAKE_TIMEOUT_SECONDS",
+                self.grpc.handshake_timeout_seconds as usize,
+            ),
+            (
+                "TIDINGS__GRPC__IDLE_TIMEOUT_SECONDS",
+                self.grpc.idle_timeout_seconds as usize,
             ),
             (
                 "TIDINGS__SOCKJS__HEARTBEAT_SECONDS",
@@ -691,6 +710,9 @@ fn defaults(
         .set_default("redis.channel", "tidings:events")?
         .set_default("redis.routing", "user")?
         .set_default("grpc.listen", "auto")?
+        .set_default("grpc.max_connections", 10_000)?
+        .set_default("grpc.handshake_timeout_seconds", 5)?
+        .set_default("grpc.idle_timeout_seconds", 300)?
         .set_default("auth.algorithm", "HS256")?
         .set_default("auth.secret_file", "tidings.secret")?
         .set_default("auth.generate_secret", !production)?

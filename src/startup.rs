@@ -105,7 +105,8 @@ impl Application {
             .map(|l| l.local_addr().map(|a| a.port()))
             .transpose()?;
 
-        let max_connections = connection_cap(&settings, raise_fd_limit());
+        let caps = connection_caps(&settings, grpc_listener.is_some(), raise_fd_limit());
+        let max_connections = caps.hub;
         let metrics = Metrics::with_mqtt(mqtt_url.is_some());
         // Under the root: it stops with the bus and the committers, after the server has
         // drained, so the last requests' rows are published if the broker is there.
@@ -162,6 +163,12 @@ impl Application {
                     allowed_origins: settings.server.allowed_origins.clone(),
                     heartbeat: Duration::from_secs(settings.server.heartbeat_seconds),
                     grace,
+                    limits: grpc::listener::Limits {
+                        max_connections: caps.grpc,
+                        handshake: Duration::from_secs(settings.grpc.handshake_timeout_seconds),
+                        idle: Duration::from_secs(settings.grpc.idle_timeout_seconds),
+                    },
+                    body_timeout: Duration::from_secs(settings.server.body_timeout_seconds),
                 },
                 &stopping,
                 &shutdown,
@@ -181,6 +188,9 @@ impl Application {
         let stalled = Duration::from_secs(settings.server.stalled_client_seconds);
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(
+                    crate::http::head::head_as_get,
+                ))
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(state.clone())
                 .configure(routes::configure)
@@ -366,20 +376,63 @@ pub fn raise_fd_limit() -> Option<u64> {
     None
 }
 
-/// The connection cap this replica can honour with `fd_limit` descriptors. Past the
+/// The connection caps this replica can honour: the hub's (streams, sockets and waiting
+/// long-polls, on every face) and the gRPC listener's (TCP connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub hub: usize,
+    /// 0 when the gRPC listener is off.
+    pub grpc: usize,
+}
+
+/// The share of the open-file budget the gRPC listener may take at most, when the limit is
+/// too low for both caps: the HTTP face keeps the rest.
+const GRPC_FD_SHARE: u64 = 4;
+
+/// The connection caps this replica can honour with `fd_limit` descriptors. Past the
 /// configured cap clients get a clean 503; past the descriptor limit they would get nothing
 /// (the accept fails, the client hangs and the log fills with "Too many open files"), so a
-/// limit too low for `MAX_CONNECTIONS` lowers the cap instead, with a warning.
-pub fn connection_cap(settings: &Settings, fd_limit: Option<u64>) -> usize {
+/// limit too low for `MAX_CONNECTIONS` lowers the cap instead, with a warning. The gRPC
+/// listener's connections come out of the same budget, set aside first (at most a quarter
+/// of it), so neither listener can take the descriptors the other needs.
+pub fn connection_caps(settings: &Settings, grpc: bool, fd_limit: Option<u64>) -> ConnectionCaps {
     let configured = settings.server.max_connections;
+    let grpc_configured = if grpc {
+        settings.grpc.max_connections
+    } else {
+        0
+    };
     let Some(limit) = fd_limit else {
-        return configured;
+        return ConnectionCaps {
+            hub: configured,
+            grpc: grpc_configured,
+        };
     };
     let reserve = FD_RESERVE_FIXED
         + FD_PER_DATABASE_CONNECTION * u64::from(settings.database.max_connections);
-    let fits = usize::try_from(limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    let budget = limit.saturating_sub(reserve);
+    let grpc_cap = if grpc {
+        let share = usize::try_from(budget / GRPC_FD_SHARE).unwrap_or(usize::MAX);
+        grpc_configured.min(share.max(1))
+    } else {
+        0
+    };
+    if grpc_cap < grpc_configured {
+        tracing::warn!(
+            grpc_configured,
+            grpc_effective = grpc_cap,
+            open_file_limit = limit,
+            "the open-file limit is too low for TIDINGS__GRPC__MAX_CONNECTIONS; lowering the \
+             gRPC listener's connection cap (raise the hard limit, e.g. `ulimit -Hn` or the \
+             container's nofile)"
+        );
+    }
+    let fits = usize::try_from(budget.saturating_sub(grpc_cap as u64)).unwrap_or(usize::MAX);
     if fits >= configured {
-        return configured;
+        return ConnectionCaps {
+            hub: configured,
+            grpc: grpc_cap,
+        };
     }
     let cap = fits.max(1);
     tracing::warn!(
@@ -387,10 +440,14 @@ pub fn connection_cap(settings: &Settings, fd_limit: Option<u64>) -> usize {
         effective = cap,
         open_file_limit = limit,
         reserve,
+        grpc_connections = grpc_cap,
         "the open-file limit is too low for TIDINGS__SERVER__MAX_CONNECTIONS; lowering the \
          connection cap (raise the hard limit, e.g. `ulimit -Hn` or the container's nofile)"
     );
-    cap
+    ConnectionCaps {
+        hub: cap,
+        grpc: grpc_cap,
+    }
 }
 
 /// Sets TCP_USER_TIMEOUT on an accepted connection: the kernel closes it when sent data
@@ -470,5 +527,55 @@ impl History for StoreHistory {
                 floor: Seq::ZERO,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::Profile;
+
+    fn settings() -> Settings {
+        let mut s = Settings::defaults(Profile::Local).expect("defaults");
+        s.server.max_connections = 20_000;
+        s.grpc.max_connections = 10_000;
+        s.database.max_connections = 5;
+        s
+    }
+
+    #[test]
+    fn both_caps_fit_in_the_open_file_budget() {
+        // 1,024 descriptors, 256 + 6 × 5 reserved: 738 for clients, a quarter for gRPC.
+        let caps = connection_caps(&settings(), true, Some(1024));
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                hub: 554,
+                grpc: 184
+            }
+        );
+        // Without the gRPC listener HTTP has it all.
+        let caps = connection_caps(&settings(), false, Some(1024));
+        assert_eq!(caps, ConnectionCaps { hub: 738, grpc: 0 });
+    }
+
+    #[test]
+    fn a_high_limit_keeps_the_configured_caps() {
+        let caps = connection_caps(&settings(), true, Some(1 << 20));
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                hub: 20_000,
+                grpc: 10_000
+            }
+        );
+        let caps = connection_caps(&settings(), true, None);
+        assert_eq!(
+            caps,
+            ConnectionCaps {
+                hub: 20_000,
+                grpc: 10_000
+            }
+        );
     }
 }

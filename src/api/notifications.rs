@@ -83,7 +83,8 @@ pub struct PublishToRecipients {
     /// At most 4000 characters, none of them U+0000.
     #[schema(max_length = 4000, pattern = "^[^\\u0000]*$")]
     body: Option<String>,
-    /// A JSON object of at most 16 KiB serialized; no key or string in it may contain U+0000.
+    /// A JSON object of at most 16 KiB serialized, nested at most 32 levels of objects and
+    /// arrays (itself included); no key or string in it may contain U+0000.
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     /// An absolute http(s) URL of at most 2048 characters.
@@ -121,7 +122,8 @@ pub struct PublishToTopic {
     /// At most 4000 characters, none of them U+0000.
     #[schema(max_length = 4000, pattern = "^[^\\u0000]*$")]
     body: Option<String>,
-    /// A JSON object of at most 16 KiB serialized; no key or string in it may contain U+0000.
+    /// A JSON object of at most 16 KiB serialized, nested at most 32 levels of objects and
+    /// arrays (itself included); no key or string in it may contain U+0000.
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     /// An absolute http(s) URL of at most 2048 characters.

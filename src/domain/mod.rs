@@ -18,5 +18,5 @@ pub use inbox::{ChangeKind, Counts, InboxChange, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use notification_id::NotificationId;
 pub use publish::{FieldError, NewNotification};
-pub use text::{Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
+pub use text::{json_depth, Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{ServiceName, TopicName, UserId};

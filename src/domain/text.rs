@@ -95,19 +95,33 @@ impl Body {
     }
 }
 
-/// `data`: a JSON object of at most 16 KiB once serialized, with no NUL in any key or string
-/// at any depth (Postgres `jsonb` refuses `\u0000` wherever it appears).
+/// `data`: a JSON object of at most 16 KiB once serialized, nested at most
+/// [`NotificationData::MAX_DEPTH`] deep, with no NUL in any key or string at any depth
+/// (Postgres `jsonb` refuses `\u0000` wherever it appears).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct NotificationData(Map<String, Value>);
 
 impl NotificationData {
     pub const MAX_BYTES: usize = 16 * 1024;
+    /// Objects and arrays nested in `data`, itself counting as one. Every face must carry
+    /// what ingest accepts: protobuf decoders (prost, grpcio, protobuf-js) stop at 100
+    /// nested messages, and a `google.protobuf.Struct` spends up to three per JSON object
+    /// (the Struct, its map entry, the Value: C++ and upb count all three, prost two) beside
+    /// the two around it (the response and the Notification): 2 + 3 × 32 = 98 fits.
+    pub const MAX_DEPTH: usize = 32;
 
     pub fn parse(v: &Value) -> Result<Self, String> {
         let Value::Object(map) = v else {
             return Err("must be a JSON object".into());
         };
+        let depth = json_depth(v);
+        if depth > Self::MAX_DEPTH {
+            return Err(format!(
+                "nests {depth} levels of objects and arrays; at most {} are allowed",
+                Self::MAX_DEPTH
+            ));
+        }
         let size = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
         if size > Self::MAX_BYTES {
             return Err(format!(
@@ -121,12 +135,29 @@ impl NotificationData {
         Ok(Self(map.clone()))
     }
 
+    /// Data read back as stored, without the checks: a row written before a rule existed
+    /// (a deeper `data` than [`Self::MAX_DEPTH`]) must still load and be delivered. Tests
+    /// recreate such rows with it.
+    pub fn from_stored(map: Map<String, Value>) -> Self {
+        Self(map)
+    }
+
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
     }
 
     pub fn into_value(self) -> Value {
         Value::Object(self.0)
+    }
+}
+
+/// How many objects and arrays `v` nests: 0 for a scalar, 1 for `{"a": 1}`. Recursive:
+/// what reaches it was parsed by serde_json (128 levels at most) or prost (100 messages).
+pub fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -255,6 +286,21 @@ mod tests {
     #[test]
     fn data_must_be_a_small_object() {
         assert!(NotificationData::parse(&json!({"order_id": 1234})).is_ok());
+        let mut deep = json!(1);
+        // Arrays count too; the outermost is an object.
+        for i in 0..NotificationData::MAX_DEPTH - 1 {
+            deep = if i % 2 == 0 {
+                json!({ "a": deep })
+            } else {
+                json!([deep])
+            };
+        }
+        let deep = json!({ "a": deep });
+        assert_eq!(json_depth(&deep), NotificationData::MAX_DEPTH);
+        assert!(NotificationData::parse(&deep).is_ok());
+        let deeper = json!({ "a": deep });
+        let err = NotificationData::parse(&deeper).expect_err("too deep");
+        assert!(err.contains("33 levels"), "{err}");
         assert!(NotificationData::parse(&json!([1, 2])).is_err());
         assert!(NotificationData::parse(&json!("x")).is_err());
         let big = json!({ "k": "x".repeat(16 * 1024) });

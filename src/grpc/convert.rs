@@ -2,7 +2,9 @@
 //! `ingest` validates for REST, so both faces refuse the same input with the same words.
 
 use super::proto;
-use crate::domain::{format_time, ChangeKind, Counts, InboxChange, Notification};
+use crate::domain::{
+    format_time, json_depth, ChangeKind, Counts, InboxChange, Notification, NotificationData,
+};
 use crate::store::Receipt;
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
@@ -112,14 +114,23 @@ pub fn receipt(r: &Receipt) -> proto::Receipt {
     }
 }
 
+/// A stored notification's `data` at any depth: a Struct within what ingest accepts today,
+/// else JSON text (`data_json`), so a row older than the depth limit never makes a
+/// client's decoder fail on a List page or a Subscribe stream.
 pub fn notification(n: &Notification) -> proto::Notification {
+    let (data, data_json) = match &n.data {
+        Some(v) if json_depth(v) > NotificationData::MAX_DEPTH => (None, Some(v.to_string())),
+        Some(v) => (json_to_struct(v), None),
+        None => (None, None),
+    };
     proto::Notification {
         id: n.id.to_string(),
         seq: n.seq.get(),
         r#type: n.kind.clone(),
         title: n.title.clone(),
         body: n.body.clone(),
-        data: n.data.as_ref().and_then(json_to_struct),
+        data,
+        data_json,
         link: n.link.clone(),
         created_at: format_time(&n.created_at),
         read_at: n.read_at.as_ref().map(format_time),

@@ -10,6 +10,8 @@
 //! place where errors become gRPC status codes.
 
 mod convert;
+mod input;
+pub mod listener;
 pub use convert::{json_to_struct, struct_to_json};
 mod service;
 pub mod status;
@@ -24,7 +26,6 @@ use crate::telemetry::Chain;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::codegen::http;
-use tonic::transport::server::TcpIncoming;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The code generated from the committed `.proto`, client and server.
@@ -77,6 +78,10 @@ pub struct Options {
     pub heartbeat: Duration,
     /// How long open calls get to finish once the replica has drained its HTTP requests.
     pub grace: Duration,
+    /// The bounds on the listener's TCP connections.
+    pub limits: listener::Limits,
+    /// How long a request body may take to arrive (`TIDINGS__SERVER__BODY_TIMEOUT_SECONDS`).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,16 +112,19 @@ pub fn spawn(
     // plain tokio runtime, so connects are handed to the arbiter that builds the server.
     let arbiter = actix::Arbiter::try_current().ok_or(StartError::NoArbiter)?;
     listener.set_nonblocking(true)?;
-    let incoming =
-        TcpIncoming::from(tokio::net::TcpListener::from_std(listener)?).with_nodelay(Some(true));
+    let incoming = listener::incoming(tokio::net::TcpListener::from_std(listener)?, options.limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Reflection lists every service the listener serves, the standard health service
+    // included (`grpcurl list` shows what a client can call), in both protocol versions:
+    // v1 for current tools, v1alpha for the older ones still in use.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let notifications = proto::notifications_server::NotificationsServer::new(
         service::Notifications::new(core, arbiter),
     )
@@ -126,8 +134,12 @@ pub fn spawn(
         .accept_http1(true)
         .http2_keepalive_interval(Some(options.heartbeat))
         .http2_keepalive_timeout(Some(options.heartbeat))
+        .layer(listener::CallsLayer)
         .layer(cors(&options.allowed_origins))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(input::InputLayer {
+            body_timeout: options.body_timeout,
+        })
         .add_service(notifications)
         .add_service(health_service)
         .add_service(reflection_v1)

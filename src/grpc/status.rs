@@ -130,9 +130,55 @@ impl From<GrpcError> for Status {
     }
 }
 
+/// What tonic says, before any handler runs, about a request it could not read: the
+/// code these deserve, or `None` for anything else (our handlers' statuses come through
+/// [`GrpcError`] and are never rewritten). tonic reports them all as INTERNAL, and a
+/// message over the size limit as OUT_OF_RANGE, which we never send.
+pub fn client_input(code: Code, message: &str) -> Option<Code> {
+    /// tonic's and prost's words for unreadable input: garbage or invalid UTF-8 in the
+    /// protobuf, a body that ends mid-message or holds none, bad gRPC-Web framing or base64.
+    const UNREADABLE: [&str; 5] = [
+        "failed to decode Protobuf message",
+        "Missing request message",
+        "Unexpected EOF decoding stream",
+        "tonic-web:",
+        "protocol error:",
+    ];
+    match code {
+        Code::OutOfRange => Some(Code::ResourceExhausted),
+        Code::Internal if UNREADABLE.iter().any(|m| message.starts_with(m)) => {
+            Some(Code::InvalidArgument)
+        }
+        _ => None,
+    }
+}
+
+/// A request body that took longer than `timeout` to arrive (REST's 408).
+pub fn body_too_slow(timeout: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the request body took longer than {} s to arrive; send it at once",
+        timeout.as_secs()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_input_is_the_clients_mistake() {
+        let cases = [
+            (Code::Internal, "failed to decode Protobuf message: invalid wire type", Some(Code::InvalidArgument)),
+            (Code::Internal, "Missing request message.", Some(Code::InvalidArgument)),
+            (Code::Internal, "tonic-web: Invalid byte 33, offset 0.", Some(Code::InvalidArgument)),
+            (Code::OutOfRange, "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes", Some(Code::ResourceExhausted)),
+            (Code::Internal, "something went wrong on our side; it has been logged", None),
+            (Code::Unauthenticated, "no token", None),
+        ];
+        for (code, message, wanted) in cases {
+            assert_eq!(client_input(code, message), wanted, "{message}");
+        }
+    }
 
     #[test]
     fn client_mistakes_are_never_internal() {

@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod head;
 pub mod html;
 pub mod jsonp;
 pub mod origin;

@@ -31,6 +31,8 @@ pub struct TestApp {
     pub address: String,
     /// The gRPC listener, `http://127.0.0.1:<port>` (on by default, port 0 in tests).
     pub grpc_address: String,
+    /// The server's database, for a test that writes what the API would refuse.
+    pub database_url: String,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -86,6 +88,7 @@ pub async fn spawn_app_with_history(
         }
     };
     customize(&mut settings);
+    let database_url = secrecy::ExposeSecret::expose_secret(&settings.database.url).to_owned();
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -114,6 +117,7 @@ pub async fn spawn_app_with_history(
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         grpc_address: format!("http://127.0.0.1:{}", grpc_port.unwrap_or(0)),
+        database_url,
         client: reqwest::Client::new(),
         stop: Some(stop_tx),
         thread: Some(thread),

@@ -241,6 +241,27 @@ class GrpcPython(unittest.TestCase):
         self.assertEqual((counts.unread, counts.seq), (3, 3))
         stream.cancel()
 
+    def test_data_at_the_nesting_limit_decodes_in_grpcio(self):
+        def nested(depth):
+            value = 1
+            for _ in range(depth):
+                value = {"a": value}
+            return value
+
+        alice = fresh("alice")
+        req = pb.PublishRequest(recipients=[alice], type="deep", title="deep")
+        req.data.update(nested(32))
+        self.stub.Publish(req, metadata=bearer(service_token()), timeout=WAIT)
+        page = self.stub.List(pb.ListRequest(), metadata=bearer(user_token(alice)), timeout=WAIT)
+        self.assertEqual(json_format.MessageToDict(page.notifications[0].data), nested(32))
+
+        req = pb.PublishRequest(recipients=[alice], type="deep", title="deep")
+        req.data.update(nested(33))
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Publish(req, metadata=bearer(service_token()), timeout=WAIT)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("data", violations(cm.exception) + [cm.exception.details()])
+
     def test_bad_input_statuses(self):
         with self.assertRaises(grpc.RpcError) as cm:
             self.stub.Publish(pb.PublishRequest(recipients=["ok", "not ok"], type="Bad Type", link="nope"),
@@ -312,6 +333,25 @@ class GrpcWebWire(unittest.TestCase):
             },
         )
         return urllib.request.urlopen(req, timeout=WAIT)
+
+    def test_an_empty_or_unreadable_body_is_invalid_argument(self):
+        for content_type, body in [
+            ("application/grpc-web+proto", b""),
+            ("application/grpc-web+proto", b"\x00\x00\x00\x00\x03\xff\xff\xff"),
+            ("application/grpc-web-text", b"!!!!"),
+        ]:
+            req = urllib.request.Request(
+                f"{self.base}/tidings.v1.Notifications/Publish",
+                data=body,
+                method="POST",
+                headers={
+                    "content-type": content_type,
+                    "x-grpc-web": "1",
+                    "authorization": f"Bearer {service_token()}",
+                },
+            )
+            with urllib.request.urlopen(req, timeout=WAIT) as resp:
+                self.assertEqual(resp.headers.get("grpc-status"), "3", (content_type, body))
 
     def test_preflight_allows_the_configured_origin_only(self):
         def preflight(origin):

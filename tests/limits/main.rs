@@ -18,6 +18,7 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 struct Replica {
     port: u16,
+    grpc_port: u16,
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -34,10 +35,14 @@ impl Replica {
     /// answers `/healthz`.
     async fn start(ulimit: &str, env: &[(&str, &str)]) -> Replica {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let port = free_port();
+        let grpc_port = free_port();
         let log = dir.path().join("tidings.log");
         let (out, err) = log_file(&log);
         let mut cmd = Command::new("sh");
@@ -56,7 +61,7 @@ impl Replica {
         cmd.env_remove("RUST_LOG")
             .env("TIDINGS_PROFILE", "local")
             .env("TIDINGS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("TIDINGS__GRPC__LISTEN", "127.0.0.1:0")
+            .env("TIDINGS__GRPC__LISTEN", format!("127.0.0.1:{grpc_port}"))
             .env("TIDINGS__SERVER__WORKERS", "2")
             .env("TIDINGS__SERVER__HEARTBEAT_SECONDS", "60")
             .env(
@@ -73,6 +78,7 @@ impl Replica {
         let child = cmd.spawn().expect("start tidings");
         let mut replica = Replica {
             port,
+            grpc_port,
             child,
             log,
             _dir: dir,
@@ -325,4 +331,78 @@ async fn refusals_are_logged_once_a_second_as_a_warning() {
         "{} refusal lines in {took:?}: {warnings:#?}",
         warnings.len()
     );
+}
+
+/// Issue 22: under a 1,024 open-file limit, 1,100 connections to the gRPC port that send
+/// nothing took the descriptors HTTP needed ("Too many open files", /healthz timing out).
+/// Now the gRPC listener holds at most its share of the budget, refuses the rest at once,
+/// closes the silent ones at the handshake bound, and HTTP never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_grpc_connections_never_starves_http() {
+    let replica = Replica::start(
+        "ulimit -n 1024",
+        &[
+            ("TIDINGS__GRPC__HANDSHAKE_TIMEOUT_SECONDS", "2"),
+            ("TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER", "100"),
+        ],
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..1100 {
+        match timeout(
+            ANSWER_WITHIN,
+            TcpStream::connect(("127.0.0.1", replica.grpc_port)),
+        )
+        .await
+        {
+            Ok(Ok(socket)) => silent.push(socket),
+            Ok(Err(e)) => panic!("connect: {e}"),
+            Err(_) => panic!("connect hung"),
+        }
+    }
+    // HTTP answers, and streams open, while the flood is held.
+    let health = timeout(ANSWER_WITHIN, replica.status_of("/healthz")).await;
+    assert!(
+        matches!(health, Ok(Ok(200))),
+        "{health:?}\n{}",
+        tail(&replica.log, 20)
+    );
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let mut socket = timeout(ANSWER_WITHIN, replica.get(&stream_path("alice")))
+            .await
+            .expect("in time")
+            .expect("connect");
+        let (status, _) = timeout(ANSWER_WITHIN, read_head(&mut socket))
+            .await
+            .expect("an answer in time")
+            .expect("a response");
+        assert_eq!(status, 200, "{}", tail(&replica.log, 20));
+        streams.push(socket);
+    }
+    // Every silent connection is closed: refused at once past the cap, or at the
+    // handshake bound (2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, socket) in silent.iter_mut().enumerate() {
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout_at(deadline, socket.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0) | Err(_))),
+            "silent gRPC connection {i} still open after 10 s: {closed:?}"
+        );
+    }
+    let log = std::fs::read_to_string(&replica.log).unwrap_or_default();
+    assert!(
+        !log.contains("Too many open files"),
+        "{}",
+        tail(&replica.log, 20)
+    );
+    let refused = replica.log_lines().into_iter().any(|l| {
+        l["level"] == "WARN"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("refused a gRPC connection"))
+    });
+    assert!(refused, "no refusal logged\n{}", tail(&replica.log, 20));
+    drop(streams);
 }
