@@ -24,7 +24,6 @@ pub struct Health {
     /// The release this replica runs (`Cargo.toml`'s version): during a rolling upgrade,
     /// which replicas are still on the old one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(example = "0.2.0")]
     version: Option<&'static str>,
 }
 
