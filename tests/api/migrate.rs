@@ -133,8 +133,6 @@ async fn an_old_database_is_upgraded_in_place(b: Backend) {
     }
 }
 
-crate::both_backends!(an_old_database_is_upgraded_in_place);
-
 /// A replica of this release starts on a database that a later release has already migrated
 /// (a rolling upgrade's new replicas migrate first; an old one may restart meanwhile, or be
 /// rolled back to): the later migration, unknown here, is not an error.
@@ -194,4 +192,7 @@ async fn a_database_migrated_by_a_later_release_still_starts(b: Backend) {
     }
 }
 
-crate::both_backends!(a_database_migrated_by_a_later_release_still_starts);
+crate::both_backends!(
+    an_old_database_is_upgraded_in_place,
+    a_database_migrated_by_a_later_release_still_starts
+);
