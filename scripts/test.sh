@@ -177,7 +177,8 @@ together \
   "tests/grpc/run.sh (grpcio client, gRPC-Web wire)" "bash tests/grpc/run.sh" \
   "tests/mqtt/run.sh (paho-mqtt, Mosquitto)" "bash tests/mqtt/run.sh" \
   "tests/openapi/run.sh (validator, generated client, schemathesis)" "bash tests/openapi/run.sh" \
-  "fuzzing the STOMP frame decoder briefly" "bash fuzz/run.sh ${FUZZ_SECONDS:-60}"
+  "fuzzing the STOMP frame decoder briefly" "bash fuzz/run.sh ${FUZZ_SECONDS:-60}" \
+  "tests/upgrade/run.sh (the previous release beside this one)" "bash tests/upgrade/run.sh"
 
 if [ -f bench/run.sh ]; then
   # The load generator with the feature set `cargo test` used: this links only its two binaries,

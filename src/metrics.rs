@@ -59,6 +59,9 @@ pub struct Metrics {
     pub bus_received: Counter,
     /// Of those, the ones not for a user held here (or sent by this replica itself).
     pub bus_dropped: Counter,
+    /// Bus events this release could not read (another release's, during an upgrade), by
+    /// reason: `version`, `kind`, `malformed`.
+    bus_skipped: Family<ReasonLabel, Counter>,
     /// Redis channels this replica is subscribed to now (one per user held, plus one).
     pub bus_subscriptions: Gauge,
     /// Times every channel was subscribed again: after a reconnect, a slot move, a fail-over.
@@ -242,6 +245,12 @@ impl Metrics {
         let slow_consumers = Counter::default();
         let bus_received = Counter::default();
         let bus_dropped = Counter::default();
+        let bus_skipped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "bus_events_skipped",
+            "Events received from the Redis bus that this release cannot read, by reason",
+            bus_skipped.clone(),
+        );
         let bus_subscriptions = Gauge::default();
         let bus_resubscribes = Counter::default();
         registry.register(
@@ -323,9 +332,18 @@ impl Metrics {
             slow_consumers,
             bus_received,
             bus_dropped,
+            bus_skipped,
             bus_subscriptions,
             bus_resubscribes,
         }
+    }
+
+    pub fn bus_skipped(&self, reason: &str) {
+        self.bus_skipped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn connection_opened(&self, transport: Transport) {

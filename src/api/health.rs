@@ -21,7 +21,14 @@ pub struct Health {
     /// unready: the inbox is the source of truth, and the outbox keeps what the broker missed.
     #[serde(skip_serializing_if = "Option::is_none")]
     mqtt: Option<MqttHealth>,
+    /// The release this replica runs (`Cargo.toml`'s version): during a rolling upgrade,
+    /// which replicas are still on the old one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'static str>,
 }
+
+/// The running release, as `tidings --version` also prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Serialize, ToSchema)]
 pub struct MqttHealth {
@@ -47,6 +54,7 @@ pub async fn healthz() -> HttpResponse {
         database: None,
         bus: None,
         mqtt: None,
+        version: None,
     })
 }
 
@@ -64,6 +72,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             database: None,
             bus,
             mqtt: mqtt_health(&state),
+            version: Some(VERSION),
         });
     }
     let database_up = matches!(
@@ -75,6 +84,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         database: Some(if database_up { "up" } else { "down" }),
         bus,
         mqtt: mqtt_health(&state),
+        version: Some(VERSION),
     };
     if database_up {
         HttpResponse::Ok().json(body)

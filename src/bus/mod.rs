@@ -7,6 +7,7 @@
 //! still delivers to its own clients. The bus is never the source of truth: it only says
 //! "this committed"; anyone who missed it catches up from the database by seq.
 
+pub mod envelope;
 mod redis;
 
 use crate::domain::Event;

@@ -49,6 +49,7 @@
 //!   holds, in bounded pipelined batches. When the connection drops, it reconnects and
 //!   subscribes to every channel again (each confirmation catches its user up).
 
+use super::envelope::{self, CatchUp, Received};
 use super::{BusState, Event};
 use crate::configuration::Routing;
 use crate::domain::UserId;
@@ -58,7 +59,6 @@ use crate::shutdown::Shutdown;
 use futures_util::StreamExt;
 use redis::cluster_async::ClusterConnection;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
-use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -92,22 +92,6 @@ const SETTLE: Duration = Duration::from_secs(3);
 
 const UP: u8 = 1;
 const DOWN: u8 = 2;
-
-/// What travels on a channel: the event and the replica that sent it, which already
-/// delivered it to its own users. Written from borrowed parts, so the event the local hub
-/// also holds is serialized in place rather than copied.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    origin: &'a str,
-    event: &'a Event,
-}
-
-/// The same envelope, as received.
-#[derive(Deserialize)]
-struct Received {
-    origin: String,
-    event: Event,
-}
 
 /// The channel names of one deployment.
 #[derive(Debug, Clone)]
@@ -446,11 +430,7 @@ async fn publisher(
             }
         }
         for event in batch.drain(..) {
-            let envelope = Envelope {
-                origin,
-                event: &event,
-            };
-            match serde_json::to_string(&envelope) {
+            match envelope::encode(origin, &event) {
                 Ok(json) if retry.len() < RETRY_BUFFER => {
                     retry.push_back((shared.channels.of(&event), json))
                 }
@@ -461,13 +441,9 @@ async fn publisher(
         if lost.swap(false, Ordering::AcqRel) {
             // Some events were dropped: replace them all with one catch-up, to everyone.
             retry.clear();
-            let envelope = Envelope {
-                origin,
-                event: &Event::CatchUp,
-            };
             retry.push_back((
                 shared.channels.base.clone(),
-                serde_json::to_string(&envelope).unwrap_or_default(),
+                envelope::encode(origin, &Event::CatchUp).unwrap_or_default(),
             ));
         }
         if conn.is_none() {
@@ -684,18 +660,36 @@ fn on_push(shared: &Shared, dropped: &Notify, info: PushInfo) {
                 return;
             };
             metrics.bus_received.inc();
-            match serde_json::from_slice::<Received>(payload) {
-                Ok(env) if env.origin == shared.origin => {
+            let channel_user = info.data.first().and_then(|c| match c {
+                Value::BulkString(name) => channels.user_of(name),
+                _ => None,
+            });
+            match envelope::decode(payload, channel_user) {
+                Received::Event { origin, .. } if origin == shared.origin => {
                     metrics.bus_dropped.inc();
                 }
-                Ok(env) => match env.event.user() {
+                Received::Event { event, .. } => match event.user() {
                     // Unsubscribed since, or a message that crossed the unsubscribe.
                     Some(user) if !shared.subs.holds(user) => {
                         metrics.bus_dropped.inc();
                     }
-                    _ => shared.hub.dispatch(Arc::new(env.event)),
+                    _ => shared.hub.dispatch(Arc::new(event)),
                 },
-                Err(e) => tracing::warn!(error = %e, "ignoring an undecodable bus message"),
+                // Another release's event (or a broken one): never stop reading; re-read
+                // from the database what it may have changed, unless its sender said it
+                // changes nothing this release shows.
+                Received::Skipped { reason, catch_up } => {
+                    metrics.bus_skipped(reason.as_str());
+                    tracing::debug!(
+                        reason = reason.as_str(),
+                        "skipped a bus event this release cannot read"
+                    );
+                    match catch_up {
+                        CatchUp::Nobody => {}
+                        CatchUp::User(user) => shared.hub.catch_up(&user),
+                        CatchUp::Everyone => shared.hub.catch_up_all(),
+                    }
+                }
             }
         }
         PushKind::Subscribe | PushKind::SSubscribe => {

@@ -133,4 +133,66 @@ async fn an_old_database_is_upgraded_in_place(b: Backend) {
     }
 }
 
-crate::both_backends!(an_old_database_is_upgraded_in_place);
+/// A replica of this release starts on a database that a later release has already migrated
+/// (a rolling upgrade's new replicas migrate first; an old one may restart meanwhile, or be
+/// rolled back to): the later migration, unknown here, is not an error.
+async fn a_database_migrated_by_a_later_release_still_starts(b: Backend) {
+    let _dir;
+    let mut pg_name = None;
+    // What sqlx records for an applied migration, for one this release does not have.
+    let later = |checksum: &str| {
+        format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (29991231000001, 'a later release', TRUE, {checksum}, 0)"
+        )
+    };
+    let url = match b {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("later.db").display()
+            );
+            _dir = dir;
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&mut conn)
+                .await
+                .expect("migrations");
+            conn.execute(later("X'00'").as_str())
+                .await
+                .expect("a later migration");
+            let _ = conn.close().await;
+            url
+        }
+        Backend::Postgres => {
+            let (name, url) = harness::create_database("tidings_migrate").await;
+            pg_name = Some(name);
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("postgres");
+            sqlx::migrate!("./migrations/postgres")
+                .run(&mut conn)
+                .await
+                .expect("migrations");
+            conn.execute(later("decode('00', 'hex')").as_str())
+                .await
+                .expect("a later migration");
+            let _ = conn.close().await;
+            url
+        }
+    };
+
+    let app = spawn_app_with(b, |s| s.database.url = url.clone().into()).await;
+    let r = app.publish(&sample(&["alice"])).await;
+    assert_eq!(r["notifications"][0]["seq"], 1);
+    assert_eq!(seqs(&app.list("alice", "?after=0").await), [1]);
+
+    drop(app);
+    if let Some(name) = pg_name {
+        harness::drop_database_blocking(&name);
+    }
+}
+
+crate::both_backends!(
+    an_old_database_is_upgraded_in_place,
+    a_database_migrated_by_a_later_release_still_starts
+);

@@ -12,6 +12,8 @@ async fn health_and_readiness(b: Backend) {
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["database"], "up");
     assert!(body["bus"].is_string());
+    // The release, so an operator sees which replicas a rolling upgrade has reached.
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
 }
 
 async fn served_openapi_matches_the_committed_file(b: Backend) {

@@ -52,6 +52,8 @@ pub struct Replica {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// The binary it runs when not this build's (the upgrade test's previous release).
+    bin: Option<PathBuf>,
 }
 
 impl Replica {
@@ -145,12 +147,35 @@ impl Cluster {
                 port: free_port(),
                 child: None,
                 log: cluster.dir.path().join(format!("replica-{i}.log")),
+                bin: None,
             });
             // One at a time: the first one runs the migrations.
             cluster.spawn_replica(i);
             cluster.wait_healthy(i).await;
         }
         cluster
+    }
+
+    /// Starts one more replica, running `bin` (this build's binary when `None`), and waits
+    /// until it answers; returns its index.
+    #[allow(dead_code)] // harness API
+    pub async fn add_replica(&mut self, bin: Option<PathBuf>) -> usize {
+        let i = self.replicas.len();
+        self.replicas.push(Replica {
+            port: free_port(),
+            child: None,
+            log: self.dir.path().join(format!("replica-{i}.log")),
+            bin,
+        });
+        self.spawn_replica(i);
+        self.wait_healthy(i).await;
+        i
+    }
+
+    /// The port of the private `redis-server` (not a Redis Cluster's).
+    #[allow(dead_code)] // harness API
+    pub fn redis_port(&self) -> u16 {
+        self.redis.port
     }
 
     #[allow(dead_code)] // harness API, handy in new tests
@@ -179,8 +204,11 @@ impl Cluster {
         let (out, err) = log_file(&replica.log);
         // TIDINGS_TEST_BIN: a copy of the binary, for a target directory that other builds
         // share (and may overwrite while the suite runs).
-        let bin = std::env::var_os("TIDINGS_TEST_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidings").into());
+        let bin = match &replica.bin {
+            Some(bin) => bin.clone().into_os_string(),
+            None => std::env::var_os("TIDINGS_TEST_BIN")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidings").into()),
+        };
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .current_dir(self.dir.path())

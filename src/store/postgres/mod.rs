@@ -63,7 +63,12 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        // A later release's migrations, already applied by one of its replicas during a
+        // rolling upgrade (or before a rollback), are not an error: every migration is
+        // additive for the release before it (docs/upgrading.md), so this one still works.
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         let read_pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))

@@ -52,7 +52,12 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // A later release's migrations, already applied by one of its replicas during a
+        // rolling upgrade (or before a rollback), are not an error: every migration is
+        // additive for the release before it (docs/upgrading.md), so this one still works.
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
