@@ -461,7 +461,7 @@ impl<W: Outbound> Session<W> {
                  (Bearer <jwt>) or as passcode",
                 )
             })?;
-        let verified = self.state.auth.verify(token).map_err(|e| match e {
+        let verified = self.state.auth.authenticate(token).await.map_err(|e| match e {
             AuthError::Expired => End::Error(Failure::new(
                 "token expired",
                 CloseCode::Other(CLOSE_TOKEN_EXPIRED),
