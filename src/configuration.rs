@@ -367,10 +367,7 @@ impl OidcSettings {
             let Some(value) = value else { continue };
             let url = url::Url::parse(value)
                 .map_err(|e| SettingsError::invalid(name, format!("is not a URL: {e}")))?;
-            let loopback = matches!(
-                url.host_str(),
-                Some("localhost" | "127.0.0.1" | "[::1]")
-            );
+            let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
             if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
                 return Err(SettingsError::invalid(
                     name,

@@ -500,7 +500,9 @@ async fn get(
         .content_length()
         .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
     {
-        return Err(FetchError::TooLarge { url: url.to_owned() });
+        return Err(FetchError::TooLarge {
+            url: url.to_owned(),
+        });
     }
     let max_age = response
         .headers()
@@ -510,7 +512,9 @@ async fn get(
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(http)? {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(FetchError::TooLarge { url: url.to_owned() });
+            return Err(FetchError::TooLarge {
+                url: url.to_owned(),
+            });
         }
         body.extend_from_slice(&chunk);
     }
@@ -676,10 +680,7 @@ mod tests {
         );
         // `roles` counts only when configured.
         let app_role = json!({"roles": ["notifications:publish"], "sub": "alice"});
-        assert!(matches!(
-            service(app_role.clone()),
-            Principal::User(_)
-        ));
+        assert!(matches!(service(app_role.clone()), Principal::User(_)));
         let r = rules("sub", "scope,scp,roles");
         assert_eq!(
             r.principal(&claims(app_role)).unwrap(),
@@ -691,8 +692,10 @@ mod tests {
     fn user_claim_by_name_or_nested_path() {
         let r = rules("preferred_username", "scope");
         assert_eq!(
-            r.principal(&claims(json!({"preferred_username": "alice", "sub": "f00"})))
-                .unwrap(),
+            r.principal(&claims(
+                json!({"preferred_username": "alice", "sub": "f00"})
+            ))
+            .unwrap(),
             Principal::User(UserId::parse("alice").unwrap())
         );
         let r = rules("ext.login", "realm_access.roles");
@@ -702,25 +705,37 @@ mod tests {
             Principal::User(UserId::parse("bob").unwrap())
         );
         assert!(matches!(
-            r.principal(&claims(json!({"realm_access": {"roles": ["notifications:publish"]}, "sub": "kc"}))),
+            r.principal(&claims(
+                json!({"realm_access": {"roles": ["notifications:publish"]}, "sub": "kc"})
+            )),
             Ok(Principal::Service(_))
         ));
         let err = rules("email", "scope")
             .principal(&claims(json!({"sub": "x"})))
             .unwrap_err();
-        assert!(err.to_string().contains("`email` claim (the user id) is missing"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`email` claim (the user id) is missing"),
+            "{err}"
+        );
     }
 
     #[test]
     fn cache_control_and_refresh_bounds() {
-        assert_eq!(max_age("public, max-age=600"), Some(Duration::from_secs(600)));
+        assert_eq!(
+            max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
         assert_eq!(max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(max_age("public"), None);
         let mut s = Settings::defaults(Profile::Local).unwrap().auth;
         s.oidc.issuer = Some("https://idp.example".into());
         let p = Provider::new(&s).unwrap();
         assert_eq!(p.refresh_after(None), Duration::from_secs(300));
-        assert_eq!(p.refresh_after(Some(Duration::ZERO)), Duration::from_secs(300));
+        assert_eq!(
+            p.refresh_after(Some(Duration::ZERO)),
+            Duration::from_secs(300)
+        );
         assert_eq!(
             p.refresh_after(Some(Duration::from_secs(3600))),
             Duration::from_secs(3600)

@@ -75,7 +75,9 @@ impl<T> Authenticating<T> {
     pub fn into_inner(self) -> Result<T, ApiError> {
         match self {
             Authenticating::Ready(result) => result.unwrap_or_else(|| {
-                Err(ApiError::Internal("an extractor was polled after it finished".into()))
+                Err(ApiError::Internal(
+                    "an extractor was polled after it finished".into(),
+                ))
             }),
             Authenticating::Waiting(_) => Err(AuthError::Unavailable(KEYS_REFRESHING).into()),
         }
@@ -88,7 +90,9 @@ impl<T: Unpin> Future for Authenticating<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             Authenticating::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
-                Err(ApiError::Internal("an extractor was polled after it finished".into()))
+                Err(ApiError::Internal(
+                    "an extractor was polled after it finished".into(),
+                ))
             })),
             Authenticating::Waiting(later) => later.as_mut().poll(cx),
         }
@@ -102,17 +106,16 @@ fn authenticating<T: 'static>(
     token: Result<Option<&str>, ApiError>,
     then: fn(&HttpRequest, Verified) -> Result<T, ApiError>,
 ) -> Authenticating<T> {
-    let auth = match token
-        .and_then(|t| Ok((t.ok_or(AuthError::Missing)?, state(req)?.auth.clone())))
-    {
-        Ok(found) => found,
-        Err(e) => return Authenticating::Ready(Some(Err(e))),
-    };
+    let auth =
+        match token.and_then(|t| Ok((t.ok_or(AuthError::Missing)?, state(req)?.auth.clone()))) {
+            Ok(found) => found,
+            Err(e) => return Authenticating::Ready(Some(Err(e))),
+        };
     let (token, auth) = auth;
     match auth.check(token) {
-        Check::Done(result) => {
-            Authenticating::Ready(Some(result.map_err(ApiError::from).and_then(|v| then(req, v))))
-        }
+        Check::Done(result) => Authenticating::Ready(Some(
+            result.map_err(ApiError::from).and_then(|v| then(req, v)),
+        )),
         Check::Wait(wait) => {
             let req = req.clone();
             let token = token.to_owned();
@@ -286,11 +289,13 @@ impl FromRequest for Caller {
     type Future = Authenticating<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        authenticating(req, bearer(req).map_err(ApiError::from), |req, verified| {
-            match verified.principal {
+        authenticating(
+            req,
+            bearer(req).map_err(ApiError::from),
+            |req, verified| match verified.principal {
                 Principal::Service(_) => service_from(req, verified).map(Caller::Service),
                 Principal::User(_) => user_from(req, verified).map(Caller::User),
-            }
-        })
+            },
+        )
     }
 }

@@ -147,7 +147,11 @@ impl Drop for Idp {
 }
 
 /// A server that takes this provider's tokens beside its local key's.
-async fn app_for(b: Backend, issuer: &str, customize: impl FnOnce(&mut tidings::configuration::Settings)) -> TestApp {
+async fn app_for(
+    b: Backend,
+    issuer: &str,
+    customize: impl FnOnce(&mut tidings::configuration::Settings),
+) -> TestApp {
     let issuer = issuer.to_owned();
     spawn_app_with(b, move |s| {
         s.auth.oidc.issuer = Some(issuer);
@@ -182,7 +186,10 @@ async fn publish_as(app: &TestApp, token: &str, body: &Value) -> (u16, Value) {
         .send()
         .await
         .expect("publish");
-    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
 }
 
 /// The status, `WWW-Authenticate` and problem detail of an inbox read with `token`.
@@ -212,14 +219,18 @@ async fn stomp_next_notification(app: &TestApp, token: &str, service: &str) -> i
 
     let url = format!("{}/v1/stomp", app.address.replace("http://", "ws://"));
     let mut req = url.into_client_request().expect("request");
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("v12.stomp"));
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("v12.stomp"),
+    );
     let (mut ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(req))
         .await
         .expect("handshake within WAIT")
         .expect("handshake");
     for frame in [
-        format!("CONNECT\naccept-version:1.2\nhost:tidings\nheart-beat:0,0\npasscode:{token}\n\n\0"),
+        format!(
+            "CONNECT\naccept-version:1.2\nhost:tidings\nheart-beat:0,0\npasscode:{token}\n\n\0"
+        ),
         "SUBSCRIBE\nid:feed\ndestination:/user/queue/notifications\nreceipt:subscribed\n\n\0"
             .into(),
     ] {
@@ -299,8 +310,15 @@ async fn provider_tokens_work_on_every_face(b: Backend) {
     let alice = idp.user_token("alice").await;
     let (status, _, page) = inbox(&app, &alice).await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["notifications"].as_array().map(Vec::len), Some(1), "{page}");
-    assert_eq!(page["notifications"][0]["id"], receipt["notifications"][0]["id"]);
+    assert_eq!(
+        page["notifications"].as_array().map(Vec::len),
+        Some(1),
+        "{page}"
+    );
+    assert_eq!(
+        page["notifications"][0]["id"],
+        receipt["notifications"][0]["id"]
+    );
 
     let mut sse = SseClient::open(&app.address, &alice, Some(0)).await;
     assert_eq!(sse.next_notification().await.0, 1);
@@ -314,7 +332,11 @@ async fn provider_tokens_work_on_every_face(b: Backend) {
     let bob = idp.user_token("bob").await;
     let (status, _, page) = inbox(&app, &bob).await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["notifications"], json!([]), "bob sees nothing of alice's");
+    assert_eq!(
+        page["notifications"],
+        json!([]),
+        "bob sees nothing of alice's"
+    );
 
     // The service token cannot read, the user token cannot publish.
     assert_eq!(inbox(&app, &service).await.0, 403);
@@ -322,7 +344,7 @@ async fn provider_tokens_work_on_every_face(b: Backend) {
     // A local token (no provider `iss`) is checked against the local key, as before.
     let (status, page) = app.get(&user_token("alice"), "/v1/notifications").await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["notifications"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["notifications"].as_array().map(Vec::len), Some(2));
 }
 
 /// Claims as providers write them: `preferred_username` as the user, `scp` as an array, and
@@ -352,7 +374,11 @@ async fn provider_claims_as_configured(b: Backend) {
         .await;
     let (status, _, page) = inbox(&app, &alice).await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["notifications"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(
+        page["notifications"].as_array().map(Vec::len),
+        Some(1),
+        "{page}"
+    );
 
     let bad = idp
         .token_with(
@@ -392,12 +418,17 @@ async fn provider_refusals_are_401(b: Backend) {
     wait_ready(&app).await;
     let now = chrono::Utc::now().timestamp();
     let claims = json!({"iss": idp.issuer, "aud": AUDIENCE, "sub": "alice", "exp": now + 300});
-    let kid = idp.state().await["kids"][0].as_str().expect("kid").to_owned();
+    let kid = idp.state().await["kids"][0]
+        .as_str()
+        .expect("kid")
+        .to_owned();
 
     // alg none, naming the provider's key.
     let none = format!(
         "{}.{}.",
-        b64(json!({"alg": "none", "typ": "JWT", "kid": kid}).to_string().as_bytes()),
+        b64(json!({"alg": "none", "typ": "JWT", "kid": kid})
+            .to_string()
+            .as_bytes()),
         b64(claims.to_string().as_bytes())
     );
     // HS256 with the provider's public key (its JWKS entry) as the HMAC secret.
@@ -422,7 +453,9 @@ async fn provider_refusals_are_401(b: Backend) {
     let confused_n = jsonwebtoken::encode(
         &header,
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(jwks["keys"][0]["n"].as_str().unwrap_or_default().as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(
+            jwks["keys"][0]["n"].as_str().unwrap_or_default().as_bytes(),
+        ),
     )
     .expect("sign");
 
@@ -432,8 +465,11 @@ async fn provider_refusals_are_401(b: Backend) {
         ("HS256 with the modulus", confused_n),
         (
             "wrong iss",
-            idp.token_with(json!({"sub": "alice", "iss": format!("{}/other", idp.issuer)}), json!({}))
-                .await,
+            idp.token_with(
+                json!({"sub": "alice", "iss": format!("{}/other", idp.issuer)}),
+                json!({}),
+            )
+            .await,
         ),
         (
             "wrong aud",
@@ -452,8 +488,11 @@ async fn provider_refusals_are_401(b: Backend) {
         ),
         (
             "another provider's key, this provider's kid",
-            idp.token_with(json!({"sub": "alice"}), json!({"key": "foreign", "kid": kid}))
-                .await,
+            idp.token_with(
+                json!({"sub": "alice"}),
+                json!({"key": "foreign", "kid": kid}),
+            )
+            .await,
         ),
     ];
     for (what, token) in cases {
@@ -494,7 +533,11 @@ async fn provider_key_rotation(b: Backend) {
     assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
     let (status, body) = publish_as(&app, &new, &sample(&["alice"])).await;
     assert_eq!(status, 201, "the new kid at once: {body}");
-    assert_eq!(idp.fetches().await, before + 1, "one re-fetch for the new kid");
+    assert_eq!(
+        idp.fetches().await,
+        before + 1,
+        "one re-fetch for the new kid"
+    );
     assert_eq!(publish_as(&app, &old, &sample(&["alice"])).await.0, 201);
 
     // The old key removed: after the next refresh (max-age=1) its tokens stop working.
@@ -517,8 +560,11 @@ async fn provider_unknown_kid_flood_is_rate_limited(b: Backend) {
     let mut tokens = Vec::new();
     for i in 0..20 {
         tokens.push(
-            idp.token_with(json!({"sub": "alice"}), json!({"kid": format!("made-up-{i}")}))
-                .await,
+            idp.token_with(
+                json!({"sub": "alice"}),
+                json!({"kid": format!("made-up-{i}")}),
+            )
+            .await,
         );
     }
     // 1,000 requests, 50 at a time, cycling through the made-up kids.
@@ -531,10 +577,17 @@ async fn provider_unknown_kid_flood_is_rate_limited(b: Backend) {
         .buffer_unordered(50)
         .collect::<Vec<u16>>()
         .await;
-    assert!(results.iter().all(|s| *s == 401), "{:?}", results.iter().filter(|s| **s != 401).collect::<Vec<_>>());
+    assert!(
+        results.iter().all(|s| *s == 401),
+        "{:?}",
+        results.iter().filter(|s| **s != 401).collect::<Vec<_>>()
+    );
     let fetched = idp.fetches().await - before;
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(30), "the flood took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "the flood took {elapsed:?}"
+    );
     assert!(fetched <= 1, "{fetched} JWKS fetches in {elapsed:?}");
     // The provider's real tokens still work.
     assert_eq!(inbox(&app, &idp.user_token("alice").await).await.0, 200);
@@ -544,7 +597,8 @@ async fn provider_unknown_kid_flood_is_rate_limited(b: Backend) {
 /// metrics.
 async fn provider_down_cached_keys_keep_working(b: Backend) {
     let mut idp = Idp::start().await;
-    idp.test_post("cache-control", json!({"value": "no-store"})).await;
+    idp.test_post("cache-control", json!({"value": "no-store"}))
+        .await;
     let app = app_for(b, &idp.issuer, |s| s.auth.oidc.min_refresh_seconds = 1).await;
     wait_ready(&app).await;
     let alice = idp.user_token("alice").await;
@@ -572,14 +626,21 @@ async fn provider_not_up_yet_gives_503_then_200(b: Backend) {
     let early = format!(
         "{}.{}.c2ln",
         b64(br#"{"alg":"RS256","kid":"k1"}"#),
-        b64(json!({"iss": issuer, "sub": "alice", "exp": chrono::Utc::now().timestamp() + 300}).to_string().as_bytes())
+        b64(
+            json!({"iss": issuer, "sub": "alice", "exp": chrono::Utc::now().timestamp() + 300})
+                .to_string()
+                .as_bytes()
+        )
     );
     let (status, _, problem) = inbox(&app, &early).await;
     assert_eq!(status, 503, "{problem}");
     assert_eq!(problem["type"], "urn:tidings:problem:unavailable");
     assert_eq!(readyz(&app).await, 503);
     // Local tokens are unaffected.
-    assert_eq!(app.get(&user_token("alice"), "/v1/notifications").await.0, 200);
+    assert_eq!(
+        app.get(&user_token("alice"), "/v1/notifications").await.0,
+        200
+    );
 
     let idp = Idp::start_on(port).await;
     assert_eq!(idp.port, port);
