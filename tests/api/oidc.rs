@@ -577,11 +577,8 @@ async fn provider_unknown_kid_flood_is_rate_limited(b: Backend) {
         .buffer_unordered(50)
         .collect::<Vec<u16>>()
         .await;
-    assert!(
-        results.iter().all(|s| *s == 401),
-        "{:?}",
-        results.iter().filter(|s| **s != 401).collect::<Vec<_>>()
-    );
+    let refused = results.iter().filter(|s| **s == 401).count();
+    assert_eq!(refused, results.len(), "every made-up kid refused with 401");
     let fetched = idp.fetches().await - before;
     let elapsed = started.elapsed();
     assert!(
