@@ -151,6 +151,10 @@ stage "cargo fmt --check" cargo fmt --all -- --check || die "run 'cargo fmt'"
 
 stage "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings
 
+# The API suite's provider tests (tests/api/oidc.rs) run node-oidc-provider from tests/oidc.
+stage "OpenID Connect provider for the API suite (npm ci in tests/oidc)" \
+  env -C tests/oidc npm ci --no-audit --no-fund --loglevel=error
+
 stage "cargo test" cargo test --locked --workspace --all-targets
 
 # For the integration tests, `cargo test` has just built the server binary, with the features

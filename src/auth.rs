@@ -1,5 +1,11 @@
-//! Token verification and minting. No HTTP here: the API layer extracts the bearer string
-//! and asks [`Authenticator::verify`] who it is.
+//! Token verification and minting. No HTTP here: every face extracts the bearer string
+//! and asks [`Authenticator::authenticate`] (or, where it cannot wait,
+//! [`Authenticator::verify`]) who it is.
+//!
+//! Two kinds of token are accepted side by side: the local key's (`tidings token`, the HS256
+//! secret or the PEM key), and, when one is configured, an OpenID Connect provider's
+//! ([`oidc`]): a token whose `iss` is the provider's is checked against the provider's JWKS,
+//! any other against the local key.
 //!
 //! User and service tokens are kept apart by scope: a token whose `scope` contains
 //! `notifications:publish` is a service's, and may only publish; any other valid token is a
@@ -11,9 +17,16 @@ use crate::domain::{ServiceName, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
+pub mod oidc;
+
 pub const PUBLISH_SCOPE: &str = "notifications:publish";
+
+/// What a caller that cannot wait is told while a token's signing key is being re-fetched.
+pub const KEYS_REFRESHING: &str =
+    "the identity provider's signing keys are being refreshed; try again in a second";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -65,6 +78,10 @@ pub enum AuthError {
     /// Valid, but the wrong kind for this endpoint.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The token cannot be checked right now (the identity provider's keys are not loaded
+    /// yet): 503, not 401, since the token may well be fine.
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +101,39 @@ pub struct Authenticator {
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    provider: Option<Arc<oidc::Provider>>,
+}
+
+/// A token's `iss`, read before its signature is checked, only to pick the key to check
+/// it with.
+#[derive(Deserialize)]
+struct IssuerOnly {
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+/// What went wrong in a JWT check, in words for the client.
+fn jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidAlgorithm => {
+            AuthError::Invalid("the token's algorithm is not accepted".into())
+        }
+        ErrorKind::InvalidSignature => AuthError::Invalid("the signature does not match".into()),
+        ErrorKind::InvalidIssuer => AuthError::Invalid("the issuer is not accepted".into()),
+        ErrorKind::InvalidAudience => AuthError::Invalid("the audience is not accepted".into()),
+        ErrorKind::MissingRequiredClaim(c) => {
+            AuthError::Invalid(format!("the `{c}` claim is required"))
+        }
+        ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::Invalid(format!("the `{c}` claim is malformed"))
+        }
+        ErrorKind::ImmatureSignature => {
+            AuthError::Invalid("the token is not valid yet (its `nbf` is later)".into())
+        }
+        _ => AuthError::Invalid("the token is malformed".into()),
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -172,7 +222,7 @@ impl Authenticator {
         }
         validation.set_required_spec_claims(&required);
         // One leeway for both ends of the validity window, `exp` and `nbf`.
-        validation.leeway = 0;
+        validation.leeway = settings.leeway_seconds;
         validation.validate_nbf = true;
         // RFC 7519: a token is expired *at* `exp`, not one second after it. Streams close at
         // `exp`, so accepting it for that second would open a stream only to end it at once.
@@ -192,35 +242,63 @@ impl Authenticator {
             validation,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
+            provider: oidc::Provider::new(settings).map(Arc::new),
         })
     }
 
+    /// The OpenID Connect provider, when one is configured: its key set's owner task is
+    /// started by the server (`oidc::run`), not here, so `tidings token` fetches nothing.
+    pub fn provider(&self) -> Option<&Arc<oidc::Provider>> {
+        self.provider.as_ref()
+    }
+
+    /// Whether every kind of token can be checked: false until the provider's first key set
+    /// has loaded.
+    pub fn ready(&self) -> bool {
+        self.provider.as_ref().is_none_or(|p| p.ready())
+    }
+
+    /// Who a token speaks for. The one check every face makes; it waits only when the token
+    /// names a signing key the provider's cached set lacks (a rotation), for one re-fetch.
+    pub async fn authenticate(&self, token: &str) -> Result<Verified, AuthError> {
+        // Twice at most: the fetch we waited for may have been one that started before the
+        // rotation, with the re-fetch queued behind it.
+        for _ in 0..2 {
+            match self.check(token) {
+                oidc::Check::Done(result) => return result,
+                oidc::Check::Wait(wait) => wait.finished().await,
+            }
+        }
+        self.verify(token)
+    }
+
+    /// [`Authenticator::authenticate`] for a caller that cannot wait: a token naming a key
+    /// being re-fetched gets [`AuthError::Unavailable`] (503, try again in a second).
     pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
-        use jsonwebtoken::errors::ErrorKind;
+        match self.check(token) {
+            oidc::Check::Done(result) => result,
+            oidc::Check::Wait(_) => Err(AuthError::Unavailable(KEYS_REFRESHING)),
+        }
+    }
+
+    /// The check without waiting: the provider's when the token is its, else the local key's.
+    pub fn check(&self, token: &str) -> oidc::Check {
+        if let Some(provider) = &self.provider {
+            if let Ok(header) = jsonwebtoken::decode_header(token) {
+                let iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssuerOnly>(token)
+                    .ok()
+                    .and_then(|c| c.iss);
+                if provider.owns(&header, iss.as_deref()) {
+                    return provider.check(token, &header);
+                }
+            }
+        }
+        oidc::Check::Done(self.verify_local(token))
+    }
+
+    fn verify_local(&self, token: &str) -> Result<Verified, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidAlgorithm => {
-                    AuthError::Invalid("the token's algorithm is not accepted".into())
-                }
-                ErrorKind::InvalidSignature => {
-                    AuthError::Invalid("the signature does not match".into())
-                }
-                ErrorKind::InvalidIssuer => AuthError::Invalid("the issuer is not accepted".into()),
-                ErrorKind::InvalidAudience => {
-                    AuthError::Invalid("the audience is not accepted".into())
-                }
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Invalid(format!("the `{c}` claim is required"))
-                }
-                ErrorKind::InvalidClaimFormat(c) => {
-                    AuthError::Invalid(format!("the `{c}` claim is malformed"))
-                }
-                ErrorKind::ImmatureSignature => {
-                    AuthError::Invalid("the token is not valid yet (its `nbf` is later)".into())
-                }
-                _ => AuthError::Invalid("the token is malformed".into()),
-            })?;
+            .map_err(|e| jwt_error(&e))?;
         let claims = data.claims;
         let is_service = claims
             .scope

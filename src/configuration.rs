@@ -319,6 +319,92 @@ pub struct AuthSettings {
     /// Checked when set.
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// An OpenID Connect provider whose tokens are accepted beside the local key's.
+    #[serde(default)]
+    pub oidc: OidcSettings,
+    /// Where a provider token names its user: a claim, or a dotted path into objects.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Comma-separated claims (or dotted paths) that hold a provider token's scopes.
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: String,
+    /// The scope that makes a provider token a publishing service's.
+    #[serde(default = "default_publish_scope")]
+    pub publish_scope: String,
+    /// Clock skew allowed on `exp` and `nbf`, for every token.
+    #[serde(default)]
+    pub leeway_seconds: u64,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
+fn default_scope_claims() -> String {
+    "scope,scp".into()
+}
+
+fn default_publish_scope() -> String {
+    "notifications:publish".into()
+}
+
+/// `TIDINGS__AUTH__OIDC__*`. The refresh bounds are settings only so that tests can make a
+/// rotation visible in seconds; the defaults are the ones to run with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OidcSettings {
+    /// The provider's issuer URL: its discovery document names the JWKS, and a token whose
+    /// `iss` is this one is checked against that JWKS.
+    pub issuer: Option<String>,
+    /// The JWKS URL, for providers without discovery (then tokens with a `kid` are the
+    /// provider's, unless `issuer` is set too).
+    pub jwks_url: Option<String>,
+    /// The shortest and longest time between background refreshes of the JWKS; its
+    /// `Cache-Control: max-age` picks a time in between.
+    pub min_refresh_seconds: u64,
+    pub max_refresh_seconds: u64,
+    /// The shortest time between two re-fetches caused by tokens naming an unknown `kid`.
+    pub unknown_kid_refetch_seconds: u64,
+}
+
+impl OidcSettings {
+    /// HTTPS, except on loopback (a provider beside the service, or a test's).
+    fn validate(&self) -> Result<(), SettingsError> {
+        for (name, value) in [
+            ("TIDINGS__AUTH__OIDC__ISSUER", &self.issuer),
+            ("TIDINGS__AUTH__OIDC__JWKS_URL", &self.jwks_url),
+        ] {
+            let Some(value) = value else { continue };
+            let url = url::Url::parse(value)
+                .map_err(|e| SettingsError::invalid(name, format!("is not a URL: {e}")))?;
+            let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                return Err(SettingsError::invalid(
+                    name,
+                    "must be an https:// URL (http:// only on loopback)",
+                ));
+            }
+        }
+        if self.min_refresh_seconds == 0 || self.min_refresh_seconds > self.max_refresh_seconds {
+            return Err(SettingsError::invalid(
+                "TIDINGS__AUTH__OIDC__MIN_REFRESH_SECONDS",
+                "must be above 0 and at most TIDINGS__AUTH__OIDC__MAX_REFRESH_SECONDS",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for OidcSettings {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            jwks_url: None,
+            min_refresh_seconds: 300,
+            max_refresh_seconds: 86_400,
+            unknown_kid_refetch_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -513,6 +599,7 @@ impl Settings {
                 ),
             ));
         }
+        self.auth.oidc.validate()?;
         if let Some(url) = &self.mqtt.url {
             let url = url.expose_secret();
             if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) {

@@ -69,6 +69,41 @@ pub struct Metrics {
     /// Present when the MQTT bridge is on.
     pub mqtt: Option<MqttMetrics>,
     pub retention: RetentionMetrics,
+    pub oidc: OidcMetrics,
+}
+
+/// The OpenID Connect key set's fetches (see `auth::oidc`): a failing provider shows here
+/// while the cached keys keep serving.
+#[derive(Clone, Debug, Default)]
+pub struct OidcMetrics {
+    pub fetches: Counter,
+    pub failures: Counter,
+    /// Keys in the cached set.
+    pub keys: Gauge,
+    /// 1 while the last fetch failed (the cached keys, if any, are still in use).
+    pub stale: Gauge,
+}
+
+impl OidcMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("oidc");
+        r.register(
+            "jwks_fetches",
+            "JWKS fetches that succeeded",
+            self.fetches.clone(),
+        );
+        r.register(
+            "jwks_fetch_failures",
+            "JWKS (or discovery) fetches that failed; the cached keys stay in use",
+            self.failures.clone(),
+        );
+        r.register("jwks_keys", "Keys in the cached JWKS", self.keys.clone());
+        r.register(
+            "jwks_stale",
+            "1 while the last JWKS fetch failed",
+            self.stale.clone(),
+        );
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -315,6 +350,8 @@ impl Metrics {
         }
         let retention = RetentionMetrics::default();
         retention.register(&mut registry);
+        let oidc = OidcMetrics::default();
+        oidc.register(&mut registry);
         let mqtt = mqtt.then(|| {
             let m = MqttMetrics::new();
             m.register(&mut registry);
@@ -323,6 +360,7 @@ impl Metrics {
         Self {
             mqtt,
             retention,
+            oidc,
             registry: Arc::new(registry),
             connections,
             published,

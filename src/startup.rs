@@ -108,6 +108,15 @@ impl Application {
         let caps = connection_caps(&settings, grpc_listener.is_some(), raise_fd_limit());
         let max_connections = caps.hub;
         let metrics = Metrics::with_mqtt(mqtt_url.is_some());
+        // The identity provider's key set has one owner task; it stops with the root.
+        if let Some(provider) = auth.provider() {
+            let owner = shutdown.child();
+            owner.spawn(crate::auth::oidc::run(
+                provider.clone(),
+                metrics.oidc.clone(),
+                owner.token().clone(),
+            ));
+        }
         // Under the root: it stops with the bus and the committers, after the server has
         // drained, so the last requests' rows are published if the broker is there.
         if let (Some(url), Some(m)) = (mqtt_url, &metrics.mqtt) {

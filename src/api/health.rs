@@ -25,6 +25,10 @@ pub struct Health {
     /// which replicas are still on the old one.
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<&'static str>,
+    /// Present when an OpenID Connect provider is configured: `loaded` once its signing
+    /// keys are, `loading` before (not ready: its tokens cannot be checked yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity_provider: Option<&'static str>,
 }
 
 /// The running release, as `tidings --version` also prints it.
@@ -36,6 +40,13 @@ pub struct MqttHealth {
     broker: &'static str,
     /// Rows waiting in the outbox, as last measured (every few seconds).
     outbox: i64,
+}
+
+fn identity_provider(state: &AppState) -> Option<&'static str> {
+    state
+        .auth
+        .provider()
+        .map(|p| if p.ready() { "loaded" } else { "loading" })
 }
 
 fn mqtt_health(state: &AppState) -> Option<MqttHealth> {
@@ -55,6 +66,7 @@ pub async fn healthz() -> HttpResponse {
         bus: None,
         mqtt: None,
         version: None,
+        identity_provider: None,
     })
 }
 
@@ -62,7 +74,7 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, body = Health, description = "Ready: the database answers."),
-        (status = 503, body = Health, description = "Not ready: the database does not answer, or the replica is stopping."),
+        (status = 503, body = Health, description = "Not ready: the database does not answer, the identity provider's keys have not loaded yet, or the replica is stopping."),
     ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let bus = Some(state.notifier.bus_state().as_str());
@@ -73,23 +85,29 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             bus,
             mqtt: mqtt_health(&state),
             version: Some(VERSION),
+            identity_provider: identity_provider(&state),
         });
     }
     let database_up = matches!(
         tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
         Ok(Ok(()))
     );
+    let keys_loaded = state.auth.ready();
+    let ready = database_up && keys_loaded;
     let body = Health {
-        status: if database_up { "ready" } else { "not ready" },
+        status: if ready { "ready" } else { "not ready" },
         database: Some(if database_up { "up" } else { "down" }),
         bus,
         mqtt: mqtt_health(&state),
         version: Some(VERSION),
+        identity_provider: identity_provider(&state),
     };
-    if database_up {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
-        tracing::warn!("readiness check: the database does not answer");
+        if !database_up {
+            tracing::warn!("readiness check: the database does not answer");
+        }
         HttpResponse::ServiceUnavailable().json(body)
     }
 }

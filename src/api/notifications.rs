@@ -277,7 +277,7 @@ async fn list_page(
     req: &HttpRequest,
     jsonp: bool,
 ) -> Result<NotificationPage, ApiError> {
-    let user = jsonp::user(req, jsonp)?;
+    let user = jsonp::user(req, jsonp).await?;
     let q = query_map(req)?;
     let after = int_param(&q, "after", 0, i64::MAX)?;
     let before = int_param(&q, "before", 1, i64::MAX)?;
@@ -346,7 +346,7 @@ pub async fn unread_count(
 ) -> Result<HttpResponse, ApiError> {
     let callback = jsonp::callback(&req)?;
     let result = async {
-        let user = jsonp::user(&req, callback.is_some())?;
+        let user = jsonp::user(&req, callback.is_some()).await?;
         Ok(UnreadCount::from(state.store.counts(&user.user).await?))
     }
     .await;

@@ -28,7 +28,7 @@ impl Notifications {
 
     /// The `authorization: Bearer <token>` metadata, checked by the same JWT rules as the
     /// REST `Authorization` header.
-    fn verify(&self, meta: &MetadataMap) -> Result<Verified, AuthError> {
+    async fn verify(&self, meta: &MetadataMap) -> Result<Verified, AuthError> {
         let Some(value) = meta.get("authorization") else {
             return Err(AuthError::Missing);
         };
@@ -37,11 +37,12 @@ impl Notifications {
             .map_err(|_| AuthError::Invalid("the authorization metadata is not text".into()))?;
         self.core
             .auth
-            .verify(bearer_token(value, "the authorization metadata")?)
+            .authenticate(bearer_token(value, "the authorization metadata")?)
+            .await
     }
 
-    fn user(&self, meta: &MetadataMap) -> Result<(UserId, i64), GrpcError> {
-        let verified = self.verify(meta)?;
+    async fn user(&self, meta: &MetadataMap) -> Result<(UserId, i64), GrpcError> {
+        let verified = self.verify(meta).await?;
         match verified.principal {
             Principal::User(user) => Ok((user, verified.expires_at)),
             Principal::Service(_) => Err(AuthError::Forbidden(
@@ -51,8 +52,8 @@ impl Notifications {
         }
     }
 
-    fn service(&self, meta: &MetadataMap) -> Result<String, GrpcError> {
-        match self.verify(meta)?.principal {
+    async fn service(&self, meta: &MetadataMap) -> Result<String, GrpcError> {
+        match self.verify(meta).await?.principal {
             Principal::Service(name) => Ok(name),
             Principal::User(_) => Err(AuthError::Forbidden(
                 "a user token cannot publish; use a service token with the notifications:publish scope",
@@ -68,7 +69,7 @@ impl Notifications {
         request: Request<proto::MarkReadRequest>,
         kind: ChangeKind,
     ) -> Result<Response<proto::Counts>, Status> {
-        let (user, _) = self.user(request.metadata())?;
+        let (user, _) = self.user(request.metadata()).await?;
         let what = parse_mark_read(&convert::mark_read_body(request.get_ref()), &[])
             .map_err(GrpcError::Validation)?;
         let outcome = self
@@ -116,7 +117,7 @@ impl notifications_server::Notifications for Notifications {
         &self,
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
-        let service = self.service(request.metadata())?;
+        let service = self.service(request.metadata()).await?;
         let key = match request.metadata().get("idempotency-key") {
             None => None,
             Some(v) => Some(
@@ -164,7 +165,7 @@ impl notifications_server::Notifications for Notifications {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let (user, _) = self.user(request.metadata())?;
+        let (user, _) = self.user(request.metadata()).await?;
         let r = request.into_inner();
         let after = bounded(r.after, "after", 0, i64::MAX)?;
         let before = bounded(r.before, "before", 1, i64::MAX)?;
@@ -219,7 +220,7 @@ impl notifications_server::Notifications for Notifications {
         &self,
         request: Request<proto::UnreadCountRequest>,
     ) -> Result<Response<proto::Counts>, Status> {
-        let (user, _) = self.user(request.metadata())?;
+        let (user, _) = self.user(request.metadata()).await?;
         let counts = self
             .core
             .store
@@ -233,7 +234,7 @@ impl notifications_server::Notifications for Notifications {
         &self,
         request: Request<proto::MarkReadRequest>,
     ) -> Result<Response<proto::Counts>, Status> {
-        let (user, _) = self.user(request.metadata())?;
+        let (user, _) = self.user(request.metadata()).await?;
         let what = parse_mark_read(&convert::mark_read_body(request.get_ref()), &[])
             .map_err(GrpcError::Validation)?;
         let outcome = self
@@ -272,7 +273,7 @@ impl notifications_server::Notifications for Notifications {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let (user, expires_at) = self.user(request.metadata())?;
+        let (user, expires_at) = self.user(request.metadata()).await?;
         let cursor = match request.get_ref().after {
             None => Cursor::Live,
             Some(after) => Cursor::After(

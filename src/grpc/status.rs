@@ -82,6 +82,7 @@ impl From<GrpcError> for Status {
                 invalid(format!("fix these fields: {}", names(&errors)), &errors)
             }
             GrpcError::Auth(AuthError::Forbidden(m)) => Status::permission_denied(m),
+            GrpcError::Auth(AuthError::Unavailable(m)) => Status::unavailable(m),
             GrpcError::Auth(e) => Status::unauthenticated(e.to_string()),
             GrpcError::Store(StoreError::IdempotencyMismatch) => {
                 let message = "this idempotency-key was already used with a different request; use a new key for a new request";

@@ -89,6 +89,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => ("bad-request", "Bad request"),
             ApiError::Validation(_) => ("validation", "Invalid request"),
             ApiError::Auth(AuthError::Forbidden(_)) => ("forbidden", "Forbidden"),
+            ApiError::Auth(AuthError::Unavailable(_)) => ("unavailable", "Service unavailable"),
             ApiError::Auth(_) => ("unauthorized", "Unauthorized"),
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "Request body too large"),
             ApiError::BodyTimeout(_) => ("request-timeout", "Request timeout"),
@@ -187,6 +188,7 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -215,6 +217,9 @@ impl ResponseError for ApiError {
                         self.to_string().replace('"', "'")
                     ),
                 ));
+            }
+            ApiError::Auth(AuthError::Unavailable(_)) => {
+                builder.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::Unavailable {
                 retry_after: Some(secs),

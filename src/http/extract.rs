@@ -2,15 +2,19 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{bearer_token, AuthError, Principal};
+use crate::auth::oidc::Check;
+use crate::auth::{bearer_token, AuthError, Principal, Verified, KEYS_REFRESHING};
 use crate::domain::{Cursor, Seq, UserId};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// A request body's upper bound, from the contract.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -57,9 +61,74 @@ fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::Internal("application state is missing".into()))
 }
 
-fn user_from(req: &HttpRequest, token: Option<&str>) -> Result<AuthenticatedUser, ApiError> {
-    let token = token.ok_or(AuthError::Missing)?;
-    let verified = state(req)?.auth.verify(token)?;
+/// The future of every token-checking extractor. Ready at once on the hot path (a local
+/// token, or a provider token whose signing key is cached); pending only while the
+/// identity provider's key set is re-fetched for a token naming a key it lacks.
+pub enum Authenticating<T> {
+    Ready(Option<Result<T, ApiError>>),
+    Waiting(LocalBoxFuture<'static, Result<T, ApiError>>),
+}
+
+impl<T> Authenticating<T> {
+    /// The answer now, for a caller that cannot wait (a SockJS session opens in a
+    /// synchronous callback): a token whose key is being re-fetched gets a 503, to retry.
+    pub fn into_inner(self) -> Result<T, ApiError> {
+        match self {
+            Authenticating::Ready(result) => result.unwrap_or_else(|| {
+                Err(ApiError::Internal(
+                    "an extractor was polled after it finished".into(),
+                ))
+            }),
+            Authenticating::Waiting(_) => Err(AuthError::Unavailable(KEYS_REFRESHING).into()),
+        }
+    }
+}
+
+impl<T: Unpin> Future for Authenticating<T> {
+    type Output = Result<T, ApiError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Authenticating::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
+                Err(ApiError::Internal(
+                    "an extractor was polled after it finished".into(),
+                ))
+            })),
+            Authenticating::Waiting(later) => later.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Checks `token` with the state's authenticator (the one place every HTTP face does), and
+/// turns who it is into `T` with `then`.
+fn authenticating<T: 'static>(
+    req: &HttpRequest,
+    token: Result<Option<&str>, ApiError>,
+    then: fn(&HttpRequest, Verified) -> Result<T, ApiError>,
+) -> Authenticating<T> {
+    let auth =
+        match token.and_then(|t| Ok((t.ok_or(AuthError::Missing)?, state(req)?.auth.clone()))) {
+            Ok(found) => found,
+            Err(e) => return Authenticating::Ready(Some(Err(e))),
+        };
+    let (token, auth) = auth;
+    match auth.check(token) {
+        Check::Done(result) => Authenticating::Ready(Some(
+            result.map_err(ApiError::from).and_then(|v| then(req, v)),
+        )),
+        Check::Wait(wait) => {
+            let req = req.clone();
+            let token = token.to_owned();
+            Authenticating::Waiting(Box::pin(async move {
+                wait.finished().await;
+                let verified = auth.authenticate(&token).await?;
+                then(&req, verified)
+            }))
+        }
+    }
+}
+
+fn user_from(req: &HttpRequest, verified: Verified) -> Result<AuthenticatedUser, ApiError> {
     match verified.principal {
         Principal::User(user) => {
             req.extensions_mut().insert(user.clone());
@@ -75,47 +144,46 @@ fn user_from(req: &HttpRequest, token: Option<&str>) -> Result<AuthenticatedUser
     }
 }
 
+fn service_from(_: &HttpRequest, verified: Verified) -> Result<AuthenticatedService, ApiError> {
+    match verified.principal {
+        Principal::Service(name) => Ok(AuthenticatedService { name }),
+        Principal::User(_) => Err(AuthError::Forbidden(
+            "a user token cannot publish; use a service token with the notifications:publish scope",
+        )
+        .into()),
+    }
+}
+
 impl FromRequest for AuthenticatedUser {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Authenticating<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            bearer(req)
-                .map_err(ApiError::from)
-                .and_then(|t| user_from(req, t)),
-        )
+        authenticating(req, bearer(req).map_err(ApiError::from), user_from)
     }
 }
 
 impl FromRequest for StreamUser {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Authenticating<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let header = bearer(req)?;
-            let query = query_token(req);
-            user_from(req, header.or(query.as_deref())).map(StreamUser)
-        })())
+        let query = query_token(req);
+        let token = bearer(req)
+            .map(|header| header.or(query.as_deref()))
+            .map_err(ApiError::from);
+        authenticating(req, token, |req, verified| {
+            user_from(req, verified).map(StreamUser)
+        })
     }
 }
 
 impl FromRequest for AuthenticatedService {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Authenticating<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let token = bearer(req)?.ok_or(AuthError::Missing)?;
-            match state(req)?.auth.verify(token)?.principal {
-                Principal::Service(name) => Ok(AuthenticatedService { name }),
-                Principal::User(_) => Err(AuthError::Forbidden(
-                    "a user token cannot publish; use a service token with the notifications:publish scope",
-                )
-                .into()),
-            }
-        })())
+        authenticating(req, bearer(req).map_err(ApiError::from), service_from)
     }
 }
 
@@ -218,15 +286,16 @@ pub enum Caller {
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Authenticating<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let token = bearer(req)?.ok_or(AuthError::Missing)?;
-            match state(req)?.auth.verify(token)?.principal {
-                Principal::Service(name) => Ok(Caller::Service(AuthenticatedService { name })),
-                Principal::User(_) => user_from(req, Some(token)).map(Caller::User),
-            }
-        })())
+        authenticating(
+            req,
+            bearer(req).map_err(ApiError::from),
+            |req, verified| match verified.principal {
+                Principal::Service(_) => service_from(req, verified).map(Caller::Service),
+                Principal::User(_) => user_from(req, verified).map(Caller::User),
+            },
+        )
     }
 }

@@ -54,12 +54,13 @@ pub fn valid_callback(cb: &str) -> bool {
 }
 
 /// The caller: from `Authorization`, or with a callback also from `?access_token=`,
-/// since a `<script src>` cannot send headers.
-pub fn user(req: &HttpRequest, jsonp: bool) -> Result<AuthenticatedUser, ApiError> {
+/// since a `<script src>` cannot send headers. Awaited: a provider token naming a key not
+/// yet cached waits for the re-fetch, as on every other face.
+pub async fn user(req: &HttpRequest, jsonp: bool) -> Result<AuthenticatedUser, ApiError> {
     if jsonp {
-        StreamUser::extract(req).into_inner().map(|u| u.0)
+        StreamUser::extract(req).await.map(|u| u.0)
     } else {
-        AuthenticatedUser::extract(req).into_inner()
+        AuthenticatedUser::extract(req).await
     }
 }
 

@@ -18,6 +18,7 @@ mod jsonp;
 mod live;
 mod migrate;
 mod mqtt;
+mod oidc;
 mod operations;
 mod publish;
 mod retention;

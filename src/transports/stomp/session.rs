@@ -473,13 +473,18 @@ impl<W: Outbound> Session<W> {
                  (Bearer <jwt>) or as passcode",
                 )
             })?;
-        let verified = self.state.auth.verify(token).map_err(|e| match e {
-            AuthError::Expired => End::Error(Failure::new(
-                "token expired",
-                CloseCode::Other(CLOSE_TOKEN_EXPIRED),
-            )),
-            other => Failure::policy(format!("bad token: {other}")),
-        })?;
+        let verified = self
+            .state
+            .auth
+            .authenticate(token)
+            .await
+            .map_err(|e| match e {
+                AuthError::Expired => End::Error(Failure::new(
+                    "token expired",
+                    CloseCode::Other(CLOSE_TOKEN_EXPIRED),
+                )),
+                other => Failure::policy(format!("bad token: {other}")),
+            })?;
         let user = match verified.principal {
             Principal::User(user) => user,
             Principal::Service(_) => {
