@@ -66,6 +66,8 @@ export interface Page {
   floor: number | null;
   /** The page's cursor was below the floor: history the client never saw was removed. */
   truncated: boolean;
+  /** The page's cursor was above the latest seq (`seq`): continue from `seq`. */
+  ahead: boolean;
 }
 
 export interface StorageLike {
@@ -89,6 +91,12 @@ export interface ConnectOptions {
    * once per floor, in every tab.
    */
   onTruncated?: (info: { floor: number }) => void;
+  /**
+   * The cursor was above the user's latest seq, `seq` (the server's database was restored
+   * to an earlier point, say): the client moved its cursor down to `seq` and goes on from
+   * there. Called in every tab.
+   */
+  onAhead?: (info: { seq: number }) => void;
   onStateChange?: (state: ConnectionState, info: StateInfo) => void;
   /** Reads made by this or another tab (to update read marks in lists). */
   onRead?: (read: { ids: string[] } | { upTo: number }) => void;
@@ -188,6 +196,7 @@ export type Frame =
   | { type: 'unread'; unread: number; seq: number | null }
   | { type: 'resync'; seq: number | null }
   | { type: 'truncated'; floor: number }
+  | { type: 'ahead'; seq: number }
   | { type: 'token-expired' }
   | { type: 'pong' };
 

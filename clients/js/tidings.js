@@ -346,9 +346,11 @@ export class SseFallbackPolicy {
 /**
  * Frames: {type:'notification', notification}, {type:'unread', unread, seq},
  * {type:'changed', change, ids, seqs, unread, seq}, {type:'resync', seq},
- * {type:'truncated', floor}, {type:'token-expired'}, {type:'pong'}.
+ * {type:'truncated', floor}, {type:'ahead', seq}, {type:'token-expired'}, {type:'pong'}.
  * `truncated` comes first when the cursor was below the server's history floor:
- * retention removed every seq up to `floor` before this client saw it.
+ * retention removed every seq up to `floor` before this client saw it. `ahead` comes first
+ * when the cursor was above the user's latest seq (a restored database): the server goes
+ * on from `seq`, and so must the cursor.
  */
 export function normalizeNotification(raw) {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return null;
@@ -409,6 +411,7 @@ export function parseSseEvent(event, data, lastEventId) {
       return { type: 'resync', seq };
     }
     case 'truncated': return truncatedFrame(parseJson(data));
+    case 'ahead': return aheadFrame(parseJson(data));
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
   }
@@ -417,6 +420,11 @@ export function parseSseEvent(event, data, lastEventId) {
 function truncatedFrame(obj) {
   const floor = obj ? toSeq(obj.floor) : null;
   return floor === null ? null : { type: 'truncated', floor };
+}
+
+function aheadFrame(obj) {
+  const seq = obj && typeof obj === 'object' ? toSeq(obj.seq) : null;
+  return seq === null ? null : { type: 'ahead', seq };
 }
 
 /** A WebSocket text frame to a frame, or null. */
@@ -432,6 +440,7 @@ export function parseWsMessage(text) {
     case 'changed': return changedFrame(obj);
     case 'resync': return { type: 'resync', seq: toSeq(obj.seq) };
     case 'truncated': return truncatedFrame(obj);
+    case 'ahead': return aheadFrame(obj);
     case 'pong': return { type: 'pong' };
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
@@ -440,7 +449,8 @@ export function parseWsMessage(text) {
 
 /**
  * `{notifications, unread, seq}` (list, page and poll bodies), notifications sorted by seq;
- * `floor` when the server sent one, and `truncated` (true when the cursor was below it).
+ * `floor` when the server sent one, `truncated` (true when the cursor was below it), and
+ * `ahead` (true when the cursor was above the latest seq, `seq`).
  */
 export function parsePage(body) {
   const obj = parseJson(body) || {};
@@ -451,6 +461,7 @@ export function parsePage(body) {
     seq: toSeq(obj.seq),
     floor: toSeq(obj.floor),
     truncated: obj.truncated === true,
+    ahead: obj.ahead === true,
   };
 }
 
@@ -459,6 +470,7 @@ export function parsePollResponse(status, body) {
   if (status === 204 || body == null) return [];
   const page = parsePage(body);
   const frames = page.truncated && page.floor !== null ? [{ type: 'truncated', floor: page.floor }] : [];
+  if (page.ahead && page.seq !== null) frames.push({ type: 'ahead', seq: page.seq });
   frames.push(...page.notifications
     .slice()
     .sort((a, b) => a.seq - b.seq)
@@ -639,7 +651,7 @@ function openSse(EventSourceImpl, url, { onFrame, onHealthy, openTimeoutMs }) {
     if (!healthy) { healthy = true; clearTimeout(timer); onHealthy(); }
     onFrame(f);
   };
-  for (const name of ['notification', 'unread', 'changed', 'resync', 'truncated', 'token-expired']) es.addEventListener(name, handler(name));
+  for (const name of ['notification', 'unread', 'changed', 'resync', 'truncated', 'ahead', 'token-expired']) es.addEventListener(name, handler(name));
   // We reconnect ourselves (fresh token, our cursor, our backoff) instead of
   // letting EventSource retry with a possibly expired token in the URL.
   es.onerror = () => finish(healthy ? 'ended' : 'error');
@@ -1233,6 +1245,9 @@ export class TidingsClient {
       case 'truncated':
         this._truncated(f.floor);
         break;
+      case 'ahead':
+        this._ahead(f.seq);
+        break;
       default:
         break;
     }
@@ -1251,6 +1266,24 @@ export class TidingsClient {
     this._floor = floor;
     if (this._role === 'leader') this._post({ t: 't', floor });
     safeCall(this.options.onTruncated, { floor });
+  }
+
+  /**
+   * The cursor was above the user's latest seq (the server's history was restored to an
+   * earlier point): the server goes on from `seq`, and the cursor moves down to it without
+   * reconnecting, so what is published next is delivered rather than taken for a duplicate.
+   */
+  _ahead(seq) {
+    if (seq === null || seq === undefined) return;
+    const cursor = this._tracker.cursor;
+    if (cursor !== null && seq >= cursor) return;
+    this._tracker.reset(seq);
+    this._unreadSeq = -1;
+    if (this._role === 'leader') {
+      this._store.set(seq);
+      this._post({ t: 'a', seq });
+    }
+    safeCall(this.options.onAhead, { seq });
   }
 
   /** A change to notifications already in the inbox, from any tab or the server. */
@@ -1284,11 +1317,12 @@ export class TidingsClient {
   /** The server's latest seq can never be below a cursor we had before asking. */
   _checkServerSeq(serverSeq, cursorBefore) {
     if (serverSeq === null || serverSeq === undefined || cursorBefore === null || cursorBefore === undefined) return;
-    if (serverSeq < cursorBefore && this._role === 'leader') {
-      // The server's history was reset: follow it, and reopen from there.
-      this._tracker.reset(serverSeq);
-      this._store.set(serverSeq);
-      this._unreadSeq = -1;
+    // Already followed (an `ahead` signal moved the cursor down to the server's seq).
+    const cursor = this._tracker.cursor ?? cursorBefore;
+    if (serverSeq < cursorBefore && serverSeq < cursor && this._role === 'leader') {
+      // The server's history was reset (a server that does not say `ahead`, or a REST
+      // answer before the stream's): follow it, and reopen from there.
+      this._ahead(serverSeq);
       if (this._conn) this._conn.stop('manual');
     }
   }
@@ -1342,6 +1376,7 @@ export class TidingsClient {
       }
       if (this._closed) break;
       if (page.truncated) this._truncated(page.floor);
+      if (page.ahead) this._ahead(page.seq);
       const r = t.acceptPage(page.notifications);
       for (const n of r.delivered) this._deliver(n, 'catchup');
       // A page shorter than the limit covers every seq up to the latest (`seq`): one that
@@ -1412,6 +1447,9 @@ export class TidingsClient {
         break;
       case 't':
         if (this._role === 'follower') this._truncated(toSeq(msg.floor));
+        break;
+      case 'a':
+        if (this._role === 'follower') this._ahead(toSeq(msg.seq));
         break;
       case 'c':
         if (this._role === 'follower') {

@@ -238,7 +238,8 @@ pub async fn publish(
 /// With `after`: seq > after, oldest first (catching up), archived ones included (with
 /// `archived_at`) and deleted ones left out; the page then carries `floor`, and
 /// `truncated: true` when `after` is below it (retention removed what the client missed, and
-/// the page starts at the oldest kept notification). A page for `after=N` covers every seq
+/// the page starts at the oldest kept notification), and `ahead: true` when `after` is above the latest
+/// seq (nothing after it would come: continue from `seq`). A page for `after=N` covers every seq
 /// from N+1 up to the last one it returns, or up to `seq` (the latest) when it returns fewer
 /// than `limit`: a seq in that range that is not in the page was deleted (or pruned), not
 /// missed, and need not be asked for again. Otherwise the inbox view: newest first, before
@@ -317,6 +318,7 @@ async fn list_page(
         unread: page.counts.unread,
         seq: page.counts.seq.get(),
         truncated: None,
+        ahead: None,
         floor: None,
         changes: None,
     })

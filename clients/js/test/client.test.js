@@ -502,6 +502,7 @@ test('long-poll answers that come back at once with nothing do not busy-loop', a
 test('a server whose seq went backwards (history reset) resets the cursor', async () => {
   const storage = new FakeStorage();
   const server = new FakeServer({ base: 'https://reset.test', tokens: [tok(1)] });
+  server.noAhead = true; // a server from before the `ahead` signal: seen from `unread`
   storage.setItem(storageKeyFor(server.base, 'alice'), '100');
   server.publishMany(3);
   const h = harness({ server, storage });
@@ -512,6 +513,28 @@ test('a server whose seq went backwards (history reset) resets the cursor', asyn
   await waitFor(() => h.client.cursor === 4);
   assert.deepEqual(h.seqs(), [4]);
   h.client.close();
+});
+
+test('a cursor above the server\'s latest seq: onAhead, the cursor moves down, new ones arrive', async () => {
+  for (const transport of ['sse', 'websocket', 'longpoll']) {
+    const storage = new FakeStorage();
+    const server = new FakeServer({ base: `https://ahead-${transport}.test`, tokens: [tok(1)] });
+    storage.setItem(storageKeyFor(server.base, 'alice'), '10');
+    server.publishMany(2);
+    const ahead = [];
+    const h = harness({ server, storage, transport, onAhead: (a) => ahead.push(a) });
+    await waitFor(() => h.client.cursor === 2, { what: `${transport}: the cursor down to 2` });
+    assert.deepEqual(ahead, [{ seq: 2 }], transport);
+    assert.equal(storage.getItem(storageKeyFor(server.base, 'alice')), '2', transport);
+    server.publish();
+    await waitFor(() => h.client.cursor === 3, { what: `${transport}: 3 delivered` });
+    assert.deepEqual(h.seqs(), [3], transport);
+    if (transport !== 'longpoll') {
+      const opened = transport === 'sse' ? server.eventSources : server.sockets;
+      assert.equal(opened.length, 1, `${transport}: followed without reconnecting`);
+    }
+    h.client.close();
+  }
 });
 
 test('close() stops everything: no timers, no requests afterwards', async () => {
