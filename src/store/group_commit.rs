@@ -14,7 +14,7 @@
 //! Publishes with an `Idempotency-Key` take the single-request path: their claim-or-replay
 //! step must see other requests' commits, which a shared transaction would hide.
 
-use super::postgres::{self, OutboxColumns};
+use super::pg_rows::{self, OutboxColumns};
 use super::{Counts, Outbox, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
 use crate::domain::Seq;
 use crate::shutdown::Shutdown;
@@ -269,7 +269,7 @@ async fn commit_in_one_statement(
             rows.users.push(user.as_str());
             rows.messages.push(position);
             rows.behind.push(k - *n);
-            rows.ordinals.push(postgres::ordinal(*ordinal)?);
+            rows.ordinals.push(pg_rows::ordinal(*ordinal)?);
         }
     }
     let returned = sqlx::query(
@@ -404,7 +404,7 @@ async fn commit_with_outbox(
             inbox.users.push(user.to_owned());
             inbox.seqs.push(counts.seq);
             inbox.messages.push(message);
-            inbox.ordinals.push(postgres::ordinal(ordinal)?);
+            inbox.ordinals.push(pg_rows::ordinal(ordinal)?);
             let id = PreparedPublish::id(message, ordinal, counts.seq)?;
             outbox.push_delivery(user, &prep.notification(id, counts.seq), &counts);
             Ok(())

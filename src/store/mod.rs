@@ -13,6 +13,7 @@
 mod changes;
 mod group_commit;
 mod outbox;
+mod pg_rows;
 mod postgres;
 mod retention;
 mod sqlite;

@@ -7,7 +7,8 @@
 mod changes;
 
 use super::group_commit::GroupCommit;
-use super::outbox::{rows_for, unread_payload};
+use super::outbox::unread_payload;
+use super::pg_rows::{ordinal, OutboxColumns};
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
@@ -555,46 +556,6 @@ fn outbox_row(r: &PgRow) -> Option<OutboxRow> {
     })
 }
 
-/// Outbox rows for one `unnest` insert, in the order they must be published.
-#[derive(Default)]
-pub(super) struct OutboxColumns {
-    users: Vec<String>,
-    kinds: Vec<&'static str>,
-    payloads: Vec<String>,
-}
-
-impl OutboxColumns {
-    pub fn push(&mut self, user: &str, kind: OutboxKind, payload: String) {
-        self.users.push(user.to_owned());
-        self.kinds.push(kind.as_str());
-        self.payloads.push(payload);
-    }
-
-    pub fn push_delivery(&mut self, user: &str, n: &Notification, counts: &Counts) {
-        for (kind, payload) in rows_for(n, counts) {
-            self.push(user, kind, payload);
-        }
-    }
-
-    /// Ids follow `ord`, so each user's rows get ids in the order they were pushed.
-    pub async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-        if self.users.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO mqtt_outbox (user_id, kind, payload)
-             SELECT u, k, p FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(u, k, p, ord)
-             ORDER BY ord",
-        )
-        .bind(&self.users)
-        .bind(&self.kinds)
-        .bind(&self.payloads)
-        .execute(tx)
-        .await?;
-        Ok(())
-    }
-}
-
 /// Runs a transaction again when Postgres aborted it to break a deadlock (40P01) or a
 /// serialization conflict (40001): the transaction rolled back whole, so a retry is safe.
 async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
@@ -650,15 +611,6 @@ pub(super) fn decode(row: &PgRow) -> Result<Notification, StoreError> {
         read_at: row.try_get("read_at")?,
         topic: row.try_get("topic")?,
         archived_at: row.try_get("archived_at")?,
-    })
-}
-
-/// A recipient's ordinal as its 32-bit column holds it.
-pub(super) fn ordinal(o: u32) -> Result<i32, StoreError> {
-    i32::try_from(o).map_err(|_| {
-        StoreError::Database(sqlx::Error::Protocol(format!(
-            "recipient ordinal {o} past the column's range"
-        )))
     })
 }
 
