@@ -17,7 +17,11 @@ export interface Notification {
   archived_at: string | null;
 }
 
-export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'follower' | 'closed';
+/**
+ * `unauthorized`: the server refused the token and then a fresh one from getToken(); the
+ * client stopped retrying (see `onAuthError`; `reconnect()` starts again).
+ */
+export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'follower' | 'unauthorized' | 'closed';
 export type Transport = 'sse' | 'websocket' | 'longpoll';
 export type TransportOption = 'auto' | Transport;
 export type Role = 'leader' | 'follower';
@@ -38,6 +42,8 @@ export interface StateInfo {
   role: Role | null;
   /** The leader tab's state (this tab's own when it is the leader). */
   leaderState: ConnectionState | null;
+  /** With `unauthorized` (in any tab): the server's problem `detail`. */
+  detail?: string;
 }
 
 export interface TokenRequest {
@@ -98,6 +104,12 @@ export interface ConnectOptions {
    */
   onAhead?: (info: { seq: number }) => void;
   onStateChange?: (state: ConnectionState, info: StateInfo) => void;
+  /**
+   * The server refused the token with 401, and again the fresh one getToken() returned: the
+   * client stops retrying (state `unauthorized`) rather than look like a network fault for
+   * ever. `detail` is the server's problem detail. Called in every tab.
+   */
+  onAuthError?: (error: { status: 401; detail: string }) => void;
   /** Reads made by this or another tab (to update read marks in lists). */
   onRead?: (read: { ids: string[] } | { upTo: number }) => void;
   /**

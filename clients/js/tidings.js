@@ -720,12 +720,12 @@ function openLongPoll({ api, getCursor, getUnread, onFrame, onHealthy, timeoutSe
   let resolveFn;
   const started = nowMs();
   const promise = new Promise((r) => { resolveFn = r; });
-  const finish = (reason) => {
+  const finish = (reason, problem) => {
     if (done) return;
     done = true;
     try { ac && ac.abort(); } catch { /* ignore */ }
     if (pause) pause();
-    resolveFn({ reason, healthy, duration: nowMs() - started });
+    resolveFn({ reason, healthy, duration: nowMs() - started, problem });
   };
   const sleep = (ms) => new Promise((r) => {
     const t = setTimeout(() => { pause = null; r(); }, ms);
@@ -770,7 +770,10 @@ function openLongPoll({ api, getCursor, getUnread, onFrame, onHealthy, timeoutSe
         }
       }
     } catch (e) {
-      finish(e && e.status === 401 ? 'unauthorized' : 'error');
+      // A 401 from `api` was refused again with a fresh token: the token is not the problem
+      // of the moment but the user's (see TidingsClient._refused).
+      if (e && e.status === 401) finish('refused', e.problem);
+      else finish('error');
     }
   })();
   return { promise, stop: (reason = 'closed') => finish(reason) };
@@ -837,6 +840,9 @@ export class TidingsClient {
     this._leaderState = null;
     this._unread = null;
     this._unreadSeq = -1;
+    /** `{status, detail}` once the server refused a fresh token (state `unauthorized`). */
+    this._authError = null;
+    this._probeProblem = null;
     /** The highest history floor reported to onTruncated (0: none). */
     this._floor = 0;
     this._tracker = new SeqTracker(null);
@@ -952,6 +958,14 @@ export class TidingsClient {
   /** Reconnects now (e.g. after the app got a new token), skipping any backoff wait. */
   reconnect() {
     if (this._closed || this._role !== 'leader') return;
+    if (this._authError) {
+      // Stopped on a refused token: start again, with a fresh one from getToken().
+      this._authError = null;
+      this._tokens.token = null;
+      const epoch = ++this._epoch;
+      this._leaderLoop(epoch).catch(() => {});
+      return;
+    }
     if (this._conn) this._conn.stop('manual');
     else if (this._wake) this._wake();
   }
@@ -1112,9 +1126,16 @@ export class TidingsClient {
         outcome = await conn.promise;
         if (this._conn === conn) this._conn = null;
       } catch (e) {
-        outcome = { reason: e && e.status === 401 ? 'unauthorized' : 'error', healthy: false, duration: 0 };
+        // REST (the first page) answered 401 even with a fresh token from getToken().
+        outcome = e && e.status === 401
+          ? { reason: 'refused', healthy: false, duration: 0, problem: e.problem }
+          : { reason: 'error', healthy: false, duration: 0 };
       }
       if (!this._isCurrent(epoch)) break;
+      if (outcome.reason === 'refused') {
+        this._refused(outcome.problem);
+        break;
+      }
       if (outcome.reason === 'token-expired') tokenReason = 'expired';
       else if (outcome.reason === 'unauthorized') tokenReason = 'unauthorized';
 
@@ -1124,6 +1145,10 @@ export class TidingsClient {
         // outage from a stream-only failure, and brings a fresh unread count.
         const probe = await this._probe();
         if (!this._isCurrent(epoch)) break;
+        if (probe === 'unauthorized') {
+          this._refused(this._probeProblem);
+          break;
+        }
         if (probe === 'refreshed') tokenReason = null;
         if (transport === 'sse' && this.options.transport === 'auto' && probe !== 'refreshed') {
           const wasTripped = this._fallback.tripped;
@@ -1218,8 +1243,29 @@ export class TidingsClient {
       return this._tokens.calls > before ? 'refreshed' : 'ok';
     } catch (e) {
       // Only a 2xx proves the stream path (not the server) is at fault.
-      return e && e.status === 401 ? 'unauthorized' : 'unreachable';
+      if (e && e.status === 401) {
+        this._probeProblem = e.problem;
+        return 'unauthorized';
+      }
+      return 'unreachable';
     }
+  }
+
+  /**
+   * The server refused the token, and then the fresh one getToken() gave: retrying would
+   * only be refused again (and look like a network fault for ever). The connection stops in
+   * state `unauthorized`, every tab hears `onAuthError({status, detail})` with the server's
+   * problem `detail`, and `reconnect()` starts again once the app has a valid session.
+   */
+  _refused(problem) {
+    const p = problem && typeof problem === 'object' ? problem : null;
+    const detail = (p && typeof p.detail === 'string' && p.detail)
+      || (p && typeof p.title === 'string' && p.title)
+      || 'The server refused the token.';
+    this._authError = { status: 401, detail };
+    this._setState('unauthorized');
+    this._post({ t: 'x', detail });
+    safeCall(this.options.onAuthError, { ...this._authError });
   }
 
   // ---- frames and delivery --------------------------------------------------
@@ -1451,6 +1497,13 @@ export class TidingsClient {
       case 'a':
         if (this._role === 'follower') this._ahead(toSeq(msg.seq));
         break;
+      case 'x':
+        if (this._role === 'follower') {
+          this._authError = { status: 401, detail: String(msg.detail ?? '') };
+          this._emitState();
+          safeCall(this.options.onAuthError, { ...this._authError });
+        }
+        break;
       case 'c':
         if (this._role === 'follower') {
           const f = changedFrame(msg.f);
@@ -1481,11 +1534,13 @@ export class TidingsClient {
   }
 
   _emitState() {
-    safeCall(this.options.onStateChange, this._state, {
+    const info = {
       transport: this._transport,
       role: this._role,
       leaderState: this.leaderState,
-    });
+    };
+    if (this._authError) info.detail = this._authError.detail;
+    safeCall(this.options.onStateChange, this._state, info);
   }
 
   /** Sleep that reconnect(), the `online` event, a role change or close() cut short. */

@@ -299,6 +299,38 @@ test('REST 401: getToken() again and retry once', async () => {
   h.client.close();
 });
 
+test('a token refused again after a fresh one: onAuthError with the detail, state unauthorized, retries stop', async () => {
+  for (const [transport, stored] of [['sse', '0'], ['websocket', '0'], ['longpoll', '0'], ['sse', null]]) {
+    const what = `${transport}${stored === null ? ', first connect' : ''}`;
+    const server = new FakeServer({ base: `https://refused-${transport}-${stored}.test`, tokens: [] });
+    const storage = new FakeStorage();
+    if (stored !== null) storage.setItem(storageKeyFor(server.base, 'alice'), stored);
+    const errors = [];
+    const infos = [];
+    const h = harness({
+      server,
+      storage,
+      transport,
+      onAuthError: (e) => errors.push(e),
+      onStateChange: (s, info) => { h.states.push(s); infos.push(info); },
+    });
+    await waitFor(() => h.client.state === 'unauthorized', { what: `${what}: unauthorized` });
+    assert.deepEqual(errors, [{ status: 401, detail: 'The token is invalid.' }], what);
+    assert.equal(infos.at(-1).detail, 'The token is invalid.', what);
+    assert.ok(h.tokenCalls.includes('unauthorized'), `${what}: a fresh token was asked for first`);
+    assert.ok(!h.states.includes('live'), what);
+    const seen = server.requests.length + server.eventSources.length + server.sockets.length;
+    await sleep(300); // many backoff periods (5..40 ms)
+    assert.equal(server.requests.length + server.eventSources.length + server.sockets.length, seen, `${what}: no more retries`);
+    assert.equal(h.client.state, 'unauthorized', what);
+    // Once the app has a valid session again, reconnect() starts over.
+    server.valid.add(h.token);
+    h.client.reconnect();
+    await live(h.client);
+    h.client.close();
+  }
+});
+
 test('markRead and markAllRead go over REST and update unread', async () => {
   const h = harness();
   await live(h.client);

@@ -251,7 +251,7 @@ export class FakeServer {
     this.requests.push({ method, path: u.pathname, query: q, body, auth: init.headers && init.headers.Authorization });
     await new Promise((r) => setTimeout(r, 1));
     if (this.restDown) throw new TypeError('fetch failed');
-    if (!this._auth(null, init.headers)) return this._json(401, { type: 'about:blank', title: 'Unauthorized', status: 401 });
+    if (!this._auth(null, init.headers)) return this._json(401, { type: 'about:blank', title: 'Unauthorized', status: 401, detail: 'The token is invalid.' });
     const page = (list) => ({ notifications: list, unread: this.unread(), seq: this.latest() });
     if (method === 'GET' && u.pathname === '/v1/notifications') {
       const limit = Number(q.limit ?? 50);
