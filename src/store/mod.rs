@@ -18,6 +18,10 @@ mod postgres;
 mod retention;
 mod sqlite;
 
+/// The MQTT outbox is counted up to this many rows: a bounded query however large the
+/// backlog (beyond it, the depth reads "at least").
+pub const OUTBOX_DEPTH_CAP: i64 = 1_000_000;
+
 use crate::domain::{
     Counts, IdempotencyKey, MarkRead, NewNotification, Notification, NotificationId, Page, Seq,
     TopicName, UserId,
