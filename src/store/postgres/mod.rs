@@ -13,7 +13,7 @@ use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
 };
-use crate::domain::{now_micros, Notification, Seq, TopicName, UserId};
+use crate::domain::{now_micros, IdKey, Notification, Seq, TopicName, UserId};
 use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -35,6 +35,8 @@ pub struct PgStore {
     /// The bridge's own connections: a lease holds one for as long as the broker takes to
     /// acknowledge a batch, which must never take a connection publishing needs.
     pub(super) outbox_pool: Option<PgPool>,
+    /// Encrypts the notification ids handed out; the same on every replica.
+    pub(super) ids: IdKey,
 }
 
 /// Rows of the outbox window a lease looks at to find users with work: the oldest first, so
@@ -65,6 +67,7 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let ids = super::load_id_key(&pool).await?;
         let read_pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
@@ -81,13 +84,14 @@ impl PgStore {
         } else {
             None
         };
-        let group = GroupCommit::start(pool.clone(), outbox.clone(), shutdown);
+        let group = GroupCommit::start(pool.clone(), outbox.clone(), ids.clone(), shutdown);
         Ok(Self {
             pool,
             read_pool,
             group,
             outbox,
             outbox_pool,
+            ids,
         })
     }
 
@@ -108,7 +112,7 @@ impl PgStore {
         if cmd.idempotency.is_none() {
             return self.group.publish(cmd).await;
         }
-        let prep = PreparedPublish::new(cmd);
+        let prep = PreparedPublish::new(cmd, &self.ids);
         retrying(|| self.try_publish(&prep)).await
     }
 
@@ -280,7 +284,10 @@ impl PgStore {
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
-        let notifications = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let notifications = rows
+            .iter()
+            .map(|r| decode(r, &self.ids))
+            .collect::<Result<Vec<_>, _>>()?;
         let counts = counts(&mut tx, user).await?;
         tx.commit().await?;
         Ok(Page {
@@ -312,7 +319,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let changed = match what {
             MarkRead::Ids(ids) => {
-                let l = IdLookup::new(ids);
+                let l = IdLookup::new(ids, &self.ids);
                 sqlx::query(&format!(
                     "UPDATE inbox SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND {BY_IDS}"
                 ))
@@ -592,10 +599,11 @@ async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, 
     })
 }
 
-pub(super) fn decode(row: &PgRow) -> Result<Notification, StoreError> {
+pub(super) fn decode(row: &PgRow, key: &IdKey) -> Result<Notification, StoreError> {
     let seq: Seq = row.try_get("seq")?;
     Ok(Notification {
         id: stored_id(
+            key,
             row.try_get("legacy_id")?,
             row.try_get("message_id")?,
             row.try_get("ordinal")?,
