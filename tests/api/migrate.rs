@@ -142,12 +142,9 @@ const ID_KEYS: i64 = 20261207000001;
 async fn database_before_the_id_key(
     b: Backend,
 ) -> (String, Option<String>, Option<tempfile::TempDir>) {
-    async fn upto<C: sqlx::Connection>(dir: &str, conn: &mut C)
+    async fn upto<C>(dir: &str, conn: &mut C)
     where
-        for<'c> &'c mut C: sqlx::Executor<'c>,
-        C::Database: sqlx::migrate::MigrateDatabase,
-        for<'c> &'c mut C: sqlx::Acquire<'c, Database = C::Database>,
-        C: sqlx::migrate::Migrate,
+        C: sqlx::Connection + sqlx::migrate::Migrate,
     {
         let mut m = Migrator::new(std::path::Path::new(dir))
             .await
