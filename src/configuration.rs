@@ -577,6 +577,18 @@ impl Settings {
                 return Err(SettingsError::invalid(name, "must be greater than 0"));
             }
         }
+        // The per-user cap exists so that one user cannot take every place on the replica;
+        // at or above the replica's cap it would not. Refused rather than clamped: a silent
+        // clamp would hide that one of the two numbers is not what the operator meant.
+        if self.server.max_connections_per_user >= self.server.max_connections {
+            return Err(SettingsError::invalid(
+                "TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER",
+                format!(
+                    "({}) must be less than TIDINGS__SERVER__MAX_CONNECTIONS ({}), or one user could hold every connection of the replica",
+                    self.server.max_connections_per_user, self.server.max_connections
+                ),
+            ));
+        }
         if let Some(secret) = &self.auth.jwt_secret {
             if secret.expose_secret().len() < MIN_SECRET_LEN {
                 return Err(SettingsError::invalid(
@@ -922,6 +934,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TIDINGS__RETENTION__MAX_PER_USER"));
+    }
+
+    #[test]
+    fn the_per_user_cap_must_be_below_the_replica_cap() {
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        s.server.max_connections = 60;
+        s.server.max_connections_per_user = 64;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("TIDINGS__SERVER__MAX_CONNECTIONS_PER_USER")
+                && err.contains("TIDINGS__SERVER__MAX_CONNECTIONS ("),
+            "{err}"
+        );
+        s.server.max_connections_per_user = 60;
+        assert!(s.validate().is_err(), "equal still lets one user take all");
+        s.server.max_connections_per_user = 59;
+        s.validate().unwrap();
     }
 
     #[test]

@@ -80,6 +80,11 @@ const RULES: &[(&str, &str, &str)] = &[
         "crate::transports",
         "faces do not import each other",
     ),
+    (
+        "store/group_commit.rs",
+        "super::postgres",
+        "the Postgres store starts the group commit: rows both write live in store/pg_rows.rs",
+    ),
     ("grpc", "crate::routes", "faces do not know the route table"),
     ("api", "crate::grpc", "faces do not import each other"),
     (

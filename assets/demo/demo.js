@@ -81,6 +81,8 @@ let filter = 'all';
 let loaded = false;
 let loadingFor = null; // the client whose list() is in flight
 let hasOlder = false;
+/** The server's problem detail once it refused the token and a fresh one (any tab), else null. */
+let authError = null;
 const items = new Map(); // seq -> notification
 const nodes = new Map(); // seq -> <li>
 
@@ -246,10 +248,15 @@ function render() {
       if (!items.has(seq)) nodes.delete(seq);
     }
   }
-  const showSkeleton = !loaded && items.size === 0 && client !== null;
+  // A refused token is no loading state: no skeleton rows for ever, but the reason.
+  const showSkeleton = !loaded && items.size === 0 && client !== null && authError === null;
   el.skeleton.hidden = !showSkeleton;
-  el.empty.hidden = showSkeleton || sorted.length > 0;
-  if (!client) {
+  el.empty.hidden = showSkeleton || (sorted.length > 0 && authError === null);
+  el.empty.dataset.auth = authError === null ? '' : 'refused';
+  if (authError !== null) {
+    el.emptyTitle.textContent = 'Your session was refused';
+    el.emptyText.textContent = `${authError.replace(/[.\s]*$/, ".")} Sign in again, or open this page with a valid #token=.`;
+  } else if (!client) {
     el.emptyTitle.textContent = 'Not connected';
     el.emptyText.textContent = 'Open this page with #token=<user JWT> to see your notifications.';
   } else if (filter === 'archived') {
@@ -295,14 +302,18 @@ function renderState() {
   el.state.dataset.transport = t || '';
   el.state.dataset.role = client && client.role ? client.role : '';
   el.state.textContent = client ? (t ? `${s} · ${t}` : s) : 'no token';
+  el.state.title = authError === null ? 'Connection' : authError;
   const lead = client ? client.leaderState : null;
   const foot = {
     idle: 'Not connected',
     connecting: 'Connecting…',
     live: `Live via ${TRANSPORT_NAMES[t] || t}`,
     reconnecting: 'Reconnecting…',
+    unauthorized: `Not signed in: ${authError || 'the token was refused'}`,
     offline: 'Offline — waiting for the network',
-    follower: `Live in another tab${t ? ` via ${TRANSPORT_NAMES[t] || t}` : ''}${lead && lead !== 'live' ? ` (${lead})` : ''}`,
+    follower: authError !== null
+      ? `Not signed in: ${authError}`
+      : `Live in another tab${t ? ` via ${TRANSPORT_NAMES[t] || t}` : ''}${lead && lead !== 'live' ? ` (${lead})` : ''}`,
     closed: 'Disconnected',
   };
   el.footState.textContent = foot[s] || s;
@@ -468,6 +479,7 @@ function start() {
   unread = null;
   items.clear();
   el.pruned.hidden = true;
+  authError = null;
   for (const li of nodes.values()) li.remove();
   nodes.clear();
   renderSnippet();
@@ -506,7 +518,17 @@ function start() {
       applyChange(c);
       render();
     }),
-    onStateChange: mine((state) => {
+    // The token was refused, and a fresh one from getToken() too: the client stopped
+    // retrying; say why instead of "reconnecting" over skeleton rows.
+    onAuthError: mine(({ detail }) => {
+      authError = detail || 'The server refused the token.';
+      render();
+      renderState();
+    }),
+    onStateChange: mine((state, info) => {
+      if (state === 'live' || (state === 'follower' && info.leaderState === 'live')) authError = null;
+      if (state === 'unauthorized' && authError === null) authError = info.detail || 'The server refused the token.';
+      render();
       renderState();
       renderCounts();
       if ((state === 'live' || state === 'follower') && !loaded) loadList();
@@ -647,7 +669,7 @@ setInterval(() => {
 window.tidingsDemo = {
   get client() { return client; },
   setToken,
-  /** The connection state: connecting | live | reconnecting | offline | follower | closed, or idle without a token. */
+  /** The connection state: connecting | live | reconnecting | offline | follower | unauthorized | closed, or idle without a token. */
   get state() { return client ? client.state : 'idle'; },
   get transport() { return client ? client.transport : null; },
   get unread() { return unread; },

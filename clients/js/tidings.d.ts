@@ -17,7 +17,11 @@ export interface Notification {
   archived_at: string | null;
 }
 
-export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'follower' | 'closed';
+/**
+ * `unauthorized`: the server refused the token and then a fresh one from getToken(); the
+ * client stopped retrying (see `onAuthError`; `reconnect()` starts again).
+ */
+export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'follower' | 'unauthorized' | 'closed';
 export type Transport = 'sse' | 'websocket' | 'longpoll';
 export type TransportOption = 'auto' | Transport;
 export type Role = 'leader' | 'follower';
@@ -38,6 +42,8 @@ export interface StateInfo {
   role: Role | null;
   /** The leader tab's state (this tab's own when it is the leader). */
   leaderState: ConnectionState | null;
+  /** With `unauthorized` (in any tab): the server's problem `detail`. */
+  detail?: string;
 }
 
 export interface TokenRequest {
@@ -66,6 +72,8 @@ export interface Page {
   floor: number | null;
   /** The page's cursor was below the floor: history the client never saw was removed. */
   truncated: boolean;
+  /** The page's cursor was above the latest seq (`seq`): continue from `seq`. */
+  ahead: boolean;
 }
 
 export interface StorageLike {
@@ -89,7 +97,19 @@ export interface ConnectOptions {
    * once per floor, in every tab.
    */
   onTruncated?: (info: { floor: number }) => void;
+  /**
+   * The cursor was above the user's latest seq, `seq` (the server's database was restored
+   * to an earlier point, say): the client moved its cursor down to `seq` and goes on from
+   * there. Called in every tab.
+   */
+  onAhead?: (info: { seq: number }) => void;
   onStateChange?: (state: ConnectionState, info: StateInfo) => void;
+  /**
+   * The server refused the token with 401, and again the fresh one getToken() returned: the
+   * client stops retrying (state `unauthorized`) rather than look like a network fault for
+   * ever. `detail` is the server's problem detail. Called in every tab.
+   */
+  onAuthError?: (error: { status: 401; detail: string }) => void;
   /** Reads made by this or another tab (to update read marks in lists). */
   onRead?: (read: { ids: string[] } | { upTo: number }) => void;
   /**
@@ -188,6 +208,7 @@ export type Frame =
   | { type: 'unread'; unread: number; seq: number | null }
   | { type: 'resync'; seq: number | null }
   | { type: 'truncated'; floor: number }
+  | { type: 'ahead'; seq: number }
   | { type: 'token-expired' }
   | { type: 'pong' };
 

@@ -346,9 +346,11 @@ export class SseFallbackPolicy {
 /**
  * Frames: {type:'notification', notification}, {type:'unread', unread, seq},
  * {type:'changed', change, ids, seqs, unread, seq}, {type:'resync', seq},
- * {type:'truncated', floor}, {type:'token-expired'}, {type:'pong'}.
+ * {type:'truncated', floor}, {type:'ahead', seq}, {type:'token-expired'}, {type:'pong'}.
  * `truncated` comes first when the cursor was below the server's history floor:
- * retention removed every seq up to `floor` before this client saw it.
+ * retention removed every seq up to `floor` before this client saw it. `ahead` comes first
+ * when the cursor was above the user's latest seq (a restored database): the server goes
+ * on from `seq`, and so must the cursor.
  */
 export function normalizeNotification(raw) {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return null;
@@ -409,6 +411,7 @@ export function parseSseEvent(event, data, lastEventId) {
       return { type: 'resync', seq };
     }
     case 'truncated': return truncatedFrame(parseJson(data));
+    case 'ahead': return aheadFrame(parseJson(data));
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
   }
@@ -417,6 +420,11 @@ export function parseSseEvent(event, data, lastEventId) {
 function truncatedFrame(obj) {
   const floor = obj ? toSeq(obj.floor) : null;
   return floor === null ? null : { type: 'truncated', floor };
+}
+
+function aheadFrame(obj) {
+  const seq = obj && typeof obj === 'object' ? toSeq(obj.seq) : null;
+  return seq === null ? null : { type: 'ahead', seq };
 }
 
 /** A WebSocket text frame to a frame, or null. */
@@ -432,6 +440,7 @@ export function parseWsMessage(text) {
     case 'changed': return changedFrame(obj);
     case 'resync': return { type: 'resync', seq: toSeq(obj.seq) };
     case 'truncated': return truncatedFrame(obj);
+    case 'ahead': return aheadFrame(obj);
     case 'pong': return { type: 'pong' };
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
@@ -440,7 +449,8 @@ export function parseWsMessage(text) {
 
 /**
  * `{notifications, unread, seq}` (list, page and poll bodies), notifications sorted by seq;
- * `floor` when the server sent one, and `truncated` (true when the cursor was below it).
+ * `floor` when the server sent one, `truncated` (true when the cursor was below it), and
+ * `ahead` (true when the cursor was above the latest seq, `seq`).
  */
 export function parsePage(body) {
   const obj = parseJson(body) || {};
@@ -451,6 +461,7 @@ export function parsePage(body) {
     seq: toSeq(obj.seq),
     floor: toSeq(obj.floor),
     truncated: obj.truncated === true,
+    ahead: obj.ahead === true,
   };
 }
 
@@ -459,6 +470,7 @@ export function parsePollResponse(status, body) {
   if (status === 204 || body == null) return [];
   const page = parsePage(body);
   const frames = page.truncated && page.floor !== null ? [{ type: 'truncated', floor: page.floor }] : [];
+  if (page.ahead && page.seq !== null) frames.push({ type: 'ahead', seq: page.seq });
   frames.push(...page.notifications
     .slice()
     .sort((a, b) => a.seq - b.seq)
@@ -639,7 +651,7 @@ function openSse(EventSourceImpl, url, { onFrame, onHealthy, openTimeoutMs }) {
     if (!healthy) { healthy = true; clearTimeout(timer); onHealthy(); }
     onFrame(f);
   };
-  for (const name of ['notification', 'unread', 'changed', 'resync', 'truncated', 'token-expired']) es.addEventListener(name, handler(name));
+  for (const name of ['notification', 'unread', 'changed', 'resync', 'truncated', 'ahead', 'token-expired']) es.addEventListener(name, handler(name));
   // We reconnect ourselves (fresh token, our cursor, our backoff) instead of
   // letting EventSource retry with a possibly expired token in the URL.
   es.onerror = () => finish(healthy ? 'ended' : 'error');
@@ -708,12 +720,12 @@ function openLongPoll({ api, getCursor, getUnread, onFrame, onHealthy, timeoutSe
   let resolveFn;
   const started = nowMs();
   const promise = new Promise((r) => { resolveFn = r; });
-  const finish = (reason) => {
+  const finish = (reason, problem) => {
     if (done) return;
     done = true;
     try { ac && ac.abort(); } catch { /* ignore */ }
     if (pause) pause();
-    resolveFn({ reason, healthy, duration: nowMs() - started });
+    resolveFn({ reason, healthy, duration: nowMs() - started, problem });
   };
   const sleep = (ms) => new Promise((r) => {
     const t = setTimeout(() => { pause = null; r(); }, ms);
@@ -758,7 +770,10 @@ function openLongPoll({ api, getCursor, getUnread, onFrame, onHealthy, timeoutSe
         }
       }
     } catch (e) {
-      finish(e && e.status === 401 ? 'unauthorized' : 'error');
+      // A 401 from `api` was refused again with a fresh token: the token is not the problem
+      // of the moment but the user's (see TidingsClient._refused).
+      if (e && e.status === 401) finish('refused', e.problem);
+      else finish('error');
     }
   })();
   return { promise, stop: (reason = 'closed') => finish(reason) };
@@ -825,6 +840,9 @@ export class TidingsClient {
     this._leaderState = null;
     this._unread = null;
     this._unreadSeq = -1;
+    /** `{status, detail}` once the server refused a fresh token (state `unauthorized`). */
+    this._authError = null;
+    this._probeProblem = null;
     /** The highest history floor reported to onTruncated (0: none). */
     this._floor = 0;
     this._tracker = new SeqTracker(null);
@@ -940,6 +958,14 @@ export class TidingsClient {
   /** Reconnects now (e.g. after the app got a new token), skipping any backoff wait. */
   reconnect() {
     if (this._closed || this._role !== 'leader') return;
+    if (this._authError) {
+      // Stopped on a refused token: start again, with a fresh one from getToken().
+      this._authError = null;
+      this._tokens.token = null;
+      const epoch = ++this._epoch;
+      this._leaderLoop(epoch).catch(() => {});
+      return;
+    }
     if (this._conn) this._conn.stop('manual');
     else if (this._wake) this._wake();
   }
@@ -1100,9 +1126,16 @@ export class TidingsClient {
         outcome = await conn.promise;
         if (this._conn === conn) this._conn = null;
       } catch (e) {
-        outcome = { reason: e && e.status === 401 ? 'unauthorized' : 'error', healthy: false, duration: 0 };
+        // REST (the first page) answered 401 even with a fresh token from getToken().
+        outcome = e && e.status === 401
+          ? { reason: 'refused', healthy: false, duration: 0, problem: e.problem }
+          : { reason: 'error', healthy: false, duration: 0 };
       }
       if (!this._isCurrent(epoch)) break;
+      if (outcome.reason === 'refused') {
+        this._refused(outcome.problem);
+        break;
+      }
       if (outcome.reason === 'token-expired') tokenReason = 'expired';
       else if (outcome.reason === 'unauthorized') tokenReason = 'unauthorized';
 
@@ -1112,6 +1145,10 @@ export class TidingsClient {
         // outage from a stream-only failure, and brings a fresh unread count.
         const probe = await this._probe();
         if (!this._isCurrent(epoch)) break;
+        if (probe === 'unauthorized') {
+          this._refused(this._probeProblem);
+          break;
+        }
         if (probe === 'refreshed') tokenReason = null;
         if (transport === 'sse' && this.options.transport === 'auto' && probe !== 'refreshed') {
           const wasTripped = this._fallback.tripped;
@@ -1206,8 +1243,29 @@ export class TidingsClient {
       return this._tokens.calls > before ? 'refreshed' : 'ok';
     } catch (e) {
       // Only a 2xx proves the stream path (not the server) is at fault.
-      return e && e.status === 401 ? 'unauthorized' : 'unreachable';
+      if (e && e.status === 401) {
+        this._probeProblem = e.problem;
+        return 'unauthorized';
+      }
+      return 'unreachable';
     }
+  }
+
+  /**
+   * The server refused the token, and then the fresh one getToken() gave: retrying would
+   * only be refused again (and look like a network fault for ever). The connection stops in
+   * state `unauthorized`, every tab hears `onAuthError({status, detail})` with the server's
+   * problem `detail`, and `reconnect()` starts again once the app has a valid session.
+   */
+  _refused(problem) {
+    const p = problem && typeof problem === 'object' ? problem : null;
+    const detail = (p && typeof p.detail === 'string' && p.detail)
+      || (p && typeof p.title === 'string' && p.title)
+      || 'The server refused the token.';
+    this._authError = { status: 401, detail };
+    this._setState('unauthorized');
+    this._post({ t: 'x', detail });
+    safeCall(this.options.onAuthError, { ...this._authError });
   }
 
   // ---- frames and delivery --------------------------------------------------
@@ -1233,6 +1291,9 @@ export class TidingsClient {
       case 'truncated':
         this._truncated(f.floor);
         break;
+      case 'ahead':
+        this._ahead(f.seq);
+        break;
       default:
         break;
     }
@@ -1251,6 +1312,24 @@ export class TidingsClient {
     this._floor = floor;
     if (this._role === 'leader') this._post({ t: 't', floor });
     safeCall(this.options.onTruncated, { floor });
+  }
+
+  /**
+   * The cursor was above the user's latest seq (the server's history was restored to an
+   * earlier point): the server goes on from `seq`, and the cursor moves down to it without
+   * reconnecting, so what is published next is delivered rather than taken for a duplicate.
+   */
+  _ahead(seq) {
+    if (seq === null || seq === undefined) return;
+    const cursor = this._tracker.cursor;
+    if (cursor !== null && seq >= cursor) return;
+    this._tracker.reset(seq);
+    this._unreadSeq = -1;
+    if (this._role === 'leader') {
+      this._store.set(seq);
+      this._post({ t: 'a', seq });
+    }
+    safeCall(this.options.onAhead, { seq });
   }
 
   /** A change to notifications already in the inbox, from any tab or the server. */
@@ -1284,11 +1363,12 @@ export class TidingsClient {
   /** The server's latest seq can never be below a cursor we had before asking. */
   _checkServerSeq(serverSeq, cursorBefore) {
     if (serverSeq === null || serverSeq === undefined || cursorBefore === null || cursorBefore === undefined) return;
-    if (serverSeq < cursorBefore && this._role === 'leader') {
-      // The server's history was reset: follow it, and reopen from there.
-      this._tracker.reset(serverSeq);
-      this._store.set(serverSeq);
-      this._unreadSeq = -1;
+    // Already followed (an `ahead` signal moved the cursor down to the server's seq).
+    const cursor = this._tracker.cursor ?? cursorBefore;
+    if (serverSeq < cursorBefore && serverSeq < cursor && this._role === 'leader') {
+      // The server's history was reset (a server that does not say `ahead`, or a REST
+      // answer before the stream's): follow it, and reopen from there.
+      this._ahead(serverSeq);
       if (this._conn) this._conn.stop('manual');
     }
   }
@@ -1342,6 +1422,7 @@ export class TidingsClient {
       }
       if (this._closed) break;
       if (page.truncated) this._truncated(page.floor);
+      if (page.ahead) this._ahead(page.seq);
       const r = t.acceptPage(page.notifications);
       for (const n of r.delivered) this._deliver(n, 'catchup');
       // A page shorter than the limit covers every seq up to the latest (`seq`): one that
@@ -1413,6 +1494,16 @@ export class TidingsClient {
       case 't':
         if (this._role === 'follower') this._truncated(toSeq(msg.floor));
         break;
+      case 'a':
+        if (this._role === 'follower') this._ahead(toSeq(msg.seq));
+        break;
+      case 'x':
+        if (this._role === 'follower') {
+          this._authError = { status: 401, detail: String(msg.detail ?? '') };
+          this._emitState();
+          safeCall(this.options.onAuthError, { ...this._authError });
+        }
+        break;
       case 'c':
         if (this._role === 'follower') {
           const f = changedFrame(msg.f);
@@ -1443,11 +1534,13 @@ export class TidingsClient {
   }
 
   _emitState() {
-    safeCall(this.options.onStateChange, this._state, {
+    const info = {
       transport: this._transport,
       role: this._role,
       leaderState: this.leaderState,
-    });
+    };
+    if (this._authError) info.detail = this._authError.detail;
+    safeCall(this.options.onStateChange, this._state, info);
   }
 
   /** Sleep that reconnect(), the `online` event, a role change or close() cut short. */

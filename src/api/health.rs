@@ -1,6 +1,7 @@
 //! Liveness and readiness, for load balancers and orchestrators.
 
 use crate::http::AppState;
+use crate::store::OUTBOX_DEPTH_CAP;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use std::time::Duration;
@@ -38,7 +39,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct MqttHealth {
     /// `up` or `down`: whether this replica's bridge is connected to the broker.
     broker: &'static str,
-    /// Rows waiting in the outbox, as last measured (every few seconds).
+    /// Rows waiting in the outbox, counted when asked (up to a million; the last
+    /// measurement when the database does not answer in time).
     outbox: i64,
 }
 
@@ -49,10 +51,28 @@ fn identity_provider(state: &AppState) -> Option<&'static str> {
         .map(|p| if p.ready() { "loaded" } else { "loading" })
 }
 
-fn mqtt_health(state: &AppState) -> Option<MqttHealth> {
+/// Counts the outbox now, sets the gauge, and returns it: a backlog shows in `/readyz` and
+/// `/metrics` the moment it forms, not at the bridge's next housekeeping pass seconds later.
+/// One bounded query (`COUNT` over at most [`OUTBOX_DEPTH_CAP`] rows), with a deadline; on
+/// failure the last measurement stands. `None` without a bridge.
+async fn measure_outbox(state: &AppState) -> Option<i64> {
+    let m = state.hub.metrics().mqtt.as_ref()?;
+    let counted = tokio::time::timeout(
+        Duration::from_secs(1),
+        state.store.outbox_depth(OUTBOX_DEPTH_CAP),
+    )
+    .await;
+    if let Ok(Ok(depth)) = counted {
+        m.outbox_depth.set(depth);
+    }
+    Some(m.outbox_depth.get())
+}
+
+async fn mqtt_health(state: &AppState) -> Option<MqttHealth> {
+    let outbox = measure_outbox(state).await?;
     state.hub.metrics().mqtt.as_ref().map(|m| MqttHealth {
         broker: if m.connected.get() == 1 { "up" } else { "down" },
-        outbox: m.outbox_depth.get(),
+        outbox,
     })
 }
 
@@ -83,7 +103,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             status: "shutting down",
             database: None,
             bus,
-            mqtt: mqtt_health(&state),
+            mqtt: mqtt_health(&state).await,
             version: Some(VERSION),
             identity_provider: identity_provider(&state),
         });
@@ -98,7 +118,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         status: if ready { "ready" } else { "not ready" },
         database: Some(if database_up { "up" } else { "down" }),
         bus,
-        mqtt: mqtt_health(&state),
+        mqtt: mqtt_health(&state).await,
         version: Some(VERSION),
         identity_provider: identity_provider(&state),
     };
@@ -117,6 +137,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String, description = "Prometheus text exposition.")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    measure_outbox(&state).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.hub.metrics().render())

@@ -57,82 +57,70 @@ pub enum PublishRequest {
     Topic(PublishToTopic),
 }
 
-/// A publish to named users.
-#[derive(serde::Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct PublishToRecipients {
-    /// 1 to 1000 distinct user ids; duplicates are folded.
-    #[schema(example = json!(["alice", "bob"]), min_items = 1, value_type = Vec<UserIdText>)]
-    recipients: Vec<String>,
-    #[schema(schema_with = null_schema)]
-    #[serde(default)]
-    topic: Option<()>,
-    /// 1 to 64 characters of `a-z 0-9 . _ -`.
-    #[serde(rename = "type")]
-    #[schema(example = "order.shipped", pattern = "^[a-z0-9._-]{1,64}$")]
-    kind: String,
-    /// 1 to 200 characters, not only white space, none of them U+0000.
-    #[schema(
-        example = "Your order has shipped",
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
-    )]
-    title: String,
-    /// At most 4000 characters, none of them U+0000.
-    #[schema(max_length = 4000, pattern = "^[^\\u0000]*$")]
-    body: Option<String>,
-    /// A JSON object of at most 16 KiB serialized, nested at most 32 levels of objects and
-    /// arrays (itself included); no key or string in it may contain U+0000.
-    #[schema(value_type = Option<Object>)]
-    data: Option<serde_json::Value>,
-    /// An absolute http(s) URL of at most 2048 characters.
-    #[schema(
-        max_length = 2048,
-        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,4})?([/?#][!-~]*)?$"
-    )]
-    link: Option<String>,
+/// The two publish bodies in one shape: what selects the audience (`recipients` or
+/// `topic`, the other absent or `null`), then the notification's fields, written once so
+/// the documented rules cannot drift apart between the two.
+macro_rules! publish_body {
+    ($(#[$meta:meta])* $name:ident { $($target:tt)* }) => {
+        $(#[$meta])*
+        #[derive(serde::Deserialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        pub struct $name {
+            $($target)*
+            /// 1 to 64 characters of `a-z 0-9 . _ -`.
+            #[serde(rename = "type")]
+            #[schema(example = "order.shipped", pattern = "^[a-z0-9._-]{1,64}$")]
+            kind: String,
+            /// 1 to 200 characters, not only white space, none of them U+0000.
+            #[schema(
+                example = "Your order has shipped",
+                min_length = 1,
+                max_length = 200,
+                pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+            )]
+            title: String,
+            /// At most 4000 characters, none of them U+0000.
+            #[schema(max_length = 4000, pattern = "^[^\\u0000]*$")]
+            body: Option<String>,
+            /// A JSON object of at most 16 KiB serialized, nested at most 32 levels of objects and
+            /// arrays (itself included); no key or string in it may contain U+0000.
+            #[schema(value_type = Option<Object>)]
+            data: Option<serde_json::Value>,
+            /// An absolute http(s) URL of at most 2048 characters.
+            #[schema(
+                max_length = 2048,
+                pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,4})?([/?#][!-~]*)?$"
+            )]
+            link: Option<String>,
+        }
+    };
 }
 
-/// A publish to every current subscriber of a topic (see `/v1/topics`). Users who subscribe
-/// later do not get it. Not combined with an `Idempotency-Key`.
-#[derive(serde::Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct PublishToTopic {
-    /// 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
-    #[schema(example = "team.ops", pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
-    topic: String,
-    #[schema(schema_with = null_schema)]
-    #[serde(default)]
-    recipients: Option<()>,
-    /// 1 to 64 characters of `a-z 0-9 . _ -`.
-    #[serde(rename = "type")]
-    #[schema(example = "order.shipped", pattern = "^[a-z0-9._-]{1,64}$")]
-    kind: String,
-    /// 1 to 200 characters, not only white space, none of them U+0000.
-    #[schema(
-        example = "Your order has shipped",
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
-    )]
-    title: String,
-    /// At most 4000 characters, none of them U+0000.
-    #[schema(max_length = 4000, pattern = "^[^\\u0000]*$")]
-    body: Option<String>,
-    /// A JSON object of at most 16 KiB serialized, nested at most 32 levels of objects and
-    /// arrays (itself included); no key or string in it may contain U+0000.
-    #[schema(value_type = Option<Object>)]
-    data: Option<serde_json::Value>,
-    /// An absolute http(s) URL of at most 2048 characters.
-    #[schema(
-        max_length = 2048,
-        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,4})?([/?#][!-~]*)?$"
-    )]
-    link: Option<String>,
-}
+publish_body!(
+    /// A publish to named users.
+    PublishToRecipients {
+        /// 1 to 1000 distinct user ids; duplicates are folded.
+        #[schema(example = json!(["alice", "bob"]), min_items = 1, value_type = Vec<UserIdText>)]
+        recipients: Vec<String>,
+        #[schema(schema_with = null_schema)]
+        #[serde(default)]
+        topic: Option<()>,
+    }
+);
+
+publish_body!(
+    /// A publish to every current subscriber of a topic (see `/v1/topics`). Users who subscribe
+    /// later do not get it. Not combined with an `Idempotency-Key`.
+    PublishToTopic {
+        /// 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
+        #[schema(example = "team.ops", pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
+        topic: String,
+        #[schema(schema_with = null_schema)]
+        #[serde(default)]
+        recipients: Option<()>,
+    }
+);
 
 /// A publish to `recipients` answers `notifications`; a publish to a `topic` answers
 /// `topic` and `recipients` (how many subscribers it reached).
@@ -240,7 +228,8 @@ pub async fn publish(
 /// With `after`: seq > after, oldest first (catching up), archived ones included (with
 /// `archived_at`) and deleted ones left out; the page then carries `floor`, and
 /// `truncated: true` when `after` is below it (retention removed what the client missed, and
-/// the page starts at the oldest kept notification). A page for `after=N` covers every seq
+/// the page starts at the oldest kept notification), and `ahead: true` when `after` is above the latest
+/// seq (nothing after it would come: continue from `seq`). A page for `after=N` covers every seq
 /// from N+1 up to the last one it returns, or up to `seq` (the latest) when it returns fewer
 /// than `limit`: a seq in that range that is not in the page was deleted (or pruned), not
 /// missed, and need not be asked for again. Otherwise the inbox view: newest first, before
@@ -319,6 +308,7 @@ async fn list_page(
         unread: page.counts.unread,
         seq: page.counts.seq.get(),
         truncated: None,
+        ahead: None,
         floor: None,
         changes: None,
     })

@@ -33,6 +33,14 @@ impl Page {
     pub fn truncated(&self, cursor: Seq) -> bool {
         cursor < self.floor
     }
+
+    /// Whether a client resuming after `cursor` is ahead of the user's latest seq: a seq it
+    /// claims to have seen was never assigned (the database was restored from a backup, or
+    /// the client kept a cursor from elsewhere). Left alone it would wait for seqs that are
+    /// already being handed out again below its cursor, and hear nothing.
+    pub fn ahead(&self, cursor: Seq) -> bool {
+        cursor > self.counts.seq
+    }
 }
 
 /// Which notifications a user marks read.

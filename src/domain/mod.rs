@@ -16,7 +16,7 @@ mod user_id;
 pub use event::Event;
 pub use inbox::{ChangeKind, Counts, InboxChange, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
-pub use notification_id::NotificationId;
+pub use notification_id::{IdKey, NotificationId};
 pub use publish::{FieldError, NewNotification};
 pub use text::{json_depth, Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{ServiceName, TopicName, UserId};

@@ -213,6 +213,7 @@ impl notifications_server::Notifications for Notifications {
             seq: page.counts.seq.get(),
             truncated: after.is_some_and(|a| page.truncated(Seq::new(a))),
             floor: page.floor.get(),
+            ahead: after.is_some_and(|a| page.ahead(Seq::new(a))),
         }))
     }
 

@@ -96,6 +96,13 @@ impl SubscribeStream {
                 });
                 self.last = self.last.max(floor);
             }
+            Frame::Ahead { seq } => {
+                self.pending.push_back(proto::Event {
+                    event: Some(event::Event::Ahead(proto::Ahead { seq: seq.get() })),
+                });
+                // The stream goes on live after `seq`: a resume starts there.
+                self.last = seq;
+            }
             // A catch-up read failed: the session retries and the stream goes on.
             Frame::Shutdown | Frame::Unavailable => {}
         }

@@ -39,6 +39,11 @@ pub struct NotificationPage {
     /// `after=` page, and on a long-poll answer with `truncated`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor: Option<i64>,
+    /// Present (and true) only when the cursor (`after`) is above the caller's latest seq
+    /// (`seq`): a database restored from a backup, or a client bug. Nothing after the cursor
+    /// would ever come: continue from `seq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<bool>,
     /// Long-poll only, and only when there were any: the `changed` events since the poll
     /// began, oldest first (`{"change","ids","seqs","unread","seq"}`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +57,7 @@ impl NotificationPage {
     pub fn after(page: Page, cursor: Seq) -> Self {
         Self {
             truncated: page.truncated(cursor).then_some(true),
+            ahead: page.ahead(cursor).then_some(true),
             floor: Some(page.floor.get()),
             notifications: page.notifications,
             unread: page.counts.unread,

@@ -46,6 +46,10 @@ pub enum Frame {
     /// to `floor` before the client saw them. Sent first, before what follows the floor, so
     /// a client knows it lost history rather than believing it has all of it.
     Truncated { floor: Seq },
+    /// The connection's cursor is above the user's latest seq, `seq` (a restored database,
+    /// or a client bug): nothing it waits for would ever come. Sent first; the connection
+    /// then goes on live from `seq`, and the client should move its cursor down to it.
+    Ahead { seq: Seq },
     /// This replica is stopping: reconnect, to another one.
     Shutdown,
     /// A database read this connection waits on (its replay, or a catch-up) failed. The

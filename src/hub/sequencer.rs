@@ -91,6 +91,17 @@ impl<T> Sequencer<T> {
         }
     }
 
+    /// Moves the cursor down to `to`, for a connection whose cursor was ahead of the user's
+    /// latest seq. Live events at or below the old cursor were dropped meanwhile (they
+    /// looked delivered), so the read in flight is marked to be followed by another from
+    /// `to`, which finds them.
+    pub fn rewind(&mut self, to: Seq) {
+        if to < self.delivered {
+            self.delivered = to;
+            self.overflowed = true;
+        }
+    }
+
     /// Starts a catch-up read (after a bus outage, say) unless one is in flight already.
     /// Returns where to read from.
     pub fn start_read(&mut self) -> Option<Seq> {
@@ -195,6 +206,22 @@ mod tests {
             [11],
             "10 committed before the start; 11 after it"
         );
+    }
+
+    #[test]
+    fn a_cursor_ahead_rewinds_and_reads_again_for_what_it_dropped() {
+        // The client says 10; the user's latest is 2.
+        let mut s = Sequencer::reading_from(Seq::new(10));
+        // 3 commits after the read's snapshot: it looks delivered to a cursor of 10.
+        assert_eq!(live(&mut s, 3), Live::Drop);
+        s.rewind(Seq::new(2));
+        let m = s.finish_read(vec![], Some(Seq::new(2)));
+        assert_eq!(m.deliver, Vec::<i64>::new());
+        assert_eq!(m.again, Some(Seq::new(2)), "3 must be read again");
+        let m = s.finish_read(vec![(Seq::new(3), 3)], Some(Seq::new(3)));
+        assert_eq!(m.deliver, [3]);
+        assert_eq!(m.again, None);
+        assert_eq!(live(&mut s, 4), Live::Deliver(4));
     }
 
     #[test]

@@ -64,6 +64,10 @@ struct Conn {
     /// before "from now" is fixed. Its first frame follows the read of the latest seq (live
     /// events are held until then), or is the replica's shutdown.
     started: Option<oneshot::Sender<bool>>,
+    /// True until the connection's first read succeeds: only the client's own cursor can be
+    /// ahead of the user's latest seq (a later read starts from what this replica delivered,
+    /// and a read pool that lags must not make it look ahead).
+    first_read: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -165,12 +169,21 @@ impl UserSession {
             return;
         };
         let mut resync = None;
+        let first_read = std::mem::take(&mut conn.first_read);
         // Below the floor, the replay starts at the oldest kept notification, and the
-        // connection hears so first.
-        let truncated = match from {
+        // connection hears so first. Above the latest seq, it goes on live from the latest
+        // seq, and hears so first too.
+        let first = match from {
             ReadFrom::After(after) if page.truncated(after) => {
                 conn.last_sent = conn.last_sent.max(page.floor);
                 Some(Frame::Truncated { floor: page.floor })
+            }
+            ReadFrom::After(after) if first_read && page.ahead(after) => {
+                conn.seq.rewind(page.counts.seq);
+                conn.last_sent = page.counts.seq;
+                Some(Frame::Ahead {
+                    seq: page.counts.seq,
+                })
             }
             _ => None,
         };
@@ -205,7 +218,7 @@ impl UserSession {
         }
         let update = Frame::update(merged.deliver, counts, conn.last_sent);
         let again = merged.again;
-        let sent = truncated.is_none_or(|t| self.push(id, t))
+        let sent = first.is_none_or(|t| self.push(id, t))
             && resync.is_none_or(|r| self.push(id, r))
             && self.push(id, update);
         if !sent {
@@ -283,6 +296,7 @@ impl Handler<Join> for UserSession {
             seq: Sequencer::reading_from(start),
             last_sent: start,
             started: msg.started,
+            first_read: true,
         });
         self.read(ctx, msg.id, from);
     }

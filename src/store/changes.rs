@@ -9,7 +9,9 @@
 //! is newer than anything a connection has seen.
 
 use super::{IdLookup, Store, StoreError};
-use crate::domain::{ChangeKind, Counts, InboxChange, MarkRead, NotificationId, Seq, UserId};
+use crate::domain::{
+    ChangeKind, Counts, IdKey, InboxChange, MarkRead, NotificationId, Seq, UserId,
+};
 use uuid::Uuid;
 
 /// What one change did to one user's inbox.
@@ -42,6 +44,7 @@ pub(crate) struct ChangedRow {
 
 /// Builds the announced change from the rows a statement returned (in any order).
 pub(crate) fn change_of(
+    key: &IdKey,
     kind: ChangeKind,
     mut rows: Vec<ChangedRow>,
 ) -> Result<InboxChange, StoreError> {
@@ -50,6 +53,7 @@ pub(crate) fn change_of(
     let mut seqs = Vec::with_capacity(rows.len());
     for r in &rows {
         ids.push(super::stored_id(
+            key,
             r.legacy,
             r.message,
             r.ordinal,
@@ -73,9 +77,9 @@ pub(crate) enum Target {
 }
 
 impl Target {
-    pub fn new(what: &MarkRead) -> Self {
+    pub fn new(what: &MarkRead, key: &IdKey) -> Self {
         match what {
-            MarkRead::Ids(ids) => Target::Ids(IdLookup::new(ids)),
+            MarkRead::Ids(ids) => Target::Ids(IdLookup::new(ids, key)),
             MarkRead::UpTo(seq) => Target::UpTo(*seq),
         }
     }
@@ -90,7 +94,7 @@ impl Store {
         kind: ChangeKind,
         what: &MarkRead,
     ) -> Result<ChangeOutcome, StoreError> {
-        let target = Target::new(what);
+        let target = Target::new(what, self.id_key());
         match self {
             Store::Sqlite(s) => s.change(user, kind, &target).await,
             Store::Postgres(s) => s.change(user, kind, &target).await,
@@ -107,7 +111,7 @@ impl Store {
     ) -> Result<Option<Vec<Retracted>>, StoreError> {
         // Notifications from before the storage layout have no recorded publisher: no
         // service may retract them.
-        let Some(parts) = NotificationId::from_uuid(&id) else {
+        let Some(parts) = NotificationId::decode(&id, self.id_key()) else {
             return Ok(None);
         };
         match self {

@@ -14,9 +14,9 @@
 //! Publishes with an `Idempotency-Key` take the single-request path: their claim-or-replay
 //! step must see other requests' commits, which a shared transaction would hide.
 
-use super::postgres::{self, OutboxColumns};
+use super::pg_rows::{self, OutboxColumns};
 use super::{Counts, Outbox, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
-use crate::domain::Seq;
+use crate::domain::{IdKey, Seq};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Chain;
 use chrono::{DateTime, Utc};
@@ -48,13 +48,14 @@ impl GroupCommit {
     /// what is queued by then) or when the last handle is dropped; a publish after that is
     /// refused as "unavailable", never left waiting.
     /// With the outbox on, each batch also writes its outbox rows in its transaction.
-    pub fn start(pool: PgPool, outbox: Outbox, shutdown: &Shutdown) -> Self {
+    pub fn start(pool: PgPool, outbox: Outbox, ids: IdKey, shutdown: &Shutdown) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..COMMITTERS {
             shutdown.spawn(committer(
                 pool.clone(),
                 outbox.clone(),
+                ids.clone(),
                 rx.clone(),
                 shutdown.clone(),
             ));
@@ -77,6 +78,7 @@ impl GroupCommit {
 async fn committer(
     pool: PgPool,
     outbox: Outbox,
+    ids: IdKey,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     shutdown: Shutdown,
 ) {
@@ -105,8 +107,10 @@ async fn committer(
                 }
             }
         }
-        let prepared: Vec<PreparedPublish<'_>> =
-            jobs.iter().map(|j| PreparedPublish::new(&j.cmd)).collect();
+        let prepared: Vec<PreparedPublish<'_>> = jobs
+            .iter()
+            .map(|j| PreparedPublish::new(&j.cmd, &ids))
+            .collect();
         let with_outbox = outbox.is_on();
         let mut result = commit(&pool, &prepared, with_outbox).await;
         if matches!(&result, Err(StoreError::Database(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
@@ -269,7 +273,7 @@ async fn commit_in_one_statement(
             rows.users.push(user.as_str());
             rows.messages.push(position);
             rows.behind.push(k - *n);
-            rows.ordinals.push(postgres::ordinal(*ordinal)?);
+            rows.ordinals.push(pg_rows::ordinal(*ordinal)?);
         }
     }
     let returned = sqlx::query(
@@ -404,8 +408,8 @@ async fn commit_with_outbox(
             inbox.users.push(user.to_owned());
             inbox.seqs.push(counts.seq);
             inbox.messages.push(message);
-            inbox.ordinals.push(postgres::ordinal(ordinal)?);
-            let id = PreparedPublish::id(message, ordinal, counts.seq)?;
+            inbox.ordinals.push(pg_rows::ordinal(ordinal)?);
+            let id = PreparedPublish::id(prep.key, message, ordinal, counts.seq)?;
             outbox.push_delivery(user, &prep.notification(id, counts.seq), &counts);
             Ok(())
         },

@@ -13,13 +13,35 @@
 mod changes;
 mod group_commit;
 mod outbox;
+mod pg_rows;
 mod postgres;
 mod retention;
 mod sqlite;
 
+/// The MQTT outbox is counted up to this many rows: a bounded query however large the
+/// backlog (beyond it, the depth reads "at least").
+pub const OUTBOX_DEPTH_CAP: i64 = 1_000_000;
+
+/// Reads the id key the migration made (see `migrations/*/20261207000001_id_keys.sql`).
+async fn load_id_key<'e, E, DB>(executor: E) -> Result<IdKey, StoreError>
+where
+    E: sqlx::Executor<'e, Database = DB>,
+    DB: sqlx::Database,
+    for<'r> Vec<u8>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> (Vec<u8>, i64): sqlx::FromRow<'r, DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let (key, since): (Vec<u8>, i64) =
+        sqlx::query_as("SELECT key, since_message FROM id_keys WHERE id = 1")
+            .fetch_one(executor)
+            .await?;
+    Ok(IdKey::new(&key, since))
+}
+
 use crate::domain::{
-    Counts, IdempotencyKey, MarkRead, NewNotification, Notification, NotificationId, Page, Seq,
-    TopicName, UserId,
+    Counts, IdKey, IdempotencyKey, MarkRead, NewNotification, Notification, NotificationId, Page,
+    Seq, TopicName, UserId,
 };
 use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
@@ -328,6 +350,14 @@ impl Store {
     }
 
     /// Rows waiting, counted up to `cap` (a full count of a huge backlog would itself be slow).
+    /// The deployment's id key, read from the database at start.
+    pub(crate) fn id_key(&self) -> &IdKey {
+        match self {
+            Store::Sqlite(s) => &s.ids,
+            Store::Postgres(s) => &s.ids,
+        }
+    }
+
     pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
         dispatch!(self, s => s.outbox_depth(cap).await)
     }
@@ -374,13 +404,15 @@ fn idempotency_cutoff() -> DateTime<Utc> {
 /// recipients as named), which with the message id and its seq makes its notification id.
 pub(crate) struct PreparedPublish<'a> {
     pub cmd: &'a PublishCommand,
+    /// Encrypts the ids handed out (see [`IdKey`]).
+    pub key: &'a IdKey,
     pub created_at: DateTime<Utc>,
     /// Sorted by user id: the lock order. The `u32` is the recipient's ordinal.
     pub rows: Vec<(UserId, u32)>,
 }
 
 impl<'a> PreparedPublish<'a> {
-    pub fn new(cmd: &'a PublishCommand) -> Self {
+    pub fn new(cmd: &'a PublishCommand, key: &'a IdKey) -> Self {
         let mut rows: Vec<(UserId, u32)> = cmd
             .notification
             .recipients
@@ -391,6 +423,7 @@ impl<'a> PreparedPublish<'a> {
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
             cmd,
+            key,
             created_at: crate::domain::now_micros(),
             rows,
         }
@@ -398,9 +431,9 @@ impl<'a> PreparedPublish<'a> {
 
     /// The id of one recipient's notification, or an error past the id's ranges (2^48
     /// messages, 2^42 notifications per user): refused, never a repeated id.
-    pub fn id(message: i64, ordinal: u32, seq: Seq) -> Result<Uuid, StoreError> {
+    pub fn id(key: &IdKey, message: i64, ordinal: u32, seq: Seq) -> Result<Uuid, StoreError> {
         NotificationId::new(message, ordinal, seq.get())
-            .map(NotificationId::to_uuid)
+            .map(|n| n.render(key))
             .ok_or_else(|| {
                 StoreError::Database(sqlx::Error::Protocol(format!(
                     "notification id out of range: message {message}, seq {}",
@@ -441,8 +474,10 @@ impl<'a> PreparedPublish<'a> {
         for ((user, ordinal), counts) in self.rows.iter().zip(bumped) {
             deliveries.push(Delivery {
                 recipient: user.clone(),
-                notification: self
-                    .notification(Self::id(message, *ordinal, counts.seq)?, counts.seq),
+                notification: self.notification(
+                    Self::id(self.key, message, *ordinal, counts.seq)?,
+                    counts.seq,
+                ),
                 counts: *counts,
             });
         }
@@ -481,10 +516,10 @@ pub(crate) struct IdLookup {
 }
 
 impl IdLookup {
-    pub fn new(ids: &[Uuid]) -> Self {
+    pub fn new(ids: &[Uuid], key: &IdKey) -> Self {
         let mut l = Self::default();
         for id in ids {
-            match NotificationId::from_uuid(id) {
+            match NotificationId::decode(id, key) {
                 // An ordinal past i32 was never stored (the column is a 32-bit integer).
                 Some(n) => {
                     if let Ok(o) = i32::try_from(n.ordinal) {
@@ -502,6 +537,7 @@ impl IdLookup {
 
 /// A stored row's id: its legacy id if it has one, else the derived one.
 pub(crate) fn stored_id(
+    key: &IdKey,
     legacy: Option<Uuid>,
     message: i64,
     ordinal: i32,
@@ -509,7 +545,7 @@ pub(crate) fn stored_id(
 ) -> Result<Uuid, StoreError> {
     match legacy {
         Some(id) => Ok(id),
-        None => PreparedPublish::id(message, u32::try_from(ordinal).unwrap_or(0), seq),
+        None => PreparedPublish::id(key, message, u32::try_from(ordinal).unwrap_or(0), seq),
     }
 }
 

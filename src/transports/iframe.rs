@@ -77,6 +77,10 @@ impl Format for Iframe {
         self.post(out, |o| Ndjson.truncated(o, floor));
     }
 
+    fn ahead(&self, out: &mut String, seq: Seq) {
+        self.post(out, |o| Ndjson.ahead(o, seq));
+    }
+
     fn token_expired(&self, out: &mut String) {
         self.post(out, |o| Ndjson.token_expired(o));
         out.push_str("</body></html>\n");

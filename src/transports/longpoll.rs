@@ -34,7 +34,7 @@ pub const MAX_TIMEOUT: i64 = 120;
         ("access_token" = Option<String>, Query, nullable = false, description = "The user token, when a header cannot be set (EventSource, WebSocket and iframe cannot)."),
     ),
     responses(
-        (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq. With `truncated: true`, retention removed notifications after the cursor up to `floor`: the page starts at the oldest kept one (poll again from `floor` when it is empty). When notifications were archived, unarchived or deleted meanwhile, `changes` lists those events (as the streams' `changed`), oldest first; a poll that only saw changes answers at once with no notifications."),
+        (status = 200, body = crate::http::pages::NotificationPage, description = "At most 200 notifications after the cursor, oldest first; poll again from the last seq. With `truncated: true`, retention removed notifications after the cursor up to `floor`: the page starts at the oldest kept one (poll again from `floor` when it is empty). With `ahead: true`, the cursor was above the latest seq (`seq`): poll again from `seq`. When notifications were archived, unarchived or deleted meanwhile, `changes` lists those events (as the streams' `changed`), oldest first; a poll that only saw changes answers at once with no notifications."),
         (status = 204, description = "Nothing new before the timeout: poll again with the same cursor."),
         (status = 400, body = crate::http::error::Problem, content_type = "application/problem+json", description = "A missing or bad query parameter, named in `errors`."),
         (status = 401, body = crate::http::error::Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
@@ -72,6 +72,9 @@ pub async fn poll(
     // Set when the cursor is below the history floor: the answer says so, even with no
     // notification kept after it, so the client moves its cursor up to the floor.
     let mut floor: Option<Seq> = None;
+    // Set when the cursor is above the user's latest seq: the answer says so at once, so
+    // the client moves its cursor down and polls from there rather than waiting for ever.
+    let mut ahead = false;
     let mut changes: Vec<Arc<str>> = Vec::new();
     loop {
         let frame = tokio::select! {
@@ -87,15 +90,17 @@ pub async fn poll(
                 }
                 if !found.is_empty()
                     || floor.is_some()
+                    || ahead
                     || !changes.is_empty()
                     || unread.is_some_and(|u| u != counts.unread)
                 {
                     found.truncate(MAX_PAGE as usize);
-                    return Ok(answer_rendered(&found, &changes, counts, floor));
+                    return Ok(answer_rendered(&found, &changes, counts, floor, ahead));
                 }
             }
             // First, before the replay it announces.
             Some(Frame::Truncated { floor: f }) => floor = Some(f),
+            Some(Frame::Ahead { .. }) => ahead = true,
             Some(Frame::Resync { .. }) => {
                 // Far behind: answer with the first page; the client polls on from there.
                 let page = first_page(&state, &user, after).await?;
@@ -137,12 +142,14 @@ async fn first_page(state: &AppState, user: &UserId, after: Seq) -> Result<Page,
 
 /// A [`NotificationPage`] from notifications already rendered by the hub. `floor` is set
 /// when the cursor was below the history floor; `changes` (the `changed` events' JSON,
-/// oldest first) is written when there were any.
+/// oldest first) is written when there were any; `ahead` when the cursor was above the
+/// latest seq.
 fn answer_rendered(
     found: &[(Seq, Arc<str>)],
     changes: &[Arc<str>],
     counts: Counts,
     floor: Option<Seq>,
+    ahead: bool,
 ) -> HttpResponse {
     let mut body = String::from("{\"notifications\":[");
     for (i, (_, json)) in found.iter().enumerate() {
@@ -165,12 +172,13 @@ fn answer_rendered(
         "],\"unread\":{},\"seq\":{}",
         counts.unread, counts.seq
     );
-    match floor {
-        Some(floor) => {
-            let _ = write!(body, ",\"truncated\":true,\"floor\":{floor}}}");
-        }
-        None => body.push('}'),
+    if let Some(floor) = floor {
+        let _ = write!(body, ",\"truncated\":true,\"floor\":{floor}");
     }
+    if ahead {
+        body.push_str(",\"ahead\":true");
+    }
+    body.push('}');
     HttpResponse::Ok()
         .content_type("application/json")
         .body(body)

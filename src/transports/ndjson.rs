@@ -15,7 +15,8 @@ use std::fmt::Write;
 /// One JSON object per line: `{"type":"notification","notification":{…}}`,
 /// `{"type":"unread","unread":n,"seq":s,"last":l}`,
 /// `{"type":"changed","change":"archived"|"unarchived"|"deleted","ids":[…],"seqs":[…],"unread":n,"seq":s}`
-/// (followed by an `unread`), `{"type":"resync","seq":s}`,
+/// (followed by an `unread`), `{"type":"resync","seq":s}`, `{"type":"truncated","floor":f}`,
+/// `{"type":"ahead","seq":s}`,
 /// `{"type":"token-expired"}`, `{"type":"reconnect"}`, `{"type":"ping"}`.
 pub struct Ndjson;
 
@@ -44,6 +45,10 @@ impl Format for Ndjson {
 
     fn truncated(&self, out: &mut String, floor: Seq) {
         let _ = writeln!(out, "{{\"type\":\"truncated\",\"floor\":{floor}}}");
+    }
+
+    fn ahead(&self, out: &mut String, seq: Seq) {
+        let _ = writeln!(out, "{{\"type\":\"ahead\",\"seq\":{seq}}}");
     }
 
     fn token_expired(&self, out: &mut String) {

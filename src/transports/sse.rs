@@ -14,15 +14,16 @@ use std::fmt::Write;
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct SseEvent {
-    /// `notification`, `unread`, `changed`, `resync`, `truncated` or `token-expired`.
-    #[schema(pattern = "^(notification|unread|changed|resync|truncated|token-expired)$")]
+    /// `notification`, `unread`, `changed`, `resync`, `truncated`, `ahead` or `token-expired`.
+    #[schema(pattern = "^(notification|unread|changed|resync|truncated|ahead|token-expired)$")]
     event: String,
     /// JSON: the notification; `{"unread":n,"seq":s}`; for `changed`,
     /// `{"change":"archived"|"unarchived"|"deleted","ids":[…],"seqs":[…],"unread":n,"seq":s}`;
     /// `{"seq":s}` to resync from; `{"floor":f}` (retention removed every seq up to f before
-    /// the client saw it; the replay that follows starts at the oldest kept one); or `{}`.
+    /// the client saw it; the replay that follows starts at the oldest kept one); for `ahead`,
+    /// `{"seq":s}` (the cursor was above the latest seq s: the stream goes on from s); or `{}`.
     data: String,
-    /// The seq to resume from (`Last-Event-ID`), on `notification`, `unread` and `truncated`.
+    /// The seq to resume from (`Last-Event-ID`), on `notification`, `unread`, `truncated` and `ahead`.
     #[schema(pattern = "^[0-9]+$")]
     id: Option<String>,
 }
@@ -33,7 +34,7 @@ pub struct SseEvent {
 /// streams new ones as they commit. Events: `notification` (id = seq), `unread`, `changed`
 /// (notifications archived, unarchived or deleted, by any tab or by their service; an
 /// `unread` follows), `resync`, `truncated` (first, when the cursor is below the history
-/// floor), `token-expired`; a `: ping` comment every heartbeat.
+/// floor), `ahead` (first, when the cursor is above the latest seq), `token-expired`; a `: ping` comment every heartbeat.
 #[utoipa::path(
     get, path = "/v1/notifications/stream", tag = "live",
     params(
@@ -121,6 +122,12 @@ impl Format for Sse {
             out,
             "event: truncated\nid: {floor}\ndata: {{\"floor\":{floor}}}\n\n"
         );
+    }
+
+    fn ahead(&self, out: &mut String, seq: Seq) {
+        // The latest seq is where the client resumes from: the event's id, so a reconnect
+        // right after it asks from there.
+        let _ = write!(out, "event: ahead\nid: {seq}\ndata: {{\"seq\":{seq}}}\n\n");
     }
 
     fn token_expired(&self, out: &mut String) {

@@ -31,6 +31,8 @@ pub trait Format: Unpin {
     /// Seqs up to `floor` were pruned before the client saw them; what follows starts at
     /// the oldest kept notification.
     fn truncated(&self, out: &mut String, floor: Seq);
+    /// The cursor was above the user's latest seq, `seq`: the stream goes on live from it.
+    fn ahead(&self, out: &mut String, seq: Seq);
     fn token_expired(&self, out: &mut String);
     /// The replica is stopping, or the stream must be reopened: tell the client to come back soon.
     fn reconnect(&self, out: &mut String);
@@ -109,6 +111,10 @@ impl<F: Format> EventStream<F> {
                 self.format.resync(out, *seq);
             }
             Frame::Truncated { floor } => self.format.truncated(out, *floor),
+            Frame::Ahead { seq } => {
+                self.counts_seq = *seq;
+                self.format.ahead(out, *seq);
+            }
             // The hub retries the read; the stream carries on when it succeeds.
             Frame::Shutdown | Frame::Unavailable => {}
         }

@@ -28,7 +28,8 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 ///
 /// Server frames: `{"type":"notification","notification":{…}}`, `{"type":"unread","unread":n,"seq":s}`,
 /// `{"type":"resync","seq":s}`, `{"type":"truncated","floor":f}` (first, when the cursor is below the
-/// history floor), `{"type":"pong"}`, `{"type":"error","detail":"…"}`. Client frames:
+/// history floor), `{"type":"ahead","seq":s}` (first, when the cursor is above the latest seq s: the
+/// socket goes on from s), `{"type":"pong"}`, `{"type":"error","detail":"…"}`. Client frames:
 /// `{"type":"read","ids":[…]}` or `{"type":"read","up_to":seq}`, and `{"type":"ping"}`. Close codes:
 /// 4001 token expired, 4008 too slow (resume with the cursor), 1009 a message over 64 KiB,
 /// 1012 server restarting.
@@ -268,6 +269,7 @@ pub fn render(frame: &Frame) -> Vec<String> {
         Frame::Truncated { floor } => {
             vec![format!("{{\"type\":\"truncated\",\"floor\":{floor}}}")]
         }
+        Frame::Ahead { seq } => vec![format!("{{\"type\":\"ahead\",\"seq\":{seq}}}")],
         // The hub retries the read; the socket carries on when it succeeds.
         Frame::Shutdown | Frame::Unavailable => Vec::new(),
     }

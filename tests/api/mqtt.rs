@@ -369,6 +369,31 @@ async fn rows_past_the_maximum_age_are_dropped_and_counted(b: Backend) {
     );
 }
 
+/// The depth in `/readyz` and in the gauge is the outbox's now, not as the bridge last
+/// measured it (every 5 s): read right after the publishes that filled it.
+async fn the_outbox_depth_is_current(b: Backend) {
+    // No broker listens here: every row stays in the outbox.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let app = spawn_app_with(b, with_mqtt(format!("mqtt://127.0.0.1:{port}"))).await;
+    assert_eq!(mqtt_field(&app).await["outbox"], 0);
+    for _ in 0..3 {
+        app.publish(&sample(&["deep"])).await;
+    }
+    // A notification and an unread count per publish.
+    assert_eq!(mqtt_field(&app).await["outbox"], 6);
+    let text = scrape(&app.client, &app.address).await;
+    assert_eq!(metric(&text, "tidings_mqtt_outbox_depth", &[]), Some(6.0));
+    // A mark-read adds the new count.
+    let (status, _) = app.mark_read("deep", &json!({"up_to": 3})).await;
+    assert_eq!(status, 200);
+    let text = scrape(&app.client, &app.address).await;
+    assert_eq!(metric(&text, "tidings_mqtt_outbox_depth", &[]), Some(7.0));
+    assert_eq!(mqtt_field(&app).await["outbox"], 7);
+}
+
 async fn without_a_url_there_is_no_bridge(b: Backend) {
     let app = spawn_app_with(b, |_| {}).await;
     app.publish(&sample(&["plain"])).await;
@@ -390,6 +415,7 @@ crate::both_backends!(
     every_notification_reaches_the_broker_in_order,
     nothing_is_lost_while_the_broker_is_down,
     rows_past_the_maximum_age_are_dropped_and_counted,
+    the_outbox_depth_is_current,
     without_a_url_there_is_no_bridge,
 );
 

@@ -78,3 +78,38 @@ e2e('token expiry (WebSocket, two tabs): a fresh token in the fragment is picked
   assert.ok(log.some((e) => e.state === 'live' && e.t >= expMs - 1000), 'the leader reconnected at expiry with the fresh token');
   assert.equal((await inbox(server)).unread, 3);
 });
+
+e2e('an invalid token: /demo shows the auth error with the server\'s detail, not "reconnecting" for ever', async (s) => {
+  const server = await s.sqliteServer();
+  // Signed, but not with the server's secret: every answer is a 401, the fresh token too.
+  const good = userToken('alice', 3600);
+  const bad = `${good.slice(0, good.lastIndexOf('.'))}.${Buffer.from('not the signature').toString('base64url')}`;
+  for (const transport of ['sse', 'websocket', 'longpoll']) {
+    const ctx = await s.context(); // its own storage: the demo keeps the token in localStorage
+    const page = await s.openDemo(ctx, server, { token: bad, transport, label: transport, wait: false });
+    await waitFor(async () => (await connState(page)).state === 'unauthorized', { timeout: 15000, message: `${transport}: the page to say unauthorized` });
+    const shown = await page.evaluate(() => ({
+      skeleton: document.getElementById('skeleton').hidden,
+      empty: document.getElementById('empty').hidden,
+      title: document.getElementById('empty-title').textContent,
+      text: document.getElementById('empty-text').textContent,
+      foot: document.getElementById('foot-state').textContent,
+    }));
+    s.note(`${transport}: ${JSON.stringify(shown)}`);
+    assert.equal(shown.skeleton, true, `${transport}: no skeleton rows`);
+    assert.equal(shown.empty, false, `${transport}: the reason is shown`);
+    assert.equal(shown.title, 'Your session was refused');
+    assert.match(shown.text, /the token is not valid/, `${transport}: the server's problem detail`);
+    assert.match(shown.foot, /^Not signed in: the token is not valid/, transport);
+    // And it stays so: no retry loop, no "reconnecting".
+    const since = Date.now();
+    await sleep(3000);
+    assert.equal((await connState(page)).state, 'unauthorized', transport);
+    const retries = server.requests('/v1/', since).length;
+    assert.ok(retries <= 1, `${transport}: stopped retrying (${retries} requests in 3 s)`);
+    // A valid token brings it back.
+    await page.evaluate((t) => window.tidingsDemo.setToken(t), good);
+    await s.waitConnected(page);
+    await page.close();
+  }
+});

@@ -299,6 +299,38 @@ test('REST 401: getToken() again and retry once', async () => {
   h.client.close();
 });
 
+test('a token refused again after a fresh one: onAuthError with the detail, state unauthorized, retries stop', async () => {
+  for (const [transport, stored] of [['sse', '0'], ['websocket', '0'], ['longpoll', '0'], ['sse', null]]) {
+    const what = `${transport}${stored === null ? ', first connect' : ''}`;
+    const server = new FakeServer({ base: `https://refused-${transport}-${stored}.test`, tokens: [] });
+    const storage = new FakeStorage();
+    if (stored !== null) storage.setItem(storageKeyFor(server.base, 'alice'), stored);
+    const errors = [];
+    const infos = [];
+    const h = harness({
+      server,
+      storage,
+      transport,
+      onAuthError: (e) => errors.push(e),
+      onStateChange: (s, info) => { h.states.push(s); infos.push(info); },
+    });
+    await waitFor(() => h.client.state === 'unauthorized', { what: `${what}: unauthorized` });
+    assert.deepEqual(errors, [{ status: 401, detail: 'The token is invalid.' }], what);
+    assert.equal(infos.at(-1).detail, 'The token is invalid.', what);
+    assert.ok(h.tokenCalls.includes('unauthorized'), `${what}: a fresh token was asked for first`);
+    assert.ok(!h.states.includes('live'), what);
+    const seen = server.requests.length + server.eventSources.length + server.sockets.length;
+    await sleep(300); // many backoff periods (5..40 ms)
+    assert.equal(server.requests.length + server.eventSources.length + server.sockets.length, seen, `${what}: no more retries`);
+    assert.equal(h.client.state, 'unauthorized', what);
+    // Once the app has a valid session again, reconnect() starts over.
+    server.valid.add(h.token);
+    h.client.reconnect();
+    await live(h.client);
+    h.client.close();
+  }
+});
+
 test('markRead and markAllRead go over REST and update unread', async () => {
   const h = harness();
   await live(h.client);
@@ -502,6 +534,7 @@ test('long-poll answers that come back at once with nothing do not busy-loop', a
 test('a server whose seq went backwards (history reset) resets the cursor', async () => {
   const storage = new FakeStorage();
   const server = new FakeServer({ base: 'https://reset.test', tokens: [tok(1)] });
+  server.noAhead = true; // a server from before the `ahead` signal: seen from `unread`
   storage.setItem(storageKeyFor(server.base, 'alice'), '100');
   server.publishMany(3);
   const h = harness({ server, storage });
@@ -512,6 +545,28 @@ test('a server whose seq went backwards (history reset) resets the cursor', asyn
   await waitFor(() => h.client.cursor === 4);
   assert.deepEqual(h.seqs(), [4]);
   h.client.close();
+});
+
+test('a cursor above the server\'s latest seq: onAhead, the cursor moves down, new ones arrive', async () => {
+  for (const transport of ['sse', 'websocket', 'longpoll']) {
+    const storage = new FakeStorage();
+    const server = new FakeServer({ base: `https://ahead-${transport}.test`, tokens: [tok(1)] });
+    storage.setItem(storageKeyFor(server.base, 'alice'), '10');
+    server.publishMany(2);
+    const ahead = [];
+    const h = harness({ server, storage, transport, onAhead: (a) => ahead.push(a) });
+    await waitFor(() => h.client.cursor === 2, { what: `${transport}: the cursor down to 2` });
+    assert.deepEqual(ahead, [{ seq: 2 }], transport);
+    assert.equal(storage.getItem(storageKeyFor(server.base, 'alice')), '2', transport);
+    server.publish();
+    await waitFor(() => h.client.cursor === 3, { what: `${transport}: 3 delivered` });
+    assert.deepEqual(h.seqs(), [3], transport);
+    if (transport !== 'longpoll') {
+      const opened = transport === 'sse' ? server.eventSources : server.sockets;
+      assert.equal(opened.length, 1, `${transport}: followed without reconnecting`);
+    }
+    h.client.close();
+  }
 });
 
 test('close() stops everything: no timers, no requests afterwards', async () => {

@@ -54,6 +54,20 @@ test('the history floor: truncated frames on every transport, and on pages', () 
   assert.equal(parsePollResponse(200, { ...body, truncated: undefined })[0].type, 'notification');
 });
 
+test('a cursor ahead of the latest seq: ahead frames on every transport, and on pages', () => {
+  assert.deepEqual(parseSseEvent('ahead', '{"seq":2}', '2'), { type: 'ahead', seq: 2 });
+  assert.deepEqual(parseWsMessage('{"type":"ahead","seq":2}'), { type: 'ahead', seq: 2 });
+  assert.equal(parseWsMessage('{"type":"ahead"}'), null);
+  assert.equal(parseSseEvent('ahead', 'null'), null);
+  const body = { notifications: [], unread: 0, seq: 2, ahead: true };
+  assert.equal(parsePage(body).ahead, true);
+  assert.deepEqual(parsePollResponse(200, body), [
+    { type: 'ahead', seq: 2 },
+    { type: 'unread', unread: 0, seq: 2 },
+  ]);
+  assert.equal(parsePage({ ...body, ahead: undefined }).ahead, false);
+});
+
 test('the SSE id fills in a missing seq', () => {
   const { seq, ...noSeq } = raw;
   assert.equal(seq, 7);
@@ -94,7 +108,7 @@ test('normalizeNotification fills optional fields and keeps extra ones', () => {
 });
 
 test('parsePage tolerates missing fields', () => {
-  assert.deepEqual(parsePage({}), { notifications: [], unread: null, seq: null, floor: null, truncated: false });
+  assert.deepEqual(parsePage({}), { notifications: [], unread: null, seq: null, floor: null, truncated: false, ahead: false });
   assert.deepEqual(parsePage('{"notifications":[{"seq":1}],"unread":1,"seq":1}').notifications.length, 1);
 });
 

@@ -208,6 +208,7 @@ export class FakeServer {
     if (this.sseMode === 'buffering') return;
     const after = Number(es.params.get('after') ?? this.latest());
     if (after < (this.floor || 0)) es.emit('truncated', { floor: this.floor }, this.floor);
+    if (after > this.latest() && !this.noAhead) es.emit('ahead', { seq: this.latest() }, this.latest());
     es.emit('unread', { unread: this.unread(), seq: this.latest() }, after);
     const replay = this.items.filter((n) => n.seq > after);
     if (replay.length > this.resyncOver) {
@@ -228,6 +229,7 @@ export class FakeServer {
     if (ws.onopen) ws.onopen({});
     const after = Number(ws.params.get('after') ?? this.latest());
     if (after < (this.floor || 0)) ws.push({ type: 'truncated', floor: this.floor });
+    if (after > this.latest() && !this.noAhead) ws.push({ type: 'ahead', seq: this.latest() });
     ws.push({ type: 'unread', unread: this.unread(), seq: this.latest() });
     const replay = this.items.filter((n) => n.seq > after);
     if (replay.length > this.resyncOver) ws.push({ type: 'resync', seq: this.latest() });
@@ -249,7 +251,7 @@ export class FakeServer {
     this.requests.push({ method, path: u.pathname, query: q, body, auth: init.headers && init.headers.Authorization });
     await new Promise((r) => setTimeout(r, 1));
     if (this.restDown) throw new TypeError('fetch failed');
-    if (!this._auth(null, init.headers)) return this._json(401, { type: 'about:blank', title: 'Unauthorized', status: 401 });
+    if (!this._auth(null, init.headers)) return this._json(401, { type: 'about:blank', title: 'Unauthorized', status: 401, detail: 'The token is invalid.' });
     const page = (list) => ({ notifications: list, unread: this.unread(), seq: this.latest() });
     if (method === 'GET' && u.pathname === '/v1/notifications') {
       const limit = Number(q.limit ?? 50);
@@ -257,6 +259,7 @@ export class FakeServer {
         const body = page(this.items.filter((n) => n.seq > Number(q.after)).slice(0, limit));
         body.floor = this.floor || 0;
         if (Number(q.after) < body.floor) body.truncated = true;
+        if (Number(q.after) > this.latest() && !this.noAhead) body.ahead = true;
         return this._json(200, body);
       }
       const before = q.before !== undefined ? Number(q.before) : Infinity;
@@ -280,6 +283,7 @@ export class FakeServer {
       const timeoutMs = Number(q.timeout ?? 30) * 1000;
       const answer = () => {
         const list = this.items.filter((n) => n.seq > after);
+        if (after > this.latest() && !this.noAhead) return this._json(200, { ...page(list), ahead: true });
         if (list.length || (q.unread !== undefined && Number(q.unread) !== this.unread())) return this._json(200, page(list));
         return null;
       };

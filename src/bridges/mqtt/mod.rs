@@ -45,8 +45,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the outbox depth is measured (and old rows dropped, when configured).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
-/// The depth is counted up to this; beyond it the metric says "at least".
-const DEPTH_CAP: i64 = 1_000_000;
 /// A lease ends (on Postgres, by `idle_in_transaction_session_timeout`) after 60 s; a batch
 /// must be abandoned well before that.
 const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(45);
@@ -372,7 +370,7 @@ async fn housekeeping(store: Store, max_age: Duration, m: MqttMetrics, shutdown:
         HOUSEKEEPING_EVERY.min((max_age / 2).max(Duration::from_secs(1)))
     };
     loop {
-        match store.outbox_depth(DEPTH_CAP).await {
+        match store.outbox_depth(crate::store::OUTBOX_DEPTH_CAP).await {
             Ok(depth) => {
                 m.outbox_depth.set(depth);
                 if depth > 0 && m.connected.get() == 0 {

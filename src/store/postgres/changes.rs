@@ -77,7 +77,7 @@ impl PgStore {
                 let counts = self.counts(user).await?;
                 return Ok(ChangeOutcome {
                     counts,
-                    change: change_of(kind, Vec::new())?,
+                    change: change_of(&self.ids, kind, Vec::new())?,
                 });
             }
         }
@@ -172,7 +172,7 @@ impl PgStore {
         }
         Ok(ChangeOutcome {
             counts,
-            change: change_of(kind, rows)?,
+            change: change_of(&self.ids, kind, rows)?,
         })
     }
 
@@ -251,7 +251,7 @@ impl PgStore {
                 user,
                 outcome: ChangeOutcome {
                     counts,
-                    change: change_of(ChangeKind::Deleted, rows)?,
+                    change: change_of(&self.ids, ChangeKind::Deleted, rows)?,
                 },
             });
         }

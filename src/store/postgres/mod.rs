@@ -7,12 +7,13 @@
 mod changes;
 
 use super::group_commit::GroupCommit;
-use super::outbox::{rows_for, unread_payload};
+use super::outbox::unread_payload;
+use super::pg_rows::{ordinal, OutboxColumns};
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
 };
-use crate::domain::{now_micros, Notification, Seq, TopicName, UserId};
+use crate::domain::{now_micros, IdKey, Notification, Seq, TopicName, UserId};
 use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -34,6 +35,8 @@ pub struct PgStore {
     /// The bridge's own connections: a lease holds one for as long as the broker takes to
     /// acknowledge a batch, which must never take a connection publishing needs.
     pub(super) outbox_pool: Option<PgPool>,
+    /// Encrypts the notification ids handed out; the same on every replica.
+    pub(super) ids: IdKey,
 }
 
 /// Rows of the outbox window a lease looks at to find users with work: the oldest first, so
@@ -69,6 +72,7 @@ impl PgStore {
         let mut migrator = sqlx::migrate!("./migrations/postgres");
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
+        let ids = super::load_id_key(&pool).await?;
         let read_pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
@@ -85,13 +89,14 @@ impl PgStore {
         } else {
             None
         };
-        let group = GroupCommit::start(pool.clone(), outbox.clone(), shutdown);
+        let group = GroupCommit::start(pool.clone(), outbox.clone(), ids.clone(), shutdown);
         Ok(Self {
             pool,
             read_pool,
             group,
             outbox,
             outbox_pool,
+            ids,
         })
     }
 
@@ -112,7 +117,7 @@ impl PgStore {
         if cmd.idempotency.is_none() {
             return self.group.publish(cmd).await;
         }
-        let prep = PreparedPublish::new(cmd);
+        let prep = PreparedPublish::new(cmd, &self.ids);
         retrying(|| self.try_publish(&prep)).await
     }
 
@@ -284,7 +289,10 @@ impl PgStore {
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
-        let notifications = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let notifications = rows
+            .iter()
+            .map(|r| decode(r, &self.ids))
+            .collect::<Result<Vec<_>, _>>()?;
         let counts = counts(&mut tx, user).await?;
         tx.commit().await?;
         Ok(Page {
@@ -316,7 +324,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let changed = match what {
             MarkRead::Ids(ids) => {
-                let l = IdLookup::new(ids);
+                let l = IdLookup::new(ids, &self.ids);
                 sqlx::query(&format!(
                     "UPDATE inbox SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND {BY_IDS}"
                 ))
@@ -560,46 +568,6 @@ fn outbox_row(r: &PgRow) -> Option<OutboxRow> {
     })
 }
 
-/// Outbox rows for one `unnest` insert, in the order they must be published.
-#[derive(Default)]
-pub(super) struct OutboxColumns {
-    users: Vec<String>,
-    kinds: Vec<&'static str>,
-    payloads: Vec<String>,
-}
-
-impl OutboxColumns {
-    pub fn push(&mut self, user: &str, kind: OutboxKind, payload: String) {
-        self.users.push(user.to_owned());
-        self.kinds.push(kind.as_str());
-        self.payloads.push(payload);
-    }
-
-    pub fn push_delivery(&mut self, user: &str, n: &Notification, counts: &Counts) {
-        for (kind, payload) in rows_for(n, counts) {
-            self.push(user, kind, payload);
-        }
-    }
-
-    /// Ids follow `ord`, so each user's rows get ids in the order they were pushed.
-    pub async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-        if self.users.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO mqtt_outbox (user_id, kind, payload)
-             SELECT u, k, p FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(u, k, p, ord)
-             ORDER BY ord",
-        )
-        .bind(&self.users)
-        .bind(&self.kinds)
-        .bind(&self.payloads)
-        .execute(tx)
-        .await?;
-        Ok(())
-    }
-}
-
 /// Runs a transaction again when Postgres aborted it to break a deadlock (40P01) or a
 /// serialization conflict (40001): the transaction rolled back whole, so a retry is safe.
 async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
@@ -636,10 +604,11 @@ async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, 
     })
 }
 
-pub(super) fn decode(row: &PgRow) -> Result<Notification, StoreError> {
+pub(super) fn decode(row: &PgRow, key: &IdKey) -> Result<Notification, StoreError> {
     let seq: Seq = row.try_get("seq")?;
     Ok(Notification {
         id: stored_id(
+            key,
             row.try_get("legacy_id")?,
             row.try_get("message_id")?,
             row.try_get("ordinal")?,
@@ -655,15 +624,6 @@ pub(super) fn decode(row: &PgRow) -> Result<Notification, StoreError> {
         read_at: row.try_get("read_at")?,
         topic: row.try_get("topic")?,
         archived_at: row.try_get("archived_at")?,
-    })
-}
-
-/// A recipient's ordinal as its 32-bit column holds it.
-pub(super) fn ordinal(o: u32) -> Result<i32, StoreError> {
-    i32::try_from(o).map_err(|_| {
-        StoreError::Database(sqlx::Error::Protocol(format!(
-            "recipient ordinal {o} past the column's range"
-        )))
     })
 }
 

@@ -174,7 +174,7 @@ impl SqliteStore {
         }
         Ok(ChangeOutcome {
             counts,
-            change: change_of(kind, rows)?,
+            change: change_of(&self.ids, kind, rows)?,
         })
     }
 
@@ -238,7 +238,7 @@ impl SqliteStore {
                 user,
                 outcome: ChangeOutcome {
                     counts,
-                    change: change_of(ChangeKind::Deleted, rows)?,
+                    change: change_of(&self.ids, ChangeKind::Deleted, rows)?,
                 },
             });
         }

@@ -12,7 +12,7 @@ use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
 };
-use crate::domain::{format_time, now_micros, Notification, Seq, TopicName, UserId};
+use crate::domain::{format_time, now_micros, IdKey, Notification, Seq, TopicName, UserId};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -26,6 +26,8 @@ pub struct SqliteStore {
     pub(super) writer: SqlitePool,
     pub(super) reader: SqlitePool,
     pub(super) outbox: Outbox,
+    /// Encrypts the notification ids handed out.
+    pub(super) ids: IdKey,
 }
 
 /// A notification as the inbox shows it: the recipient's row joined to its message.
@@ -58,6 +60,7 @@ impl SqliteStore {
         let mut migrator = sqlx::migrate!("./migrations/sqlite");
         migrator.set_ignore_missing(true);
         migrator.run(&writer).await?;
+        let ids = super::load_id_key(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
@@ -67,6 +70,7 @@ impl SqliteStore {
             writer,
             reader,
             outbox,
+            ids,
         })
     }
 
@@ -80,7 +84,7 @@ impl SqliteStore {
     }
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
-        let prep = PreparedPublish::new(cmd);
+        let prep = PreparedPublish::new(cmd, &self.ids);
         let mut tx = self.writer.begin().await?;
 
         if let Some(idem) = &cmd.idempotency {
@@ -159,7 +163,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
             if self.outbox.is_on() {
-                let id = PreparedPublish::id(message, *ordinal, counts.seq)?;
+                let id = PreparedPublish::id(&self.ids, message, *ordinal, counts.seq)?;
                 for (kind, payload) in rows_for(&prep.notification(id, counts.seq), &counts) {
                     insert_outbox(&mut tx, user, kind, &payload, &created_at).await?;
                 }
@@ -225,7 +229,10 @@ impl SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
-        let notifications = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let notifications = rows
+            .iter()
+            .map(|r| decode(r, &self.ids))
+            .collect::<Result<Vec<_>, _>>()?;
         let counts = counts(&mut tx, user).await?;
         tx.commit().await?;
         Ok(Page {
@@ -253,7 +260,7 @@ impl SqliteStore {
             ))
             .bind(&now)
             .bind(user.as_str())
-            .bind(id_lookup_json(&IdLookup::new(ids)))
+            .bind(id_lookup_json(&IdLookup::new(ids, &self.ids)))
             .execute(&mut *tx)
             .await?
             .rows_affected(),
@@ -478,7 +485,7 @@ async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Coun
     })
 }
 
-pub(super) fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
+pub(super) fn decode(row: &SqliteRow, key: &IdKey) -> Result<Notification, StoreError> {
     let bad =
         |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Database(sqlx::Error::Decode(e));
     let legacy: Option<String> = row.try_get("legacy_id")?;
@@ -493,6 +500,7 @@ pub(super) fn decode(row: &SqliteRow) -> Result<Notification, StoreError> {
         .map_err(|e| bad(Box::new(e)))?;
     Ok(Notification {
         id: stored_id(
+            key,
             legacy,
             row.try_get("message_id")?,
             row.try_get("ordinal")?,

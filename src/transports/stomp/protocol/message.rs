@@ -41,6 +41,10 @@ pub enum Event {
     Truncated {
         floor: Seq,
     },
+    /// The subscription's cursor was above the user's latest seq, `seq`; it goes on from it.
+    Ahead {
+        seq: Seq,
+    },
     /// Notifications archived, unarchived or deleted: the shared `changed` JSON.
     Changed {
         json: Arc<str>,
@@ -54,6 +58,7 @@ impl Event {
             Event::Unread { .. } => "unread",
             Event::Resync { .. } => "resync",
             Event::Truncated { .. } => "truncated",
+            Event::Ahead { .. } => "ahead",
             Event::Changed { .. } => "changed",
         }
     }
@@ -102,6 +107,7 @@ pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
         HubFrame::Resync { seq } => vec![Event::Resync { seq }],
         // A topic is a filter over the feed, whose history it shares: it lost the same.
         HubFrame::Truncated { floor } => vec![Event::Truncated { floor }],
+        HubFrame::Ahead { seq } => vec![Event::Ahead { seq }],
         // The hub retries the read; the subscription carries on when it succeeds.
         HubFrame::Shutdown | HubFrame::Unavailable => Vec::new(),
     }
@@ -141,6 +147,10 @@ pub fn message_frame(
         }
         Event::Resync { seq } => format!("{{\"seq\":{seq}}}").into_bytes(),
         Event::Truncated { floor } => format!("{{\"floor\":{floor}}}").into_bytes(),
+        Event::Ahead { seq } => {
+            f.push_header("x-tidings-seq", seq.to_string());
+            format!("{{\"seq\":{seq}}}").into_bytes()
+        }
         Event::Changed { json } => json.as_bytes().to_vec(),
     };
     f.with_body(body).with_content_length()

@@ -1,0 +1,12 @@
+-- The key of the notification id permutation (see `domain::IdKey`): random, made once here
+-- so that every replica reads the same, never in configuration. Ids of messages from
+-- `since_message` on are encrypted with it; those handed out before stay as they were.
+-- Additive: a previous release ignores this table and keeps handing out plain ids, which
+-- still resolve.
+CREATE TABLE id_keys (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    key           BLOB    NOT NULL,
+    since_message INTEGER NOT NULL
+);
+INSERT INTO id_keys (id, key, since_message)
+SELECT 1, randomblob(32), COALESCE((SELECT max(id) FROM messages), 0) + 1;
