@@ -19,8 +19,8 @@ pub use inbox::{ChangeKind, Counts, InboxChange, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use notification_id::NotificationId;
 pub use preferences::{
-    merge_patch, Action, Channel, Decision, Preferences, QuietHours, Rule, TypePattern, MAX_PATTERNS,
-    MAX_RULES,
+    merge_patch, Action, Channel, Decision, Preferences, QuietHours, Rule, TypePattern,
+    MAX_PATTERNS, MAX_RULES,
 };
 pub use publish::{FieldError, NewNotification};
 pub use text::{Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};

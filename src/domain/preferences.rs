@@ -118,7 +118,10 @@ impl Rule {
         let type_rank = if self.types.is_empty() {
             0
         } else {
-            self.types.iter().filter_map(|p| p.specificity(kind)).max()?
+            self.types
+                .iter()
+                .filter_map(|p| p.specificity(kind))
+                .max()?
         };
         let names_topic = if self.topics.is_empty() {
             false
@@ -182,7 +185,9 @@ pub enum Decision {
     Deliver,
     Mute,
     /// Quiet hours: send it (or what it stands for) when they end.
-    Hold { until: DateTime<Utc> },
+    Hold {
+        until: DateTime<Utc>,
+    },
 }
 
 /// One user's whole preferences document.
@@ -255,7 +260,10 @@ impl Preferences {
             None | Some(Value::Null) => {}
             Some(Value::Array(list)) if list.len() > MAX_RULES => errors.push(FieldError::new(
                 "rules",
-                format!("holds {} rules; at most {MAX_RULES} are allowed", list.len()),
+                format!(
+                    "holds {} rules; at most {MAX_RULES} are allowed",
+                    list.len()
+                ),
             )),
             Some(Value::Array(list)) => {
                 for (i, item) in list.iter().enumerate() {
@@ -316,7 +324,10 @@ fn string_list(
         Some(Value::Array(list)) if list.len() > MAX_PATTERNS => {
             errors.push(FieldError::new(
                 format!("{path}.{field}"),
-                format!("holds {} entries; at most {MAX_PATTERNS} are allowed", list.len()),
+                format!(
+                    "holds {} entries; at most {MAX_PATTERNS} are allowed",
+                    list.len()
+                ),
             ));
             None
         }
@@ -713,7 +724,9 @@ mod tests {
             ["rules[0].channels[0]"]
         );
         assert_eq!(
-            fields(json!({"rules": [{"types": ["Marketing.*"], "channels": ["all"], "action": "mute"}]})),
+            fields(
+                json!({"rules": [{"types": ["Marketing.*"], "channels": ["all"], "action": "mute"}]})
+            ),
             ["rules[0].types[0]"]
         );
         for bad in ["a.**", "*", ".*", "a*", "a b", ""] {
@@ -724,7 +737,9 @@ mod tests {
             );
         }
         assert_eq!(
-            fields(json!({"quiet_hours": {"start": "22:00", "end": "07:00", "time_zone": "Mars/Olympus"}})),
+            fields(
+                json!({"quiet_hours": {"start": "22:00", "end": "07:00", "time_zone": "Mars/Olympus"}})
+            ),
             ["quiet_hours.time_zone"]
         );
         assert_eq!(

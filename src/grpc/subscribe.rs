@@ -96,8 +96,9 @@ impl SubscribeStream {
                 });
                 self.last = self.last.max(floor);
             }
-            // A catch-up read failed: the session retries and the stream goes on.
-            Frame::Shutdown | Frame::Unavailable => {}
+            // A catch-up read failed: the session retries and the stream goes on. The proto
+            // has no preferences event yet.
+            Frame::Shutdown | Frame::Unavailable | Frame::Preferences(_) => {}
         }
         true
     }

@@ -14,6 +14,7 @@ mod changes;
 mod group_commit;
 mod outbox;
 mod postgres;
+mod preferences;
 mod retention;
 mod sqlite;
 
@@ -30,6 +31,8 @@ use uuid::Uuid;
 pub use changes::{ChangeOutcome, Retracted};
 pub use outbox::{Outbox, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
+pub(crate) use preferences::PrefsCache;
+pub use preferences::{NotificationTypeCount, StoredPreferences};
 pub use retention::{CountCursor, Pruned, RetentionLease};
 pub use sqlite::SqliteStore;
 
@@ -54,6 +57,13 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A recipient's preferences changed between planning a commit batch and locking its
+    /// cursor row: the batch is planned again (see `group_commit.rs`); never reaches a client.
+    #[error("the recipients' preferences changed during the commit")]
+    StalePreferences,
+    /// A conditional write (`If-Match`) found a newer version: a 412.
+    #[error("the preferences changed since version {current} was read")]
+    PreconditionFailed { current: i64 },
     /// Anything else the database said: a bug on our side, not a client error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
@@ -105,18 +115,31 @@ pub struct Idempotency {
     pub fingerprint: String,
 }
 
-/// What the publisher is told about one recipient's copy.
+/// What the publisher is told about one recipient's copy: its id and seq, or `muted` when
+/// the recipient's preferences muted it at commit (then it was not stored: no id, no seq).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Receipt {
-    #[schema(value_type = String, format = Uuid)]
-    pub id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub id: Option<Uuid>,
     #[schema(value_type = String)]
     pub recipient: String,
-    #[schema(value_type = i64)]
-    pub seq: Seq,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
+    pub seq: Option<Seq>,
     #[serde(with = "rfc3339_serde")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
+    /// `true` when the recipient's preferences muted this notification.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
+}
+
+impl PublishOutcome {
+    /// How many recipients' preferences muted the notification.
+    pub fn muted(&self) -> u64 {
+        self.receipts.iter().filter(|r| r.muted).count() as u64
+    }
 }
 
 mod rfc3339_serde {
@@ -377,6 +400,9 @@ pub(crate) struct PreparedPublish<'a> {
     pub created_at: DateTime<Utc>,
     /// Sorted by user id: the lock order. The `u32` is the recipient's ordinal.
     pub rows: Vec<(UserId, u32)>,
+    /// Recipients whose preferences muted it (see [`PreparedPublish::mute`]): no row, no
+    /// seq, only a receipt that says so. Sorted by user id.
+    pub muted: Vec<(UserId, u32)>,
 }
 
 impl<'a> PreparedPublish<'a> {
@@ -393,7 +419,35 @@ impl<'a> PreparedPublish<'a> {
             cmd,
             created_at: crate::domain::now_micros(),
             rows,
+            muted: Vec::new(),
         }
+    }
+
+    /// Moves the recipients whose preferences do not store this notification from `rows` to
+    /// `muted`. `lookup` answers from preferences read once for the whole commit batch; a
+    /// recipient without any is never muted. A `critical` notification is never muted.
+    pub fn mute(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<std::sync::Arc<crate::domain::Preferences>>,
+    ) {
+        let n = &self.cmd.notification;
+        if n.critical {
+            return;
+        }
+        let (kind, topic) = (n.kind.as_str(), n.topic.as_ref().map(|t| t.as_str()));
+        let mut kept = Vec::with_capacity(self.rows.len());
+        for row in std::mem::take(&mut self.rows) {
+            match lookup(row.0.as_str()) {
+                Some(p) if !p.stores(kind, topic, false) => self.muted.push(row),
+                _ => kept.push(row),
+            }
+        }
+        self.rows = kept;
+    }
+
+    /// Every recipient, stored or muted: the rows whose cursor a commit locks.
+    pub fn recipients(&self) -> impl Iterator<Item = &UserId> {
+        self.rows.iter().chain(&self.muted).map(|(u, _)| u)
     }
 
     /// The id of one recipient's notification, or an error past the id's ranges (2^48
@@ -446,20 +500,35 @@ impl<'a> PreparedPublish<'a> {
                 counts: *counts,
             });
         }
-        let by_user: std::collections::HashMap<&UserId, &Delivery> =
-            deliveries.iter().map(|d| (&d.recipient, d)).collect();
+        let mut by_user: std::collections::HashMap<&UserId, Receipt> = deliveries
+            .iter()
+            .map(|d| {
+                let r = Receipt {
+                    id: Some(d.notification.id),
+                    recipient: d.recipient.as_str().to_owned(),
+                    seq: Some(d.notification.seq),
+                    created_at: self.created_at,
+                    muted: false,
+                };
+                (&d.recipient, r)
+            })
+            .collect();
+        for (user, _) in &self.muted {
+            let r = Receipt {
+                id: None,
+                recipient: user.as_str().to_owned(),
+                seq: None,
+                created_at: self.created_at,
+                muted: true,
+            };
+            by_user.insert(user, r);
+        }
         let receipts = self
             .cmd
             .notification
             .recipients
             .iter()
-            .filter_map(|r| by_user.get(r))
-            .map(|d| Receipt {
-                id: d.notification.id,
-                recipient: d.recipient.as_str().to_owned(),
-                seq: d.notification.seq,
-                created_at: self.created_at,
-            })
+            .filter_map(|r| by_user.remove(r))
             .collect();
         Ok(PublishOutcome {
             receipts,

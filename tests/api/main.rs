@@ -15,6 +15,7 @@ mod live;
 mod migrate;
 mod mqtt;
 mod operations;
+mod preferences;
 mod publish;
 mod retention;
 mod sockjs;

@@ -75,7 +75,7 @@ impl SqliteStore {
     }
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
-        let prep = PreparedPublish::new(cmd);
+        let mut prep = PreparedPublish::new(cmd);
         let mut tx = self.writer.begin().await?;
 
         if let Some(idem) = &cmd.idempotency {
@@ -110,6 +110,23 @@ impl SqliteStore {
                     _ => Err(StoreError::IdempotencyMismatch),
                 };
             }
+        }
+
+        // Preferences, read in the write transaction (the one writer orders this publish
+        // with every `PUT`): one query for all recipients, none per notification.
+        if !cmd.notification.critical {
+            let users: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
+            let prefs = Self::preferences_in(&mut *tx, &users).await?;
+            if !prefs.is_empty() {
+                prep.mute(|u| prefs.get(u).cloned());
+            }
+        }
+        if prep.rows.is_empty() {
+            // Every recipient muted it: no message row is left behind without copies.
+            let outcome = prep.outcome(0, &[])?;
+            self.finish_idempotency(&mut *tx, cmd, &outcome).await?;
+            tx.commit().await?;
+            return Ok(outcome);
         }
 
         let n = &cmd.notification;
@@ -163,6 +180,19 @@ impl SqliteStore {
         }
 
         let outcome = prep.outcome(message, &bumped)?;
+        self.finish_idempotency(&mut *tx, cmd, &outcome).await?;
+        tx.commit().await?;
+        self.outbox.poke();
+        Ok(outcome)
+    }
+
+    /// Stores the response under the publish's idempotency key, if it has one.
+    async fn finish_idempotency(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        cmd: &PublishCommand,
+        outcome: &PublishOutcome,
+    ) -> Result<(), StoreError> {
         if let Some(idem) = &cmd.idempotency {
             let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
             sqlx::query(
@@ -174,9 +204,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
-        self.outbox.poke();
-        Ok(outcome)
+        Ok(())
     }
 
     pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {

@@ -1,0 +1,343 @@
+//! Preferences in the store: one document per user with a version (its ETag), the
+//! conditional write, the per-replica cache the Postgres commit path guesses from, and the
+//! types a user has received.
+//!
+//! ## Why a publish sees the rules in force at its commit
+//! A `PUT` locks the user's cursor row (the row every publish to the user locks) and writes
+//! the new version both to `preferences` and to that row's `prefs_version`, in one
+//! transaction. So a publish and a `PUT` to the same user are ordered by that lock: the
+//! publish sees the `PUT` that committed before it took the lock, and a `PUT` waiting for the
+//! lock commits after the publish. SQLite has one writer, so there the order is the queue.
+//! How each commit path reads the rules under the lock is described where it does.
+
+use super::{PgStore, SqliteStore, Store, StoreError};
+use crate::domain::{Preferences, UserId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A user's preferences and their version; version 0 and no rules when never written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPreferences {
+    pub version: i64,
+    pub preferences: Preferences,
+}
+
+/// One type the user has received, and how many of those notifications are in their inbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct NotificationTypeCount {
+    #[serde(rename = "type")]
+    #[schema(example = "order.shipped")]
+    pub kind: String,
+    pub count: i64,
+}
+
+/// At most this many types are listed (a type is at most 64 characters; a user rarely sees
+/// more than a few dozen).
+pub const MAX_TYPES: i64 = 500;
+
+/// Decodes a stored document. It was validated when written, so a failure is a bug (or a
+/// hand edit), reported as a database error rather than silently treated as "no rules".
+pub(crate) fn decode(user: &str, document: &str) -> Result<Preferences, StoreError> {
+    serde_json::from_str(document)
+        .ok()
+        .and_then(|v| Preferences::parse(&v).ok())
+        .ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Protocol(format!(
+                "the stored preferences of {user} do not parse"
+            )))
+        })
+}
+
+pub(crate) fn encode(p: &Preferences) -> String {
+    p.to_json().to_string()
+}
+
+/// The last preferences this replica saw for users who have any, with their version.
+///
+/// Only a guess: the Postgres commit statement checks each recipient's `prefs_version` on
+/// the cursor row it locks against the version guessed here, and fails when one differs,
+/// after which the batch's preferences are read again and the batch retried. So a stale or
+/// evicted entry costs a retry, never a wrong delivery, and a replica learns of a `PUT` on
+/// another replica at its next publish to that user. Bounded: when full it starts over.
+#[derive(Debug, Default)]
+pub struct PrefsCache {
+    entries: Mutex<HashMap<String, (i64, Arc<Preferences>)>>,
+}
+
+const CACHE_ENTRIES: usize = 65_536;
+
+impl PrefsCache {
+    /// One lock for a whole batch: the entries of the users named (users without
+    /// preferences have none).
+    pub fn snapshot<'u>(
+        &self,
+        users: impl Iterator<Item = &'u str>,
+    ) -> HashMap<String, (i64, Arc<Preferences>)> {
+        let Ok(entries) = self.entries.lock() else {
+            return HashMap::new();
+        };
+        if entries.is_empty() {
+            return HashMap::new();
+        }
+        users
+            .filter_map(|u| entries.get(u).map(|e| (u.to_owned(), e.clone())))
+            .collect()
+    }
+
+    /// Records what was read for `users`: an entry for each user in `found`, none for the
+    /// others (they have no preferences).
+    pub fn update<'u>(
+        &self,
+        users: impl Iterator<Item = &'u str>,
+        found: HashMap<String, (i64, Arc<Preferences>)>,
+    ) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        for u in users {
+            if !found.contains_key(u) {
+                entries.remove(u);
+            }
+        }
+        if entries.len() + found.len() > CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.extend(found);
+    }
+}
+
+impl Store {
+    /// The user's preferences (version 0 and no rules if never written).
+    pub async fn preferences(&self, user: &UserId) -> Result<StoredPreferences, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.preferences(user).await,
+            Store::Postgres(s) => s.preferences(user).await,
+        }
+    }
+
+    /// Replaces the user's preferences, if `if_match` (when given) is the current version;
+    /// otherwise [`StoreError::PreconditionFailed`]. Returns the new version.
+    pub async fn put_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+        if_match: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.put_preferences(user, preferences, if_match).await,
+            Store::Postgres(s) => s.put_preferences(user, preferences, if_match).await,
+        }
+    }
+
+    /// The types of the notifications in the user's inbox, most frequent first.
+    pub async fn notification_types(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<NotificationTypeCount>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.notification_types(user).await,
+            Store::Postgres(s) => s.notification_types(user).await,
+        }
+    }
+}
+
+// The SQL of each backend, beside the other backend's, so the two stay alike.
+
+impl SqliteStore {
+    pub async fn preferences(&self, user: &UserId) -> Result<StoredPreferences, StoreError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, document FROM preferences WHERE user_id = ?1")
+                .bind(user.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        stored(user, row)
+    }
+
+    /// In the writer's transaction, like every publish: they are ordered by the one writer.
+    pub async fn put_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+        if_match: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let current: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES (?1, 0, 0, 0)
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq
+             RETURNING prefs_version",
+        )
+        .bind(user.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let current = current.unwrap_or(0);
+        if if_match.is_some_and(|v| v != current) {
+            return Err(StoreError::PreconditionFailed { current });
+        }
+        let version = current + 1;
+        sqlx::query(
+            "INSERT INTO preferences (user_id, version, document, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id) DO UPDATE
+               SET version = excluded.version, document = excluded.document, updated_at = excluded.updated_at",
+        )
+        .bind(user.as_str())
+        .bind(version)
+        .bind(encode(preferences))
+        .bind(crate::domain::format_time(&crate::domain::now_micros()))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE user_cursors SET prefs_version = ?2 WHERE user_id = ?1")
+            .bind(user.as_str())
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    pub async fn notification_types(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<NotificationTypeCount>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT m.type, count(*) AS n FROM inbox i JOIN messages m ON m.id = i.message_id
+             WHERE i.user_id = ?1 GROUP BY m.type ORDER BY n DESC, m.type LIMIT ?2",
+        )
+        .bind(user.as_str())
+        .bind(MAX_TYPES)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(types(rows))
+    }
+
+    /// The preferences of these users, read inside the publish's write transaction.
+    pub(super) async fn preferences_in(
+        conn: &mut sqlx::SqliteConnection,
+        users: &[&str],
+    ) -> Result<HashMap<String, Arc<Preferences>>, StoreError> {
+        let list = serde_json::to_string(users).unwrap_or_default();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT user_id, document FROM preferences
+             WHERE user_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(list)
+        .fetch_all(conn)
+        .await?;
+        rows.into_iter()
+            .map(|(u, d)| {
+                let p = decode(&u, &d)?;
+                Ok((u, Arc::new(p)))
+            })
+            .collect()
+    }
+}
+
+impl PgStore {
+    pub async fn preferences(&self, user: &UserId) -> Result<StoredPreferences, StoreError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, document FROM preferences WHERE user_id = $1")
+                .bind(user.as_str())
+                .fetch_optional(&self.read_pool)
+                .await?;
+        stored(user, row)
+    }
+
+    /// Locks the cursor row first (creating it if needed, with nothing counted), so that
+    /// the write is ordered with every publish to the user, and two writes with the same
+    /// `If-Match` are ordered too: the second sees the first's version and gets a 412.
+    pub async fn put_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+        if_match: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES ($1, 0, 0, 0)
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = user_cursors.last_seq
+             RETURNING prefs_version",
+        )
+        .bind(user.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let current = current.unwrap_or(0);
+        if if_match.is_some_and(|v| v != current) {
+            return Err(StoreError::PreconditionFailed { current });
+        }
+        let version = current + 1;
+        sqlx::query(
+            "INSERT INTO preferences (user_id, version, document, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (user_id) DO UPDATE
+               SET version = EXCLUDED.version, document = EXCLUDED.document, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(user.as_str())
+        .bind(version)
+        .bind(encode(preferences))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE user_cursors SET prefs_version = $2 WHERE user_id = $1")
+            .bind(user.as_str())
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    pub async fn notification_types(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<NotificationTypeCount>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT m.type, count(*) AS n FROM inbox i JOIN messages m ON m.id = i.message_id
+             WHERE i.user_id = $1 GROUP BY m.type ORDER BY n DESC, m.type LIMIT $2",
+        )
+        .bind(user.as_str())
+        .bind(MAX_TYPES)
+        .fetch_all(&self.read_pool)
+        .await?;
+        Ok(types(rows))
+    }
+}
+
+/// Reads the preferences of `users` for the commit path, with the version each cursor row
+/// holds (the one the commit statement checks), and records them in `cache`.
+pub(crate) async fn pg_refresh(
+    pool: &sqlx::PgPool,
+    cache: &PrefsCache,
+    users: &[&str],
+) -> Result<(), StoreError> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT c.user_id, c.prefs_version, p.document
+         FROM user_cursors c JOIN preferences p ON p.user_id = c.user_id
+         WHERE c.user_id = ANY($1) AND c.prefs_version IS NOT NULL",
+    )
+    .bind(users)
+    .fetch_all(pool)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for (u, v, d) in rows {
+        let p = decode(&u, &d)?;
+        found.insert(u, (v, Arc::new(p)));
+    }
+    cache.update(users.iter().copied(), found);
+    Ok(())
+}
+
+fn stored(user: &UserId, row: Option<(i64, String)>) -> Result<StoredPreferences, StoreError> {
+    match row {
+        None => Ok(StoredPreferences {
+            version: 0,
+            preferences: Preferences::default(),
+        }),
+        Some((version, document)) => Ok(StoredPreferences {
+            version,
+            preferences: decode(user.as_str(), &document)?,
+        }),
+    }
+}
+
+fn types(rows: Vec<(String, i64)>) -> Vec<NotificationTypeCount> {
+    rows.into_iter()
+        .map(|(kind, count)| NotificationTypeCount { kind, count })
+        .collect()
+}
