@@ -521,7 +521,10 @@ async fn commit_with_outbox(
             inbox.messages.push(message);
             inbox.ordinals.push(postgres::ordinal(ordinal)?);
             let id = PreparedPublish::id(message, ordinal, counts.seq)?;
-            outbox.push_delivery(user, &prep.notification(id, counts.seq), &counts);
+            let n = prep.notification(id, counts.seq);
+            for (kind, payload) in prep.outbox_rows(user, &n, &counts) {
+                outbox.push(user, kind, payload);
+            }
             Ok(())
         },
     )?;

@@ -19,8 +19,8 @@ mod retention;
 mod sqlite;
 
 use crate::domain::{
-    Counts, IdempotencyKey, MarkRead, NewNotification, Notification, NotificationId, Page, Seq,
-    TopicName, UserId,
+    Channel, Counts, Decision, IdempotencyKey, MarkRead, NewNotification, Notification,
+    NotificationId, Page, Seq, TopicName, UserId,
 };
 use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
@@ -403,6 +403,9 @@ pub(crate) struct PreparedPublish<'a> {
     /// Recipients whose preferences muted it (see [`PreparedPublish::mute`]): no row, no
     /// seq, only a receipt that says so. Sorted by user id.
     pub muted: Vec<(UserId, u32)>,
+    /// Stored recipients who muted this notification on the `mqtt` channel only: their
+    /// outbox gets the badge update but not the notification. Sorted by user id.
+    pub mqtt_muted: Vec<UserId>,
 }
 
 impl<'a> PreparedPublish<'a> {
@@ -420,6 +423,7 @@ impl<'a> PreparedPublish<'a> {
             created_at: crate::domain::now_micros(),
             rows,
             muted: Vec::new(),
+            mqtt_muted: Vec::new(),
         }
     }
 
@@ -439,10 +443,34 @@ impl<'a> PreparedPublish<'a> {
         for row in std::mem::take(&mut self.rows) {
             match lookup(row.0.as_str()) {
                 Some(p) if !p.stores(kind, topic, false) => self.muted.push(row),
-                _ => kept.push(row),
+                Some(p) => {
+                    let mqtt = p.decide(kind, topic, Channel::Mqtt, false, self.created_at);
+                    if mqtt == Decision::Mute {
+                        self.mqtt_muted.push(row.0.clone());
+                    }
+                    kept.push(row);
+                }
+                None => kept.push(row),
             }
         }
         self.rows = kept;
+    }
+
+    /// The outbox rows of one recipient's copy: the notification and the badge update, or
+    /// only the badge when the recipient muted this notification on `mqtt`.
+    pub fn outbox_rows(
+        &self,
+        user: &str,
+        n: &Notification,
+        counts: &Counts,
+    ) -> impl Iterator<Item = (OutboxKind, String)> {
+        let muted = self
+            .mqtt_muted
+            .binary_search_by(|u| u.as_str().cmp(user))
+            .is_ok();
+        outbox::rows_for(n, counts)
+            .into_iter()
+            .filter(move |(kind, _)| !(muted && *kind == OutboxKind::Notification))
     }
 
     /// Every recipient, stored or muted: the rows whose cursor a commit locks.

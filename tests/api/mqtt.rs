@@ -386,7 +386,49 @@ async fn without_a_url_there_is_no_bridge(b: Backend) {
     assert!(!text.contains("tidings_mqtt_"), "no bridge metrics");
 }
 
+/// Preferences (issue 25) on the bridge: a type muted for the inbox never reaches the
+/// broker; a type muted on `mqtt` only is stored and counted, and the broker gets its badge
+/// update but not the notification.
+async fn preferences_mute_the_bridge(b: Backend) {
+    let broker = Broker::start().await;
+    let sub = Subscriber::start(broker.port).await;
+    let app = spawn_app_with(b, with_mqtt(broker.url())).await;
+    let resp = app
+        .client
+        .put(app.url("/v1/preferences"))
+        .bearer_auth(crate::helpers::user_token("mq-prefs"))
+        .json(&json!({"rules": [
+            {"types": ["promo.*"], "channels": ["all"], "action": "mute"},
+            {"types": ["chat.*"], "channels": ["mqtt"], "action": "mute"},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for kind in ["promo.deal", "chat.message", "order.shipped"] {
+        let mut body = sample(&["mq-prefs"]);
+        body["type"] = json!(kind);
+        app.publish(&body).await;
+    }
+    // seq 1 is the chat message (stored, not sent), seq 2 the order; the promo has none.
+    eventually(WAIT, "the order and the badge after it", || async {
+        let badge = sub.unread("mq-prefs").map(|v| v["unread"].clone());
+        (sub.notification_seqs().get("mq-prefs").is_some_and(|s| s.contains(&2))
+            && badge == Some(json!(2)))
+        .then_some(())
+    })
+    .await;
+    let sent: Vec<String> = sub
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/notifications"))
+        .map(|m| m.payload["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(sent.iter().all(|t| t == "order.shipped"), "{sent:?}");
+}
+
 crate::both_backends!(
+    preferences_mute_the_bridge,
     every_notification_reaches_the_broker_in_order,
     nothing_is_lost_while_the_broker_is_down,
     rows_past_the_maximum_age_are_dropped_and_counted,

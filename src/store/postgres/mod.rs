@@ -7,7 +7,7 @@
 mod changes;
 
 use super::group_commit::GroupCommit;
-use super::outbox::{rows_for, unread_payload};
+use super::outbox::unread_payload;
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
@@ -250,7 +250,11 @@ impl PgStore {
         if self.outbox.is_on() {
             let mut rows = OutboxColumns::default();
             for d in &outcome.deliveries {
-                rows.push_delivery(d.recipient.as_str(), &d.notification, &d.counts);
+                for (kind, payload) in
+                    prep.outbox_rows(d.recipient.as_str(), &d.notification, &d.counts)
+                {
+                    rows.push(d.recipient.as_str(), kind, payload);
+                }
             }
             rows.insert(&mut tx).await?;
         }
@@ -593,12 +597,6 @@ impl OutboxColumns {
         self.users.push(user.to_owned());
         self.kinds.push(kind.as_str());
         self.payloads.push(payload);
-    }
-
-    pub fn push_delivery(&mut self, user: &str, n: &Notification, counts: &Counts) {
-        for (kind, payload) in rows_for(n, counts) {
-            self.push(user, kind, payload);
-        }
     }
 
     /// Ids follow `ord`, so each user's rows get ids in the order they were pushed.

@@ -7,7 +7,7 @@
 
 mod changes;
 
-use super::outbox::{rows_for, unread_payload};
+use super::outbox::unread_payload;
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
@@ -172,7 +172,9 @@ impl SqliteStore {
             .await?;
             if self.outbox.is_on() {
                 let id = PreparedPublish::id(message, *ordinal, counts.seq)?;
-                for (kind, payload) in rows_for(&prep.notification(id, counts.seq), &counts) {
+                for (kind, payload) in
+                    prep.outbox_rows(user.as_str(), &prep.notification(id, counts.seq), &counts)
+                {
                     insert_outbox(&mut tx, user, kind, &payload, &created_at).await?;
                 }
             }
