@@ -116,7 +116,7 @@ impl SqliteStore {
         // with every `PUT`): one query for all recipients, none per notification.
         if !cmd.notification.critical {
             let users: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
-            let prefs = Self::preferences_in(&mut *tx, &users).await?;
+            let prefs = Self::preferences_in(&mut tx, &users).await?;
             if !prefs.is_empty() {
                 prep.mute(|u| prefs.get(u).cloned());
             }
@@ -124,7 +124,7 @@ impl SqliteStore {
         if prep.rows.is_empty() {
             // Every recipient muted it: no message row is left behind without copies.
             let outcome = prep.outcome(0, &[])?;
-            self.finish_idempotency(&mut *tx, cmd, &outcome).await?;
+            self.finish_idempotency(&mut tx, cmd, &outcome).await?;
             tx.commit().await?;
             return Ok(outcome);
         }
@@ -182,7 +182,7 @@ impl SqliteStore {
         }
 
         let outcome = prep.outcome(message, &bumped)?;
-        self.finish_idempotency(&mut *tx, cmd, &outcome).await?;
+        self.finish_idempotency(&mut tx, cmd, &outcome).await?;
         tx.commit().await?;
         self.outbox.poke();
         Ok(outcome)
