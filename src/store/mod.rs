@@ -406,6 +406,10 @@ pub(crate) struct PreparedPublish<'a> {
     /// Stored recipients who muted this notification on the `mqtt` channel only: their
     /// outbox gets the badge update but not the notification. Sorted by user id.
     pub mqtt_muted: Vec<UserId>,
+    /// Stored recipients whose quiet hours hold back `mqtt` now, with when they end: no
+    /// outbox rows for them; the commit records the hold in `mqtt_quiet` instead, and the
+    /// bridge sends one update when it ends. Sorted by user id.
+    pub mqtt_held: Vec<(UserId, DateTime<Utc>)>,
 }
 
 impl<'a> PreparedPublish<'a> {
@@ -424,6 +428,7 @@ impl<'a> PreparedPublish<'a> {
             rows,
             muted: Vec::new(),
             mqtt_muted: Vec::new(),
+            mqtt_held: Vec::new(),
         }
     }
 
@@ -444,9 +449,10 @@ impl<'a> PreparedPublish<'a> {
             match lookup(row.0.as_str()) {
                 Some(p) if !p.stores(kind, topic, false) => self.muted.push(row),
                 Some(p) => {
-                    let mqtt = p.decide(kind, topic, Channel::Mqtt, false, self.created_at);
-                    if mqtt == Decision::Mute {
-                        self.mqtt_muted.push(row.0.clone());
+                    match p.decide(kind, topic, Channel::Mqtt, false, self.created_at) {
+                        Decision::Mute => self.mqtt_muted.push(row.0.clone()),
+                        Decision::Hold { until } => self.mqtt_held.push((row.0.clone(), until)),
+                        Decision::Deliver => {}
                     }
                     kept.push(row);
                 }
@@ -456,8 +462,9 @@ impl<'a> PreparedPublish<'a> {
         self.rows = kept;
     }
 
-    /// The outbox rows of one recipient's copy: the notification and the badge update, or
-    /// only the badge when the recipient muted this notification on `mqtt`.
+    /// The outbox rows of one recipient's copy: the notification and the badge update, only
+    /// the badge when the recipient muted this notification on `mqtt`, none while their
+    /// quiet hours hold `mqtt` back.
     pub fn outbox_rows(
         &self,
         user: &str,
@@ -468,9 +475,13 @@ impl<'a> PreparedPublish<'a> {
             .mqtt_muted
             .binary_search_by(|u| u.as_str().cmp(user))
             .is_ok();
+        let held = self
+            .mqtt_held
+            .binary_search_by(|(u, _)| u.as_str().cmp(user))
+            .is_ok();
         outbox::rows_for(n, counts)
             .into_iter()
-            .filter(move |(kind, _)| !(muted && *kind == OutboxKind::Notification))
+            .filter(move |(kind, _)| !(held || (muted && *kind == OutboxKind::Notification)))
     }
 
     /// Every recipient, stored or muted: the rows whose cursor a commit locks.

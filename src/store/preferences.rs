@@ -341,3 +341,199 @@ fn types(rows: Vec<(String, i64)>) -> Vec<NotificationTypeCount> {
         .map(|(kind, count)| NotificationTypeCount { kind, count })
         .collect()
 }
+
+// ---- Quiet hours on the MQTT bridge ----
+//
+// A commit that a recipient's quiet hours hold back writes no outbox rows for them but a row
+// in `mqtt_quiet` (the end of the hold); `Store::release_quiet` later writes one badge update
+// and the newest unread notification to the outbox for every hold that has ended, holding the
+// user's cursor row lock like every other outbox writer, so per user the outbox stays in
+// commit order. A notification that commits after a hold ended but before its release runs
+// may reach the broker before that newest one: consumers keep the highest seq, as with any
+// at-least-once repeat.
+
+/// The holds of a commit, one per user (the latest end), in user order.
+pub(crate) fn holds<'a, 'b: 'a>(
+    batch: impl Iterator<Item = &'a super::PreparedPublish<'b>>,
+) -> std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> {
+    let mut out = std::collections::BTreeMap::new();
+    for prep in batch {
+        for (user, until) in &prep.mqtt_held {
+            let e = out.entry(user.as_str().to_owned()).or_insert(*until);
+            *e = (*e).max(*until);
+        }
+    }
+    out
+}
+
+impl SqliteStore {
+    pub(super) async fn record_holds(
+        conn: &mut sqlx::SqliteConnection,
+        holds: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), StoreError> {
+        for (user, until) in holds {
+            sqlx::query(
+                "INSERT INTO mqtt_quiet (user_id, until) VALUES (?1, ?2)
+                 ON CONFLICT (user_id) DO UPDATE SET until = max(until, excluded.until)",
+            )
+            .bind(user)
+            .bind(crate::domain::format_time(until))
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn release_quiet(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let stamp = crate::domain::format_time(&now);
+        let users: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM mqtt_quiet WHERE user_id IN
+               (SELECT user_id FROM mqtt_quiet WHERE until <= ?1 ORDER BY until LIMIT ?2)
+             RETURNING user_id",
+        )
+        .bind(&stamp)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        for user in &users {
+            let user = UserId::parse(user).map_err(|m| {
+                StoreError::Database(sqlx::Error::Protocol(format!("mqtt_quiet: {m}")))
+            })?;
+            let newest = sqlx::query(&format!(
+                "SELECT {} FROM {} WHERE i.user_id = ?1 AND i.read_at IS NULL
+                 ORDER BY i.seq DESC LIMIT 1",
+                super::sqlite::COLUMNS,
+                super::sqlite::FROM
+            ))
+            .bind(user.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = newest {
+                let n = super::sqlite::decode(&row)?;
+                let payload = serde_json::to_string(&n).unwrap_or_default();
+                super::sqlite::insert_outbox(
+                    &mut tx,
+                    &user,
+                    super::OutboxKind::Notification,
+                    &payload,
+                    &stamp,
+                )
+                .await?;
+            }
+            let counts = super::sqlite::counts(&mut tx, &user).await?;
+            let payload = super::outbox::unread_payload(&counts);
+            super::sqlite::insert_outbox(
+                &mut tx,
+                &user,
+                super::OutboxKind::Unread,
+                &payload,
+                &stamp,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if !users.is_empty() {
+            self.outbox.poke();
+        }
+        Ok(users.len() as u64)
+    }
+}
+
+pub(crate) async fn pg_record_holds(
+    conn: &mut sqlx::PgConnection,
+    holds: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+) -> Result<(), StoreError> {
+    if holds.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = holds.keys().map(String::as_str).collect();
+    let until: Vec<chrono::DateTime<chrono::Utc>> = holds.values().copied().collect();
+    sqlx::query(
+        "INSERT INTO mqtt_quiet (user_id, until)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[])
+         ON CONFLICT (user_id) DO UPDATE SET until = GREATEST(mqtt_quiet.until, EXCLUDED.until)",
+    )
+    .bind(&users)
+    .bind(&until)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    pub async fn release_quiet(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut users: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM mqtt_quiet WHERE user_id IN
+               (SELECT user_id FROM mqtt_quiet WHERE until <= $1 ORDER BY until LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+             RETURNING user_id",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        // The cursor rows in sorted order, like every writer, so no deadlock.
+        users.sort_unstable();
+        let mut rows = super::postgres::OutboxColumns::default();
+        for user in &users {
+            let uid = UserId::parse(user).map_err(|m| {
+                StoreError::Database(sqlx::Error::Protocol(format!("mqtt_quiet: {m}")))
+            })?;
+            sqlx::query("SELECT 1 FROM user_cursors WHERE user_id = $1 FOR UPDATE")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let newest = sqlx::query(&format!(
+                "SELECT {} FROM {} WHERE i.user_id = $1 AND i.read_at IS NULL
+                 ORDER BY i.seq DESC LIMIT 1",
+                super::postgres::COLUMNS,
+                super::postgres::FROM
+            ))
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = newest {
+                let n = super::postgres::decode(&row)?;
+                let payload = serde_json::to_string(&n).unwrap_or_default();
+                rows.push(user, super::OutboxKind::Notification, payload);
+            }
+            let counts = super::postgres::counts(&mut tx, &uid).await?;
+            rows.push(
+                user,
+                super::OutboxKind::Unread,
+                super::outbox::unread_payload(&counts),
+            );
+        }
+        rows.insert(&mut tx).await?;
+        tx.commit().await?;
+        if !users.is_empty() {
+            self.outbox.poke();
+        }
+        Ok(users.len() as u64)
+    }
+}
+
+impl Store {
+    /// Ends the MQTT holds of quiet hours that are over by `now` (at most `limit` users):
+    /// one badge update and the newest unread notification each. Returns how many.
+    pub async fn release_quiet(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.release_quiet(now, limit).await,
+            Store::Postgres(s) => s.release_quiet(now, limit).await,
+        }
+    }
+}

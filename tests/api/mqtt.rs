@@ -413,7 +413,9 @@ async fn preferences_mute_the_bridge(b: Backend) {
     // seq 1 is the chat message (stored, not sent), seq 2 the order; the promo has none.
     eventually(WAIT, "the order and the badge after it", || async {
         let badge = sub.unread("mq-prefs").map(|v| v["unread"].clone());
-        (sub.notification_seqs().get("mq-prefs").is_some_and(|s| s.contains(&2))
+        (sub.notification_seqs()
+            .get("mq-prefs")
+            .is_some_and(|s| s.contains(&2))
             && badge == Some(json!(2)))
         .then_some(())
     })
@@ -427,7 +429,77 @@ async fn preferences_mute_the_bridge(b: Backend) {
     assert!(sent.iter().all(|t| t == "order.shipped"), "{sent:?}");
 }
 
+/// Quiet hours (issue 25) on the bridge: while they last, a user's notifications are stored
+/// and counted (the inbox is never held back) but nothing goes to the broker for them; when
+/// they end, one badge update and the newest unread notification. The window is the real
+/// current minute in UTC, so the test waits for at most about a minute and a quarter.
+async fn quiet_hours_hold_the_bridge_then_send_one_update(b: Backend) {
+    use chrono::{Timelike, Utc};
+    let broker = Broker::start().await;
+    let sub = Subscriber::start(broker.port).await;
+    let app = spawn_app_with(b, with_mqtt(broker.url())).await;
+    let now = Utc::now();
+    let minute = now
+        - chrono::Duration::seconds(i64::from(now.second()))
+        - chrono::Duration::nanoseconds(i64::from(now.nanosecond()));
+    // At least 15 s of quiet left for the publishes and the checks below.
+    let end = minute + chrono::Duration::minutes(if now.second() >= 45 { 2 } else { 1 });
+    let start = minute - chrono::Duration::minutes(1);
+    let resp = app
+        .client
+        .put(app.url("/v1/preferences"))
+        .bearer_auth(crate::helpers::user_token("mq-quiet"))
+        .json(&json!({"quiet_hours": {
+            "start": start.format("%H:%M").to_string(),
+            "end": end.format("%H:%M").to_string(),
+            "time_zone": "UTC",
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for _ in 0..3 {
+        app.publish(&sample(&["mq-quiet"])).await;
+    }
+    app.publish(&sample(&["mq-other"])).await;
+    // The inbox is never held back.
+    assert_eq!(app.unread("mq-quiet").await["unread"], 3);
+    // The bridge runs (another user's arrives), and nothing of mq-quiet's went out.
+    eventually(WAIT, "mq-other's notification", || async {
+        sub.notification_seqs()
+            .contains_key("mq-other")
+            .then_some(())
+    })
+    .await;
+    assert!(Utc::now() < end, "the checks ran within the quiet hours");
+    assert!(
+        sub.messages()
+            .iter()
+            .all(|m| !m.topic.contains("/mq-quiet/")),
+        "nothing of mq-quiet's during quiet hours"
+    );
+    // At the end: the newest notification and the badge, once.
+    eventually(
+        Duration::from_secs(150),
+        "the update at the end of quiet hours",
+        || async {
+            (sub.notification_seqs().get("mq-quiet") == Some(&vec![3])
+                && sub.unread("mq-quiet").map(|v| v["unread"].clone()) == Some(json!(3)))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(Utc::now() >= end);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sub.notification_seqs().get("mq-quiet"),
+        Some(&vec![3]),
+        "one notification"
+    );
+}
+
 crate::both_backends!(
+    quiet_hours_hold_the_bridge_then_send_one_update,
     preferences_mute_the_bridge,
     every_notification_reaches_the_broker_in_order,
     nothing_is_lost_while_the_broker_is_down,

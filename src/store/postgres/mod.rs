@@ -257,6 +257,8 @@ impl PgStore {
                 }
             }
             rows.insert(&mut tx).await?;
+            let holds = super::preferences::holds(std::iter::once(&prep));
+            super::preferences::pg_record_holds(&mut tx, &holds).await?;
         }
         finish_idempotency(&mut tx, cmd, &outcome).await?;
         tx.commit().await?;
@@ -657,7 +659,10 @@ where
     }
 }
 
-async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, StoreError> {
+pub(super) async fn counts(
+    conn: &mut sqlx::PgConnection,
+    user: &UserId,
+) -> Result<Counts, StoreError> {
     let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = $1")
         .bind(user.as_str())
         .fetch_optional(conn)

@@ -181,6 +181,10 @@ impl SqliteStore {
             bumped.push(counts);
         }
 
+        if self.outbox.is_on() && !prep.mqtt_held.is_empty() {
+            let holds = super::preferences::holds(std::iter::once(&prep));
+            Self::record_holds(&mut tx, &holds).await?;
+        }
         let outcome = prep.outcome(message, &bumped)?;
         self.finish_idempotency(&mut tx, cmd, &outcome).await?;
         tx.commit().await?;
@@ -469,7 +473,7 @@ fn outbox_row(r: &SqliteRow) -> Option<OutboxRow> {
     })
 }
 
-async fn insert_outbox(
+pub(super) async fn insert_outbox(
     tx: &mut sqlx::SqliteConnection,
     user: &UserId,
     kind: OutboxKind,
@@ -488,7 +492,10 @@ async fn insert_outbox(
     Ok(())
 }
 
-async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Counts, StoreError> {
+pub(super) async fn counts(
+    conn: &mut sqlx::SqliteConnection,
+    user: &UserId,
+) -> Result<Counts, StoreError> {
     let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = ?1")
         .bind(user.as_str())
         .fetch_optional(conn)
