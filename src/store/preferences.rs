@@ -389,8 +389,17 @@ impl SqliteStore {
         now: chrono::DateTime<chrono::Utc>,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
         let stamp = crate::domain::format_time(&now);
+        // Checked on a reader first: the one writer is taken only when a hold has ended.
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM mqtt_quiet WHERE until <= ?1 LIMIT 1")
+                .bind(&stamp)
+                .fetch_optional(&self.reader)
+                .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.writer.begin().await?;
         let users: Vec<String> = sqlx::query_scalar(
             "DELETE FROM mqtt_quiet WHERE user_id IN
                (SELECT user_id FROM mqtt_quiet WHERE until <= ?1 ORDER BY until LIMIT ?2)
@@ -471,6 +480,15 @@ impl PgStore {
         now: chrono::DateTime<chrono::Utc>,
         limit: u32,
     ) -> Result<u64, StoreError> {
+        // Checked on the read pool first: a write transaction only when a hold has ended.
+        let due: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM mqtt_quiet WHERE until <= $1 LIMIT 1")
+                .bind(now)
+                .fetch_optional(&self.read_pool)
+                .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
         let mut tx = self.pool.begin().await?;
         let mut users: Vec<String> = sqlx::query_scalar(
             "DELETE FROM mqtt_quiet WHERE user_id IN
