@@ -520,7 +520,66 @@ async fn every_tab_hears_of_a_change(b: Backend) {
     }
 }
 
+/// gRPC: a muted type is left out of a gRPC publish's receipts, never reaches `Subscribe`, and
+/// the next notification there has the next seq.
+async fn grpc_never_delivers_a_muted_type(b: Backend) {
+    use tidings::grpc::proto::{self, event, notifications_client::NotificationsClient};
+    let app = spawn_app(b).await;
+    put_prefs(&app, "alice", &mute(&["marketing.*"])).await;
+    let mut c = NotificationsClient::connect(app.grpc_address.clone())
+        .await
+        .expect("connect");
+    fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("metadata"),
+        );
+        req
+    }
+    let mut stream = c
+        .subscribe(authed(
+            &user_token("alice"),
+            proto::SubscribeRequest { after: Some(0) },
+        ))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let published = c
+        .publish(authed(
+            &service_token("billing"),
+            proto::PublishRequest {
+                recipients: vec!["alice".into(), "bob".into()],
+                r#type: "marketing.sale".into(),
+                title: "Sale".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("publish")
+        .into_inner();
+    let to: Vec<&str> = published
+        .notifications
+        .iter()
+        .map(|r| r.recipient.as_str())
+        .collect();
+    assert_eq!(to, ["bob"], "the muted recipient has no receipt over gRPC");
+    app.publish(&typed("order.shipped", &["alice"])).await;
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event within 10 s")
+            .expect("no error")
+            .expect("open");
+        if let Some(event::Event::Notification(n)) = ev.event {
+            assert_eq!((n.seq, n.r#type.as_str()), (1, "order.shipped"));
+            break;
+        }
+    }
+}
+
 crate::both_backends!(
+    grpc_never_delivers_a_muted_type,
     a_muted_type_is_not_stored_counted_or_delivered,
     etag_if_match_and_merge_patch,
     bad_input_is_a_422_naming_the_field,
