@@ -578,7 +578,43 @@ async fn grpc_never_delivers_a_muted_type(b: Backend) {
     }
 }
 
+/// The single-request path (a publish with an `Idempotency-Key`) applies the rules too, and
+/// its replay answers the same receipts, the muted one included.
+async fn an_idempotent_publish_mutes_and_replays_the_same(b: Backend) {
+    let app = spawn_app(b).await;
+    put_prefs(&app, "alice", &mute(&["marketing.*"])).await;
+    let body = typed("marketing.sale", &["alice", "bob"]);
+    let first = app
+        .publish_raw(&service_token("billing"), &body, Some("k-1"))
+        .await;
+    assert_eq!(first.status().as_u16(), 201);
+    let first: Value = first.json().await.expect("json");
+    assert_eq!(first["muted"], 1, "{first}");
+    assert_eq!(first["notifications"][0]["muted"], true);
+    let again = app
+        .publish_raw(&service_token("billing"), &body, Some("k-1"))
+        .await;
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again, first);
+    // Every recipient muted: stored for nobody, no message row left behind for anyone.
+    let only = typed("marketing.news", &["alice"]);
+    let r = app
+        .publish_raw(&service_token("billing"), &only, Some("k-2"))
+        .await;
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(app.unread("alice").await["unread"], 0);
+    assert_eq!(app.unread("bob").await["unread"], 1);
+}
+
 crate::both_backends!(
+    an_idempotent_publish_mutes_and_replays_the_same,
     grpc_never_delivers_a_muted_type,
     a_muted_type_is_not_stored_counted_or_delivered,
     etag_if_match_and_merge_patch,
