@@ -23,6 +23,8 @@ use std::time::Duration;
 pub mod oidc;
 
 pub const PUBLISH_SCOPE: &str = "notifications:publish";
+/// Lets a service read and write any user's preferences (a settings page in its own app).
+pub const PREFERENCES_SCOPE: &str = "preferences:write";
 
 /// What a caller that cannot wait is told while a token's signing key is being re-fetched.
 pub const KEYS_REFRESHING: &str =
@@ -65,6 +67,8 @@ pub struct Verified {
     pub principal: Principal,
     /// Unix seconds: streams opened with this token close when it passes.
     pub expires_at: i64,
+    /// The token's `scope`, split on spaces.
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -321,6 +325,14 @@ impl Authenticator {
         Ok(Verified {
             principal,
             expires_at: claims.exp,
+            scopes: claims
+                .scope
+                .as_deref()
+                .unwrap_or_default()
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
         })
     }
 

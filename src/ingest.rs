@@ -16,7 +16,7 @@ use uuid::Uuid;
 /// At most this many distinct recipients per request.
 pub const MAX_RECIPIENTS: usize = 1000;
 
-const KNOWN_FIELDS: [&str; 7] = [
+const KNOWN_FIELDS: [&str; 8] = [
     "recipients",
     "topic",
     "type",
@@ -24,6 +24,7 @@ const KNOWN_FIELDS: [&str; 7] = [
     "body",
     "data",
     "link",
+    "critical",
 ];
 
 /// The parser lives here rather than beside the type in `domain`: turning untrusted JSON
@@ -89,6 +90,15 @@ impl NewNotification {
                 .ok(),
         };
 
+        let critical = match obj.get("critical") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                errors.push(FieldError::new("critical", "must be true or false"));
+                false
+            }
+        };
+
         match (recipients, kind, title) {
             (Some(recipients), Some(kind), Some(title)) if errors.is_empty() => Ok(Self {
                 recipients,
@@ -98,6 +108,7 @@ impl NewNotification {
                 body,
                 data,
                 link,
+                critical,
             }),
             _ => Err(errors),
         }

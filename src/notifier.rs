@@ -4,7 +4,7 @@
 //! a notification that a crash could still undo.
 
 use crate::bus::{Bus, BusState};
-use crate::domain::{ChangeKind, Event, MarkRead, UserId};
+use crate::domain::{ChangeKind, Event, MarkRead, Preferences, UserId};
 use crate::metrics::Metrics;
 use crate::store::{
     ChangeOutcome, Delivery, PublishCommand, PublishOutcome, ReadOutcome, Retracted, Store,
@@ -22,6 +22,23 @@ pub const TOPIC_BATCH: u32 = 1000;
 /// group committer may join them into one commit; the bound keeps one huge topic from
 /// taking every committer from other publishers.
 const TOPIC_IN_FLIGHT: usize = 4;
+
+/// How many subscribers a topic publish reached, and how many of them muted it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicReach {
+    /// Subscribers it was stored for.
+    pub recipients: u64,
+    /// Subscribers whose preferences muted it.
+    pub muted: u64,
+}
+
+impl TopicReach {
+    fn add(&mut self, done: &PublishOutcome) {
+        let muted = done.muted();
+        self.muted += muted;
+        self.recipients += done.receipts.len() as u64 - muted;
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Notifier {
@@ -63,11 +80,11 @@ impl Notifier {
     /// whole; while a page commits the next one is read, with at most [`TOPIC_IN_FLIGHT`]
     /// batches committing at once. Returns how many recipients it reached. Not atomic across
     /// batches: if the database fails midway, the batches that committed were delivered.
-    pub async fn publish_topic(&self, cmd: &PublishCommand) -> Result<u64, StoreError> {
+    pub async fn publish_topic(&self, cmd: &PublishCommand) -> Result<TopicReach, StoreError> {
         let Some(topic) = &cmd.notification.topic else {
-            return Ok(0);
+            return Ok(TopicReach::default());
         };
-        let mut reached = 0u64;
+        let mut reached = TopicReach::default();
         let mut after: Option<UserId> = None;
         let mut in_flight = FuturesUnordered::new();
         let mut failed = None;
@@ -97,7 +114,7 @@ impl Notifier {
                         failed = Some(e);
                         break;
                     }
-                    Some(Ok(done)) => reached += done.receipts.len() as u64,
+                    Some(Ok(done)) => reached.add(&done),
                     None => {}
                 }
             }
@@ -110,7 +127,7 @@ impl Notifier {
         // batch that commits must also be announced.
         while let Some(done) = in_flight.next().await {
             match done {
-                Ok(done) => reached += done.receipts.len() as u64,
+                Ok(done) => reached.add(&done),
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
@@ -214,6 +231,26 @@ impl Notifier {
                 .collect(),
         );
         Ok(Some(reached))
+    }
+
+    /// Replaces a user's preferences (see `Store::put_preferences`) and tells every
+    /// connection of the user, on every replica, so each open settings page follows.
+    pub async fn put_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+        if_match: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let version = self
+            .store
+            .put_preferences(user, preferences, if_match)
+            .await?;
+        self.bus.publish(vec![Event::Preferences {
+            user: user.clone(),
+            version,
+            document: Box::new(preferences.to_json()),
+        }]);
+        Ok(version)
     }
 
     pub fn bus_state(&self) -> BusState {

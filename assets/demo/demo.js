@@ -533,11 +533,89 @@ function start() {
       renderCounts();
       if ((state === 'live' || state === 'follower') && !loaded) loadList();
     }),
+    // Another tab (or a service) changed the preferences: the settings card follows.
+    onPreferences: mine((p) => renderPrefs(p)),
   });
+  loadPrefs();
   loadList();
   render();
   renderState();
 }
+
+// ---- Settings: the user's preferences (mute rules, quiet hours) ----
+
+let prefs = { preferences: { rules: [], quiet_hours: null }, version: null };
+
+function renderPrefs(p) {
+  if (p.version !== null && prefs.version !== null && p.version < prefs.version) return;
+  prefs = p;
+  const list = $('muted');
+  list.textContent = '';
+  for (const [i, r] of (p.preferences.rules || []).entries()) {
+    if (r.action !== 'mute') continue;
+    const li = document.createElement('li');
+    li.dataset.type = (r.types || []).join(',');
+    li.textContent = (r.types || []).join(', ') || 'everything';
+    const x = document.createElement('button');
+    x.type = 'button';
+    x.textContent = '×';
+    x.setAttribute('aria-label', `Unmute ${li.textContent}`);
+    x.addEventListener('click', () => savePrefs((d) => { d.rules.splice(i, 1); }));
+    li.append(x);
+    list.append(li);
+  }
+  const q = p.preferences.quiet_hours;
+  $('qh-start').value = q ? q.start : '';
+  $('qh-end').value = q ? q.end : '';
+  $('qh-tz').value = q ? q.time_zone : '';
+  const state = $('prefs-state');
+  state.dataset.version = String(p.version ?? '');
+  state.textContent = q ? `Quiet ${q.start}–${q.end} (${q.time_zone})` : 'No quiet hours';
+}
+
+async function loadPrefs() {
+  if (!client) return;
+  try {
+    renderPrefs(await client.getPreferences());
+  } catch {
+    $('prefs-state').textContent = 'Could not load the settings';
+  }
+}
+
+/** Applies `change` to the current document and writes it with If-Match; on a 412 (another tab wrote first) re-reads and applies it again, once. */
+async function savePrefs(change) {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const doc = JSON.parse(JSON.stringify(prefs.preferences));
+    doc.rules ||= [];
+    change(doc);
+    try {
+      renderPrefs(await client.setPreferences(doc, { version: prefs.version }));
+      return;
+    } catch (e) {
+      if (e && e.status === 412 && attempt === 0) { await loadPrefs(); continue; }
+      const field = e && e.problem && e.problem.errors && e.problem.errors[0];
+      toast(field ? `${field.field} ${field.message}` : 'Could not save the settings');
+      return;
+    }
+  }
+}
+
+$('mute-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const type = $('mute-type').value.trim();
+  if (!type || !client) return;
+  $('mute-type').value = '';
+  savePrefs((d) => { d.rules.push({ types: [type], channels: ['all'], action: 'mute' }); });
+});
+
+$('quiet-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  if (!client) return;
+  const start = $('qh-start').value;
+  const end = $('qh-end').value;
+  const tz = $('qh-tz').value.trim();
+  savePrefs((d) => { d.quiet_hours = start && end && tz ? { start, end, time_zone: tz } : null; });
+});
 
 function restart() {
   if (client) client.close();

@@ -119,6 +119,8 @@ export interface ConnectOptions {
    * to onNotification.
    */
   onChange?: (change: Change) => void;
+  /** The user's preferences changed (this tab, another tab, or a service): every settings page follows. */
+  onPreferences?: (p: VersionedPreferences) => void;
   /** Where the cursor is kept. Default localStorage; null = memory only. */
   storage?: StorageLike | null;
   /** Overrides the cursor key (default `tidings:cursor:<baseUrl>:<sub>`). */
@@ -188,6 +190,10 @@ export interface TidingsClient {
   unarchive(what: string | string[] | { upTo: number }): Promise<UnreadCount | null>;
   /** POST /v1/notifications/delete: deletes for good; the seqs are never reused. */
   remove(what: string | string[] | { upTo: number }): Promise<UnreadCount | null>;
+  /** GET /v1/preferences: the document and its version (the ETag). */
+  getPreferences(): Promise<VersionedPreferences>;
+  /** PUT /v1/preferences; with `version`, rejects with HttpError 412 when another tab wrote first. */
+  setPreferences(preferences: Preferences, options?: { version?: number | null }): Promise<VersionedPreferences>;
   /** Skip the backoff wait and reconnect now (leader only). */
   reconnect(): void;
   /** Closes the connection, hands leadership to another tab. */
@@ -302,3 +308,24 @@ export class HttpError extends Error {
 
 declare const _default: { connect: typeof connect };
 export default _default;
+
+/** One mute/allow rule; see the README's Preferences section for the rule order. */
+export interface PreferenceRule {
+  /** Exact types or prefixes ending in `.*`; empty: every type. */
+  types?: string[];
+  topics?: string[];
+  channels: Array<'inbox' | 'push' | 'mqtt' | 'all'>;
+  action: 'mute' | 'allow';
+}
+
+export interface Preferences {
+  rules?: PreferenceRule[];
+  /** HH:MM local times and an IANA zone; holds back push and mqtt, never the inbox. */
+  quiet_hours?: { start: string; end: string; time_zone: string } | null;
+}
+
+export interface VersionedPreferences {
+  preferences: Preferences;
+  /** The ETag's version; pass it back to setPreferences. */
+  version: number | null;
+}

@@ -412,9 +412,23 @@ export function parseSseEvent(event, data, lastEventId) {
     }
     case 'truncated': return truncatedFrame(parseJson(data));
     case 'ahead': return aheadFrame(parseJson(data));
+    case 'preferences': return preferencesFrame(parseJson(data));
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
   }
+}
+
+/** A `preferences` event's body (`{version, preferences}`) to a frame, or null. */
+export function preferencesFrame(obj) {
+  if (!obj || typeof obj !== 'object' || !obj.preferences || typeof obj.preferences !== 'object') return null;
+  const version = toSeq(obj.version);
+  return version === null ? null : { type: 'preferences', version, preferences: obj.preferences };
+}
+
+/** The version in an ETag header (`"3"`), or null. */
+function etagVersion(etag) {
+  const m = /^(?:W\/)?"(\d+)"$/.exec(String(etag || '').trim());
+  return m ? Number(m[1]) : null;
 }
 
 function truncatedFrame(obj) {
@@ -441,6 +455,7 @@ export function parseWsMessage(text) {
     case 'resync': return { type: 'resync', seq: toSeq(obj.seq) };
     case 'truncated': return truncatedFrame(obj);
     case 'ahead': return aheadFrame(obj);
+    case 'preferences': return preferencesFrame(obj);
     case 'pong': return { type: 'pong' };
     case 'token-expired': return { type: 'token-expired' };
     default: return null;
@@ -651,7 +666,7 @@ function openSse(EventSourceImpl, url, { onFrame, onHealthy, openTimeoutMs }) {
     if (!healthy) { healthy = true; clearTimeout(timer); onHealthy(); }
     onFrame(f);
   };
-  for (const name of ['notification', 'unread', 'changed', 'resync', 'truncated', 'ahead', 'token-expired']) es.addEventListener(name, handler(name));
+  for (const name of ['notification', 'unread', 'changed', 'resync', 'truncated', 'ahead', 'preferences', 'token-expired']) es.addEventListener(name, handler(name));
   // We reconnect ourselves (fresh token, our cursor, our backoff) instead of
   // letting EventSource retry with a possibly expired token in the URL.
   es.onerror = () => finish(healthy ? 'ended' : 'error');
@@ -878,6 +893,26 @@ export class TidingsClient {
   get unread() { return this._unread; }
   /** The leader's state as last broadcast (equals `state` in the leader). */
   get leaderState() { return this._role === 'leader' ? this._state : this._leaderState; }
+
+  /**
+   * The user's preferences (mute rules, quiet hours): resolves to {preferences, version}.
+   * Pass `version` to setPreferences so a write another tab made first is not overwritten.
+   */
+  async getPreferences() {
+    const res = await this._api('GET', '/v1/preferences');
+    return { preferences: res.body, version: etagVersion(res.etag) };
+  }
+
+  /**
+   * Replaces the user's preferences; resolves to {preferences, version}. With `{ version }`
+   * it rejects with an HttpError of status 412 when they changed since that version (another
+   * tab wrote first): read them again. Every tab hears `onPreferences`.
+   */
+  async setPreferences(preferences, { version } = {}) {
+    const headers = version == null ? undefined : { 'If-Match': `"${version}"` };
+    const res = await this._api('PUT', '/v1/preferences', { body: preferences, headers });
+    return { preferences: res.body, version: etagVersion(res.etag) };
+  }
 
   /** Marks notifications read over REST; resolves to {unread, seq}. */
   async markRead(ids) {
@@ -1294,9 +1329,18 @@ export class TidingsClient {
       case 'ahead':
         this._ahead(f.seq);
         break;
+      case 'preferences':
+        this._onPreferences(f);
+        break;
       default:
         break;
     }
+  }
+
+  /** The user's preferences changed (this tab, another tab or a service). */
+  _onPreferences(f) {
+    if (this._role === 'leader') this._post({ t: 'p', f });
+    safeCall(this.options.onPreferences, { preferences: f.preferences, version: f.version });
   }
 
   /**
@@ -1510,6 +1554,12 @@ export class TidingsClient {
           if (f) this._onChanged(f);
         }
         break;
+      case 'p':
+        if (this._role === 'follower') {
+          const f = preferencesFrame(msg.f);
+          if (f) this._onPreferences(f);
+        }
+        break;
       case 'read':
         safeCall(this.options.onRead, msg.ids ? { ids: msg.ids } : { upTo: msg.upTo });
         break;
@@ -1578,13 +1628,14 @@ export class TidingsClient {
   }
 
   /** fetch with the bearer token; on 401 asks getToken() again and retries once. */
-  async _api(method, path, { query, body, signal } = {}) {
+  async _api(method, path, { query, body, signal, headers: extra } = {}) {
     if (!this._fetch) throw new Error('tidings: fetch is not available');
     const url = buildUrl(this.baseUrl, path, query);
     for (let i = 0; ; i++) {
       const token = await this._tokens.get(i ? { force: true, reason: 'unauthorized' } : {});
       const headers = { Authorization: `Bearer ${token}`, Accept: 'application/json' };
       if (body !== undefined) headers['Content-Type'] = 'application/json';
+      if (extra) Object.assign(headers, extra);
       const res = await this._fetch(url, {
         method,
         headers,
@@ -1598,7 +1649,8 @@ export class TidingsClient {
       if (res.status === 204) return { status: 204, body: null };
       if (!res.ok) throw new HttpError(res.status, await readProblem(res));
       const text = await res.text();
-      return { status: res.status, body: text ? JSON.parse(text) : null };
+      const etag = res.headers && typeof res.headers.get === 'function' ? res.headers.get('ETag') : null;
+      return { status: res.status, body: text ? JSON.parse(text) : null, etag };
     }
   }
 }

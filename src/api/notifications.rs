@@ -93,6 +93,8 @@ macro_rules! publish_body {
                 pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,4})?([/?#][!-~]*)?$"
             )]
             link: Option<String>,
+            /// Passes every recipient's mutes and quiet hours (security, billing). Default false.
+            critical: Option<bool>,
         }
     };
 }
@@ -133,6 +135,8 @@ pub struct PublishResponse {
     topic: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recipients: Option<u64>,
+    /// How many recipients' preferences muted it (not stored for them; see `/v1/preferences`).
+    muted: u64,
 }
 
 /// Mark read by `ids` or `up_to`: exactly one of them.
@@ -208,7 +212,8 @@ pub async fn publish(
         return Ok(HttpResponse::Created().json(PublishResponse {
             notifications: None,
             topic: Some(topic.as_str().to_owned()),
-            recipients: Some(reached),
+            recipients: Some(reached.recipients),
+            muted: reached.muted,
         }));
     }
     let outcome = state.notifier.publish(&cmd).await?;
@@ -216,10 +221,12 @@ pub async fn publish(
     if outcome.replayed {
         response.insert_header(("Idempotent-Replayed", "true"));
     }
+    let muted = outcome.muted();
     Ok(response.json(PublishResponse {
         notifications: Some(outcome.receipts),
         topic: None,
         recipients: None,
+        muted,
     }))
 }
 

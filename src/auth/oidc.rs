@@ -175,21 +175,27 @@ impl ClaimRules {
         }
     }
 
+    /// Every scope the token carries, from each configured scope claim: `scope` is
+    /// space-separated (RFC 8693 §4.2); Okta and Entra also write `scp` that way, or as an
+    /// array (Entra's `roles` too).
+    pub fn scopes<'c>(&'c self, claims: &'c Map<String, Value>) -> impl Iterator<Item = &'c str> {
+        self.scope_claims
+            .iter()
+            .filter_map(move |path| lookup(claims, path))
+            .flat_map(|value| -> Box<dyn Iterator<Item = &'c str> + 'c> {
+                match value {
+                    Value::String(s) => Box::new(s.split_whitespace()),
+                    Value::Array(items) => Box::new(items.iter().filter_map(Value::as_str)),
+                    _ => Box::new(std::iter::empty()),
+                }
+            })
+    }
+
     /// A service is a token whose scopes include the publish scope; its name is its `azp`,
     /// `client_id` or `sub`, in that order (who the token was issued to, for a
     /// client-credentials token). Anything else is a user, named by the user claim.
     pub fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
-        let is_service = self.scope_claims.iter().any(|path| {
-            match lookup(claims, path) {
-                // `scope` is space-separated (RFC 8693 §4.2); Okta and Entra also write `scp`
-                // that way, or as an array.
-                Some(Value::String(s)) => s.split_whitespace().any(|s| s == self.publish_scope),
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .any(|v| v.as_str() == Some(self.publish_scope.as_str())),
-                _ => false,
-            }
-        });
+        let is_service = self.scopes(claims).any(|s| s == self.publish_scope);
         if is_service {
             let (claim, name) = ["azp", "client_id", "sub"]
                 .into_iter()
@@ -409,6 +415,7 @@ impl Provider {
         Ok(Verified {
             principal: self.rules.principal(&claims)?,
             expires_at,
+            scopes: self.rules.scopes(&claims).map(str::to_owned).collect(),
         })
     }
 

@@ -48,6 +48,8 @@ pub fn fallback_of(event: &Event) -> Fallback {
         | Event::Counts { .. }
         | Event::Changed { .. }
         | Event::CatchUp => Fallback::CatchUp,
+        // 0.1.0 has no preferences: it shows nothing an older replica could get wrong.
+        Event::Preferences { .. } => Fallback::Skip,
     }
 }
 

@@ -29,6 +29,14 @@ pub enum Event {
         change: Box<InboxChange>,
         counts: Counts,
     },
+    /// The user's preferences changed (from any tab or service, on any replica): every open
+    /// settings page takes the new document.
+    Preferences {
+        user: UserId,
+        version: i64,
+        /// The whole document, as `GET /v1/preferences` answers it. Boxed: rarely sent.
+        document: Box<serde_json::Value>,
+    },
     /// Events may have been lost on the way: every session re-reads the database.
     CatchUp,
 }
@@ -38,7 +46,8 @@ impl Event {
         match self {
             Event::Notification { user, .. }
             | Event::Counts { user, .. }
-            | Event::Changed { user, .. } => Some(user),
+            | Event::Changed { user, .. }
+            | Event::Preferences { user, .. } => Some(user),
             Event::CatchUp => None,
         }
     }

@@ -9,6 +9,7 @@ mod event;
 mod inbox;
 mod notification;
 mod notification_id;
+mod preferences;
 mod publish;
 mod text;
 mod user_id;
@@ -17,6 +18,10 @@ pub use event::Event;
 pub use inbox::{ChangeKind, Counts, InboxChange, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use notification_id::{IdKey, NotificationId};
+pub use preferences::{
+    merge_patch, Action, Channel, Decision, Preferences, QuietHours, Rule, TypePattern,
+    MAX_PATTERNS, MAX_RULES,
+};
 pub use publish::{FieldError, NewNotification};
 pub use text::{json_depth, Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{ServiceName, TopicName, UserId};

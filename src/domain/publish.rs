@@ -32,4 +32,7 @@ pub struct NewNotification {
     pub body: Option<Body>,
     pub data: Option<NotificationData>,
     pub link: Option<Link>,
+    /// Passes every mute and quiet hours of the recipients' preferences (security, billing).
+    /// Only services publish, so only a service token can set it.
+    pub critical: bool,
 }

@@ -107,9 +107,9 @@ pub fn mark_read_body(r: &proto::MarkReadRequest) -> Value {
 
 pub fn receipt(r: &Receipt) -> proto::Receipt {
     proto::Receipt {
-        id: r.id.to_string(),
+        id: r.id.map(|id| id.to_string()).unwrap_or_default(),
         recipient: r.recipient.clone(),
-        seq: r.seq.get(),
+        seq: r.seq.map_or(0, |s| s.get()),
         created_at: format_time(&r.created_at),
     }
 }

@@ -139,7 +139,7 @@ impl notifications_server::Notifications for Notifications {
             return Ok(Response::new(proto::PublishResponse {
                 notifications: Vec::new(),
                 topic: topic.as_str().to_owned(),
-                recipients: reached,
+                recipients: reached.recipients,
             }));
         }
         let outcome = self
@@ -149,7 +149,13 @@ impl notifications_server::Notifications for Notifications {
             .await
             .map_err(GrpcError::from)?;
         let mut response = Response::new(proto::PublishResponse {
-            notifications: outcome.receipts.iter().map(convert::receipt).collect(),
+            // The gRPC receipt has no `muted` field yet: muted recipients are left out.
+            notifications: outcome
+                .receipts
+                .iter()
+                .filter(|r| !r.muted)
+                .map(convert::receipt)
+                .collect(),
             topic: String::new(),
             recipients: 0,
         });

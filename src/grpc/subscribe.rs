@@ -103,8 +103,9 @@ impl SubscribeStream {
                 // The stream goes on live after `seq`: a resume starts there.
                 self.last = seq;
             }
-            // A catch-up read failed: the session retries and the stream goes on.
-            Frame::Shutdown | Frame::Unavailable => {}
+            // A catch-up read failed: the session retries and the stream goes on. The proto
+            // has no preferences event yet.
+            Frame::Shutdown | Frame::Unavailable | Frame::Preferences(_) => {}
         }
         true
     }

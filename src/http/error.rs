@@ -31,6 +31,9 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("no such resource")]
     NotFound,
+    /// `If-Match` named a version that is no longer the current one (RFC 9110 §13.1.1).
+    #[error("the resource changed since version {current} was read (`If-Match`); read it again")]
+    PreconditionFailed { current: i64 },
     /// With the methods the resource does allow, for the `Allow` header (RFC 9110 §15.5.6).
     #[error("this method is not allowed here; use {0}")]
     MethodNotAllowed(&'static str),
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ("request-timeout", "Request timeout"),
             ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency key reused"),
             ApiError::NotFound => ("not-found", "Not found"),
+            ApiError::PreconditionFailed { .. } => ("precondition-failed", "Precondition failed"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::TooManyConnections { .. } => ("too-many-connections", "Too many connections"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
@@ -107,6 +111,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            StoreError::PreconditionFailed { current } => {
+                ApiError::PreconditionFailed { current: *current }
+            }
             StoreError::Unavailable(_) => {
                 tracing::error!(error = %Chain(&e), "database unavailable");
                 ApiError::database_unavailable()
@@ -193,6 +200,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -232,6 +240,9 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed(allow) => {
                 builder.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::PreconditionFailed { current } => {
+                builder.insert_header((header::ETAG, format!("\"{current}\"")));
             }
             _ => {}
         }

@@ -40,6 +40,9 @@ pub enum Frame {
     /// Notifications already sent were archived, unarchived or deleted, then the counters
     /// after it: a transport writes a `changed` event and then `unread`.
     Changed(Box<Changed>),
+    /// The user's preferences changed: `{"version": N, "preferences": {...}}`, for every
+    /// open settings page (a `preferences` event).
+    Preferences(Arc<str>),
     /// More than the replay cap was missed: page through the REST API up to `seq`.
     Resync { seq: Seq },
     /// The connection's cursor is below the user's history floor: retention pruned seqs up

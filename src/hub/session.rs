@@ -404,6 +404,22 @@ impl Handler<Deliver> for UserSession {
                     self.forget_cut(ctx);
                 }
             }
+            Event::Preferences {
+                version, document, ..
+            } => {
+                let json: Arc<str> =
+                    serde_json::json!({"version": version, "preferences": document})
+                        .to_string()
+                        .into();
+                let ids: Vec<u64> = self.conns.iter().map(|c| c.id).collect();
+                let mut cut = false;
+                for id in ids {
+                    cut |= !self.push(id, Frame::Preferences(json.clone()));
+                }
+                if cut {
+                    self.forget_cut(ctx);
+                }
+            }
             Event::CatchUp => self.handle(CatchUp, ctx),
         }
     }

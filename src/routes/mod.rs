@@ -6,7 +6,7 @@
 
 pub mod openapi;
 
-use crate::api::{demo, health, notifications, topics};
+use crate::api::{demo, health, notifications, preferences, topics};
 use crate::http::error::ApiError;
 use crate::sockjs::Endpoint;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
@@ -60,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(get_only("/metrics", health::metrics))
     .configure(demo::configure)
+    .configure(|cfg| preferences::configure(cfg, method_not_allowed))
     .service(
         web::resource("/v1/topics/{topic}/subscribers/{user}")
             .route(web::put().to(topics::subscribe))

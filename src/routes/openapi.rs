@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document. `openapi/openapi.json` is this, pretty-printed; a test fails
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
-use crate::api::{health, notifications, topics};
+use crate::api::{health, notifications, preferences, topics};
 use crate::http::error;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -35,6 +35,13 @@ use utoipa::{Modify, OpenApi};
         topics::subscribe,
         topics::unsubscribe,
         topics::bulk,
+        preferences::get_own,
+        preferences::put_own,
+        preferences::patch_own,
+        preferences::get_for,
+        preferences::put_for,
+        preferences::patch_for,
+        preferences::notification_types,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -54,6 +61,7 @@ use utoipa::{Modify, OpenApi};
         (name = "inbox", description = "Users read and mark their own notifications."),
         (name = "live", description = "New notifications as they commit, resuming from the client's cursor: SSE, long-poll, WebSocket."),
         (name = "topics", description = "Services manage who is subscribed to a topic; a publish with `topic` reaches every subscriber."),
+        (name = "preferences", description = "Each user's mute rules and quiet hours, applied at commit to every publish."),
         (name = "operations", description = "Health, readiness and metrics."),
     )
 )]

@@ -13,9 +13,25 @@
 //!
 //! Publishes with an `Idempotency-Key` take the single-request path: their claim-or-replay
 //! step must see other requests' commits, which a shared transaction would hide.
+//!
+//! ## Preferences (issue 25), without a read per batch
+//! Each recipient's mute rules must be the ones in force when the batch commits, but a read
+//! before the statement would add a round trip to every publish, and a read inside it would
+//! use the statement's snapshot, older than the cursor row locks it waits for. So the batch
+//! is planned from this replica's [`PrefsCache`] (one lookup per recipient per batch), and
+//! the statement checks the guess: it locks every recipient's cursor row (muted ones too,
+//! bumped by 0), which returns the row's latest `prefs_version`, the version a `PUT` writes
+//! while holding the same lock. If any differs from the version the batch was planned with,
+//! the statement fails as a whole (nothing is written), the batch's preferences are read
+//! (one query) and the batch planned and sent again. A user with no preferences has a NULL
+//! version and no cache entry, so the common case costs one array parameter and a join.
 
 use super::pg_rows::{self, OutboxColumns};
-use super::{Counts, Outbox, PreparedPublish, PublishCommand, PublishOutcome, StoreError};
+use super::preferences::{holds, pg_record_holds, pg_refresh};
+use super::{
+    Counts, Outbox, PrefsCache, PreparedPublish, PublishCommand, PublishOutcome, StoreError,
+};
+use crate::domain::Preferences;
 use crate::domain::{IdKey, Seq};
 use crate::shutdown::Shutdown;
 use crate::telemetry::Chain;
@@ -32,6 +48,13 @@ const MAX_JOBS: usize = 512;
 const MAX_ROWS: usize = 8192;
 /// Transactions in flight at once.
 const COMMITTERS: usize = 4;
+/// Times a batch is planned again after its preferences changed under it. `PUT`s are human
+/// actions, so a second attempt nearly always succeeds; past this, a 503 and a retry.
+const PREFS_ATTEMPTS: usize = 4;
+
+/// The version and rules each recipient of a batch was planned with (users without
+/// preferences are absent: version NULL).
+type Guess = HashMap<String, (i64, Arc<Preferences>)>;
 
 struct Job {
     cmd: PublishCommand,
@@ -51,11 +74,13 @@ impl GroupCommit {
     pub fn start(pool: PgPool, outbox: Outbox, ids: IdKey, shutdown: &Shutdown) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
+        let prefs = Arc::new(PrefsCache::default());
         for _ in 0..COMMITTERS {
             shutdown.spawn(committer(
                 pool.clone(),
                 outbox.clone(),
                 ids.clone(),
+                prefs.clone(),
                 rx.clone(),
                 shutdown.clone(),
             ));
@@ -79,6 +104,7 @@ async fn committer(
     pool: PgPool,
     outbox: Outbox,
     ids: IdKey,
+    prefs: Arc<PrefsCache>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     shutdown: Shutdown,
 ) {
@@ -107,20 +133,38 @@ async fn committer(
                 }
             }
         }
-        let prepared: Vec<PreparedPublish<'_>> = jobs
-            .iter()
-            .map(|j| PreparedPublish::new(&j.cmd, &ids))
-            .collect();
         let with_outbox = outbox.is_on();
-        let mut result = commit(&pool, &prepared, with_outbox).await;
-        if matches!(&result, Err(StoreError::Database(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
-        {
-            result = commit(&pool, &prepared, with_outbox).await;
+        let mut result = Err(StoreError::StalePreferences);
+        let mut retried_deadlock = false;
+        let mut attempts = 0;
+        while attempts < PREFS_ATTEMPTS {
+            attempts += 1;
+            let (prepared, guess) = plan_batch(&jobs, &ids, &prefs);
+            result = commit(&pool, &prepared, &guess, with_outbox).await;
+            if !retried_deadlock
+                && matches!(&result, Err(StoreError::Database(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
+            {
+                retried_deadlock = true;
+                result = commit(&pool, &prepared, &guess, with_outbox).await;
+            }
+            if !matches!(result, Err(StoreError::StalePreferences)) {
+                break;
+            }
+            // A `PUT` committed since this replica last read these users' preferences.
+            let users = distinct_recipients(&prepared);
+            if let Err(e) = pg_refresh(&pool, &prefs, &users).await {
+                result = Err(e);
+                break;
+            }
+        }
+        if let Err(StoreError::StalePreferences) = result {
+            result = Err(StoreError::Unavailable(sqlx::Error::Protocol(
+                "the recipients' preferences kept changing during the commit".into(),
+            )));
         }
         if result.is_ok() && with_outbox {
             outbox.poke();
         }
-        drop(prepared);
         match result {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
@@ -139,12 +183,47 @@ async fn committer(
     }
 }
 
+/// Prepares every publish of the batch and mutes the recipients whose cached preferences
+/// say so. Returns the guess it planned with, which the commit statement checks.
+fn plan_batch<'j>(
+    jobs: &'j [Job],
+    ids: &'j IdKey,
+    prefs: &PrefsCache,
+) -> (Vec<PreparedPublish<'j>>, Guess) {
+    let mut prepared: Vec<PreparedPublish<'j>> =
+        jobs.iter().map(|j| PreparedPublish::new(&j.cmd, ids)).collect();
+    let guess = prefs.snapshot(
+        prepared
+            .iter()
+            .flat_map(|p| p.rows.iter().map(|(u, _)| u.as_str())),
+    );
+    if !guess.is_empty() {
+        for p in &mut prepared {
+            p.mute(|u| guess.get(u).map(|(_, p)| p.clone()));
+        }
+    }
+    (prepared, guess)
+}
+
+fn distinct_recipients<'b>(batch: &'b [PreparedPublish<'_>]) -> Vec<&'b str> {
+    let mut users: Vec<&str> = batch
+        .iter()
+        .flat_map(|p| p.recipients().map(|u| u.as_str()))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
 /// The same error for every request of a failed batch (sqlx errors cannot be cloned).
 /// The copies keep the whole cause chain as text, so each request's log line still says why.
 fn replicate(e: &StoreError) -> StoreError {
     let message = Chain(e).to_string();
     match e {
         StoreError::Unavailable(_) => StoreError::Unavailable(sqlx::Error::Protocol(message)),
+        StoreError::PreconditionFailed { current } => {
+            StoreError::PreconditionFailed { current: *current }
+        }
         _ => StoreError::Database(sqlx::Error::Protocol(message)),
     }
 }
@@ -160,17 +239,20 @@ fn replicate(e: &StoreError) -> StoreError {
 async fn commit(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
+    guess: &Guess,
     with_outbox: bool,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     let plan = Plan::new(batch);
     if with_outbox {
-        commit_with_outbox(pool, batch, &plan).await
+        commit_with_outbox(pool, batch, &plan, guess).await
     } else {
-        commit_in_one_statement(pool, batch, &plan).await
+        commit_in_one_statement(pool, batch, &plan, guess).await
     }
 }
 
-/// How many notifications each user gets in a batch, in lock (sorted) order.
+/// How many notifications each user gets in a batch, in lock (sorted) order. Muted
+/// recipients are in it with 0: their cursor row is locked too, to check their preferences'
+/// version (see the module's doc).
 struct Plan<'b> {
     per_user: BTreeMap<&'b str, i64>,
 }
@@ -182,12 +264,23 @@ impl<'b> Plan<'b> {
             for (user, _) in &prep.rows {
                 *per_user.entry(user.as_str()).or_default() += 1;
             }
+            for (user, _) in &prep.muted {
+                per_user.entry(user.as_str()).or_default();
+            }
         }
         Self { per_user }
     }
 
     fn users(&self) -> Vec<&'b str> {
         self.per_user.keys().copied().collect()
+    }
+
+    /// The preferences version each user (in `users()` order) was planned with.
+    fn expected(&self, guess: &Guess) -> Vec<Option<i64>> {
+        self.per_user
+            .keys()
+            .map(|u| guess.get(*u).map(|(v, _)| *v))
+            .collect()
     }
 
     fn counts(&self) -> Vec<i64> {
@@ -261,11 +354,13 @@ async fn commit_in_one_statement(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
     plan: &Plan<'_>,
+    guess: &Guess,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     let messages = Messages::new(batch);
     let mut rows = OneStatement::default();
     let mut seen: HashMap<&str, i64> = HashMap::with_capacity(plan.per_user.len());
-    for (position, prep) in (1i64..).zip(batch) {
+    // Publishes every recipient muted have no message: positions count the others.
+    for (position, prep) in (1i64..).zip(batch.iter().filter(|p| !p.rows.is_empty())) {
         for (user, ordinal) in &prep.rows {
             let k = plan.per_user.get(user.as_str()).copied().unwrap_or(0);
             let n = seen.entry(user.as_str()).or_default();
@@ -284,7 +379,12 @@ async fn commit_in_one_statement(
              SET last_seq = user_cursors.last_seq + EXCLUDED.last_seq,
                  unread = user_cursors.unread + EXCLUDED.unread,
                  version = user_cursors.version + EXCLUDED.version
-           RETURNING user_id, last_seq, unread, version
+           RETURNING user_id, last_seq, unread, version, prefs_version
+         ), stale AS (
+           -- How many recipients' preferences changed since the batch was planned.
+           SELECT count(*) AS n
+           FROM cur JOIN unnest($1::text[], $15::bigint[]) AS e(u, v) ON e.u = cur.user_id
+           WHERE cur.prefs_version IS DISTINCT FROM e.v
          ), msg AS (
            INSERT INTO messages (service, type, title, body, data, link, created_at, topic)
            SELECT sv, ty, ti, b, d::jsonb, l, c, tp
@@ -304,7 +404,9 @@ async fn commit_in_one_statement(
          )
          SELECT user_id, last_seq, unread, version, NULL::bigint FROM cur
          UNION ALL SELECT NULL, NULL, NULL, NULL, id FROM msg
-         UNION ALL SELECT NULL, count(*), NULL, NULL, NULL FROM ins",
+         UNION ALL SELECT NULL, count(*), NULL, NULL, NULL FROM ins
+         -- Any: fail the whole statement (division by zero, 22012), so nothing is written.
+         UNION ALL SELECT NULL, NULL, NULL, NULL, n / 0 FROM stale WHERE n > 0",
     )
     .bind(plan.users())
     .bind(plan.counts())
@@ -320,8 +422,15 @@ async fn commit_in_one_statement(
     .bind(&rows.messages)
     .bind(&rows.behind)
     .bind(&rows.ordinals)
+    .bind(plan.expected(guess))
     .fetch_all(pool)
-    .await?;
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("22012") => {
+            StoreError::StalePreferences
+        }
+        _ => StoreError::from(e),
+    })?;
 
     let mut after: HashMap<String, Counts> = HashMap::with_capacity(plan.per_user.len());
     let mut ids: Vec<i64> = Vec::with_capacity(batch.len());
@@ -342,16 +451,17 @@ async fn commit_in_one_statement(
     }
     // The joins drop nothing unless a cursor or message went missing; say so rather than
     // answer for rows that were not written (the statement committed, so this is a bug).
-    if ids.len() != batch.len() || inserted != i64::try_from(rows.users.len()).ok() {
+    if ids.len() != messages.kinds.len() || inserted != i64::try_from(rows.users.len()).ok() {
         return Err(protocol(format!(
             "{} messages and {} inbox rows written, {} returned and {:?} inserted",
-            batch.len(),
+            messages.kinds.len(),
             rows.users.len(),
             ids.len(),
             inserted
         )));
     }
     ids.sort_unstable();
+    let ids = spread(batch, ids);
     let per_job = plan.hand_out(batch, &after, &ids, |_, _, _, _, _| Ok(()))?;
     outcomes(batch, per_job, ids)
 }
@@ -371,6 +481,7 @@ async fn commit_with_outbox(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
     plan: &Plan<'_>,
+    guess: &Guess,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     let mut tx = pool.begin().await?;
     let bumped = sqlx::query(
@@ -380,7 +491,7 @@ async fn commit_with_outbox(
            SET last_seq = user_cursors.last_seq + EXCLUDED.last_seq,
                unread = user_cursors.unread + EXCLUDED.unread,
                version = user_cursors.version + EXCLUDED.version
-         RETURNING user_id, last_seq, unread, version",
+         RETURNING user_id, last_seq, unread, version, prefs_version",
     )
     .bind(plan.users())
     .bind(plan.counts())
@@ -388,6 +499,12 @@ async fn commit_with_outbox(
     .await?;
     let mut after: HashMap<String, Counts> = HashMap::with_capacity(bumped.len());
     for r in &bumped {
+        // The preferences version in force under the lock; dropping `tx` rolls back.
+        let user: &str = r.try_get(0)?;
+        let version: Option<i64> = r.try_get(4)?;
+        if version != guess.get(user).map(|(v, _)| *v) {
+            return Err(StoreError::StalePreferences);
+        }
         let counts = Counts {
             seq: r.try_get(1)?,
             unread: r.try_get(2)?,
@@ -396,7 +513,7 @@ async fn commit_with_outbox(
         after.insert(r.try_get(0)?, counts);
     }
 
-    let messages = Messages::new(batch).insert(&mut tx).await?;
+    let messages = spread(batch, Messages::new(batch).insert(&mut tx).await?);
     let mut inbox = Inbox::default();
     // In batch order: per user, seq order.
     let mut outbox = OutboxColumns::default();
@@ -410,12 +527,17 @@ async fn commit_with_outbox(
             inbox.messages.push(message);
             inbox.ordinals.push(pg_rows::ordinal(ordinal)?);
             let id = PreparedPublish::id(prep.key, message, ordinal, counts.seq)?;
-            outbox.push_delivery(user, &prep.notification(id, counts.seq), &counts);
+            let n = prep.notification(id, counts.seq);
+            for (kind, payload) in prep.outbox_rows(user, &n, &counts) {
+                outbox.push(user, kind, payload);
+            }
             Ok(())
         },
     )?;
     inbox.insert(&mut tx).await?;
     outbox.insert(&mut tx).await?;
+    // Quiet hours: the recipients held back get a hold instead of outbox rows.
+    pg_record_holds(&mut tx, &holds(batch.iter())).await?;
     tx.commit().await?;
     outcomes(batch, per_job, messages)
 }
@@ -433,10 +555,27 @@ struct Messages {
     topics: Vec<Option<String>>,
 }
 
+/// The message id of every publish of a batch, from the ids of those that have one in batch
+/// order: 0 for a publish every recipient muted (it has no row to refer to it).
+fn spread(batch: &[PreparedPublish<'_>], ids: Vec<i64>) -> Vec<i64> {
+    let mut ids = ids.into_iter();
+    batch
+        .iter()
+        .map(|p| {
+            if p.rows.is_empty() {
+                0
+            } else {
+                ids.next().unwrap_or(0)
+            }
+        })
+        .collect()
+}
+
 impl Messages {
+    /// Publishes that every recipient muted get no message: no row without copies.
     fn new(batch: &[PreparedPublish<'_>]) -> Self {
         let mut m = Self::default();
-        for prep in batch {
+        for prep in batch.iter().filter(|p| !p.rows.is_empty()) {
             let n = &prep.cmd.notification;
             m.services.push(prep.cmd.service.clone());
             m.kinds.push(n.kind.as_str().to_owned());

@@ -15,6 +15,7 @@ mod group_commit;
 mod outbox;
 mod pg_rows;
 mod postgres;
+mod preferences;
 mod retention;
 mod sqlite;
 
@@ -40,8 +41,8 @@ where
 }
 
 use crate::domain::{
-    Counts, IdKey, IdempotencyKey, MarkRead, NewNotification, Notification, NotificationId, Page,
-    Seq, TopicName, UserId,
+    Channel, Counts, Decision, IdKey, IdempotencyKey, MarkRead, NewNotification, Notification,
+    NotificationId, Page, Seq, TopicName, UserId,
 };
 use crate::shutdown::Shutdown;
 use chrono::{DateTime, Utc};
@@ -52,6 +53,8 @@ use uuid::Uuid;
 pub use changes::{ChangeOutcome, Retracted};
 pub use outbox::{Outbox, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
+pub(crate) use preferences::PrefsCache;
+pub use preferences::{NotificationTypeCount, StoredPreferences};
 pub use retention::{CountCursor, Pruned, RetentionLease};
 pub use sqlite::SqliteStore;
 
@@ -76,6 +79,13 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A recipient's preferences changed between planning a commit batch and locking its
+    /// cursor row: the batch is planned again (see `group_commit.rs`); never reaches a client.
+    #[error("the recipients' preferences changed during the commit")]
+    StalePreferences,
+    /// A conditional write (`If-Match`) found a newer version: a 412.
+    #[error("the preferences changed since version {current} was read")]
+    PreconditionFailed { current: i64 },
     /// Anything else the database said: a bug on our side, not a client error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
@@ -127,18 +137,31 @@ pub struct Idempotency {
     pub fingerprint: String,
 }
 
-/// What the publisher is told about one recipient's copy.
+/// What the publisher is told about one recipient's copy: its id and seq, or `muted` when
+/// the recipient's preferences muted it at commit (then it was not stored: no id, no seq).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Receipt {
-    #[schema(value_type = String, format = Uuid)]
-    pub id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub id: Option<Uuid>,
     #[schema(value_type = String)]
     pub recipient: String,
-    #[schema(value_type = i64)]
-    pub seq: Seq,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
+    pub seq: Option<Seq>,
     #[serde(with = "rfc3339_serde")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
+    /// `true` when the recipient's preferences muted this notification.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
+}
+
+impl PublishOutcome {
+    /// How many recipients' preferences muted the notification.
+    pub fn muted(&self) -> u64 {
+        self.receipts.iter().filter(|r| r.muted).count() as u64
+    }
 }
 
 mod rfc3339_serde {
@@ -409,6 +432,16 @@ pub(crate) struct PreparedPublish<'a> {
     pub created_at: DateTime<Utc>,
     /// Sorted by user id: the lock order. The `u32` is the recipient's ordinal.
     pub rows: Vec<(UserId, u32)>,
+    /// Recipients whose preferences muted it (see [`PreparedPublish::mute`]): no row, no
+    /// seq, only a receipt that says so. Sorted by user id.
+    pub muted: Vec<(UserId, u32)>,
+    /// Stored recipients who muted this notification on the `mqtt` channel only: their
+    /// outbox gets the badge update but not the notification. Sorted by user id.
+    pub mqtt_muted: Vec<UserId>,
+    /// Stored recipients whose quiet hours hold back `mqtt` now, with when they end: no
+    /// outbox rows for them; the commit records the hold in `mqtt_quiet` instead, and the
+    /// bridge sends one update when it ends. Sorted by user id.
+    pub mqtt_held: Vec<(UserId, DateTime<Utc>)>,
 }
 
 impl<'a> PreparedPublish<'a> {
@@ -426,7 +459,67 @@ impl<'a> PreparedPublish<'a> {
             key,
             created_at: crate::domain::now_micros(),
             rows,
+            muted: Vec::new(),
+            mqtt_muted: Vec::new(),
+            mqtt_held: Vec::new(),
         }
+    }
+
+    /// Moves the recipients whose preferences do not store this notification from `rows` to
+    /// `muted`. `lookup` answers from preferences read once for the whole commit batch; a
+    /// recipient without any is never muted. A `critical` notification is never muted.
+    pub fn mute(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<std::sync::Arc<crate::domain::Preferences>>,
+    ) {
+        let n = &self.cmd.notification;
+        if n.critical {
+            return;
+        }
+        let (kind, topic) = (n.kind.as_str(), n.topic.as_ref().map(|t| t.as_str()));
+        let mut kept = Vec::with_capacity(self.rows.len());
+        for row in std::mem::take(&mut self.rows) {
+            match lookup(row.0.as_str()) {
+                Some(p) if !p.stores(kind, topic, false) => self.muted.push(row),
+                Some(p) => {
+                    match p.decide(kind, topic, Channel::Mqtt, false, self.created_at) {
+                        Decision::Mute => self.mqtt_muted.push(row.0.clone()),
+                        Decision::Hold { until } => self.mqtt_held.push((row.0.clone(), until)),
+                        Decision::Deliver => {}
+                    }
+                    kept.push(row);
+                }
+                None => kept.push(row),
+            }
+        }
+        self.rows = kept;
+    }
+
+    /// The outbox rows of one recipient's copy: the notification and the badge update, only
+    /// the badge when the recipient muted this notification on `mqtt`, none while their
+    /// quiet hours hold `mqtt` back.
+    pub fn outbox_rows(
+        &self,
+        user: &str,
+        n: &Notification,
+        counts: &Counts,
+    ) -> impl Iterator<Item = (OutboxKind, String)> {
+        let muted = self
+            .mqtt_muted
+            .binary_search_by(|u| u.as_str().cmp(user))
+            .is_ok();
+        let held = self
+            .mqtt_held
+            .binary_search_by(|(u, _)| u.as_str().cmp(user))
+            .is_ok();
+        outbox::rows_for(n, counts)
+            .into_iter()
+            .filter(move |(kind, _)| !(held || (muted && *kind == OutboxKind::Notification)))
+    }
+
+    /// Every recipient, stored or muted: the rows whose cursor a commit locks.
+    pub fn recipients(&self) -> impl Iterator<Item = &UserId> {
+        self.rows.iter().chain(&self.muted).map(|(u, _)| u)
     }
 
     /// The id of one recipient's notification, or an error past the id's ranges (2^48
@@ -481,20 +574,35 @@ impl<'a> PreparedPublish<'a> {
                 counts: *counts,
             });
         }
-        let by_user: std::collections::HashMap<&UserId, &Delivery> =
-            deliveries.iter().map(|d| (&d.recipient, d)).collect();
+        let mut by_user: std::collections::HashMap<&UserId, Receipt> = deliveries
+            .iter()
+            .map(|d| {
+                let r = Receipt {
+                    id: Some(d.notification.id),
+                    recipient: d.recipient.as_str().to_owned(),
+                    seq: Some(d.notification.seq),
+                    created_at: self.created_at,
+                    muted: false,
+                };
+                (&d.recipient, r)
+            })
+            .collect();
+        for (user, _) in &self.muted {
+            let r = Receipt {
+                id: None,
+                recipient: user.as_str().to_owned(),
+                seq: None,
+                created_at: self.created_at,
+                muted: true,
+            };
+            by_user.insert(user, r);
+        }
         let receipts = self
             .cmd
             .notification
             .recipients
             .iter()
-            .filter_map(|r| by_user.get(r))
-            .map(|d| Receipt {
-                id: d.notification.id,
-                recipient: d.recipient.as_str().to_owned(),
-                seq: d.notification.seq,
-                created_at: self.created_at,
-            })
+            .filter_map(|r| by_user.remove(r))
             .collect();
         Ok(PublishOutcome {
             receipts,

@@ -2,9 +2,7 @@
 //! their own module, so that `postgres` (which starts the group commit) and `group_commit`
 //! (which writes the same rows) both import it instead of importing each other.
 
-use super::outbox::rows_for;
-use super::{Counts, OutboxKind, StoreError};
-use crate::domain::Notification;
+use super::{OutboxKind, StoreError};
 
 /// Outbox rows for one `unnest` insert, in the order they must be published.
 #[derive(Default)]
@@ -19,12 +17,6 @@ impl OutboxColumns {
         self.users.push(user.to_owned());
         self.kinds.push(kind.as_str());
         self.payloads.push(payload);
-    }
-
-    pub fn push_delivery(&mut self, user: &str, n: &Notification, counts: &Counts) {
-        for (kind, payload) in rows_for(n, counts) {
-            self.push(user, kind, payload);
-        }
     }
 
     /// Ids follow `ord`, so each user's rows get ids in the order they were pushed.

@@ -69,6 +69,10 @@ impl Format for Iframe {
         self.post(out, |o| Ndjson.changed(o, json));
     }
 
+    fn preferences(&self, out: &mut String, json: &str) {
+        self.post(out, |o| Ndjson.preferences(o, json));
+    }
+
     fn resync(&self, out: &mut String, seq: Seq) {
         self.post(out, |o| Ndjson.resync(o, seq));
     }

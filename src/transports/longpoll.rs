@@ -101,6 +101,9 @@ pub async fn poll(
             // First, before the replay it announces.
             Some(Frame::Truncated { floor: f }) => floor = Some(f),
             Some(Frame::Ahead { .. }) => ahead = true,
+            // A long-poll answer is a page of notifications; a settings page on long-poll
+            // re-reads GET /v1/preferences.
+            Some(Frame::Preferences(_)) => {}
             Some(Frame::Resync { .. }) => {
                 // Far behind: answer with the first page; the client polls on from there.
                 let page = first_page(&state, &user, after).await?;

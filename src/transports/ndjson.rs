@@ -39,6 +39,10 @@ impl Format for Ndjson {
         let _ = writeln!(out, "{}", typed("changed", json));
     }
 
+    fn preferences(&self, out: &mut String, json: &str) {
+        let _ = writeln!(out, "{}", typed("preferences", json));
+    }
+
     fn resync(&self, out: &mut String, seq: Seq) {
         let _ = writeln!(out, "{{\"type\":\"resync\",\"seq\":{seq}}}");
     }

@@ -111,6 +111,10 @@ impl Format for Sse {
         let _ = write!(out, "event: changed\ndata: {json}\n\n");
     }
 
+    fn preferences(&self, out: &mut String, json: &str) {
+        let _ = write!(out, "event: preferences\ndata: {json}\n\n");
+    }
+
     fn resync(&self, out: &mut String, seq: Seq) {
         let _ = write!(out, "event: resync\ndata: {{\"seq\":{seq}}}\n\n");
     }

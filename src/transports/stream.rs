@@ -27,6 +27,8 @@ pub trait Format: Unpin {
     /// Notifications were archived, unarchived or deleted: `json` is
     /// `{"change","ids","seqs","unread","seq"}`. An `unread` follows it.
     fn changed(&self, out: &mut String, json: &str);
+    /// The user's preferences changed (`{"version": N, "preferences": {...}}`).
+    fn preferences(&self, out: &mut String, json: &str);
     fn resync(&self, out: &mut String, seq: Seq);
     /// Seqs up to `floor` were pruned before the client saw them; what follows starts at
     /// the oldest kept notification.
@@ -106,6 +108,7 @@ impl<F: Format> EventStream<F> {
                 self.counts_seq = c.counts.seq;
                 self.format.unread(out, &c.counts, c.last);
             }
+            Frame::Preferences(json) => self.format.preferences(out, json),
             Frame::Resync { seq } => {
                 self.counts_seq = *seq;
                 self.format.resync(out, *seq);

@@ -265,6 +265,7 @@ pub fn render(frame: &Frame) -> Vec<String> {
                 c.counts.unread, c.counts.seq
             ),
         ],
+        Frame::Preferences(json) => vec![super::typed("preferences", json)],
         Frame::Resync { seq } => vec![format!("{{\"type\":\"resync\",\"seq\":{seq}}}")],
         Frame::Truncated { floor } => {
             vec![format!("{{\"type\":\"truncated\",\"floor\":{floor}}}")]

@@ -20,6 +20,7 @@ mod migrate;
 mod mqtt;
 mod oidc;
 mod operations;
+mod preferences;
 mod publish;
 mod retention;
 mod sockjs;

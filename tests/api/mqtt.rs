@@ -411,7 +411,121 @@ async fn without_a_url_there_is_no_bridge(b: Backend) {
     assert!(!text.contains("tidings_mqtt_"), "no bridge metrics");
 }
 
+/// Preferences (issue 25) on the bridge: a type muted for the inbox never reaches the
+/// broker; a type muted on `mqtt` only is stored and counted, and the broker gets its badge
+/// update but not the notification.
+async fn preferences_mute_the_bridge(b: Backend) {
+    let broker = Broker::start().await;
+    let sub = Subscriber::start(broker.port).await;
+    let app = spawn_app_with(b, with_mqtt(broker.url())).await;
+    let resp = app
+        .client
+        .put(app.url("/v1/preferences"))
+        .bearer_auth(crate::helpers::user_token("mq-prefs"))
+        .json(&json!({"rules": [
+            {"types": ["promo.*"], "channels": ["all"], "action": "mute"},
+            {"types": ["chat.*"], "channels": ["mqtt"], "action": "mute"},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for kind in ["promo.deal", "chat.message", "order.shipped"] {
+        let mut body = sample(&["mq-prefs"]);
+        body["type"] = json!(kind);
+        app.publish(&body).await;
+    }
+    // seq 1 is the chat message (stored, not sent), seq 2 the order; the promo has none.
+    eventually(WAIT, "the order and the badge after it", || async {
+        let badge = sub.unread("mq-prefs").map(|v| v["unread"].clone());
+        (sub.notification_seqs()
+            .get("mq-prefs")
+            .is_some_and(|s| s.contains(&2))
+            && badge == Some(json!(2)))
+        .then_some(())
+    })
+    .await;
+    let sent: Vec<String> = sub
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/notifications"))
+        .map(|m| m.payload["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(sent.iter().all(|t| t == "order.shipped"), "{sent:?}");
+}
+
+/// Quiet hours (issue 25) on the bridge: while they last, a user's notifications are stored
+/// and counted (the inbox is never held back) but nothing goes to the broker for them; when
+/// they end, one badge update and the newest unread notification. The window is the real
+/// current minute in UTC, so the test waits for at most about a minute and a quarter.
+async fn quiet_hours_hold_the_bridge_then_send_one_update(b: Backend) {
+    use chrono::{Timelike, Utc};
+    let broker = Broker::start().await;
+    let sub = Subscriber::start(broker.port).await;
+    let app = spawn_app_with(b, with_mqtt(broker.url())).await;
+    let now = Utc::now();
+    let minute = now
+        - chrono::Duration::seconds(i64::from(now.second()))
+        - chrono::Duration::nanoseconds(i64::from(now.nanosecond()));
+    // At least 15 s of quiet left for the publishes and the checks below.
+    let end = minute + chrono::Duration::minutes(if now.second() >= 45 { 2 } else { 1 });
+    let start = minute - chrono::Duration::minutes(1);
+    let resp = app
+        .client
+        .put(app.url("/v1/preferences"))
+        .bearer_auth(crate::helpers::user_token("mq-quiet"))
+        .json(&json!({"quiet_hours": {
+            "start": start.format("%H:%M").to_string(),
+            "end": end.format("%H:%M").to_string(),
+            "time_zone": "UTC",
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for _ in 0..3 {
+        app.publish(&sample(&["mq-quiet"])).await;
+    }
+    app.publish(&sample(&["mq-other"])).await;
+    // The inbox is never held back.
+    assert_eq!(app.unread("mq-quiet").await["unread"], 3);
+    // The bridge runs (another user's arrives), and nothing of mq-quiet's went out.
+    eventually(WAIT, "mq-other's notification", || async {
+        sub.notification_seqs()
+            .contains_key("mq-other")
+            .then_some(())
+    })
+    .await;
+    assert!(Utc::now() < end, "the checks ran within the quiet hours");
+    assert!(
+        sub.messages()
+            .iter()
+            .all(|m| !m.topic.contains("/mq-quiet/")),
+        "nothing of mq-quiet's during quiet hours"
+    );
+    // At the end: the newest notification and the badge, once.
+    eventually(
+        Duration::from_secs(150),
+        "the update at the end of quiet hours",
+        || async {
+            (sub.notification_seqs().get("mq-quiet") == Some(&vec![3])
+                && sub.unread("mq-quiet").map(|v| v["unread"].clone()) == Some(json!(3)))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(Utc::now() >= end);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sub.notification_seqs().get("mq-quiet"),
+        Some(&vec![3]),
+        "one notification"
+    );
+}
+
 crate::both_backends!(
+    quiet_hours_hold_the_bridge_then_send_one_update,
+    preferences_mute_the_bridge,
     every_notification_reaches_the_broker_in_order,
     nothing_is_lost_while_the_broker_is_down,
     rows_past_the_maximum_age_are_dropped_and_counted,

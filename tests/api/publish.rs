@@ -329,7 +329,7 @@ async fn null_topic_or_recipients_is_absent(b: Backend) {
     let sent = app
         .publish(&json!({"topic": "news", "recipients": null, "type": "news.item", "title": "t"}))
         .await;
-    assert_eq!(sent, json!({"topic": "news", "recipients": 1}));
+    assert_eq!(sent, json!({"topic": "news", "recipients": 1, "muted": 0}));
     // Both null is neither.
     let both_null = json!({"topic": null, "recipients": null, "type": "a", "title": "t"});
     rejects(b, both_null, 422, "recipients").await;

@@ -63,7 +63,7 @@ async fn subscribers_manage_and_receive(b: Backend) {
     assert_eq!(resp.status(), 201);
     assert_eq!(
         resp.json::<Value>().await.unwrap(),
-        json!({"topic": "releases", "recipients": 3})
+        json!({"topic": "releases", "recipients": 3, "muted": 0})
     );
     for user in ["alice", "bob", "carol"] {
         let page = app.list(user, "?after=0").await;

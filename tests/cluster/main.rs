@@ -8,6 +8,7 @@
 
 mod cluster;
 mod mqtt;
+mod preferences;
 mod redis_cluster;
 
 use cluster::{service_token, user_token, Cluster, GRACE_SECONDS};

@@ -581,3 +581,21 @@ test('close() stops everything: no timers, no requests afterwards', async () => 
   assert.equal(h.server.openStreams().length, 0);
   assert.equal(h.states.at(-1), 'closed');
 });
+
+test('preferences: read with their version, a stale write is a 412, every change reaches onPreferences', async () => {
+  const heard = [];
+  const h = harness({ onPreferences: (p) => heard.push(p) });
+  await live(h.client);
+  assert.deepEqual(await h.client.getPreferences(), { preferences: { rules: [], quiet_hours: null }, version: 0 });
+  const doc = { rules: [{ types: ['marketing.*'], channels: ['all'], action: 'mute' }], quiet_hours: null };
+  const set = await h.client.setPreferences(doc, { version: 0 });
+  assert.deepEqual(set, { preferences: doc, version: 1 });
+  const put = h.server.requests.find((r) => r.method === 'PUT');
+  assert.deepEqual(put.body, doc);
+  await waitFor(() => heard.length === 1, { what: 'onPreferences' });
+  assert.deepEqual(heard[0], { preferences: doc, version: 1 });
+  await assert.rejects(h.client.setPreferences(doc, { version: 0 }), (e) => e.status === 412);
+  // Without a version, the write is unconditional.
+  assert.equal((await h.client.setPreferences(doc)).version, 2);
+  h.client.close();
+});

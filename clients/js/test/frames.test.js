@@ -6,6 +6,7 @@ import {
   parsePollResponse,
   parsePage,
   normalizeNotification,
+  preferencesFrame,
 } from '../tidings.js';
 
 const raw = {
@@ -120,4 +121,14 @@ test('a changed event parses the same from SSE, WebSocket and long-poll', () => 
   const frames = parsePollResponse(200, JSON.stringify({ notifications: [], changes: [body], unread: 2, seq: 9 }));
   assert.deepEqual(frames, [want, { type: 'unread', unread: 2, seq: 9 }]);
   assert.equal(parseSseEvent('changed', JSON.stringify({ ...body, change: 'exploded' }), ''), null);
+});
+
+test('a preferences event reads the same from SSE and WebSocket', () => {
+  const body = { version: 3, preferences: { rules: [], quiet_hours: null } };
+  const sse = parseSseEvent('preferences', JSON.stringify(body), '');
+  const ws = parseWsMessage(JSON.stringify({ type: 'preferences', ...body }));
+  assert.deepEqual(sse, { type: 'preferences', ...body });
+  assert.deepEqual(ws, sse);
+  assert.equal(preferencesFrame({ version: 'x', preferences: {} }), null);
+  assert.equal(preferencesFrame({ version: 1 }), null);
 });

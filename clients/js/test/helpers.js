@@ -236,10 +236,10 @@ export class FakeServer {
     else for (const n of replay) ws.push({ type: 'notification', notification: n });
   }
 
-  _json(status, body) {
+  _json(status, body, extra = {}) {
     return new Response(body == null ? null : JSON.stringify(body), {
       status,
-      headers: { 'content-type': status >= 400 ? 'application/problem+json' : 'application/json' },
+      headers: { 'content-type': status >= 400 ? 'application/problem+json' : 'application/json', ...extra },
     });
   }
 
@@ -264,6 +264,16 @@ export class FakeServer {
       }
       const before = q.before !== undefined ? Number(q.before) : Infinity;
       return this._json(200, page(this.items.filter((n) => n.seq < before).reverse().slice(0, limit)));
+    }
+    if (u.pathname === '/v1/preferences') {
+      this.prefs ||= { version: 0, doc: { rules: [], quiet_hours: null } };
+      const tag = () => ({ ETag: `"${this.prefs.version}"` });
+      if (method === 'GET') return this._json(200, this.prefs.doc, tag());
+      const ifMatch = init.headers && init.headers['If-Match'];
+      if (ifMatch && ifMatch !== `"${this.prefs.version}"`) return this._json(412, { title: 'Precondition failed', status: 412 }, tag());
+      this.prefs = { version: this.prefs.version + 1, doc: body };
+      for (const es of this.openStreams()) if (es.live) es.emit('preferences', { version: this.prefs.version, preferences: body });
+      return this._json(200, body, tag());
     }
     if (method === 'GET' && u.pathname === '/v1/notifications/unread-count') {
       return this._json(200, { unread: this.unread(), seq: this.latest() });

@@ -45,6 +45,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the outbox depth is measured (and old rows dropped, when configured).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+/// Ended quiet-hours holds released per step, and how often at most it looks for them.
+const QUIET_RELEASE_BATCH: u32 = 500;
+const QUIET_RELEASE_MIN: Duration = Duration::from_millis(250);
 /// A lease ends (on Postgres, by `idle_in_transaction_session_timeout`) after 60 s; a batch
 /// must be abandoned well before that.
 const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(45);
@@ -123,6 +126,11 @@ pub fn start(
         store.clone(),
         max_age,
         metrics.clone(),
+        shutdown.clone(),
+    ));
+    shutdown.spawn(release_quiet_hours(
+        store.clone(),
+        limits.poll.max(QUIET_RELEASE_MIN),
         shutdown.clone(),
     ));
     shutdown.spawn(worker(
@@ -403,6 +411,28 @@ async fn housekeeping(store: Store, max_age: Duration, m: MqttMetrics, shutdown:
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Ends the holds of users whose quiet hours are over (issue 25): the store writes one badge
+/// update and the newest unread notification each to the outbox, which the worker publishes
+/// like any other rows. Every replica runs it; a hold is released once (the store deletes it
+/// in the same transaction).
+async fn release_quiet_hours(store: Store, every: Duration, shutdown: Shutdown) {
+    loop {
+        let wait = match store.release_quiet(Utc::now(), QUIET_RELEASE_BATCH).await {
+            // A full batch: more may be due at once.
+            Ok(n) if n == u64::from(QUIET_RELEASE_BATCH) => Duration::ZERO,
+            Ok(_) => every,
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "could not release ended MQTT quiet hours");
+                every.max(MIN_BACKOFF)
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

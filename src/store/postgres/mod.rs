@@ -117,12 +117,11 @@ impl PgStore {
         if cmd.idempotency.is_none() {
             return self.group.publish(cmd).await;
         }
-        let prep = PreparedPublish::new(cmd, &self.ids);
-        retrying(|| self.try_publish(&prep)).await
+        retrying(|| self.try_publish(cmd)).await
     }
 
-    async fn try_publish(&self, prep: &PreparedPublish<'_>) -> Result<PublishOutcome, StoreError> {
-        let cmd = prep.cmd;
+    async fn try_publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
+        let mut prep = PreparedPublish::new(cmd, &self.ids);
         let mut tx = self.pool.begin().await?;
 
         if let Some(idem) = &cmd.idempotency {
@@ -158,6 +157,42 @@ impl PgStore {
                     _ => Err(StoreError::IdempotencyMismatch),
                 };
             }
+        }
+
+        // Preferences, on this (idempotent, single-request) path: lock every recipient's
+        // cursor row in sorted order first, then read their preferences in a statement of its
+        // own, whose snapshot is taken after the locks: it sees every `PUT` that committed
+        // before, and a `PUT` still running waits for this commit (it takes the same lock).
+        if !cmd.notification.critical {
+            let all: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO user_cursors (user_id, last_seq, unread, version)
+                 SELECT u, 0, 0, 0 FROM unnest($1::text[]) WITH ORDINALITY AS t(u, ord) ORDER BY ord
+                 ON CONFLICT (user_id) DO UPDATE SET last_seq = user_cursors.last_seq",
+            )
+            .bind(&all)
+            .execute(&mut *tx)
+            .await?;
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT user_id, document FROM preferences WHERE user_id = ANY($1)")
+                    .bind(&all)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !rows.is_empty() {
+                let mut prefs = HashMap::with_capacity(rows.len());
+                for (u, d) in rows {
+                    let p = super::preferences::decode(&u, &d)?;
+                    prefs.insert(u, std::sync::Arc::new(p));
+                }
+                prep.mute(|u| prefs.get(u).cloned());
+            }
+        }
+        if prep.rows.is_empty() {
+            // Every recipient muted it: no message row is left behind without copies.
+            let outcome = prep.outcome(0, &[])?;
+            finish_idempotency(&mut tx, cmd, &outcome).await?;
+            tx.commit().await?;
+            return Ok(outcome);
         }
 
         let users: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
@@ -225,21 +260,17 @@ impl PgStore {
         if self.outbox.is_on() {
             let mut rows = OutboxColumns::default();
             for d in &outcome.deliveries {
-                rows.push_delivery(d.recipient.as_str(), &d.notification, &d.counts);
+                for (kind, payload) in
+                    prep.outbox_rows(d.recipient.as_str(), &d.notification, &d.counts)
+                {
+                    rows.push(d.recipient.as_str(), kind, payload);
+                }
             }
             rows.insert(&mut tx).await?;
+            let holds = super::preferences::holds(std::iter::once(&prep));
+            super::preferences::pg_record_holds(&mut tx, &holds).await?;
         }
-        if let Some(idem) = &cmd.idempotency {
-            let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
-            sqlx::query(
-                "UPDATE idempotency_keys SET response = $1 WHERE service = $2 AND key = $3",
-            )
-            .bind(response)
-            .bind(&cmd.service)
-            .bind(idem.key.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
+        finish_idempotency(&mut tx, cmd, &outcome).await?;
         tx.commit().await?;
         self.outbox.poke();
         Ok(outcome)
@@ -570,6 +601,24 @@ fn outbox_row(r: &PgRow) -> Option<OutboxRow> {
 
 /// Runs a transaction again when Postgres aborted it to break a deadlock (40P01) or a
 /// serialization conflict (40001): the transaction rolled back whole, so a retry is safe.
+/// Stores the response under the publish's idempotency key, if it has one.
+async fn finish_idempotency(
+    tx: &mut sqlx::PgConnection,
+    cmd: &PublishCommand,
+    outcome: &PublishOutcome,
+) -> Result<(), StoreError> {
+    if let Some(idem) = &cmd.idempotency {
+        let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
+        sqlx::query("UPDATE idempotency_keys SET response = $1 WHERE service = $2 AND key = $3")
+            .bind(response)
+            .bind(&cmd.service)
+            .bind(idem.key.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -589,7 +638,10 @@ where
     }
 }
 
-async fn counts(conn: &mut sqlx::PgConnection, user: &UserId) -> Result<Counts, StoreError> {
+pub(super) async fn counts(
+    conn: &mut sqlx::PgConnection,
+    user: &UserId,
+) -> Result<Counts, StoreError> {
     let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = $1")
         .bind(user.as_str())
         .fetch_optional(conn)

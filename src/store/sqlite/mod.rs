@@ -7,7 +7,7 @@
 
 mod changes;
 
-use super::outbox::{rows_for, unread_payload};
+use super::outbox::unread_payload;
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
@@ -84,7 +84,7 @@ impl SqliteStore {
     }
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
-        let prep = PreparedPublish::new(cmd, &self.ids);
+        let mut prep = PreparedPublish::new(cmd, &self.ids);
         let mut tx = self.writer.begin().await?;
 
         if let Some(idem) = &cmd.idempotency {
@@ -119,6 +119,23 @@ impl SqliteStore {
                     _ => Err(StoreError::IdempotencyMismatch),
                 };
             }
+        }
+
+        // Preferences, read in the write transaction (the one writer orders this publish
+        // with every `PUT`): one query for all recipients, none per notification.
+        if !cmd.notification.critical {
+            let users: Vec<&str> = prep.rows.iter().map(|(u, _)| u.as_str()).collect();
+            let prefs = Self::preferences_in(&mut tx, &users).await?;
+            if !prefs.is_empty() {
+                prep.mute(|u| prefs.get(u).cloned());
+            }
+        }
+        if prep.rows.is_empty() {
+            // Every recipient muted it: no message row is left behind without copies.
+            let outcome = prep.outcome(0, &[])?;
+            self.finish_idempotency(&mut tx, cmd, &outcome).await?;
+            tx.commit().await?;
+            return Ok(outcome);
         }
 
         let n = &cmd.notification;
@@ -164,14 +181,33 @@ impl SqliteStore {
             .await?;
             if self.outbox.is_on() {
                 let id = PreparedPublish::id(&self.ids, message, *ordinal, counts.seq)?;
-                for (kind, payload) in rows_for(&prep.notification(id, counts.seq), &counts) {
+                for (kind, payload) in
+                    prep.outbox_rows(user.as_str(), &prep.notification(id, counts.seq), &counts)
+                {
                     insert_outbox(&mut tx, user, kind, &payload, &created_at).await?;
                 }
             }
             bumped.push(counts);
         }
 
+        if self.outbox.is_on() && !prep.mqtt_held.is_empty() {
+            let holds = super::preferences::holds(std::iter::once(&prep));
+            Self::record_holds(&mut tx, &holds).await?;
+        }
         let outcome = prep.outcome(message, &bumped)?;
+        self.finish_idempotency(&mut tx, cmd, &outcome).await?;
+        tx.commit().await?;
+        self.outbox.poke();
+        Ok(outcome)
+    }
+
+    /// Stores the response under the publish's idempotency key, if it has one.
+    async fn finish_idempotency(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        cmd: &PublishCommand,
+        outcome: &PublishOutcome,
+    ) -> Result<(), StoreError> {
         if let Some(idem) = &cmd.idempotency {
             let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
             sqlx::query(
@@ -183,9 +219,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
-        self.outbox.poke();
-        Ok(outcome)
+        Ok(())
     }
 
     pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
@@ -451,7 +485,7 @@ fn outbox_row(r: &SqliteRow) -> Option<OutboxRow> {
     })
 }
 
-async fn insert_outbox(
+pub(super) async fn insert_outbox(
     tx: &mut sqlx::SqliteConnection,
     user: &UserId,
     kind: OutboxKind,
@@ -470,7 +504,10 @@ async fn insert_outbox(
     Ok(())
 }
 
-async fn counts(conn: &mut sqlx::SqliteConnection, user: &UserId) -> Result<Counts, StoreError> {
+pub(super) async fn counts(
+    conn: &mut sqlx::SqliteConnection,
+    user: &UserId,
+) -> Result<Counts, StoreError> {
     let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = ?1")
         .bind(user.as_str())
         .fetch_optional(conn)

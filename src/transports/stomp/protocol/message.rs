@@ -104,6 +104,8 @@ pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
             },
         ],
         HubFrame::Changed(_) => Vec::new(),
+        // Not carried over STOMP yet: a settings page reads GET /v1/preferences.
+        HubFrame::Preferences(_) => Vec::new(),
         HubFrame::Resync { seq } => vec![Event::Resync { seq }],
         // A topic is a filter over the feed, whose history it shares: it lost the same.
         HubFrame::Truncated { floor } => vec![Event::Truncated { floor }],

@@ -1,0 +1,557 @@
+//! Preferences in the store: one document per user with a version (its ETag), the
+//! conditional write, the per-replica cache the Postgres commit path guesses from, and the
+//! types a user has received.
+//!
+//! ## Why a publish sees the rules in force at its commit
+//! A `PUT` locks the user's cursor row (the row every publish to the user locks) and writes
+//! the new version both to `preferences` and to that row's `prefs_version`, in one
+//! transaction. So a publish and a `PUT` to the same user are ordered by that lock: the
+//! publish sees the `PUT` that committed before it took the lock, and a `PUT` waiting for the
+//! lock commits after the publish. SQLite has one writer, so there the order is the queue.
+//! How each commit path reads the rules under the lock is described where it does.
+
+use super::{PgStore, SqliteStore, Store, StoreError};
+use crate::domain::{Preferences, UserId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A user's preferences and their version; version 0 and no rules when never written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPreferences {
+    pub version: i64,
+    pub preferences: Preferences,
+}
+
+/// One type the user has received, and how many of those notifications are in their inbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct NotificationTypeCount {
+    #[serde(rename = "type")]
+    #[schema(example = "order.shipped")]
+    pub kind: String,
+    pub count: i64,
+}
+
+/// At most this many types are listed (a type is at most 64 characters; a user rarely sees
+/// more than a few dozen).
+pub const MAX_TYPES: i64 = 500;
+
+/// Decodes a stored document. It was validated when written, so a failure is a bug (or a
+/// hand edit), reported as a database error rather than silently treated as "no rules".
+pub(crate) fn decode(user: &str, document: &str) -> Result<Preferences, StoreError> {
+    serde_json::from_str(document)
+        .ok()
+        .and_then(|v| Preferences::parse(&v).ok())
+        .ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Protocol(format!(
+                "the stored preferences of {user} do not parse"
+            )))
+        })
+}
+
+pub(crate) fn encode(p: &Preferences) -> String {
+    p.to_json().to_string()
+}
+
+/// The last preferences this replica saw for users who have any, with their version.
+///
+/// Only a guess: the Postgres commit statement checks each recipient's `prefs_version` on
+/// the cursor row it locks against the version guessed here, and fails when one differs,
+/// after which the batch's preferences are read again and the batch retried. So a stale or
+/// evicted entry costs a retry, never a wrong delivery, and a replica learns of a `PUT` on
+/// another replica at its next publish to that user. Bounded: when full it starts over.
+#[derive(Debug, Default)]
+pub struct PrefsCache {
+    entries: Mutex<HashMap<String, (i64, Arc<Preferences>)>>,
+}
+
+const CACHE_ENTRIES: usize = 65_536;
+
+impl PrefsCache {
+    /// One lock for a whole batch: the entries of the users named (users without
+    /// preferences have none).
+    pub fn snapshot<'u>(
+        &self,
+        users: impl Iterator<Item = &'u str>,
+    ) -> HashMap<String, (i64, Arc<Preferences>)> {
+        let Ok(entries) = self.entries.lock() else {
+            return HashMap::new();
+        };
+        if entries.is_empty() {
+            return HashMap::new();
+        }
+        users
+            .filter_map(|u| entries.get(u).map(|e| (u.to_owned(), e.clone())))
+            .collect()
+    }
+
+    /// Records what was read for `users`: an entry for each user in `found`, none for the
+    /// others (they have no preferences).
+    pub fn update<'u>(
+        &self,
+        users: impl Iterator<Item = &'u str>,
+        found: HashMap<String, (i64, Arc<Preferences>)>,
+    ) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        for u in users {
+            if !found.contains_key(u) {
+                entries.remove(u);
+            }
+        }
+        if entries.len() + found.len() > CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.extend(found);
+    }
+}
+
+impl Store {
+    /// The user's preferences (version 0 and no rules if never written).
+    pub async fn preferences(&self, user: &UserId) -> Result<StoredPreferences, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.preferences(user).await,
+            Store::Postgres(s) => s.preferences(user).await,
+        }
+    }
+
+    /// Replaces the user's preferences, if `if_match` (when given) is the current version;
+    /// otherwise [`StoreError::PreconditionFailed`]. Returns the new version.
+    pub async fn put_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+        if_match: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.put_preferences(user, preferences, if_match).await,
+            Store::Postgres(s) => s.put_preferences(user, preferences, if_match).await,
+        }
+    }
+
+    /// The types of the notifications in the user's inbox, most frequent first.
+    pub async fn notification_types(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<NotificationTypeCount>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.notification_types(user).await,
+            Store::Postgres(s) => s.notification_types(user).await,
+        }
+    }
+}
+
+// The SQL of each backend, beside the other backend's, so the two stay alike.
+
+impl SqliteStore {
+    pub async fn preferences(&self, user: &UserId) -> Result<StoredPreferences, StoreError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, document FROM preferences WHERE user_id = ?1")
+                .bind(user.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        stored(user, row)
+    }
+
+    /// In the writer's transaction, like every publish: they are ordered by the one writer.
+    pub async fn put_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+        if_match: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let current: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES (?1, 0, 0, 0)
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq
+             RETURNING prefs_version",
+        )
+        .bind(user.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let current = current.unwrap_or(0);
+        if if_match.is_some_and(|v| v != current) {
+            return Err(StoreError::PreconditionFailed { current });
+        }
+        let version = current + 1;
+        sqlx::query(
+            "INSERT INTO preferences (user_id, version, document, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id) DO UPDATE
+               SET version = excluded.version, document = excluded.document, updated_at = excluded.updated_at",
+        )
+        .bind(user.as_str())
+        .bind(version)
+        .bind(encode(preferences))
+        .bind(crate::domain::format_time(&crate::domain::now_micros()))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE user_cursors SET prefs_version = ?2 WHERE user_id = ?1")
+            .bind(user.as_str())
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    pub async fn notification_types(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<NotificationTypeCount>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT m.type, count(*) AS n FROM inbox i JOIN messages m ON m.id = i.message_id
+             WHERE i.user_id = ?1 GROUP BY m.type ORDER BY n DESC, m.type LIMIT ?2",
+        )
+        .bind(user.as_str())
+        .bind(MAX_TYPES)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(types(rows))
+    }
+
+    /// The preferences of these users, read inside the publish's write transaction.
+    pub(super) async fn preferences_in(
+        conn: &mut sqlx::SqliteConnection,
+        users: &[&str],
+    ) -> Result<HashMap<String, Arc<Preferences>>, StoreError> {
+        let list = serde_json::to_string(users).unwrap_or_default();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT user_id, document FROM preferences
+             WHERE user_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(list)
+        .fetch_all(conn)
+        .await?;
+        rows.into_iter()
+            .map(|(u, d)| {
+                let p = decode(&u, &d)?;
+                Ok((u, Arc::new(p)))
+            })
+            .collect()
+    }
+}
+
+impl PgStore {
+    pub async fn preferences(&self, user: &UserId) -> Result<StoredPreferences, StoreError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, document FROM preferences WHERE user_id = $1")
+                .bind(user.as_str())
+                .fetch_optional(&self.read_pool)
+                .await?;
+        stored(user, row)
+    }
+
+    /// Locks the cursor row first (creating it if needed, with nothing counted), so that
+    /// the write is ordered with every publish to the user, and two writes with the same
+    /// `If-Match` are ordered too: the second sees the first's version and gets a 412.
+    pub async fn put_preferences(
+        &self,
+        user: &UserId,
+        preferences: &Preferences,
+        if_match: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES ($1, 0, 0, 0)
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = user_cursors.last_seq
+             RETURNING prefs_version",
+        )
+        .bind(user.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let current = current.unwrap_or(0);
+        if if_match.is_some_and(|v| v != current) {
+            return Err(StoreError::PreconditionFailed { current });
+        }
+        let version = current + 1;
+        sqlx::query(
+            "INSERT INTO preferences (user_id, version, document, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (user_id) DO UPDATE
+               SET version = EXCLUDED.version, document = EXCLUDED.document, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(user.as_str())
+        .bind(version)
+        .bind(encode(preferences))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE user_cursors SET prefs_version = $2 WHERE user_id = $1")
+            .bind(user.as_str())
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    pub async fn notification_types(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<NotificationTypeCount>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT m.type, count(*) AS n FROM inbox i JOIN messages m ON m.id = i.message_id
+             WHERE i.user_id = $1 GROUP BY m.type ORDER BY n DESC, m.type LIMIT $2",
+        )
+        .bind(user.as_str())
+        .bind(MAX_TYPES)
+        .fetch_all(&self.read_pool)
+        .await?;
+        Ok(types(rows))
+    }
+}
+
+/// Reads the preferences of `users` for the commit path, with the version each cursor row
+/// holds (the one the commit statement checks), and records them in `cache`.
+pub(crate) async fn pg_refresh(
+    pool: &sqlx::PgPool,
+    cache: &PrefsCache,
+    users: &[&str],
+) -> Result<(), StoreError> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT c.user_id, c.prefs_version, p.document
+         FROM user_cursors c JOIN preferences p ON p.user_id = c.user_id
+         WHERE c.user_id = ANY($1) AND c.prefs_version IS NOT NULL",
+    )
+    .bind(users)
+    .fetch_all(pool)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for (u, v, d) in rows {
+        let p = decode(&u, &d)?;
+        found.insert(u, (v, Arc::new(p)));
+    }
+    cache.update(users.iter().copied(), found);
+    Ok(())
+}
+
+fn stored(user: &UserId, row: Option<(i64, String)>) -> Result<StoredPreferences, StoreError> {
+    match row {
+        None => Ok(StoredPreferences {
+            version: 0,
+            preferences: Preferences::default(),
+        }),
+        Some((version, document)) => Ok(StoredPreferences {
+            version,
+            preferences: decode(user.as_str(), &document)?,
+        }),
+    }
+}
+
+fn types(rows: Vec<(String, i64)>) -> Vec<NotificationTypeCount> {
+    rows.into_iter()
+        .map(|(kind, count)| NotificationTypeCount { kind, count })
+        .collect()
+}
+
+// ---- Quiet hours on the MQTT bridge ----
+//
+// A commit that a recipient's quiet hours hold back writes no outbox rows for them but a row
+// in `mqtt_quiet` (the end of the hold); `Store::release_quiet` later writes one badge update
+// and the newest unread notification to the outbox for every hold that has ended, holding the
+// user's cursor row lock like every other outbox writer, so per user the outbox stays in
+// commit order. A notification that commits after a hold ended but before its release runs
+// may reach the broker before that newest one: consumers keep the highest seq, as with any
+// at-least-once repeat.
+
+/// The holds of a commit, one per user (the latest end), in user order.
+pub(crate) fn holds<'a, 'b: 'a>(
+    batch: impl Iterator<Item = &'a super::PreparedPublish<'b>>,
+) -> std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> {
+    let mut out = std::collections::BTreeMap::new();
+    for prep in batch {
+        for (user, until) in &prep.mqtt_held {
+            let e = out.entry(user.as_str().to_owned()).or_insert(*until);
+            *e = (*e).max(*until);
+        }
+    }
+    out
+}
+
+impl SqliteStore {
+    pub(super) async fn record_holds(
+        conn: &mut sqlx::SqliteConnection,
+        holds: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), StoreError> {
+        for (user, until) in holds {
+            sqlx::query(
+                "INSERT INTO mqtt_quiet (user_id, until) VALUES (?1, ?2)
+                 ON CONFLICT (user_id) DO UPDATE SET until = max(until, excluded.until)",
+            )
+            .bind(user)
+            .bind(crate::domain::format_time(until))
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn release_quiet(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let stamp = crate::domain::format_time(&now);
+        // Checked on a reader first: the one writer is taken only when a hold has ended.
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM mqtt_quiet WHERE until <= ?1 LIMIT 1")
+                .bind(&stamp)
+                .fetch_optional(&self.reader)
+                .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.writer.begin().await?;
+        let users: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM mqtt_quiet WHERE user_id IN
+               (SELECT user_id FROM mqtt_quiet WHERE until <= ?1 ORDER BY until LIMIT ?2)
+             RETURNING user_id",
+        )
+        .bind(&stamp)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        for user in &users {
+            let user = UserId::parse(user).map_err(|m| {
+                StoreError::Database(sqlx::Error::Protocol(format!("mqtt_quiet: {m}")))
+            })?;
+            let newest = sqlx::query(&format!(
+                "SELECT {} FROM {} WHERE i.user_id = ?1 AND i.read_at IS NULL
+                 ORDER BY i.seq DESC LIMIT 1",
+                super::sqlite::COLUMNS,
+                super::sqlite::FROM
+            ))
+            .bind(user.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = newest {
+                let n = super::sqlite::decode(&row, &self.ids)?;
+                let payload = serde_json::to_string(&n).unwrap_or_default();
+                super::sqlite::insert_outbox(
+                    &mut tx,
+                    &user,
+                    super::OutboxKind::Notification,
+                    &payload,
+                    &stamp,
+                )
+                .await?;
+            }
+            let counts = super::sqlite::counts(&mut tx, &user).await?;
+            let payload = super::outbox::unread_payload(&counts);
+            super::sqlite::insert_outbox(
+                &mut tx,
+                &user,
+                super::OutboxKind::Unread,
+                &payload,
+                &stamp,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if !users.is_empty() {
+            self.outbox.poke();
+        }
+        Ok(users.len() as u64)
+    }
+}
+
+pub(crate) async fn pg_record_holds(
+    conn: &mut sqlx::PgConnection,
+    holds: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+) -> Result<(), StoreError> {
+    if holds.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = holds.keys().map(String::as_str).collect();
+    let until: Vec<chrono::DateTime<chrono::Utc>> = holds.values().copied().collect();
+    sqlx::query(
+        "INSERT INTO mqtt_quiet (user_id, until)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[])
+         ON CONFLICT (user_id) DO UPDATE SET until = GREATEST(mqtt_quiet.until, EXCLUDED.until)",
+    )
+    .bind(&users)
+    .bind(&until)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    pub async fn release_quiet(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        // Checked on the read pool first: a write transaction only when a hold has ended.
+        let due: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM mqtt_quiet WHERE until <= $1 LIMIT 1")
+                .bind(now)
+                .fetch_optional(&self.read_pool)
+                .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut users: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM mqtt_quiet WHERE user_id IN
+               (SELECT user_id FROM mqtt_quiet WHERE until <= $1 ORDER BY until LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+             RETURNING user_id",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        // The cursor rows in sorted order, like every writer, so no deadlock.
+        users.sort_unstable();
+        let mut rows = super::pg_rows::OutboxColumns::default();
+        for user in &users {
+            let uid = UserId::parse(user).map_err(|m| {
+                StoreError::Database(sqlx::Error::Protocol(format!("mqtt_quiet: {m}")))
+            })?;
+            sqlx::query("SELECT 1 FROM user_cursors WHERE user_id = $1 FOR UPDATE")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let newest = sqlx::query(&format!(
+                "SELECT {} FROM {} WHERE i.user_id = $1 AND i.read_at IS NULL
+                 ORDER BY i.seq DESC LIMIT 1",
+                super::postgres::COLUMNS,
+                super::postgres::FROM
+            ))
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = newest {
+                let n = super::postgres::decode(&row, &self.ids)?;
+                let payload = serde_json::to_string(&n).unwrap_or_default();
+                rows.push(user, super::OutboxKind::Notification, payload);
+            }
+            let counts = super::postgres::counts(&mut tx, &uid).await?;
+            rows.push(
+                user,
+                super::OutboxKind::Unread,
+                super::outbox::unread_payload(&counts),
+            );
+        }
+        rows.insert(&mut tx).await?;
+        tx.commit().await?;
+        if !users.is_empty() {
+            self.outbox.poke();
+        }
+        Ok(users.len() as u64)
+    }
+}
+
+impl Store {
+    /// Ends the MQTT holds of quiet hours that are over by `now` (at most `limit` users):
+    /// one badge update and the newest unread notification each. Returns how many.
+    pub async fn release_quiet(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.release_quiet(now, limit).await,
+            Store::Postgres(s) => s.release_quiet(now, limit).await,
+        }
+    }
+}
