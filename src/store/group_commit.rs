@@ -190,8 +190,10 @@ fn plan_batch<'j>(
     ids: &'j IdKey,
     prefs: &PrefsCache,
 ) -> (Vec<PreparedPublish<'j>>, Guess) {
-    let mut prepared: Vec<PreparedPublish<'j>> =
-        jobs.iter().map(|j| PreparedPublish::new(&j.cmd, ids)).collect();
+    let mut prepared: Vec<PreparedPublish<'j>> = jobs
+        .iter()
+        .map(|j| PreparedPublish::new(&j.cmd, ids))
+        .collect();
     let guess = prefs.snapshot(
         prepared
             .iter()
