@@ -5,4 +5,5 @@
 pub mod demo;
 pub mod health;
 pub mod notifications;
+pub mod push;
 pub mod topics;

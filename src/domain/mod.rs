@@ -10,6 +10,7 @@ mod inbox;
 mod notification;
 mod notification_id;
 mod publish;
+mod push;
 mod text;
 mod user_id;
 
@@ -18,5 +19,6 @@ pub use inbox::{ChangeKind, Counts, InboxChange, MarkRead, Page};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use notification_id::NotificationId;
 pub use publish::{FieldError, NewNotification};
+pub use push::{parse_subscription, NewPushSubscription, VapidKey, VapidKeyError};
 pub use text::{Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{ServiceName, TopicName, UserId};

@@ -31,6 +31,12 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("no such resource")]
     NotFound,
+    /// A feature this deployment has not turned on; the detail says how to.
+    #[error("{0}")]
+    NotEnabled(String),
+    /// The request conflicts with what the caller already has (a cap reached).
+    #[error("{0}")]
+    Conflict(String),
     /// With the methods the resource does allow, for the `Allow` header (RFC 9110 §15.5.6).
     #[error("this method is not allowed here; use {0}")]
     MethodNotAllowed(&'static str),
@@ -94,6 +100,8 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ("request-timeout", "Request timeout"),
             ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency key reused"),
             ApiError::NotFound => ("not-found", "Not found"),
+            ApiError::NotEnabled(_) => ("not-enabled", "Not enabled"),
+            ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::TooManyConnections { .. } => ("too-many-connections", "Too many connections"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
@@ -190,7 +198,8 @@ impl ResponseError for ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotEnabled(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

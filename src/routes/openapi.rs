@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document. `openapi/openapi.json` is this, pretty-printed; a test fails
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
-use crate::api::{health, notifications, topics};
+use crate::api::{health, notifications, push, topics};
 use crate::http::error;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -35,6 +35,10 @@ use utoipa::{Modify, OpenApi};
         topics::subscribe,
         topics::unsubscribe,
         topics::bulk,
+        push::vapid_public_key,
+        push::subscribe,
+        push::list,
+        push::unsubscribe,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -54,6 +58,7 @@ use utoipa::{Modify, OpenApi};
         (name = "inbox", description = "Users read and mark their own notifications."),
         (name = "live", description = "New notifications as they commit, resuming from the client's cursor: SSE, long-poll, WebSocket."),
         (name = "topics", description = "Services manage who is subscribed to a topic; a publish with `topic` reaches every subscriber."),
+        (name = "push", description = "Web Push: browsers subscribe, and get every notification with no tab open."),
         (name = "operations", description = "Health, readiness and metrics."),
     )
 )]

@@ -108,10 +108,10 @@ async fn committer(
         let prepared: Vec<PreparedPublish<'_>> =
             jobs.iter().map(|j| PreparedPublish::new(&j.cmd)).collect();
         let with_outbox = outbox.is_on();
-        let mut result = commit(&pool, &prepared, with_outbox).await;
+        let mut result = commit(&pool, &prepared, &outbox).await;
         if matches!(&result, Err(StoreError::Database(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
         {
-            result = commit(&pool, &prepared, with_outbox).await;
+            result = commit(&pool, &prepared, &outbox).await;
         }
         if result.is_ok() && with_outbox {
             outbox.poke();
@@ -156,11 +156,11 @@ fn replicate(e: &StoreError) -> StoreError {
 async fn commit(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
-    with_outbox: bool,
+    outbox: &Outbox,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     let plan = Plan::new(batch);
-    if with_outbox {
-        commit_with_outbox(pool, batch, &plan).await
+    if outbox.is_on() {
+        commit_with_outbox(pool, batch, &plan, outbox).await
     } else {
         commit_in_one_statement(pool, batch, &plan).await
     }
@@ -367,6 +367,7 @@ async fn commit_with_outbox(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
     plan: &Plan<'_>,
+    with: &Outbox,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     let mut tx = pool.begin().await?;
     let bumped = sqlx::query(
@@ -411,7 +412,7 @@ async fn commit_with_outbox(
         },
     )?;
     inbox.insert(&mut tx).await?;
-    outbox.insert(&mut tx).await?;
+    outbox.insert(&mut tx, with).await?;
     tx.commit().await?;
     outcomes(batch, per_job, messages)
 }

@@ -14,6 +14,7 @@ mod changes;
 mod group_commit;
 mod outbox;
 mod postgres;
+mod push;
 mod retention;
 mod sqlite;
 
@@ -28,8 +29,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use changes::{ChangeOutcome, Retracted};
-pub use outbox::{Outbox, OutboxKind, OutboxRow};
+pub use outbox::{Channel, Outbox, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
+pub use push::{PushLease, PushResult, PushRow, PushSubscription, PushTarget, SubscribeOutcome};
 pub use retention::{CountCursor, Pruned, RetentionLease};
 pub use sqlite::SqliteStore;
 
@@ -329,12 +331,26 @@ impl Store {
 
     /// Rows waiting, counted up to `cap` (a full count of a huge backlog would itself be slow).
     pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
-        dispatch!(self, s => s.outbox_depth(cap).await)
+        self.outbox_depth_of(Channel::Mqtt, cap).await
+    }
+
+    /// Rows waiting on `channel`, counted up to `cap`.
+    pub async fn outbox_depth_of(&self, channel: Channel, cap: i64) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.outbox_depth(channel, cap).await)
     }
 
     /// Drops rows written before `cutoff`; returns how many.
     pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.outbox_drop_before(cutoff).await)
+        self.outbox_drop_before_of(Channel::Mqtt, cutoff).await
+    }
+
+    /// Drops `channel`'s rows written before `cutoff` (rows under a live lease excepted).
+    pub async fn outbox_drop_before_of(
+        &self,
+        channel: Channel,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.outbox_drop_before(channel, cutoff).await)
     }
 }
 

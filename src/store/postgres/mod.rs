@@ -7,7 +7,7 @@
 mod changes;
 
 use super::group_commit::GroupCommit;
-use super::outbox::{rows_for, unread_payload};
+use super::outbox::{rows_for, unread_payload, Channel};
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
@@ -72,7 +72,8 @@ impl PgStore {
         let outbox_pool = if outbox.is_on() {
             Some(
                 PgPoolOptions::new()
-                    .max_connections(2)
+                    // A lease each for the MQTT and the Web Push sender, and their housekeeping.
+                    .max_connections(4)
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(options.application_name("tidings-mqtt"))
                     .await?,
@@ -217,7 +218,7 @@ impl PgStore {
             for d in &outcome.deliveries {
                 rows.push_delivery(d.recipient.as_str(), &d.notification, &d.counts);
             }
-            rows.insert(&mut tx).await?;
+            rows.insert(&mut tx, &self.outbox).await?;
         }
         if let Some(idem) = &cmd.idempotency {
             let response = serde_json::to_string(&outcome.receipts).unwrap_or_default();
@@ -347,7 +348,7 @@ impl PgStore {
         if announce {
             let mut rows = OutboxColumns::default();
             rows.push(user.as_str(), OutboxKind::Unread, unread_payload(&counts));
-            rows.insert(&mut tx).await?;
+            rows.insert(&mut tx, &self.outbox).await?;
         }
         tx.commit().await?;
         if announce {
@@ -446,7 +447,7 @@ impl PgStore {
         }
     }
 
-    fn outbox_pool(&self) -> &PgPool {
+    pub(super) fn outbox_pool(&self) -> &PgPool {
         self.outbox_pool.as_ref().unwrap_or(&self.pool)
     }
 
@@ -498,21 +499,27 @@ impl PgStore {
         })
     }
 
-    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM mqtt_outbox LIMIT $1) t")
-                .bind(cap)
-                .fetch_one(self.outbox_pool())
-                .await?,
-        )
+    pub async fn outbox_depth(&self, channel: Channel, cap: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {} LIMIT $1) t",
+            channel.table()
+        ))
+        .bind(cap)
+        .fetch_one(self.outbox_pool())
+        .await?)
     }
 
-    pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub async fn outbox_drop_before(
+        &self,
+        channel: Channel,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         // SKIP LOCKED: rows under a live lease are being published right now; leave them.
-        Ok(sqlx::query(
-            "DELETE FROM mqtt_outbox WHERE id IN (
-                 SELECT id FROM mqtt_outbox WHERE created_at < $1 FOR UPDATE SKIP LOCKED)",
-        )
+        let table = channel.table();
+        Ok(sqlx::query(&format!(
+            "DELETE FROM {table} WHERE id IN (
+                 SELECT id FROM {table} WHERE created_at < $1 FOR UPDATE SKIP LOCKED)"
+        ))
         .bind(cutoff)
         .execute(self.outbox_pool())
         .await?
@@ -555,42 +562,78 @@ fn outbox_row(r: &PgRow) -> Option<OutboxRow> {
     })
 }
 
-/// Outbox rows for one `unnest` insert, in the order they must be published.
+/// Outbox rows for one `unnest` insert per channel, in the order they must be delivered.
 #[derive(Default)]
 pub(super) struct OutboxColumns {
     users: Vec<String>,
     kinds: Vec<&'static str>,
-    payloads: Vec<String>,
+    /// Per row, its payload on each channel (`None`: not written on that channel).
+    mqtt: Vec<Option<String>>,
+    webpush: Vec<Option<String>>,
 }
 
 impl OutboxColumns {
+    /// A row every channel gets alike (an unread count).
     pub fn push(&mut self, user: &str, kind: OutboxKind, payload: String) {
+        self.row(user, kind, Some(payload.clone()), Some(payload));
+    }
+
+    fn row(&mut self, user: &str, kind: OutboxKind, mqtt: Option<String>, webpush: Option<String>) {
         self.users.push(user.to_owned());
         self.kinds.push(kind.as_str());
-        self.payloads.push(payload);
+        self.mqtt.push(mqtt);
+        self.webpush.push(webpush);
     }
 
     pub fn push_delivery(&mut self, user: &str, n: &Notification, counts: &Counts) {
-        for (kind, payload) in rows_for(n, counts) {
-            self.push(user, kind, payload);
+        for (kind, payload) in rows_for(n, counts, Channel::Mqtt) {
+            self.row(user, kind, Some(payload), None);
+        }
+        for (kind, payload) in rows_for(n, counts, Channel::WebPush) {
+            self.row(user, kind, None, Some(payload));
         }
     }
 
-    /// Ids follow `ord`, so each user's rows get ids in the order they were pushed.
-    pub async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    /// Writes the rows of every channel that is on. Ids follow `ord`, so each queue's rows
+    /// get ids in the order they were pushed. Web Push rows are fanned out to the user's
+    /// subscriptions by the same statement; a user without one gets none.
+    pub async fn insert(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        outbox: &Outbox,
+    ) -> Result<(), StoreError> {
         if self.users.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO mqtt_outbox (user_id, kind, payload)
-             SELECT u, k, p FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(u, k, p, ord)
-             ORDER BY ord",
-        )
-        .bind(&self.users)
-        .bind(&self.kinds)
-        .bind(&self.payloads)
-        .execute(tx)
-        .await?;
+        for channel in outbox.channels() {
+            let (payloads, sql) = match channel {
+                Channel::Mqtt => (
+                    &self.mqtt,
+                    "INSERT INTO mqtt_outbox (user_id, kind, payload)
+                     SELECT u, k, p FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(u, k, p, ord)
+                     WHERE p IS NOT NULL
+                     ORDER BY ord",
+                ),
+                Channel::WebPush => (
+                    &self.webpush,
+                    "INSERT INTO webpush_outbox (subscription_id, user_id, kind, payload)
+                     SELECT s.id, t.u, t.k, t.p
+                     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(u, k, p, ord)
+                     JOIN push_subscriptions s ON s.user_id = t.u
+                     WHERE t.p IS NOT NULL
+                     ORDER BY t.ord, s.id",
+                ),
+            };
+            if payloads.iter().all(Option::is_none) {
+                continue;
+            }
+            sqlx::query(sql)
+                .bind(&self.users)
+                .bind(&self.kinds)
+                .bind(payloads)
+                .execute(&mut *tx)
+                .await?;
+        }
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 
 mod changes;
 
-use super::outbox::{rows_for, unread_payload};
+use super::outbox::{rows_for, unread_payload, Channel};
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
@@ -155,8 +155,11 @@ impl SqliteStore {
             .await?;
             if self.outbox.is_on() {
                 let id = PreparedPublish::id(message, *ordinal, counts.seq)?;
-                for (kind, payload) in rows_for(&prep.notification(id, counts.seq), &counts) {
-                    insert_outbox(&mut tx, user, kind, &payload, &created_at).await?;
+                let n = prep.notification(id, counts.seq);
+                for channel in self.outbox.channels() {
+                    for (kind, payload) in rows_for(&n, &counts, channel) {
+                        insert_row(&mut tx, channel, user, kind, &payload, &created_at).await?;
+                    }
                 }
             }
             bumped.push(counts);
@@ -273,7 +276,15 @@ impl SqliteStore {
         let announce = changed > 0 && self.outbox.is_on();
         if announce {
             let payload = unread_payload(&counts);
-            insert_outbox(&mut tx, user, OutboxKind::Unread, &payload, &now).await?;
+            insert_outbox(
+                &mut tx,
+                &self.outbox,
+                user,
+                OutboxKind::Unread,
+                &payload,
+                &now,
+            )
+            .await?;
         }
         tx.commit().await?;
         if announce {
@@ -411,21 +422,29 @@ impl SqliteStore {
         })
     }
 
-    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM mqtt_outbox LIMIT ?1)")
-                .bind(cap)
-                .fetch_one(&self.reader)
-                .await?,
-        )
+    pub async fn outbox_depth(&self, channel: Channel, cap: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {} LIMIT ?1)",
+            channel.table()
+        ))
+        .bind(cap)
+        .fetch_one(&self.reader)
+        .await?)
     }
 
-    pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM mqtt_outbox WHERE created_at < ?1")
-            .bind(format_time(&cutoff))
-            .execute(&self.writer)
-            .await?
-            .rows_affected())
+    pub async fn outbox_drop_before(
+        &self,
+        channel: Channel,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(&format!(
+            "DELETE FROM {} WHERE created_at < ?1",
+            channel.table()
+        ))
+        .bind(format_time(&cutoff))
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
     }
 }
 
@@ -439,22 +458,46 @@ fn outbox_row(r: &SqliteRow) -> Option<OutboxRow> {
     })
 }
 
-async fn insert_outbox(
+/// Writes a row every channel that is on gets alike (an unread count).
+pub(super) async fn insert_outbox(
     tx: &mut sqlx::SqliteConnection,
+    outbox: &Outbox,
     user: &UserId,
     kind: OutboxKind,
     payload: &str,
     created_at: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO mqtt_outbox (user_id, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .bind(user.as_str())
-    .bind(kind.as_str())
-    .bind(payload)
-    .bind(created_at)
-    .execute(tx)
-    .await?;
+    for channel in outbox.channels() {
+        insert_row(tx, channel, user, kind, payload, created_at).await?;
+    }
+    Ok(())
+}
+
+/// One row on one channel; on Web Push, one per subscription of the user (none without).
+async fn insert_row(
+    tx: &mut sqlx::SqliteConnection,
+    channel: Channel,
+    user: &UserId,
+    kind: OutboxKind,
+    payload: &str,
+    created_at: &str,
+) -> Result<(), StoreError> {
+    let sql = match channel {
+        Channel::Mqtt => {
+            "INSERT INTO mqtt_outbox (user_id, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4)"
+        }
+        Channel::WebPush => {
+            "INSERT INTO webpush_outbox (subscription_id, user_id, kind, payload, created_at)
+             SELECT id, ?1, ?2, ?3, ?4 FROM push_subscriptions WHERE user_id = ?1 ORDER BY id"
+        }
+    };
+    sqlx::query(sql)
+        .bind(user.as_str())
+        .bind(kind.as_str())
+        .bind(payload)
+        .bind(created_at)
+        .execute(tx)
+        .await?;
     Ok(())
 }
 
