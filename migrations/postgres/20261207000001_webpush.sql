@@ -19,11 +19,13 @@ CREATE INDEX push_subscriptions_user_id ON push_subscriptions (user_id);
 
 -- The MQTT outbox's rows (a kind and a JSON payload, written in the committing
 -- transaction), fanned out per subscription at commit: each subscription is its own
--- ordered queue, so a slow or dead one holds up nobody else. A removed subscription takes
--- its rows with it.
+-- ordered queue, so a slow or dead one holds up nobody else. A removed subscription's rows
+-- are deleted with it. No foreign key: a publish would then lock the subscriptions it
+-- fans out to, and fail outright when one is deleted under it; a row that races past a
+-- deletion is never leased (leases start from the subscriptions) and goes at its TTL.
 CREATE TABLE webpush_outbox (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    subscription_id BIGINT NOT NULL REFERENCES push_subscriptions (id) ON DELETE CASCADE,
+    subscription_id BIGINT NOT NULL,
     user_id TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('notification', 'unread')),
     payload TEXT NOT NULL,

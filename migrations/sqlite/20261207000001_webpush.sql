@@ -14,7 +14,7 @@ CREATE INDEX push_subscriptions_user_id ON push_subscriptions (user_id);
 
 CREATE TABLE webpush_outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    subscription_id INTEGER NOT NULL REFERENCES push_subscriptions (id) ON DELETE CASCADE,
+    subscription_id INTEGER NOT NULL,
     user_id TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('notification', 'unread')),
     payload TEXT NOT NULL,

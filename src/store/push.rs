@@ -100,6 +100,14 @@ impl Store {
         match self {
             Store::Sqlite(s) => {
                 let mut tx = s.writer.begin().await?;
+                sqlx::query(
+                    "DELETE FROM webpush_outbox WHERE subscription_id IN (
+                         SELECT id FROM push_subscriptions WHERE endpoint = ?1 AND user_id <> ?2)",
+                )
+                .bind(&sub.endpoint)
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query("DELETE FROM push_subscriptions WHERE endpoint = ?1 AND user_id <> ?2")
                     .bind(&sub.endpoint)
                     .bind(user.as_str())
@@ -147,11 +155,16 @@ impl Store {
                     .bind(user.as_str())
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("DELETE FROM push_subscriptions WHERE endpoint = $1 AND user_id <> $2")
-                    .bind(&sub.endpoint)
-                    .bind(user.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "WITH moved AS (
+                         DELETE FROM push_subscriptions WHERE endpoint = $1 AND user_id <> $2
+                         RETURNING id)
+                     DELETE FROM webpush_outbox WHERE subscription_id IN (SELECT id FROM moved)",
+                )
+                .bind(&sub.endpoint)
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
                 let r = sqlx::query(
                     "SELECT COUNT(*) FILTER (WHERE endpoint <> $2), COUNT(*) FILTER (WHERE endpoint = $2)
                      FROM push_subscriptions WHERE user_id = $1",
@@ -235,25 +248,41 @@ impl Store {
         user: &UserId,
         endpoint: &str,
     ) -> Result<bool, StoreError> {
-        let n = match self {
+        let removed: Option<i64> = match self {
             Store::Sqlite(s) => {
-                sqlx::query("DELETE FROM push_subscriptions WHERE user_id = ?1 AND endpoint = ?2")
-                    .bind(user.as_str())
-                    .bind(endpoint)
-                    .execute(&s.writer)
-                    .await?
-                    .rows_affected()
+                let mut tx = s.writer.begin().await?;
+                let id: Option<i64> = sqlx::query_scalar(
+                    "DELETE FROM push_subscriptions WHERE user_id = ?1 AND endpoint = ?2 RETURNING id",
+                )
+                .bind(user.as_str())
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM webpush_outbox WHERE subscription_id = ?1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                id
             }
             Store::Postgres(s) => {
-                sqlx::query("DELETE FROM push_subscriptions WHERE user_id = $1 AND endpoint = $2")
-                    .bind(user.as_str())
-                    .bind(endpoint)
-                    .execute(&s.pool)
-                    .await?
-                    .rows_affected()
+                let mut tx = s.pool.begin().await?;
+                let id: Option<i64> = sqlx::query_scalar(
+                    "DELETE FROM push_subscriptions WHERE user_id = $1 AND endpoint = $2 RETURNING id",
+                )
+                .bind(user.as_str())
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM webpush_outbox WHERE subscription_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                id
             }
         };
-        Ok(n > 0)
+        Ok(removed.is_some())
     }
 
     /// Takes the oldest rows of at most `subscriptions` subscriptions that are not backing
@@ -371,12 +400,18 @@ impl PushLease {
                 .bind(json(&r.done))
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
-                    "DELETE FROM push_subscriptions WHERE id IN (SELECT value FROM json_each(?1))",
-                )
-                .bind(json(&r.gone))
-                .execute(&mut *tx)
-                .await?;
+                for table_key in [
+                    ("push_subscriptions", "id"),
+                    ("webpush_outbox", "subscription_id"),
+                ] {
+                    sqlx::query(&format!(
+                        "DELETE FROM {} WHERE {} IN (SELECT value FROM json_each(?1))",
+                        table_key.0, table_key.1
+                    ))
+                    .bind(json(&r.gone))
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 for (id, at) in &r.retry {
                     sqlx::query(
                         "UPDATE push_subscriptions SET retry_at = ?1, failures = failures + 1 WHERE id = ?2",
@@ -402,6 +437,10 @@ impl PushLease {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query("DELETE FROM push_subscriptions WHERE id = ANY($1::bigint[])")
+                    .bind(&r.gone)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM webpush_outbox WHERE subscription_id = ANY($1::bigint[])")
                     .bind(&r.gone)
                     .execute(&mut *tx)
                     .await?;

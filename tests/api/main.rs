@@ -20,3 +20,4 @@ mod retention;
 mod sockjs;
 mod streams;
 mod topics;
+mod webpush;

@@ -170,8 +170,12 @@ async fn sender(
                 .push(row.clone());
         }
         let mut jobs = Vec::with_capacity(queues.len());
+        let mut orphans = Vec::new();
         for (sid, rows) in queues {
             let Some(target) = lease.targets.get(&sid) else {
+                // Its subscription was deleted after the lease read the rows: nobody to
+                // send them to.
+                orphans.extend(rows.iter().map(|r| r.id));
                 continue;
             };
             let auth = signer.authorization(&target.endpoint);
@@ -182,7 +186,10 @@ async fn sender(
             .buffer_unordered(limits.concurrency)
             .collect()
             .await;
-        let mut result = PushResult::default();
+        let mut result = PushResult {
+            done: orphans,
+            ..PushResult::default()
+        };
         for o in outcomes {
             result.done.extend(o.done);
             match o.end {
