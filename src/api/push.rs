@@ -100,7 +100,7 @@ pub async fn vapid_public_key(push: web::Data<PushApi>) -> Result<HttpResponse, 
 ///
 /// Idempotent on `endpoint` (a repeat refreshes the keys). An endpoint another user had is
 /// moved to the caller, and nothing of the other user's is sent to it any more.
-#[utoipa::path(post, path = "/v1/push/subscriptions", tag = "push",
+#[utoipa::path(post, path = "/v1/push/subscriptions", tag = "push", operation_id = "push_subscribe",
     request_body(content = Object, description = "`PushSubscription.toJSON()`: `endpoint`, `keys.p256dh`, `keys.auth`, optional `expirationTime`."),
     responses(
         (status = 201, body = Subscription, description = "Registered."),
@@ -149,7 +149,7 @@ pub async fn subscribe(
 }
 
 /// The caller's push subscriptions, oldest first.
-#[utoipa::path(get, path = "/v1/push/subscriptions", tag = "push",
+#[utoipa::path(get, path = "/v1/push/subscriptions", tag = "push", operation_id = "push_subscriptions",
     responses(
         (status = 200, body = SubscriptionList, description = "The caller's subscriptions."),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
@@ -171,7 +171,7 @@ pub async fn list(
 }
 
 /// Remove one of the caller's push subscriptions, by endpoint.
-#[utoipa::path(delete, path = "/v1/push/subscriptions", tag = "push",
+#[utoipa::path(delete, path = "/v1/push/subscriptions", tag = "push", operation_id = "push_unsubscribe",
     params(("endpoint" = String, Query, description = "The subscription's endpoint URL.")),
     responses(
         (status = 204, description = "Removed; nothing more is pushed to it."),
