@@ -81,7 +81,7 @@ pub fn parse_subscription(
     let expiration_time = match body.get("expirationTime") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => match v.as_f64() {
-            Some(t) if t >= 0.0 && t < 1e15 => Some(t as i64),
+            Some(t) if (0.0..1e15).contains(&t) => Some(t as i64),
             _ => {
                 errors.push(FieldError::new(
                     "expirationTime",

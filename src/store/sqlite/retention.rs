@@ -160,7 +160,7 @@ impl SqliteStore {
                 crate::store::sqlite::insert_outbox(
                     &mut tx,
                     &self.outbox,
-                    &user,
+                    user,
                     OutboxKind::Unread,
                     &unread_payload(&counts),
                     &format_time(&Utc::now()),
