@@ -472,6 +472,101 @@ async fn nothing_is_lost_while_the_push_service_is_down(backend: Backend) {
     );
 }
 
+async fn a_push_refused_as_too_large_is_dropped_and_the_queue_goes_on(backend: Backend) {
+    let app = push_app(backend).await;
+    let push = app.push_service().await;
+    let (id, sub) = push.subscribe();
+    assert_eq!(app.push_subscribe("alice", &sub).await.0, 201);
+    push.answer(
+        &id,
+        Answer::Refuse {
+            status: 413,
+            times: 1,
+        },
+    );
+    for _ in 0..3 {
+        app.publish(&sample(&["alice"])).await;
+    }
+    wait_until(WAIT, "the two after the refused one", || {
+        firsts(&push, &id).len() == 2
+    })
+    .await;
+    let seqs: Vec<i64> = firsts(&push, &id).iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        [2, 3],
+        "seq 1 was refused with 413 and dropped, not retried"
+    );
+    let statuses: Vec<u16> = push.requests(&id).iter().map(|r| r.1).collect();
+    assert_eq!(statuses, [413, 201, 201]);
+    assert_eq!(
+        app.push_list("alice").await.len(),
+        1,
+        "the subscription stays"
+    );
+    let text = scrape(&app.client, &app.address).await;
+    assert!(
+        text.contains(r#"tidings_webpush_failed_total{status="413"} 1"#),
+        "{text}"
+    );
+}
+
+/// The sender's figures (issue 24's "done when"): pushes per second to the local push
+/// service, encrypted, with 1,000 subscriptions, and the time from publish to the push
+/// service's receipt. Not part of the suite (it measures, it does not check); run with
+/// `cargo test --release --test api webpush_figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn webpush_figures() {
+    const SUBS: usize = 1000;
+    let app = push_app(Backend::Postgres).await;
+    let push = app.push_service().await;
+    let users: Vec<String> = (0..SUBS).map(|i| format!("bench{i:04}")).collect();
+    for u in &users {
+        let (_, sub) = push.subscribe();
+        assert_eq!(app.push_subscribe(u, &sub).await.0, 201);
+    }
+    // Sustained rate: 5 notifications to all 1,000 (5,000 pushes), from the first publish
+    // to the last receipt.
+    let start = Instant::now();
+    for _ in 0..5 {
+        for chunk in users.chunks(500) {
+            let r: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            app.publish(&sample(&r)).await;
+        }
+    }
+    let published = start.elapsed();
+    wait_until(Duration::from_secs(600), "5,000 pushes", || {
+        push.all_received().len() >= 5 * SUBS
+    })
+    .await;
+    let took = start.elapsed();
+    let rate = (5 * SUBS) as f64 / took.as_secs_f64();
+    // Latency: one notification to one user at a time, publish start to receipt.
+    let mut lat = Vec::new();
+    for (i, u) in users.iter().take(200).enumerate() {
+        let before = push.all_received().len();
+        let t = Instant::now();
+        let mut n = sample(&[u]);
+        n["title"] = json!(format!("latency {i}"));
+        app.publish(&n).await;
+        wait_until(WAIT, "the push", || push.all_received().len() > before).await;
+        let at = push.all_received().last().unwrap().at;
+        lat.push(at.duration_since(t).as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    assert_eq!(push.violations(), Vec::<String>::new());
+    println!(
+        "webpush figures: {SUBS} subscriptions; 5,000 pushes in {:.2} s (publishing took {:.2} s) = {rate:.0} pushes/s; publish→receipt p50 {:.1} ms, p99 {:.1} ms (n={})",
+        took.as_secs_f64(),
+        published.as_secs_f64(),
+        p(0.5),
+        p(0.99),
+        lat.len()
+    );
+}
+
 crate::both_backends!(
     off_without_a_key_and_says_how_to_turn_it_on,
     the_key_is_served_for_browsers,
@@ -484,4 +579,5 @@ crate::both_backends!(
     gone_subscriptions_are_removed_and_never_sent_to_again,
     retry_after_is_honoured_and_nothing_is_lost,
     nothing_is_lost_while_the_push_service_is_down,
+    a_push_refused_as_too_large_is_dropped_and_the_queue_goes_on,
 );

@@ -121,6 +121,11 @@ pub enum Answer {
         retry_after: u64,
         times: u32,
     },
+    /// Another status (such as 413) for the next `times` pushes.
+    Refuse {
+        status: u16,
+        times: u32,
+    },
 }
 
 /// One push as the browser gets it.
@@ -325,6 +330,7 @@ async fn connection(
             401 => "Unauthorized",
             404 => "Not Found",
             410 => "Gone",
+            413 => "Content Too Large",
             429 => "Too Many Requests",
             _ => "Other",
         };
@@ -362,6 +368,21 @@ fn handle(
             }
             st.requests.push((id.clone(), Instant::now(), 429));
             return (429, format!("Retry-After: {retry_after}\r\n"));
+        }
+        Answer::Refuse { status, times } => {
+            if times <= 1 {
+                st.answers.remove(&id);
+            } else {
+                st.answers.insert(
+                    id.clone(),
+                    Answer::Refuse {
+                        status,
+                        times: times - 1,
+                    },
+                );
+            }
+            st.requests.push((id.clone(), Instant::now(), status));
+            return (status, String::new());
         }
     };
     st.requests.push((id.clone(), Instant::now(), status));
