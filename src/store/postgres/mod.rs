@@ -31,8 +31,8 @@ pub struct PgStore {
     pub(super) read_pool: PgPool,
     group: GroupCommit,
     pub(super) outbox: Outbox,
-    /// The bridge's own connections: a lease holds one for as long as the broker takes to
-    /// acknowledge a batch, which must never take a connection publishing needs.
+    /// The bridges' own connections: a lease holds one for as long as the broker (or the
+    /// push services) take with a batch, which must never take a connection publishing needs.
     pub(super) outbox_pool: Option<PgPool>,
 }
 
@@ -75,7 +75,7 @@ impl PgStore {
                     // A lease each for the MQTT and the Web Push sender, and their housekeeping.
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options.application_name("tidings-mqtt"))
+                    .connect_with(options.application_name("tidings-outbox"))
                     .await?,
             )
         } else {
