@@ -946,4 +946,18 @@ mod tests {
             .to_string()
             .contains("TIDINGS__DATABASE__URL"));
     }
+
+    #[test]
+    fn web_push_needs_a_contact_subject() {
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        s.webpush.vapid_private_key = Some(SecretString::from("any"));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("TIDINGS__WEBPUSH__SUBJECT"), "{e}");
+        s.webpush.subject = Some("mailto:ops@example.com".into());
+        s.webpush.concurrency = 0;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("TIDINGS__WEBPUSH__CONCURRENCY"), "{e}");
+        s.webpush.concurrency = 4;
+        assert!(s.validate().is_ok());
+    }
 }
