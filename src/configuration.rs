@@ -57,6 +57,8 @@ pub struct Settings {
     pub sockjs: SockJsSettings,
     #[serde(default)]
     pub retention: RetentionSettings,
+    #[serde(default)]
+    pub webpush: WebPushSettings,
     #[serde(skip_deserializing, default = "default_profile")]
     pub profile: Profile,
 }
@@ -128,6 +130,52 @@ impl Default for SockJsSettings {
             jsessionid: false,
             client_url: None,
             max_sessions: 10_000,
+        }
+    }
+}
+
+/// Web Push (RFC 8030/8291/8292): pushes to browsers with no tab open. Off unless
+/// `vapid_private_key` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebPushSettings {
+    /// The VAPID key: a P-256 private key, PEM (PKCS#8 or SEC1) or base64url of its 32 raw
+    /// bytes (`tidings vapid-keys` prints one). Unset: no Web Push, no push endpoints.
+    pub vapid_private_key: Option<SecretString>,
+    /// `mailto:` or `https:` contact the push services can reach the operator at.
+    pub subject: Option<String>,
+    /// Subscriptions one user may hold (phones, laptops, browser profiles).
+    pub max_subscriptions_per_user: u32,
+    /// The push service keeps an undelivered push this long (the `TTL` header); outbox
+    /// rows older than this are dropped, since the push would expire anyway.
+    pub ttl_seconds: u64,
+    /// Accept `http:` and private, loopback and link-local endpoints. For tests with a
+    /// local push service only: it lets a user make the server post to the internal network.
+    pub allow_insecure_endpoints: bool,
+    /// Pushes in flight at once, across subscriptions.
+    pub concurrency: usize,
+    /// Subscriptions per lease, and rows per subscription per lease.
+    pub batch_subscriptions: u32,
+    pub batch_per_subscription: u32,
+    /// A push service that has not answered by then counts as a failure (retried).
+    pub request_timeout_seconds: u64,
+    /// How often a sender looks for rows committed by other replicas.
+    pub poll_millis: u64,
+}
+
+impl Default for WebPushSettings {
+    fn default() -> Self {
+        WebPushSettings {
+            vapid_private_key: None,
+            subject: None,
+            max_subscriptions_per_user: 20,
+            ttl_seconds: 24 * 3600,
+            allow_insecure_endpoints: false,
+            concurrency: 64,
+            batch_subscriptions: 256,
+            batch_per_subscription: 16,
+            request_timeout_seconds: 10,
+            poll_millis: 500,
         }
     }
 }
@@ -612,6 +660,43 @@ impl Settings {
             ));
         }
         self.auth.oidc.validate()?;
+        if self.webpush.vapid_private_key.is_some() {
+            let subject = self.webpush.subject.as_deref().unwrap_or("");
+            if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
+                return Err(SettingsError::invalid(
+                    "TIDINGS__WEBPUSH__SUBJECT",
+                    "Web Push needs a contact for the push services: mailto:… or https:…",
+                ));
+            }
+            let w = &self.webpush;
+            for (name, value) in [
+                ("TIDINGS__WEBPUSH__CONCURRENCY", w.concurrency as u64),
+                (
+                    "TIDINGS__WEBPUSH__BATCH_SUBSCRIPTIONS",
+                    u64::from(w.batch_subscriptions),
+                ),
+                (
+                    "TIDINGS__WEBPUSH__BATCH_PER_SUBSCRIPTION",
+                    u64::from(w.batch_per_subscription),
+                ),
+                ("TIDINGS__WEBPUSH__TTL_SECONDS", w.ttl_seconds),
+                (
+                    "TIDINGS__WEBPUSH__REQUEST_TIMEOUT_SECONDS",
+                    w.request_timeout_seconds,
+                ),
+                ("TIDINGS__WEBPUSH__POLL_MILLIS", w.poll_millis),
+            ] {
+                if value == 0 {
+                    return Err(SettingsError::invalid(name, "must be at least 1"));
+                }
+            }
+            if w.request_timeout_seconds > 30 {
+                return Err(SettingsError::invalid(
+                    "TIDINGS__WEBPUSH__REQUEST_TIMEOUT_SECONDS",
+                    "must be at most 30 (a lease lasts 60 s)",
+                ));
+            }
+        }
         if let Some(url) = &self.mqtt.url {
             let url = url.expose_secret();
             if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) {
@@ -998,5 +1083,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TIDINGS__DATABASE__URL"));
+    }
+
+    #[test]
+    fn web_push_needs_a_contact_subject() {
+        let mut s = Settings::defaults(Profile::Local).unwrap();
+        s.webpush.vapid_private_key = Some(SecretString::from("any"));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("TIDINGS__WEBPUSH__SUBJECT"), "{e}");
+        s.webpush.subject = Some("mailto:ops@example.com".into());
+        s.webpush.concurrency = 0;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("TIDINGS__WEBPUSH__CONCURRENCY"), "{e}");
+        s.webpush.concurrency = 4;
+        assert!(s.validate().is_ok());
     }
 }

@@ -44,6 +44,8 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Print a new VAPID key pair for Web Push (TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY).
+    VapidKeys,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,16 @@ fn main() -> ExitCode {
         Command::Token { user, service, ttl } => token(user, service, ttl),
         Command::Openapi => {
             print!("{}", tidings::routes::openapi::document());
+            Ok(())
+        }
+        Command::VapidKeys => {
+            let key = tidings::domain::VapidKey::generate();
+            println!(
+                "TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY={}",
+                key.private_key_b64()
+            );
+            println!("# The application server key browsers subscribe with (GET /v1/push/vapid-public-key serves it):");
+            println!("# {}", key.public_key());
             Ok(())
         }
     };

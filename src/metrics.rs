@@ -68,6 +68,8 @@ pub struct Metrics {
     pub bus_resubscribes: Counter,
     /// Present when the MQTT bridge is on.
     pub mqtt: Option<MqttMetrics>,
+    /// Present when Web Push is on.
+    pub webpush: Option<WebPushMetrics>,
     pub retention: RetentionMetrics,
     pub oidc: OidcMetrics,
 }
@@ -249,6 +251,71 @@ impl MqttMetrics {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The push service's HTTP status, or `none` when it did not answer.
+    pub status: String,
+}
+
+/// The Web Push sender's metrics; registered only when Web Push is on.
+#[derive(Clone, Debug)]
+pub struct WebPushMetrics {
+    /// Pushes a push service accepted (201, or any 2xx).
+    pub sent: Counter,
+    /// Pushes that failed, by the push service's status (`none`: no answer).
+    pub failed: Family<StatusLabel, Counter>,
+    /// Subscriptions deleted because the push service said they are gone (404, 410).
+    pub removed: Counter,
+    /// Rows waiting in the Web Push outbox (counted up to a cap), as last measured.
+    pub outbox_depth: Gauge,
+    /// From sending a push to the push service's answer.
+    pub latency: Histogram,
+}
+
+impl WebPushMetrics {
+    fn new() -> Self {
+        Self {
+            sent: Counter::default(),
+            failed: Family::default(),
+            removed: Counter::default(),
+            outbox_depth: Gauge::default(),
+            latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0005, 2.0, 16,
+            )),
+        }
+    }
+
+    pub fn failed(&self, status: Option<u16>) {
+        let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        self.failed.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("webpush");
+        r.register("sent", "Pushes a push service accepted", self.sent.clone());
+        r.register(
+            "failed",
+            "Pushes that failed, by the push service's status (none: no answer)",
+            self.failed.clone(),
+        );
+        r.register(
+            "subscriptions_removed",
+            "Subscriptions deleted because the push service said they are gone (404, 410)",
+            self.removed.clone(),
+        );
+        r.register(
+            "outbox_depth",
+            "Rows waiting in the Web Push outbox",
+            self.outbox_depth.clone(),
+        );
+        r.register(
+            "send_latency_seconds",
+            "From sending a push to the push service's answer",
+            self.latency.clone(),
+        );
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -268,6 +335,11 @@ impl Metrics {
 
     /// The metrics, with the MQTT bridge's when it is on.
     pub fn with_mqtt(mqtt: bool) -> Self {
+        Self::with_bridges(mqtt, false)
+    }
+
+    /// The metrics, with each bridge's when it is on.
+    pub fn with_bridges(mqtt: bool, webpush: bool) -> Self {
         let mut registry = Registry::with_prefix("tidings");
         let connections = Family::<TransportLabel, Gauge>::default();
         let published = Counter::default();
@@ -357,8 +429,14 @@ impl Metrics {
             m.register(&mut registry);
             m
         });
+        let webpush = webpush.then(|| {
+            let m = WebPushMetrics::new();
+            m.register(&mut registry);
+            m
+        });
         Self {
             mqtt,
+            webpush,
             retention,
             oidc,
             registry: Arc::new(registry),

@@ -76,11 +76,15 @@ impl Application {
         let shutdown = Shutdown::new();
         let stopping = shutdown.child();
         let mqtt_url = settings.mqtt.url.as_ref().map(|u| u.expose_secret());
+        let vapid = settings
+            .webpush
+            .vapid_private_key
+            .as_ref()
+            .map(|k| crate::domain::VapidKey::parse(k.expose_secret()))
+            .transpose()
+            .map_err(bridges::webpush::WebPushError::from)?;
         // The outbox is written only when a bridge reads it: otherwise it would only grow.
-        let outbox = match mqtt_url {
-            Some(_) => Outbox::on(),
-            None => Outbox::off(),
-        };
+        let outbox = Outbox::with(mqtt_url.is_some(), vapid.is_some());
         let store = Store::connect(
             settings.database.url.expose_secret(),
             settings.database.max_connections,
@@ -107,7 +111,7 @@ impl Application {
 
         let caps = connection_caps(&settings, grpc_listener.is_some(), raise_fd_limit());
         let max_connections = caps.hub;
-        let metrics = Metrics::with_mqtt(mqtt_url.is_some());
+        let metrics = Metrics::with_bridges(mqtt_url.is_some(), vapid.is_some());
         // The identity provider's key set has one owner task; it stops with the root.
         if let Some(provider) = auth.provider() {
             let owner = shutdown.child();
@@ -128,6 +132,21 @@ impl Application {
                 &shutdown.child(),
             )?;
         }
+        if let (Some(key), Some(m)) = (&vapid, &metrics.webpush) {
+            bridges::webpush::start(
+                store.clone(),
+                &settings.webpush,
+                key.clone(),
+                settings.webpush.subject.clone().unwrap_or_default(),
+                m.clone(),
+                &shutdown.child(),
+            )?;
+        }
+        let push_api = web::Data::new(crate::api::push::PushApi {
+            public_key: vapid.as_ref().map(|k| k.public_key()),
+            max_per_user: settings.webpush.max_subscriptions_per_user,
+            allow_insecure: settings.webpush.allow_insecure_endpoints,
+        });
         let hub = Hub::new(
             layer(Arc::new(StoreHistory(store.clone()))),
             metrics.clone(),
@@ -202,6 +221,7 @@ impl Application {
                 ))
                 .wrap(TracingLogger::<RedactingRootSpan>::new())
                 .app_data(state.clone())
+                .app_data(push_api.clone())
                 .configure(routes::configure)
                 .configure(|cfg| routes::configure_sockjs(cfg, &sockjs))
                 .default_service(web::to(routes::not_found))

@@ -1,5 +1,5 @@
 // Tidings demo page. Token from #token=… (or localStorage), transport from &transport=….
-import { connect, decodeJwtPayload } from './tidings.js';
+import { connect, decodeJwtPayload, enablePush } from './tidings.js';
 
 const TOKEN_KEY = 'tidings-demo:token';
 const TRANSPORTS = ['auto', 'sse', 'websocket', 'longpoll'];
@@ -755,3 +755,28 @@ window.tidingsDemo = {
 };
 
 start();
+
+// ---- Web Push: "Enable desktop notifications" ------------------------------
+// The worker is served at /demo/tidings-sw.js, so its scope is /demo/ (this page).
+const pushButton = document.getElementById('enable-push');
+if (pushButton) {
+  if (!('serviceWorker' in navigator) || !('PushManager' in window)) pushButton.hidden = true;
+  pushButton.addEventListener('click', async () => {
+    pushButton.disabled = true;
+    try {
+      const { permission } = await enablePush({
+        baseUrl: readApi(),
+        getToken: async () => readToken(),
+        serviceWorkerUrl: '/demo/tidings-sw.js',
+        scope: '/demo/',
+      });
+      pushButton.textContent = permission === 'granted' ? 'Desktop notifications on' : 'Notifications blocked';
+      pushButton.dataset.state = permission;
+    } catch (e) {
+      pushButton.textContent = 'Desktop notifications unavailable';
+      pushButton.title = String(e && e.message ? e.message : e);
+      pushButton.dataset.state = 'error';
+      pushButton.disabled = false;
+    }
+  });
+}

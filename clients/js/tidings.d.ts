@@ -306,7 +306,39 @@ export class HttpError extends Error {
   problem: { type?: string; title?: string; status?: number; detail?: string } | null;
 }
 
-declare const _default: { connect: typeof connect };
+export interface EnablePushOptions {
+  /** The Tidings server; '' = this page's origin. */
+  baseUrl?: string;
+  /** The user's token, for registering the subscription and for the worker's mark-read. */
+  getToken: (req: { reason: 'push' }) => Promise<string> | string;
+  /** Where tidings-sw.js is served (same origin, at or above the pages it covers). Default '/tidings-sw.js'. */
+  serviceWorkerUrl?: string;
+  /** The worker's scope; default: the folder of serviceWorkerUrl. */
+  scope?: string;
+  fetch?: typeof fetch;
+  /** An already registered worker to use instead of registering serviceWorkerUrl. */
+  registration?: ServiceWorkerRegistration;
+}
+
+export interface EnablePushResult {
+  permission: NotificationPermission;
+  /** null when permission was not granted. */
+  subscription: PushSubscription | null;
+  registration: ServiceWorkerRegistration;
+}
+
+/** Asks permission, registers tidings-sw.js, subscribes with the server's VAPID key and registers the subscription. */
+export function enablePush(options: EnablePushOptions): Promise<EnablePushResult>;
+/** Unsubscribes this browser and removes its subscription from the server; false if there was none. */
+export function disablePush(options: Omit<EnablePushOptions, 'serviceWorkerUrl' | 'scope'>): Promise<boolean>;
+export function base64UrlToBytes(s: string): Uint8Array;
+
+/** What the service worker gets in a push. */
+export type PushPayload =
+  | { kind: 'notification'; id: string; seq: number; title: string; body?: string; link?: string; type?: string; unread: number; truncated?: boolean }
+  | { kind: 'badge'; unread: number; seq: number };
+
+declare const _default: { connect: typeof connect; enablePush: typeof enablePush; disablePush: typeof disablePush };
 export default _default;
 
 /** One mute/allow rule; see the README's Preferences section for the rule order. */

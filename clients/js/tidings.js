@@ -1675,4 +1675,71 @@ export function connect(options) {
   return new TidingsClient(options);
 }
 
-export default { connect };
+/** base64url (the server's VAPID key) to the bytes `pushManager.subscribe` wants. */
+export function base64UrlToBytes(s) {
+  const b64 = s.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (s.length % 4)) % 4);
+  const bin = atob(b64);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i += 1) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/**
+ * Web Push: asks permission, registers the service worker (tidings-sw.js, served from your
+ * origin at or above the pages it covers), subscribes with the server's VAPID key and
+ * registers the subscription with the server. Calling it again is harmless (the server is
+ * idempotent on the endpoint), and refreshes the token the worker uses to mark read.
+ * Resolves to {permission, subscription, registration}; `subscription` is null when
+ * permission was not granted.
+ */
+export async function enablePush({
+  baseUrl = '',
+  getToken,
+  serviceWorkerUrl = '/tidings-sw.js',
+  scope,
+  fetch: fetchImpl = g.fetch && g.fetch.bind(g),
+  registration: given,
+} = {}) {
+  if (typeof getToken !== 'function') throw new TypeError('enablePush: getToken is required');
+  const nav = g.navigator;
+  if (!nav || !nav.serviceWorker || !g.PushManager) throw new Error('Web Push is not supported in this browser');
+  const base = normalizeBaseUrl(baseUrl);
+  const permission = g.Notification && g.Notification.permission === 'granted'
+    ? 'granted'
+    : await g.Notification.requestPermission();
+  const registration = given || await nav.serviceWorker.register(serviceWorkerUrl, scope ? { scope } : undefined);
+  await nav.serviceWorker.ready;
+  const token = await getToken({ reason: 'push' });
+  const keyRes = await fetchImpl(buildUrl(base, '/v1/push/vapid-public-key'));
+  if (!keyRes.ok) throw new Error(`Web Push is not enabled on the server (${keyRes.status})`);
+  const { publicKey } = await keyRes.json();
+  const worker = registration.active || registration.waiting || registration.installing;
+  if (worker) worker.postMessage({ type: 'tidings:config', baseUrl: base, token, applicationServerKey: publicKey });
+  if (permission !== 'granted') return { permission, subscription: null, registration };
+  let subscription = await registration.pushManager.getSubscription();
+  if (!subscription) {
+    subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlToBytes(publicKey) });
+  }
+  const res = await fetchImpl(buildUrl(base, '/v1/push/subscriptions'), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify(subscription.toJSON()),
+  });
+  if (!res.ok) throw new Error(`the server refused the push subscription (${res.status})`);
+  return { permission, subscription, registration };
+}
+
+/** Unsubscribes this browser and removes the subscription from the server. */
+export async function disablePush({ baseUrl = '', getToken, registration, fetch: fetchImpl = g.fetch && g.fetch.bind(g) } = {}) {
+  const reg = registration || await g.navigator.serviceWorker.ready;
+  const sub = await reg.pushManager.getSubscription();
+  if (!sub) return false;
+  const token = await getToken({ reason: 'push' });
+  await fetchImpl(buildUrl(normalizeBaseUrl(baseUrl), '/v1/push/subscriptions', { endpoint: sub.endpoint }), {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${token}` },
+  });
+  return sub.unsubscribe();
+}
+
+export default { connect, enablePush, disablePush };

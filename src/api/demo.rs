@@ -8,6 +8,7 @@ const INDEX: &str = include_str!("../../assets/demo/index.html");
 const CSS: &str = include_str!("../../assets/demo/demo.css");
 const JS: &str = include_str!("../../assets/demo/demo.js");
 const CLIENT: &str = include_str!("../../clients/js/tidings.js");
+const SERVICE_WORKER: &str = include_str!("../../clients/js/tidings-sw.js");
 
 /// Only same-origin scripts, styles and connections (which covers the page's own SSE and
 /// WebSocket): the token lives in this page, so nothing else may run in it.
@@ -39,6 +40,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/demo/tidings.js",
         web::get().to(|| async { asset("text/javascript; charset=utf-8", CLIENT) }),
+    )
+    // Web Push's service worker; at /demo/ its scope is the demo page.
+    .route(
+        "/demo/tidings-sw.js",
+        web::get().to(|| async { asset("text/javascript; charset=utf-8", SERVICE_WORKER) }),
     );
 }
 

@@ -6,4 +6,5 @@ pub mod demo;
 pub mod health;
 pub mod notifications;
 pub mod preferences;
+pub mod push;
 pub mod topics;

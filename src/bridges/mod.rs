@@ -2,3 +2,4 @@
 //! They stand on the store alone (its transactional outbox), never on the HTTP faces.
 
 pub mod mqtt;
+pub mod webpush;

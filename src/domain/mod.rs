@@ -11,6 +11,7 @@ mod notification;
 mod notification_id;
 mod preferences;
 mod publish;
+mod push;
 mod text;
 mod user_id;
 
@@ -23,5 +24,6 @@ pub use preferences::{
     MAX_PATTERNS, MAX_RULES,
 };
 pub use publish::{FieldError, NewNotification};
+pub use push::{parse_subscription, NewPushSubscription, VapidKey, VapidKeyError};
 pub use text::{json_depth, Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{ServiceName, TopicName, UserId};

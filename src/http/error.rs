@@ -34,6 +34,12 @@ pub enum ApiError {
     /// `If-Match` named a version that is no longer the current one (RFC 9110 §13.1.1).
     #[error("the resource changed since version {current} was read (`If-Match`); read it again")]
     PreconditionFailed { current: i64 },
+    /// A feature this deployment has not turned on; the detail says how to.
+    #[error("{0}")]
+    NotEnabled(String),
+    /// The request conflicts with what the caller already has (a cap reached).
+    #[error("{0}")]
+    Conflict(String),
     /// With the methods the resource does allow, for the `Allow` header (RFC 9110 §15.5.6).
     #[error("this method is not allowed here; use {0}")]
     MethodNotAllowed(&'static str),
@@ -99,6 +105,8 @@ impl ApiError {
             ApiError::IdempotencyMismatch => ("idempotency-key-reused", "Idempotency key reused"),
             ApiError::NotFound => ("not-found", "Not found"),
             ApiError::PreconditionFailed { .. } => ("precondition-failed", "Precondition failed"),
+            ApiError::NotEnabled(_) => ("not-enabled", "Not enabled"),
+            ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::TooManyConnections { .. } => ("too-many-connections", "Too many connections"),
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
@@ -199,8 +207,9 @@ impl ResponseError for ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::NotFound | ApiError::NotEnabled(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

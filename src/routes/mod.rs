@@ -6,7 +6,7 @@
 
 pub mod openapi;
 
-use crate::api::{demo, health, notifications, preferences, topics};
+use crate::api::{demo, health, notifications, preferences, push, topics};
 use crate::http::error::ApiError;
 use crate::sockjs::Endpoint;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
@@ -76,6 +76,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/topics/{topic}")
             .route(web::get().to(topics::info))
             .default_service(method_not_allowed("GET")),
+    )
+    .service(get_only(
+        "/v1/push/vapid-public-key",
+        push::vapid_public_key,
+    ))
+    .service(
+        web::resource("/v1/push/subscriptions")
+            .route(web::post().to(push::subscribe))
+            .route(web::get().to(push::list))
+            .route(web::delete().to(push::unsubscribe))
+            .default_service(method_not_allowed("GET, POST, DELETE")),
     )
     .service(get_only("/healthz", health::healthz))
     .service(get_only("/readyz", health::readyz))

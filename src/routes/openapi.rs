@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document. `openapi/openapi.json` is this, pretty-printed; a test fails
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
-use crate::api::{health, notifications, preferences, topics};
+use crate::api::{health, notifications, preferences, push, topics};
 use crate::http::error;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -42,6 +42,10 @@ use utoipa::{Modify, OpenApi};
         preferences::put_for,
         preferences::patch_for,
         preferences::notification_types,
+        push::vapid_public_key,
+        push::subscribe,
+        push::list,
+        push::unsubscribe,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -62,6 +66,7 @@ use utoipa::{Modify, OpenApi};
         (name = "live", description = "New notifications as they commit, resuming from the client's cursor: SSE, long-poll, WebSocket."),
         (name = "topics", description = "Services manage who is subscribed to a topic; a publish with `topic` reaches every subscriber."),
         (name = "preferences", description = "Each user's mute rules and quiet hours, applied at commit to every publish."),
+        (name = "push", description = "Web Push: browsers subscribe, and get every notification with no tab open."),
         (name = "operations", description = "Health, readiness and metrics."),
     )
 )]

@@ -140,12 +140,12 @@ async fn committer(
         while attempts < PREFS_ATTEMPTS {
             attempts += 1;
             let (prepared, guess) = plan_batch(&jobs, &ids, &prefs);
-            result = commit(&pool, &prepared, &guess, with_outbox).await;
+            result = commit(&pool, &prepared, &guess, &outbox).await;
             if !retried_deadlock
                 && matches!(&result, Err(StoreError::Database(sqlx::Error::Database(e))) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
             {
                 retried_deadlock = true;
-                result = commit(&pool, &prepared, &guess, with_outbox).await;
+                result = commit(&pool, &prepared, &guess, &outbox).await;
             }
             if !matches!(result, Err(StoreError::StalePreferences)) {
                 break;
@@ -242,11 +242,11 @@ async fn commit(
     pool: &PgPool,
     batch: &[PreparedPublish<'_>],
     guess: &Guess,
-    with_outbox: bool,
+    outbox: &Outbox,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     let plan = Plan::new(batch);
-    if with_outbox {
-        commit_with_outbox(pool, batch, &plan, guess).await
+    if outbox.is_on() {
+        commit_with_outbox(pool, batch, &plan, guess, outbox).await
     } else {
         commit_in_one_statement(pool, batch, &plan, guess).await
     }
@@ -484,6 +484,7 @@ async fn commit_with_outbox(
     batch: &[PreparedPublish<'_>],
     plan: &Plan<'_>,
     guess: &Guess,
+    with: &Outbox,
 ) -> Result<Vec<PublishOutcome>, StoreError> {
     let mut tx = pool.begin().await?;
     let bumped = sqlx::query(
@@ -530,14 +531,14 @@ async fn commit_with_outbox(
             inbox.ordinals.push(pg_rows::ordinal(ordinal)?);
             let id = PreparedPublish::id(prep.key, message, ordinal, counts.seq)?;
             let n = prep.notification(id, counts.seq);
-            for (kind, payload) in prep.outbox_rows(user, &n, &counts) {
-                outbox.push(user, kind, payload);
+            for (channel, kind, payload) in prep.outbox_rows(user, &n, &counts) {
+                outbox.push_on(channel, user, kind, payload);
             }
             Ok(())
         },
     )?;
     inbox.insert(&mut tx).await?;
-    outbox.insert(&mut tx).await?;
+    outbox.insert(&mut tx, with).await?;
     // Quiet hours: the recipients held back get a hold instead of outbox rows.
     pg_record_holds(&mut tx, &holds(batch.iter())).await?;
     tx.commit().await?;

@@ -16,6 +16,7 @@ mod outbox;
 mod pg_rows;
 mod postgres;
 mod preferences;
+mod push;
 mod retention;
 mod sqlite;
 
@@ -51,10 +52,11 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use changes::{ChangeOutcome, Retracted};
-pub use outbox::{Outbox, OutboxKind, OutboxRow};
+pub use outbox::{Outbox, OutboxChannel, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
 pub(crate) use preferences::PrefsCache;
 pub use preferences::{NotificationTypeCount, StoredPreferences};
+pub use push::{PushLease, PushResult, PushRow, PushSubscription, PushTarget, SubscribeOutcome};
 pub use retention::{CountCursor, Pruned, RetentionLease};
 pub use sqlite::SqliteStore;
 
@@ -382,12 +384,31 @@ impl Store {
     }
 
     pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
-        dispatch!(self, s => s.outbox_depth(cap).await)
+        self.outbox_depth_of(OutboxChannel::Mqtt, cap).await
+    }
+
+    /// Rows waiting on `channel`, counted up to `cap`.
+    pub async fn outbox_depth_of(
+        &self,
+        channel: OutboxChannel,
+        cap: i64,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.outbox_depth(channel, cap).await)
     }
 
     /// Drops rows written before `cutoff`; returns how many.
     pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.outbox_drop_before(cutoff).await)
+        self.outbox_drop_before_of(OutboxChannel::Mqtt, cutoff)
+            .await
+    }
+
+    /// Drops `channel`'s rows written before `cutoff` (rows under a live lease excepted).
+    pub async fn outbox_drop_before_of(
+        &self,
+        channel: OutboxChannel,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.outbox_drop_before(channel, cutoff).await)
     }
 }
 
@@ -442,6 +463,11 @@ pub(crate) struct PreparedPublish<'a> {
     /// outbox rows for them; the commit records the hold in `mqtt_quiet` instead, and the
     /// bridge sends one update when it ends. Sorted by user id.
     pub mqtt_held: Vec<(UserId, DateTime<Utc>)>,
+    /// Stored recipients who get no Web Push for this notification: muted on the `push`
+    /// channel, or inside their quiet hours. A held push is not sent later (a push is an
+    /// interruption, and quiet hours are for not being interrupted): the inbox has the
+    /// notification and the app badge catches up with the next push. Sorted by user id.
+    pub push_skipped: Vec<UserId>,
 }
 
 impl<'a> PreparedPublish<'a> {
@@ -462,6 +488,7 @@ impl<'a> PreparedPublish<'a> {
             muted: Vec::new(),
             mqtt_muted: Vec::new(),
             mqtt_held: Vec::new(),
+            push_skipped: Vec::new(),
         }
     }
 
@@ -487,6 +514,12 @@ impl<'a> PreparedPublish<'a> {
                         Decision::Hold { until } => self.mqtt_held.push((row.0.clone(), until)),
                         Decision::Deliver => {}
                     }
+                    match p.decide(kind, topic, Channel::Push, false, self.created_at) {
+                        Decision::Mute | Decision::Hold { .. } => {
+                            self.push_skipped.push(row.0.clone())
+                        }
+                        Decision::Deliver => {}
+                    }
                     kept.push(row);
                 }
                 None => kept.push(row),
@@ -495,15 +528,18 @@ impl<'a> PreparedPublish<'a> {
         self.rows = kept;
     }
 
-    /// The outbox rows of one recipient's copy: the notification and the badge update, only
-    /// the badge when the recipient muted this notification on `mqtt`, none while their
-    /// quiet hours hold `mqtt` back.
+    /// The outbox rows of one recipient's copy, per bridge channel, in the order they are
+    /// written. MQTT: the notification and the badge update, only the badge when the
+    /// recipient muted this notification on `mqtt`, none while their quiet hours hold `mqtt`
+    /// back. Web Push: the notification (which carries the badge), none when `push` is muted
+    /// or held (see [`PreparedPublish::push_skipped`]). The writers keep the channels that
+    /// are on.
     pub fn outbox_rows(
         &self,
         user: &str,
         n: &Notification,
         counts: &Counts,
-    ) -> impl Iterator<Item = (OutboxKind, String)> {
+    ) -> Vec<(OutboxChannel, OutboxKind, String)> {
         let muted = self
             .mqtt_muted
             .binary_search_by(|u| u.as_str().cmp(user))
@@ -512,9 +548,19 @@ impl<'a> PreparedPublish<'a> {
             .mqtt_held
             .binary_search_by(|(u, _)| u.as_str().cmp(user))
             .is_ok();
-        outbox::rows_for(n, counts)
+        let push_skipped = self
+            .push_skipped
+            .binary_search_by(|u| u.as_str().cmp(user))
+            .is_ok();
+        let mqtt = outbox::rows_for(n, counts, OutboxChannel::Mqtt)
             .into_iter()
-            .filter(move |(kind, _)| !(held || (muted && *kind == OutboxKind::Notification)))
+            .filter(|(kind, _)| !(held || (muted && *kind == OutboxKind::Notification)))
+            .map(|(kind, payload)| (OutboxChannel::Mqtt, kind, payload));
+        let push = outbox::rows_for(n, counts, OutboxChannel::WebPush)
+            .into_iter()
+            .filter(|_| !push_skipped)
+            .map(|(kind, payload)| (OutboxChannel::WebPush, kind, payload));
+        mqtt.chain(push).collect()
     }
 
     /// Every recipient, stored or muted: the rows whose cursor a commit locks.

@@ -425,8 +425,9 @@ impl SqliteStore {
             if let Some(row) = newest {
                 let n = super::sqlite::decode(&row, &self.ids)?;
                 let payload = serde_json::to_string(&n).unwrap_or_default();
-                super::sqlite::insert_outbox(
+                super::sqlite::insert_row(
                     &mut tx,
+                    super::OutboxChannel::Mqtt,
                     &user,
                     super::OutboxKind::Notification,
                     &payload,
@@ -436,8 +437,9 @@ impl SqliteStore {
             }
             let counts = super::sqlite::counts(&mut tx, &user).await?;
             let payload = super::outbox::unread_payload(&counts);
-            super::sqlite::insert_outbox(
+            super::sqlite::insert_row(
                 &mut tx,
+                super::OutboxChannel::Mqtt,
                 &user,
                 super::OutboxKind::Unread,
                 &payload,
@@ -523,16 +525,23 @@ impl PgStore {
             if let Some(row) = newest {
                 let n = super::postgres::decode(&row, &self.ids)?;
                 let payload = serde_json::to_string(&n).unwrap_or_default();
-                rows.push(user, super::OutboxKind::Notification, payload);
+                rows.push_on(
+                    super::OutboxChannel::Mqtt,
+                    user,
+                    super::OutboxKind::Notification,
+                    payload,
+                );
             }
             let counts = super::postgres::counts(&mut tx, &uid).await?;
-            rows.push(
+            // MQTT only: the release ends an MQTT hold (Web Push skips held pushes instead).
+            rows.push_on(
+                super::OutboxChannel::Mqtt,
                 user,
                 super::OutboxKind::Unread,
                 super::outbox::unread_payload(&counts),
             );
         }
-        rows.insert(&mut tx).await?;
+        rows.insert(&mut tx, &self.outbox).await?;
         tx.commit().await?;
         if !users.is_empty() {
             self.outbox.poke();

@@ -27,3 +27,4 @@ mod sockjs;
 mod sockjs_owner;
 mod streams;
 mod topics;
+mod webpush;

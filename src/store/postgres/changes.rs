@@ -164,7 +164,7 @@ impl PgStore {
         if announce {
             let mut out = OutboxColumns::default();
             out.push(user.as_str(), OutboxKind::Unread, unread_payload(&counts));
-            out.insert(&mut tx).await?;
+            out.insert(&mut tx, &self.outbox).await?;
         }
         tx.commit().await?;
         if announce {
@@ -257,7 +257,7 @@ impl PgStore {
         }
         let announce = self.outbox.is_on();
         if announce {
-            out.insert(&mut tx).await?;
+            out.insert(&mut tx, &self.outbox).await?;
         }
         tx.commit().await?;
         if announce {

@@ -7,7 +7,7 @@
 mod changes;
 
 use super::group_commit::GroupCommit;
-use super::outbox::unread_payload;
+use super::outbox::{unread_payload, OutboxChannel};
 use super::pg_rows::{ordinal, OutboxColumns};
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
@@ -32,8 +32,8 @@ pub struct PgStore {
     pub(super) read_pool: PgPool,
     group: GroupCommit,
     pub(super) outbox: Outbox,
-    /// The bridge's own connections: a lease holds one for as long as the broker takes to
-    /// acknowledge a batch, which must never take a connection publishing needs.
+    /// The bridges' own connections: a lease holds one for as long as the broker (or the
+    /// push services) take with a batch, which must never take a connection publishing needs.
     pub(super) outbox_pool: Option<PgPool>,
     /// Encrypts the notification ids handed out; the same on every replica.
     pub(super) ids: IdKey,
@@ -81,9 +81,10 @@ impl PgStore {
         let outbox_pool = if outbox.is_on() {
             Some(
                 PgPoolOptions::new()
-                    .max_connections(2)
+                    // A lease each for the MQTT and the Web Push sender, and their housekeeping.
+                    .max_connections(4)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect_with(options.application_name("tidings-mqtt"))
+                    .connect_with(options.application_name("tidings-outbox"))
                     .await?,
             )
         } else {
@@ -260,13 +261,13 @@ impl PgStore {
         if self.outbox.is_on() {
             let mut rows = OutboxColumns::default();
             for d in &outcome.deliveries {
-                for (kind, payload) in
+                for (channel, kind, payload) in
                     prep.outbox_rows(d.recipient.as_str(), &d.notification, &d.counts)
                 {
-                    rows.push(d.recipient.as_str(), kind, payload);
+                    rows.push_on(channel, d.recipient.as_str(), kind, payload);
                 }
             }
-            rows.insert(&mut tx).await?;
+            rows.insert(&mut tx, &self.outbox).await?;
             let holds = super::preferences::holds(std::iter::once(&prep));
             super::preferences::pg_record_holds(&mut tx, &holds).await?;
         }
@@ -391,7 +392,7 @@ impl PgStore {
         if announce {
             let mut rows = OutboxColumns::default();
             rows.push(user.as_str(), OutboxKind::Unread, unread_payload(&counts));
-            rows.insert(&mut tx).await?;
+            rows.insert(&mut tx, &self.outbox).await?;
         }
         tx.commit().await?;
         if announce {
@@ -490,7 +491,7 @@ impl PgStore {
         }
     }
 
-    fn outbox_pool(&self) -> &PgPool {
+    pub(super) fn outbox_pool(&self) -> &PgPool {
         self.outbox_pool.as_ref().unwrap_or(&self.pool)
     }
 
@@ -542,21 +543,27 @@ impl PgStore {
         })
     }
 
-    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM mqtt_outbox LIMIT $1) t")
-                .bind(cap)
-                .fetch_one(self.outbox_pool())
-                .await?,
-        )
+    pub async fn outbox_depth(&self, channel: OutboxChannel, cap: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {} LIMIT $1) t",
+            channel.table()
+        ))
+        .bind(cap)
+        .fetch_one(self.outbox_pool())
+        .await?)
     }
 
-    pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub async fn outbox_drop_before(
+        &self,
+        channel: OutboxChannel,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         // SKIP LOCKED: rows under a live lease are being published right now; leave them.
-        Ok(sqlx::query(
-            "DELETE FROM mqtt_outbox WHERE id IN (
-                 SELECT id FROM mqtt_outbox WHERE created_at < $1 FOR UPDATE SKIP LOCKED)",
-        )
+        let table = channel.table();
+        Ok(sqlx::query(&format!(
+            "DELETE FROM {table} WHERE id IN (
+                 SELECT id FROM {table} WHERE created_at < $1 FOR UPDATE SKIP LOCKED)"
+        ))
         .bind(cutoff)
         .execute(self.outbox_pool())
         .await?

@@ -3,7 +3,8 @@
 use super::{stored_user, CountCursor, Pruned, Targets, COUNT_USERS_PER_STEP};
 use crate::domain::{Counts, Seq, UserId};
 use crate::store::outbox::unread_payload;
-use crate::store::{PgStore, StoreError};
+use crate::store::pg_rows::OutboxColumns;
+use crate::store::{OutboxKind, PgStore, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
@@ -248,19 +249,13 @@ impl PgStore {
         }
         let announce = self.outbox.is_on();
         if announce {
-            // The MQTT bridge's unread topic follows every change of a count.
-            let (us, payloads): (Vec<&str>, Vec<String>) = changed
-                .iter()
-                .map(|(u, c)| (u.as_str(), unread_payload(c)))
-                .unzip();
-            sqlx::query(
-                "INSERT INTO mqtt_outbox (user_id, kind, payload)
-                 SELECT u, 'unread', p FROM unnest($1::text[], $2::text[]) AS t(u, p)",
-            )
-            .bind(&us)
-            .bind(&payloads)
-            .execute(&mut *tx)
-            .await?;
+            // The MQTT bridge's unread topic (and the Web Push badge) follows every change
+            // of a count.
+            let mut out = OutboxColumns::default();
+            for (u, c) in &changed {
+                out.push(u.as_str(), OutboxKind::Unread, unread_payload(c));
+            }
+            out.insert(&mut tx, &self.outbox).await?;
         }
         tx.commit().await?;
         if announce {

@@ -161,6 +161,7 @@ impl SqliteStore {
         if announce {
             insert_outbox(
                 &mut tx,
+                &self.outbox,
                 user,
                 OutboxKind::Unread,
                 &unread_payload(&counts),
@@ -226,6 +227,7 @@ impl SqliteStore {
             if delta > 0 && self.outbox.is_on() {
                 insert_outbox(
                     &mut tx,
+                    &self.outbox,
                     &user,
                     OutboxKind::Unread,
                     &unread_payload(&counts),

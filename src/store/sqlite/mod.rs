@@ -7,7 +7,7 @@
 
 mod changes;
 
-use super::outbox::unread_payload;
+use super::outbox::{unread_payload, OutboxChannel};
 use super::{
     replay, stored_id, Counts, IdLookup, ListQuery, MarkRead, Outbox, OutboxKind, OutboxRow, Page,
     PreparedPublish, PublishCommand, PublishOutcome, ReadOutcome, StoreError,
@@ -181,10 +181,12 @@ impl SqliteStore {
             .await?;
             if self.outbox.is_on() {
                 let id = PreparedPublish::id(&self.ids, message, *ordinal, counts.seq)?;
-                for (kind, payload) in
+                for (channel, kind, payload) in
                     prep.outbox_rows(user.as_str(), &prep.notification(id, counts.seq), &counts)
                 {
-                    insert_outbox(&mut tx, user, kind, &payload, &created_at).await?;
+                    if self.outbox.has(channel) {
+                        insert_row(&mut tx, channel, user, kind, &payload, &created_at).await?;
+                    }
                 }
             }
             bumped.push(counts);
@@ -319,7 +321,15 @@ impl SqliteStore {
         let announce = changed > 0 && self.outbox.is_on();
         if announce {
             let payload = unread_payload(&counts);
-            insert_outbox(&mut tx, user, OutboxKind::Unread, &payload, &now).await?;
+            insert_outbox(
+                &mut tx,
+                &self.outbox,
+                user,
+                OutboxKind::Unread,
+                &payload,
+                &now,
+            )
+            .await?;
         }
         tx.commit().await?;
         if announce {
@@ -457,21 +467,29 @@ impl SqliteStore {
         })
     }
 
-    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM mqtt_outbox LIMIT ?1)")
-                .bind(cap)
-                .fetch_one(&self.reader)
-                .await?,
-        )
+    pub async fn outbox_depth(&self, channel: OutboxChannel, cap: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {} LIMIT ?1)",
+            channel.table()
+        ))
+        .bind(cap)
+        .fetch_one(&self.reader)
+        .await?)
     }
 
-    pub async fn outbox_drop_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM mqtt_outbox WHERE created_at < ?1")
-            .bind(format_time(&cutoff))
-            .execute(&self.writer)
-            .await?
-            .rows_affected())
+    pub async fn outbox_drop_before(
+        &self,
+        channel: OutboxChannel,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(&format!(
+            "DELETE FROM {} WHERE created_at < ?1",
+            channel.table()
+        ))
+        .bind(format_time(&cutoff))
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
     }
 }
 
@@ -487,20 +505,43 @@ fn outbox_row(r: &SqliteRow) -> Option<OutboxRow> {
 
 pub(super) async fn insert_outbox(
     tx: &mut sqlx::SqliteConnection,
+    outbox: &Outbox,
     user: &UserId,
     kind: OutboxKind,
     payload: &str,
     created_at: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO mqtt_outbox (user_id, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .bind(user.as_str())
-    .bind(kind.as_str())
-    .bind(payload)
-    .bind(created_at)
-    .execute(tx)
-    .await?;
+    for channel in outbox.channels() {
+        insert_row(tx, channel, user, kind, payload, created_at).await?;
+    }
+    Ok(())
+}
+
+/// One row on one channel; on Web Push, one per subscription of the user (none without).
+pub(super) async fn insert_row(
+    tx: &mut sqlx::SqliteConnection,
+    channel: OutboxChannel,
+    user: &UserId,
+    kind: OutboxKind,
+    payload: &str,
+    created_at: &str,
+) -> Result<(), StoreError> {
+    let sql = match channel {
+        OutboxChannel::Mqtt => {
+            "INSERT INTO mqtt_outbox (user_id, kind, payload, created_at) VALUES (?1, ?2, ?3, ?4)"
+        }
+        OutboxChannel::WebPush => {
+            "INSERT INTO webpush_outbox (subscription_id, user_id, kind, payload, created_at)
+             SELECT id, ?1, ?2, ?3, ?4 FROM push_subscriptions WHERE user_id = ?1 ORDER BY id"
+        }
+    };
+    sqlx::query(sql)
+        .bind(user.as_str())
+        .bind(kind.as_str())
+        .bind(payload)
+        .bind(created_at)
+        .execute(tx)
+        .await?;
     Ok(())
 }
 

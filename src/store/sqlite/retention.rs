@@ -5,7 +5,7 @@
 use super::{stored_user, CountCursor, Pruned, Targets, COUNT_USERS_PER_STEP};
 use crate::domain::{format_time, Counts, Seq, UserId};
 use crate::store::outbox::unread_payload;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{OutboxKind, SqliteStore, StoreError};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use std::collections::BTreeSet;
@@ -157,14 +157,14 @@ impl SqliteStore {
                 version: row.try_get(2)?,
             };
             if self.outbox.is_on() {
-                sqlx::query(
-                    "INSERT INTO mqtt_outbox (user_id, kind, payload, created_at)
-                     VALUES (?1, 'unread', ?2, ?3)",
+                crate::store::sqlite::insert_outbox(
+                    &mut tx,
+                    &self.outbox,
+                    user,
+                    OutboxKind::Unread,
+                    &unread_payload(&counts),
+                    &format_time(&Utc::now()),
                 )
-                .bind(user.as_str())
-                .bind(unread_payload(&counts))
-                .bind(format_time(&Utc::now()))
-                .execute(&mut *tx)
                 .await?;
             }
             pruned.changed.push((user.clone(), counts));
