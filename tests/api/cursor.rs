@@ -348,15 +348,7 @@ async fn a_cursor_ahead_of_the_latest_seq_is_told_so_and_goes_on_live(b: Backend
     let mut iframe = Lines::open(
         &app,
         "/v1/notifications/stream.html?origin=https://app.example&after=10",
-        |l| {
-            // Each chunk carries the response's CSP nonce (`<script nonce="…">p(…)</script>`).
-            let json = l
-                .strip_prefix("<script nonce=\"")?
-                .split_once("\">p(")?
-                .1
-                .strip_suffix(")</script>")?;
-            serde_json::from_str(json).ok()
-        },
+        crate::helpers::iframe_line,
     )
     .await;
     ahead_then_unread(&iframe.until("unread").await, "iframe");

@@ -368,3 +368,13 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// `<script nonce="…">p({...})</script>` → the event.
+pub fn iframe_line(line: &str) -> Option<Value> {
+    let json = line
+        .strip_prefix("<script nonce=\"")?
+        .split_once("\">p(")?
+        .1
+        .strip_suffix(")</script>")?;
+    serde_json::from_str(json).ok()
+}

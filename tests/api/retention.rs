@@ -331,14 +331,7 @@ async fn a_cursor_below_the_floor_is_told_so_first_on_every_transport(b: Backend
     let events = stream_events(
         &app,
         "/v1/notifications/stream.html?origin=https://app.example&after=2",
-        |l| {
-            let json = l
-                .strip_prefix("<script nonce=\"")?
-                .split_once("\">p(")?
-                .1
-                .strip_suffix(")</script>")?;
-            serde_json::from_str(json).ok()
-        },
+        crate::helpers::iframe_line,
     )
     .await;
     assert_truncated_first(&events, "iframe");

@@ -2,8 +2,8 @@
 //! formats, so the same cursor rules: replay after the cursor, then live, no gap, no duplicate.
 
 use crate::helpers::{
-    sample, spawn_app, spawn_app_with, spawn_app_with_history, user_token, Backend, SlowLatest,
-    TestApp,
+    iframe_line, sample, spawn_app, spawn_app_with, spawn_app_with_history, user_token, Backend,
+    SlowLatest, TestApp,
 };
 use crate::live::LATE_START;
 use futures::stream::BoxStream;
@@ -78,16 +78,6 @@ impl Lines {
 
 fn ndjson_line(line: &str) -> Option<Value> {
     serde_json::from_str(line).ok()
-}
-
-/// `<script nonce="…">p({...})</script>` → the event.
-fn iframe_line(line: &str) -> Option<Value> {
-    let json = line
-        .strip_prefix("<script nonce=\"")?
-        .split_once("\">p(")?
-        .1
-        .strip_suffix(")</script>")?;
-    serde_json::from_str(json).ok()
 }
 
 async fn publish_n(app: &TestApp, n: usize) {
