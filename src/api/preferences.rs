@@ -214,7 +214,7 @@ pub async fn get_own(
 #[utoipa::path(
     put, path = "/v1/preferences", tag = "preferences",
     request_body = PreferencesDocument,
-    params(("If-Match" = Option<String>, Header, description = "The `ETag` of the version this replaces; a newer one answers 412.")),
+    params(("If-Match" = Option<String>, Header, nullable = false, pattern = "^(\\*|\"[0-9]{1,18}\")$", description = "The `ETag` of the version this replaces; a newer one answers 412.")),
     responses(
         (status = 200, body = PreferencesDocument, description = "Stored; `ETag` is the new version.",
             headers(("ETag" = String, description = "The new version."))),
@@ -241,7 +241,7 @@ pub async fn put_own(
 #[utoipa::path(
     patch, path = "/v1/preferences", tag = "preferences",
     request_body(content = Object, content_type = "application/merge-patch+json"),
-    params(("If-Match" = Option<String>, Header, description = "The `ETag` of the version this patches; a newer one answers 412. Without it, the patch applies to the current version.")),
+    params(("If-Match" = Option<String>, Header, nullable = false, pattern = "^(\\*|\"[0-9]{1,18}\")$", description = "The `ETag` of the version this patches; a newer one answers 412. Without it, the patch applies to the current version.")),
     responses(
         (status = 200, body = PreferencesDocument, description = "Stored; `ETag` is the new version.",
             headers(("ETag" = String, description = "The new version."))),
@@ -289,12 +289,15 @@ pub async fn get_for(
     put, path = "/v1/users/{user}/preferences", tag = "preferences",
     request_body = PreferencesDocument,
     params(("user" = String, Path, description = "The user id."),
-        ("If-Match" = Option<String>, Header, description = "The `ETag` of the version this replaces.")),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(\\*|\"[0-9]{1,18}\")$", description = "The `ETag` of the version this replaces.")),
     responses(
         (status = 200, body = PreferencesDocument, description = "Stored; `ETag` is the new version."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is not JSON, or `If-Match` is malformed."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "The token lacks the `preferences:write` scope."),
         (status = 412, body = Problem, content_type = "application/problem+json", description = "`If-Match` is not the current version."),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid fields, each named in `errors`."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
     ),
     security(("service_token" = []))
 )]
@@ -313,12 +316,15 @@ pub async fn put_for(
     patch, path = "/v1/users/{user}/preferences", tag = "preferences",
     request_body(content = Object, content_type = "application/merge-patch+json"),
     params(("user" = String, Path, description = "The user id."),
-        ("If-Match" = Option<String>, Header, description = "The `ETag` of the version this patches.")),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(\\*|\"[0-9]{1,18}\")$", description = "The `ETag` of the version this patches.")),
     responses(
         (status = 200, body = PreferencesDocument, description = "Stored; `ETag` is the new version."),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is not JSON, or `If-Match` is malformed."),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "The token lacks the `preferences:write` scope."),
         (status = 412, body = Problem, content_type = "application/problem+json", description = "`If-Match` is not the current version."),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid fields, each named in `errors`."),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
     ),
     security(("service_token" = []))
 )]

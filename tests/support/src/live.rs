@@ -612,6 +612,28 @@ impl WsClient {
         }
     }
 
+    /// [`Self::until_close`], except that the client's own write failing (`Broken pipe`,
+    /// `Connection reset`) counts as the server having closed, with no code: the client's
+    /// automatic Pong or Close reply races the server's close of the TCP connection, and
+    /// tungstenite reports the failed write before the close frame already in its buffer.
+    /// `Err` carries that write error, for the caller to accept or not.
+    pub async fn until_close_or_reset(&mut self, within: Duration) -> Result<Option<u16>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_within(left).await {
+                None => panic!("the WebSocket was not closed within {within:?}"),
+                Some(WsFrame::Closed(code)) => return Ok(code),
+                Some(WsFrame::End) => return Ok(None),
+                Some(WsFrame::Error(e)) if e.contains("Broken pipe") || e.contains("reset") => {
+                    return Err(e)
+                }
+                Some(WsFrame::Error(e)) => panic!("the WebSocket broke without a close frame: {e}"),
+                Some(_) => {}
+            }
+        }
+    }
+
     /// Skips frames until the server closes; returns the close code (`None`: no close frame or
     /// no code) and the frames skipped.
     pub async fn until_close(&mut self, within: Duration) -> (Vec<WsFrame>, Option<u16>) {
