@@ -169,11 +169,7 @@ impl SqliteStore {
         .bind(user.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let current = current.unwrap_or(0);
-        if if_match.is_some_and(|v| v != current) {
-            return Err(StoreError::PreconditionFailed { current });
-        }
-        let version = current + 1;
+        let version = next_version(current, if_match)?;
         sqlx::query(
             "INSERT INTO preferences (user_id, version, document, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (user_id) DO UPDATE
@@ -259,11 +255,7 @@ impl PgStore {
         .bind(user.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let current = current.unwrap_or(0);
-        if if_match.is_some_and(|v| v != current) {
-            return Err(StoreError::PreconditionFailed { current });
-        }
-        let version = current + 1;
+        let version = next_version(current, if_match)?;
         sqlx::query(
             "INSERT INTO preferences (user_id, version, document, updated_at) VALUES ($1, $2, $3, now())
              ON CONFLICT (user_id) DO UPDATE
@@ -334,6 +326,16 @@ fn stored(user: &UserId, row: Option<(i64, String)>) -> Result<StoredPreferences
             preferences: decode(user.as_str(), &document)?,
         }),
     }
+}
+
+/// The version a write makes from the cursor row's `current` one (`None`: never written),
+/// if `if_match` (when given) names it; the same rule on both backends.
+fn next_version(current: Option<i64>, if_match: Option<i64>) -> Result<i64, StoreError> {
+    let current = current.unwrap_or(0);
+    if if_match.is_some_and(|v| v != current) {
+        return Err(StoreError::PreconditionFailed { current });
+    }
+    Ok(current + 1)
 }
 
 fn types(rows: Vec<(String, i64)>) -> Vec<NotificationTypeCount> {
@@ -562,5 +564,25 @@ impl Store {
             Store::Sqlite(s) => s.release_quiet(now, limit).await,
             Store::Postgres(s) => s.release_quiet(now, limit).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_version_checks_if_match_against_the_current_version() {
+        assert_eq!(next_version(None, None).ok(), Some(1));
+        assert_eq!(next_version(None, Some(0)).ok(), Some(1));
+        assert_eq!(next_version(Some(3), Some(3)).ok(), Some(4));
+        assert!(matches!(
+            next_version(Some(3), Some(2)),
+            Err(StoreError::PreconditionFailed { current: 3 })
+        ));
+        assert!(matches!(
+            next_version(None, Some(1)),
+            Err(StoreError::PreconditionFailed { current: 0 })
+        ));
     }
 }
