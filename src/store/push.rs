@@ -214,28 +214,14 @@ impl Store {
                 .fetch_all(&s.reader)
                 .await?
                 .iter()
-                .map(|r| {
-                    Ok(PushSubscription {
-                        endpoint: r.try_get(0)?,
-                        p256dh: r.try_get(1)?,
-                        auth: r.try_get(2)?,
-                        expiration_time: r.try_get(3)?,
-                    })
-                })
+                .map(subscription_of)
                 .collect::<Result<_, sqlx::Error>>()?,
             Store::Postgres(s) => sqlx::query(sql_pg)
                 .bind(user.as_str())
                 .fetch_all(&s.read_pool)
                 .await?
                 .iter()
-                .map(|r| {
-                    Ok(PushSubscription {
-                        endpoint: r.try_get(0)?,
-                        p256dh: r.try_get(1)?,
-                        auth: r.try_get(2)?,
-                        expiration_time: r.try_get(3)?,
-                    })
-                })
+                .map(subscription_of)
                 .collect::<Result<_, sqlx::Error>>()?,
         };
         Ok(subs)
@@ -488,6 +474,21 @@ where
         user: r.try_get(2).ok()?,
         kind: super::OutboxKind::parse(&r.try_get::<String, _>(3).ok()?)?,
         payload: r.try_get(4).ok()?,
+    })
+}
+
+/// A `SELECT endpoint, p256dh, auth, expiration_time` row, on either backend.
+fn subscription_of<R: Row>(r: &R) -> Result<PushSubscription, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(PushSubscription {
+        endpoint: r.try_get(0)?,
+        p256dh: r.try_get(1)?,
+        auth: r.try_get(2)?,
+        expiration_time: r.try_get(3)?,
     })
 }
 
