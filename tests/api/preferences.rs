@@ -21,7 +21,7 @@ async fn call(
     token: &str,
     if_match: Option<&str>,
     body: Option<&Value>,
-) -> (u16, Option<String>, Value) {
+) -> Reply {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(token);
     if let Some(tag) = if_match {
         req = req.header("If-Match", tag);
@@ -39,16 +39,41 @@ async fn call(
     (status, etag, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn put_prefs(app: &TestApp, user: &str, doc: &Value) -> String {
-    let (status, etag, body) = call(
+/// What [`call`] returns: the status, the ETag and the body.
+type Reply = (u16, Option<String>, Value);
+
+/// The caller's own preferences.
+const PREFS: &str = "/v1/preferences";
+
+async fn get(app: &TestApp, path: &str, token: &str) -> Reply {
+    call(app, reqwest::Method::GET, path, token, None, None).await
+}
+
+/// `PUT` (`PATCH` below) `doc` to `path`, with `If-Match` when given.
+async fn put(app: &TestApp, path: &str, token: &str, if_match: Option<&str>, doc: &Value) -> Reply {
+    call(app, reqwest::Method::PUT, path, token, if_match, Some(doc)).await
+}
+
+async fn patch(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    if_match: Option<&str>,
+    doc: &Value,
+) -> Reply {
+    call(
         app,
-        reqwest::Method::PUT,
-        "/v1/preferences",
-        &user_token(user),
-        None,
+        reqwest::Method::PATCH,
+        path,
+        token,
+        if_match,
         Some(doc),
     )
-    .await;
+    .await
+}
+
+async fn put_prefs(app: &TestApp, user: &str, doc: &Value) -> String {
+    let (status, etag, body) = put(app, PREFS, &user_token(user), None, doc).await;
     assert_eq!(status, 200, "{body}");
     etag.expect("an ETag")
 }
@@ -148,29 +173,13 @@ async fn a_muted_type_is_not_stored_counted_or_delivered(b: Backend) {
     assert_eq!(seqs(&app.list("alice", "").await), [2, 1]);
 
     // The types each user has received, with counts.
-    let (status, _, types) = call(
-        &app,
-        reqwest::Method::GET,
-        "/v1/notification-types",
-        &user_token("bob"),
-        None,
-        None,
-    )
-    .await;
+    let (status, _, types) = get(&app, "/v1/notification-types", &user_token("bob")).await;
     assert_eq!(status, 200);
     assert_eq!(
         types,
         json!({"types": [{"type": "marketing.sale", "count": 2}]})
     );
-    let (_, _, types) = call(
-        &app,
-        reqwest::Method::GET,
-        "/v1/notification-types",
-        &user_token("alice"),
-        None,
-        None,
-    )
-    .await;
+    let (_, _, types) = get(&app, "/v1/notification-types", &user_token("alice")).await;
     assert_eq!(
         types,
         json!({"types": [{"type": "marketing.security", "count": 1}, {"type": "order.shipped", "count": 1}]})
@@ -187,63 +196,23 @@ async fn a_muted_type_is_not_stored_counted_or_delivered(b: Backend) {
 async fn etag_if_match_and_merge_patch(b: Backend) {
     let app = spawn_app(b).await;
     let alice = user_token("alice");
-    let get = || {
-        call(
-            &app,
-            reqwest::Method::GET,
-            "/v1/preferences",
-            &alice,
-            None,
-            None,
-        )
-    };
-    let (status, etag, body) = get().await;
+    let (status, etag, body) = get(&app, PREFS, &alice).await;
     assert_eq!((status, etag.as_deref()), (200, Some("\"0\"")));
     assert_eq!(body, json!({"rules": [], "quiet_hours": null}));
 
     let doc = mute(&["marketing.*"]);
-    let (status, etag, _) = call(
-        &app,
-        reqwest::Method::PUT,
-        "/v1/preferences",
-        &alice,
-        Some("\"0\""),
-        Some(&doc),
-    )
-    .await;
+    let (status, etag, _) = put(&app, PREFS, &alice, Some("\"0\""), &doc).await;
     assert_eq!((status, etag.as_deref()), (200, Some("\"1\"")));
     // Stale: 412, with the current version as its ETag.
-    let (status, etag, problem) = call(
-        &app,
-        reqwest::Method::PUT,
-        "/v1/preferences",
-        &alice,
-        Some("\"0\""),
-        Some(&doc),
-    )
-    .await;
+    let (status, etag, problem) = put(&app, PREFS, &alice, Some("\"0\""), &doc).await;
     assert_eq!((status, etag.as_deref()), (412, Some("\"1\"")), "{problem}");
 
     // Two tabs write with the same If-Match at once: one wins, the other is told.
     for round in 0..5 {
-        let (_, tag, _) = get().await;
+        let (_, tag, _) = get(&app, PREFS, &alice).await;
         let tag = tag.expect("etag");
-        let a = call(
-            &app,
-            reqwest::Method::PUT,
-            "/v1/preferences",
-            &alice,
-            Some(&tag),
-            Some(&doc),
-        );
-        let b = call(
-            &app,
-            reqwest::Method::PUT,
-            "/v1/preferences",
-            &alice,
-            Some(&tag),
-            Some(&doc),
-        );
+        let a = put(&app, PREFS, &alice, Some(&tag), &doc);
+        let b = put(&app, PREFS, &alice, Some(&tag), &doc);
         let (a, b) = tokio::join!(a, b);
         let mut statuses = [a.0, b.0];
         statuses.sort_unstable();
@@ -251,42 +220,25 @@ async fn etag_if_match_and_merge_patch(b: Backend) {
     }
 
     // PATCH merges: quiet hours added, rules kept; `null` removes.
-    let patch =
+    let merge =
         json!({"quiet_hours": {"start": "22:00", "end": "07:00", "time_zone": "Europe/Berlin"}});
-    let (status, _, body) = call(
-        &app,
-        reqwest::Method::PATCH,
-        "/v1/preferences",
-        &alice,
-        None,
-        Some(&patch),
-    )
-    .await;
+    let (status, _, body) = patch(&app, PREFS, &alice, None, &merge).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["rules"],
         json!([{"types": ["marketing.*"], "topics": [], "channels": ["inbox"], "action": "mute"}])
     );
     assert_eq!(body["quiet_hours"]["time_zone"], "Europe/Berlin");
-    let (status, _, _) = call(
+    let (status, _, _) = patch(
         &app,
-        reqwest::Method::PATCH,
-        "/v1/preferences",
+        PREFS,
         &alice,
         Some("\"1\""),
-        Some(&json!({"quiet_hours": null})),
+        &json!({"quiet_hours": null}),
     )
     .await;
     assert_eq!(status, 412);
-    let (status, _, body) = call(
-        &app,
-        reqwest::Method::PATCH,
-        "/v1/preferences",
-        &alice,
-        None,
-        Some(&json!({"quiet_hours": null})),
-    )
-    .await;
+    let (status, _, body) = patch(&app, PREFS, &alice, None, &json!({"quiet_hours": null})).await;
     assert_eq!((status, body["quiet_hours"].clone()), (200, Value::Null));
 
     // A service with `preferences:write` reads and writes any user's; others may not.
@@ -297,52 +249,27 @@ async fn etag_if_match_and_merge_patch(b: Backend) {
         3600,
         Some("preferences:write"),
     );
-    let (status, _, _) = call(
+    let (status, _, _) = put(
         &app,
-        reqwest::Method::PUT,
         "/v1/users/bob/preferences",
         &writer,
         None,
-        Some(&mute(&["a.*"])),
+        &mute(&["a.*"]),
     )
     .await;
     assert_eq!(status, 200);
-    let (status, etag, body) = call(
-        &app,
-        reqwest::Method::GET,
-        "/v1/users/bob/preferences",
-        &writer,
-        None,
-        None,
-    )
-    .await;
+    let (status, etag, body) = get(&app, "/v1/users/bob/preferences", &writer).await;
     assert_eq!((status, etag.as_deref()), (200, Some("\"1\"")));
     assert_eq!(body["rules"][0]["types"], json!(["a.*"]));
     for token in [service_token("billing"), user_token("bob")] {
-        let (status, _, _) = call(
-            &app,
-            reqwest::Method::GET,
-            "/v1/users/bob/preferences",
-            &token,
-            None,
-            None,
-        )
-        .await;
+        let (status, _, _) = get(&app, "/v1/users/bob/preferences", &token).await;
         assert_eq!(status, 403);
     }
     // A service token is not a user.
-    let (status, _, _) = call(
-        &app,
-        reqwest::Method::GET,
-        "/v1/preferences",
-        &service_token("billing"),
-        None,
-        None,
-    )
-    .await;
+    let (status, _, _) = get(&app, PREFS, &service_token("billing")).await;
     assert_eq!(status, 403);
     // Alice's writes never touched bob's, nor bob's alice's.
-    let (_, _, body) = get().await;
+    let (_, _, body) = get(&app, PREFS, &alice).await;
     assert_eq!(body["rules"][0]["types"], json!(["marketing.*"]));
 }
 
@@ -365,40 +292,16 @@ async fn bad_input_is_a_422_naming_the_field(b: Backend) {
         ),
         (json!({"rules": vec![rule; 201]}), "rules"),
     ] {
-        let (status, _, problem) = call(
-            &app,
-            reqwest::Method::PUT,
-            "/v1/preferences",
-            &alice,
-            None,
-            Some(&doc),
-        )
-        .await;
+        let (status, _, problem) = put(&app, PREFS, &alice, None, &doc).await;
         assert_eq!(status, 422, "{problem}");
         assert_eq!(problem_fields(&problem), [field]);
-        let (status, _, problem) = call(
-            &app,
-            reqwest::Method::PATCH,
-            "/v1/preferences",
-            &alice,
-            None,
-            Some(&doc),
-        )
-        .await;
+        let (status, _, problem) = patch(&app, PREFS, &alice, None, &doc).await;
         assert_eq!(
             (status, problem_fields(&problem)),
             (422, vec![field.to_owned()])
         );
     }
-    let (status, _, _) = call(
-        &app,
-        reqwest::Method::PUT,
-        "/v1/preferences",
-        &alice,
-        Some("nope"),
-        Some(&json!({})),
-    )
-    .await;
+    let (status, _, _) = put(&app, PREFS, &alice, Some("nope"), &json!({})).await;
     assert_eq!(status, 400);
     let mut body = sample(&["alice"]);
     body["critical"] = json!("yes");
@@ -407,15 +310,7 @@ async fn bad_input_is_a_422_naming_the_field(b: Backend) {
         .await;
     assert_eq!(resp.status().as_u16(), 422);
     // Nothing was stored by the refused writes.
-    let (_, etag, _) = call(
-        &app,
-        reqwest::Method::GET,
-        "/v1/preferences",
-        &alice,
-        None,
-        None,
-    )
-    .await;
+    let (_, etag, _) = get(&app, PREFS, &alice).await;
     assert_eq!(etag.as_deref(), Some("\"0\""));
 }
 
