@@ -55,11 +55,27 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
 
 /// [`spawn_app_with`], with the hub's reads of the database going through `layer` (see
 /// [`SlowLatest`]).
+/// Prints the servers' "internal error" lines (the one place a 500 is logged, with its cause)
+/// on stderr, so a test that meets an unexpected 500 shows why. Nothing else is logged: the
+/// suite's output stays readable.
+fn show_internal_errors() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "tidings::http::error=error",
+            ))
+            .with_writer(std::io::stderr)
+            .try_init();
+    });
+}
+
 pub async fn spawn_app_with_history(
     backend: Backend,
     customize: impl FnOnce(&mut Settings),
     layer: impl FnOnce(Arc<dyn History>) -> Arc<dyn History> + Send + 'static,
 ) -> TestApp {
+    show_internal_errors();
     let mut settings = Settings::defaults(Profile::Local).expect("defaults");
     settings.server.listen = "127.0.0.1:0".into();
     settings.server.workers = 2;
