@@ -277,7 +277,22 @@ impl PgStore {
         Ok(outcome)
     }
 
+    /// A page of the inbox. The read runs on a task of its own, to its end, even when the
+    /// caller stops waiting (a client gone, a stream ended): sqlx's `begin()` is not
+    /// cancel-safe, and a read dropped between its `BEGIN` and sqlx's note of it returned
+    /// the connection to the pool inside an open transaction, so the next read on it failed
+    /// ("SET TRANSACTION ISOLATION LEVEL must be called before any query", a 500).
     pub async fn list(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
+        let store = self.clone();
+        let user = user.clone();
+        tokio::spawn(async move { store.list_in_snapshot(&user, q).await })
+            .await
+            .map_err(|e| {
+                StoreError::Database(sqlx::Error::Protocol(format!("the inbox read failed: {e}")))
+            })?
+    }
+
+    async fn list_in_snapshot(&self, user: &UserId, q: ListQuery) -> Result<Page, StoreError> {
         // One snapshot for the page and the counts, so they agree with each other.
         let mut tx = self.read_pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
