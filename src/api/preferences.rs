@@ -3,10 +3,9 @@
 //! overwrite each other silently (`If-Match` → 412). A service whose token has the
 //! `preferences:write` scope does the same for any user under `/v1/users/{user}/…`.
 
-use crate::auth::{bearer_token, AuthError, PREFERENCES_SCOPE};
 use crate::domain::{merge_patch, FieldError, Preferences, UserId};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{read_json, AuthenticatedUser, MAX_BODY_BYTES};
+use crate::http::extract::{read_json, AuthenticatedUser, PreferencesWriter, MAX_BODY_BYTES};
 use crate::http::AppState;
 use crate::store::{NotificationTypeCount, StoreError, StoredPreferences};
 use actix_web::http::header;
@@ -75,22 +74,8 @@ pub struct NotificationTypes {
     types: Vec<NotificationTypeCount>,
 }
 
-/// The user whose preferences a service names in the path, if its token may write them.
-fn service_target(req: &HttpRequest, state: &AppState, user: &str) -> Result<UserId, ApiError> {
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or(AuthError::Missing)?
-        .to_str()
-        .map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
-    let verified = state
-        .auth
-        .verify(bearer_token(value, "the Authorization header")?)?;
-    if !verified.scopes.iter().any(|s| s == PREFERENCES_SCOPE) {
-        return Err(
-            AuthError::Forbidden("this needs a token with the preferences:write scope").into(),
-        );
-    }
+/// The user a `preferences:write` token names in the path.
+fn target(user: &str) -> Result<UserId, ApiError> {
     UserId::parse(user).map_err(|m| ApiError::bad_field("user", m))
 }
 
@@ -277,10 +262,10 @@ pub async fn patch_own(
 )]
 pub async fn get_for(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: PreferencesWriter,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = service_target(&req, &state, &path)?;
+    let user = target(&path)?;
     get(&state, &user).await
 }
 
@@ -303,11 +288,12 @@ pub async fn get_for(
 )]
 pub async fn put_for(
     state: web::Data<AppState>,
+    _: PreferencesWriter,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let user = service_target(&req, &state, &path)?;
+    let user = target(&path)?;
     put(&state, &user, &req, payload).await
 }
 
@@ -330,11 +316,12 @@ pub async fn put_for(
 )]
 pub async fn patch_for(
     state: web::Data<AppState>,
+    _: PreferencesWriter,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let user = service_target(&req, &state, &path)?;
+    let user = target(&path)?;
     patch(&state, &user, &req, payload).await
 }
 
