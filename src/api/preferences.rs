@@ -3,10 +3,10 @@
 //! overwrite each other silently (`If-Match` → 412). A service whose token has the
 //! `preferences:write` scope does the same for any user under `/v1/users/{user}/…`.
 
-use crate::auth::{bearer_token, AuthError, PREFERENCES_SCOPE};
+use crate::api::notifications::UserIdText;
 use crate::domain::{merge_patch, FieldError, Preferences, UserId};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{read_json, AuthenticatedUser, MAX_BODY_BYTES};
+use crate::http::extract::{read_json, AuthenticatedUser, PreferencesWriter, MAX_BODY_BYTES};
 use crate::http::AppState;
 use crate::store::{NotificationTypeCount, StoreError, StoredPreferences};
 use actix_web::http::header;
@@ -19,8 +19,10 @@ use utoipa::ToSchema;
 /// write lands between its read and its write.
 const PATCH_ATTEMPTS: usize = 3;
 
-/// The preferences document, as documented (the server validates it by hand, to name every
-/// bad field at once).
+/// The preferences document, as documented: exactly what the server accepts, so that a
+/// document valid by the schema is stored and one that is not is a 422 naming the field.
+/// (The server validates it by hand, to name every bad field at once.) The one rule JSON
+/// Schema cannot say is that quiet hours' `end` differs from their `start`.
 #[derive(serde::Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
@@ -34,24 +36,122 @@ pub struct PreferencesDocument {
     quiet_hours: Option<QuietHoursDocument>,
 }
 
+/// A JSON Merge Patch (RFC 7386) of the preferences: `rules`, when present, replaces the
+/// rules whole (`null`: none); `quiet_hours` replaces the quiet hours (`null` removes them).
+/// Documented with whole quiet hours, the form that is valid whatever is stored; a patch
+/// naming only some of their fields merges into the stored ones, if there are any.
+#[derive(serde::Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PreferencesPatch {
+    /// At most 200 rules; they replace the stored ones whole.
+    #[schema(max_items = 200)]
+    rules: Option<Vec<RuleDocument>>,
+    /// The new quiet hours; `null` removes them.
+    quiet_hours: Option<QuietHoursDocument>,
+}
+
 #[derive(serde::Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct RuleDocument {
     /// Exact types (`order.shipped`) or prefixes ending in `.*` (`marketing.*`); empty or
     /// absent: every type. At most 100.
-    #[schema(example = json!(["marketing.*"]), max_items = 100)]
+    #[schema(example = json!(["marketing.*"]), max_items = 100, value_type = Option<Vec<TypePatternText>>)]
     types: Option<Vec<String>>,
     /// Topic names; empty or absent: any publish. A rule with topics matches only
     /// publishes to one of them. At most 100.
-    #[schema(max_items = 100)]
+    #[schema(max_items = 100, value_type = Option<Vec<UserIdText>>)]
     topics: Option<Vec<String>>,
     /// `inbox` (stored at all, and so every live transport), `push`, `mqtt` or `all`.
     #[schema(example = json!(["all"]), min_items = 1)]
-    channels: Vec<String>,
+    channels: Vec<ChannelName>,
     /// `mute` or `allow`.
     #[schema(example = "mute")]
-    action: String,
+    action: ActionName,
+}
+
+/// A channel a rule applies to: `inbox` (stored at all, and so every live transport),
+/// `push` (Web Push), `mqtt` (the MQTT bridge) or `all`.
+#[derive(serde::Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = Channel)]
+#[allow(dead_code)]
+pub enum ChannelName {
+    Inbox,
+    Push,
+    Mqtt,
+    All,
+}
+
+/// What a rule does to the notifications it matches.
+#[derive(serde::Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = RuleAction)]
+#[allow(dead_code)]
+pub enum ActionName {
+    Mute,
+    Allow,
+}
+
+/// A rule's type pattern, as documented: a notification type or such a type followed by
+/// `.*` (`TypePattern::parse`).
+pub struct TypePatternText;
+
+impl utoipa::PartialSchema for TypePatternText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^[a-z0-9._-]{1,64}(\.\*)?$"))
+            .description(Some(
+                "A notification type (`order.shipped`: 1 to 64 characters of `a-z 0-9 . _ -`), or \
+                 one followed by `.*` for every type starting with it and a dot (`marketing.*`).",
+            ))
+            .examples([serde_json::json!("marketing.*")])
+            .into()
+    }
+}
+
+impl ToSchema for TypePatternText {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "TypePattern".into()
+    }
+}
+
+/// Every IANA time zone name the server knows (the `chrono-tz` database it parses them with),
+/// as an enum: a pattern could not tell `Europe/Berlin` from `Europe/Atlantis`. With
+/// `x-enum-varnames`, since names such as `Etc/GMT+1` and `Etc/GMT-1` would otherwise become
+/// one identifier in a generated client (openapi-python-client refuses the document then).
+fn time_zone_schema() -> utoipa::openapi::Object {
+    let zones = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+    let names: Vec<String> = zones.clone().map(zone_var_name).collect();
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(zones))
+        .description(Some("An IANA time zone; DST changes are followed."))
+        .examples([serde_json::json!("Europe/Berlin")])
+        .extensions(Some(
+            utoipa::openapi::extensions::ExtensionsBuilder::new()
+                .add("x-enum-varnames", names)
+                .build(),
+        ))
+        .build()
+}
+
+/// A time zone's name as an identifier: `Etc/GMT+1` → `ETC_GMT_PLUS_1`, `Etc/GMT-1` →
+/// `ETC_GMT_MINUS_1`, `America/Port-au-Prince` → `AMERICA_PORT_AU_PRINCE`.
+fn zone_var_name(zone: &str) -> String {
+    let mut out = String::with_capacity(zone.len() + 8);
+    let mut chars = zone.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_ascii_alphanumeric() => out.push(c.to_ascii_uppercase()),
+            '+' => out.push_str("_PLUS_"),
+            '-' if chars.peek().is_some_and(char::is_ascii_digit) => out.push_str("_MINUS_"),
+            _ => out.push('_'),
+        }
+    }
+    out
 }
 
 #[derive(serde::Deserialize, Serialize, ToSchema)]
@@ -61,11 +161,11 @@ pub struct QuietHoursDocument {
     /// HH:MM, local time.
     #[schema(example = "22:00", pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     start: String,
-    /// HH:MM, local time; before `start` for a window across midnight.
+    /// HH:MM, local time, not the same as `start`; before it for a window across midnight.
     #[schema(example = "07:00", pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     end: String,
     /// An IANA time zone; DST changes are followed.
-    #[schema(example = "Europe/Berlin")]
+    #[schema(schema_with = time_zone_schema)]
     time_zone: String,
 }
 
@@ -75,22 +175,8 @@ pub struct NotificationTypes {
     types: Vec<NotificationTypeCount>,
 }
 
-/// The user whose preferences a service names in the path, if its token may write them.
-fn service_target(req: &HttpRequest, state: &AppState, user: &str) -> Result<UserId, ApiError> {
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or(AuthError::Missing)?
-        .to_str()
-        .map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
-    let verified = state
-        .auth
-        .verify(bearer_token(value, "the Authorization header")?)?;
-    if !verified.scopes.iter().any(|s| s == PREFERENCES_SCOPE) {
-        return Err(
-            AuthError::Forbidden("this needs a token with the preferences:write scope").into(),
-        );
-    }
+/// The user a `preferences:write` token names in the path.
+fn target(user: &str) -> Result<UserId, ApiError> {
     UserId::parse(user).map_err(|m| ApiError::bad_field("user", m))
 }
 
@@ -240,7 +326,7 @@ pub async fn put_own(
 /// whole, `"quiet_hours": null` removes them).
 #[utoipa::path(
     patch, path = "/v1/preferences", tag = "preferences",
-    request_body(content = Object, content_type = "application/merge-patch+json"),
+    request_body(content = PreferencesPatch, content_type = "application/merge-patch+json"),
     params(("If-Match" = Option<String>, Header, nullable = false, pattern = "^(\\*|\"[0-9]{1,18}\")$", description = "The `ETag` of the version this patches; a newer one answers 412. Without it, the patch applies to the current version.")),
     responses(
         (status = 200, body = PreferencesDocument, description = "Stored; `ETag` is the new version.",
@@ -277,10 +363,10 @@ pub async fn patch_own(
 )]
 pub async fn get_for(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    _: PreferencesWriter,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = service_target(&req, &state, &path)?;
+    let user = target(&path)?;
     get(&state, &user).await
 }
 
@@ -303,18 +389,19 @@ pub async fn get_for(
 )]
 pub async fn put_for(
     state: web::Data<AppState>,
+    _: PreferencesWriter,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let user = service_target(&req, &state, &path)?;
+    let user = target(&path)?;
     put(&state, &user, &req, payload).await
 }
 
 /// Change part of a user's preferences, as `PATCH /v1/preferences` does for the user.
 #[utoipa::path(
     patch, path = "/v1/users/{user}/preferences", tag = "preferences",
-    request_body(content = Object, content_type = "application/merge-patch+json"),
+    request_body(content = PreferencesPatch, content_type = "application/merge-patch+json"),
     params(("user" = String, Path, description = "The user id."),
         ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(\\*|\"[0-9]{1,18}\")$", description = "The `ETag` of the version this patches.")),
     responses(
@@ -330,11 +417,12 @@ pub async fn put_for(
 )]
 pub async fn patch_for(
     state: web::Data<AppState>,
+    _: PreferencesWriter,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let user = service_target(&req, &state, &path)?;
+    let user = target(&path)?;
     patch(&state, &user, &req, payload).await
 }
 
@@ -381,4 +469,44 @@ pub fn configure(cfg: &mut web::ServiceConfig, not_allowed: fn(&'static str) -> 
             .route(web::get().to(notification_types))
             .default_service(not_allowed("GET")),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_time_zone_has_its_own_identifier() {
+        assert_eq!(zone_var_name("Etc/GMT+1"), "ETC_GMT_PLUS_1");
+        assert_eq!(zone_var_name("Etc/GMT-1"), "ETC_GMT_MINUS_1");
+        assert_eq!(
+            zone_var_name("America/Port-au-Prince"),
+            "AMERICA_PORT_AU_PRINCE"
+        );
+        let names: std::collections::HashSet<String> = chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|tz| zone_var_name(tz.name()))
+            .collect();
+        assert_eq!(names.len(), chrono_tz::TZ_VARIANTS.len());
+    }
+
+    /// The documented names are the ones the domain parses, and all of them.
+    #[test]
+    fn documented_channels_and_actions_are_the_domains() {
+        use crate::domain::{Action, Channel};
+        let doc = serde_json::to_value([
+            ChannelName::Inbox,
+            ChannelName::Push,
+            ChannelName::Mqtt,
+            ChannelName::All,
+        ])
+        .unwrap();
+        let domain =
+            serde_json::to_value([Channel::Inbox, Channel::Push, Channel::Mqtt, Channel::All])
+                .unwrap();
+        assert_eq!(doc, domain);
+        let doc = serde_json::to_value([ActionName::Mute, ActionName::Allow]).unwrap();
+        let domain = serde_json::to_value([Action::Mute, Action::Allow]).unwrap();
+        assert_eq!(doc, domain);
+    }
 }

@@ -159,6 +159,59 @@ pub fn counts(c: &Counts) -> proto::Counts {
     }
 }
 
+/// The hub's `preferences` frame (`{"version":N,"preferences":{...}}`, the document as
+/// `GET /v1/preferences` answers it) as the protobuf event.
+pub fn preferences(json: &str) -> Result<proto::Preferences, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        version: i64,
+        preferences: Document,
+    }
+    #[derive(serde::Deserialize)]
+    struct Document {
+        #[serde(default)]
+        rules: Vec<Rule>,
+        #[serde(default)]
+        quiet_hours: Option<Quiet>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Rule {
+        #[serde(default)]
+        types: Vec<String>,
+        #[serde(default)]
+        topics: Vec<String>,
+        #[serde(default)]
+        channels: Vec<String>,
+        action: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Quiet {
+        start: String,
+        end: String,
+        time_zone: String,
+    }
+    let f: Frame = serde_json::from_str(json)?;
+    Ok(proto::Preferences {
+        version: f.version,
+        rules: f
+            .preferences
+            .rules
+            .into_iter()
+            .map(|r| proto::PreferenceRule {
+                types: r.types,
+                topics: r.topics,
+                channels: r.channels,
+                action: r.action,
+            })
+            .collect(),
+        quiet_hours: f.preferences.quiet_hours.map(|q| proto::QuietHours {
+            start: q.start,
+            end: q.end,
+            time_zone: q.time_zone,
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +223,29 @@ mod tests {
             json!({"order_id": 1234, "price": 9.5, "tags": ["a", null, true], "deep": {"x": -3}});
         let s = json_to_struct(&v).unwrap();
         assert_eq!(struct_to_json(&s), v);
+    }
+
+    #[test]
+    fn preferences_frames_become_the_event() {
+        let p = preferences(
+            r#"{"version":3,"preferences":{"rules":[{"types":["marketing.*"],"topics":[],"channels":["inbox"],"action":"mute"}],"quiet_hours":{"start":"22:00","end":"07:00","time_zone":"Europe/Berlin"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.version, 3);
+        assert_eq!(
+            p.rules,
+            [proto::PreferenceRule {
+                types: vec!["marketing.*".into()],
+                topics: vec![],
+                channels: vec!["inbox".into()],
+                action: "mute".into(),
+            }]
+        );
+        assert_eq!(p.quiet_hours.unwrap().time_zone, "Europe/Berlin");
+        let none =
+            preferences(r#"{"version":1,"preferences":{"rules":[],"quiet_hours":null}}"#).unwrap();
+        assert!(none.rules.is_empty() && none.quiet_hours.is_none());
+        assert!(preferences("not json").is_err());
     }
 
     #[test]

@@ -53,7 +53,8 @@ impl SubscribeStream {
         .into())))
     }
 
-    /// Queues a hub frame's events; false when a notification cannot be read back.
+    /// Queues a hub frame's events; false when a notification (or a preferences document)
+    /// cannot be read back.
     fn write(&mut self, frame: Frame) -> bool {
         match frame {
             Frame::Update(update) => {
@@ -103,9 +104,17 @@ impl SubscribeStream {
                 // The stream goes on live after `seq`: a resume starts there.
                 self.last = seq;
             }
-            // A catch-up read failed: the session retries and the stream goes on. The proto
-            // has no preferences event yet.
-            Frame::Shutdown | Frame::Unavailable | Frame::Preferences(_) => {}
+            Frame::Preferences(json) => match convert::preferences(&json) {
+                Ok(p) => self.pending.push_back(proto::Event {
+                    event: Some(event::Event::Preferences(p)),
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "a preferences event is not readable");
+                    return false;
+                }
+            },
+            // A catch-up read failed: the session retries and the stream goes on.
+            Frame::Shutdown | Frame::Unavailable => {}
         }
         true
     }

@@ -3,7 +3,9 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::oidc::Check;
-use crate::auth::{bearer_token, AuthError, Principal, Verified, KEYS_REFRESHING};
+use crate::auth::{
+    bearer_token, AuthError, Principal, Verified, KEYS_REFRESHING, PREFERENCES_SCOPE,
+};
 use crate::domain::{Cursor, Seq, UserId};
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -37,6 +39,13 @@ pub struct StreamUser(pub AuthenticatedUser);
 pub struct AuthenticatedService {
     pub name: String,
 }
+
+/// A token whose `scope` holds `preferences:write`: it may read and write any user's
+/// preferences (a settings page in the company's own app). Reads the `Authorization` header
+/// only. An extractor like the others, so a token naming a signing key being re-fetched
+/// waits for the fetch instead of getting a 503.
+#[derive(Debug, Clone)]
+pub struct PreferencesWriter;
 
 fn bearer(req: &HttpRequest) -> Result<Option<&str>, AuthError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
@@ -154,6 +163,19 @@ fn service_from(_: &HttpRequest, verified: Verified) -> Result<AuthenticatedServ
     }
 }
 
+/// The scope is the whole check, whatever the principal: a token is let in by what it was
+/// granted, not by which kind of token it otherwise is.
+fn preferences_writer_from(
+    _: &HttpRequest,
+    verified: Verified,
+) -> Result<PreferencesWriter, ApiError> {
+    if verified.scopes.iter().any(|s| s == PREFERENCES_SCOPE) {
+        Ok(PreferencesWriter)
+    } else {
+        Err(AuthError::Forbidden("this needs a token with the preferences:write scope").into())
+    }
+}
+
 impl FromRequest for AuthenticatedUser {
     type Error = ApiError;
     type Future = Authenticating<Self>;
@@ -184,6 +206,19 @@ impl FromRequest for AuthenticatedService {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         authenticating(req, bearer(req).map_err(ApiError::from), service_from)
+    }
+}
+
+impl FromRequest for PreferencesWriter {
+    type Error = ApiError;
+    type Future = Authenticating<Self>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        authenticating(
+            req,
+            bearer(req).map_err(ApiError::from),
+            preferences_writer_from,
+        )
     }
 }
 

@@ -531,6 +531,22 @@ async fn provider_key_rotation(b: Backend) {
     let new = idp.service_token().await;
     let header = jsonwebtoken::decode_header(&new).expect("header");
     assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+    // The first request naming the new kid is a service's settings page: it waits for the
+    // re-fetch like every other face (it once answered 503 "try again").
+    let writer = idp
+        .token_with(
+            json!({"sub": "settings", "scope": "preferences:write"}),
+            json!({}),
+        )
+        .await;
+    let resp = app
+        .client
+        .get(app.url("/v1/users/bob/preferences"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .expect("preferences");
+    assert_eq!(resp.status().as_u16(), 200, "the new kid at once");
     let (status, body) = publish_as(&app, &new, &sample(&["alice"])).await;
     assert_eq!(status, 201, "the new kid at once: {body}");
     assert_eq!(

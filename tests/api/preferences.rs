@@ -1,8 +1,8 @@
 //! Preferences (issue 25): GET/PUT/PATCH with ETag and If-Match, service access with the
 //! `preferences:write` scope, rules applied at commit (a muted recipient gets no row, no seq,
 //! no count and no live delivery; `critical` passes; topic publishes too), a PUT racing
-//! hundreds of publishes, isolation between users, the `preferences` live event, the types a
-//! user has received, and bad input named field by field.
+//! hundreds of publishes, isolation between users, the `preferences` live event (SSE,
+//! WebSocket, STOMP, gRPC), the types a user has received, and bad input named field by field.
 
 use crate::helpers::{
     problem_fields, sample, seqs, service_token, spawn_app, user_token, Backend, TestApp, SECRET,
@@ -10,8 +10,10 @@ use crate::helpers::{
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tidings::grpc::proto::{self, event, notifications_client::NotificationsClient};
 use tidings_test_support::harness::sign;
-use tidings_test_support::live::{long_poll, SseClient, SseEvent, WsClient, WsFrame};
+use tidings_test_support::live::{long_poll, SseClient, SseEvent, WsClient, WsFrame, WAIT};
+use tokio::time::timeout;
 
 /// A request to `path` with `token`; returns the status, the ETag and the body.
 async fn call(
@@ -86,6 +88,125 @@ fn typed(kind: &str, recipients: &[&str]) -> Value {
     let mut body = sample(recipients);
     body["type"] = json!(kind);
     body
+}
+
+/// A STOMP-over-WebSocket subscription to the caller's feed, open once its SUBSCRIBE's
+/// RECEIPT arrives (from then on, every event of the user reaches it).
+struct StompFeed(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+);
+
+/// One MESSAGE of a [`StompFeed`]: its `x-tidings-event`, `x-tidings-seq` and JSON body.
+#[derive(Debug)]
+struct StompMessage {
+    event: String,
+    seq: Option<i64>,
+    body: Value,
+}
+
+impl StompFeed {
+    async fn open(app: &TestApp, token: &str, after: Option<i64>) -> Self {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!(
+            "ws://{}/v1/stomp",
+            app.address.trim_start_matches("http://")
+        );
+        let mut req = url.into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("v12.stomp"),
+        );
+        let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake within WAIT")
+            .expect("handshake");
+        let mut feed = Self(ws);
+        let after = after
+            .map(|a| format!("x-tidings-after:{a}\n"))
+            .unwrap_or_default();
+        for frame in [
+            format!(
+                "CONNECT\naccept-version:1.2\nhost:tidings\nheart-beat:0,0\npasscode:{token}\n\n\0"
+            ),
+            format!("SUBSCRIBE\nid:feed\ndestination:/user/queue/notifications\n{after}receipt:subscribed\n\n\0"),
+        ] {
+            feed.0.send(Message::text(frame)).await.expect("send");
+        }
+        loop {
+            let (command, _, body) = feed.frame().await;
+            match command.as_str() {
+                "CONNECTED" | "MESSAGE" => {}
+                "RECEIPT" => return feed,
+                _ => panic!("unexpected {command}: {body}"),
+            }
+        }
+    }
+
+    /// The next frame: its command, its headers and its body.
+    async fn frame(&mut self) -> (String, Vec<(String, String)>, String) {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = timeout(WAIT, self.0.next())
+                .await
+                .expect("a STOMP frame within WAIT")
+                .expect("socket open")
+                .expect("socket frame");
+            let Message::Text(text) = msg else { continue };
+            let text = text.as_str().trim_start_matches('\n');
+            let Some((head, body)) = text.split_once("\n\n") else {
+                continue;
+            };
+            let mut lines = head.lines();
+            let command = lines.next().unwrap_or_default().to_owned();
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            return (command, headers, body.trim_end_matches('\0').to_owned());
+        }
+    }
+
+    /// The next MESSAGE.
+    async fn next(&mut self) -> StompMessage {
+        let (command, headers, body) = self.frame().await;
+        assert_eq!(command, "MESSAGE", "{body}");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        StompMessage {
+            event: header("x-tidings-event").unwrap_or_default(),
+            seq: header("x-tidings-seq").and_then(|s| s.parse().ok()),
+            body: serde_json::from_str(&body).expect("a JSON body"),
+        }
+    }
+}
+
+/// A gRPC request carrying `token`.
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata"),
+    );
+    req
+}
+
+/// The next event of a gRPC `Subscribe` stream.
+async fn grpc_next(stream: &mut tonic::Streaming<proto::Event>) -> event::Event {
+    timeout(WAIT, stream.message())
+        .await
+        .expect("an event within WAIT")
+        .expect("no error")
+        .expect("open")
+        .event
+        .expect("an event")
 }
 
 async fn a_muted_type_is_not_stored_counted_or_delivered(b: Backend) {
@@ -384,6 +505,23 @@ async fn every_tab_hears_of_a_change(b: Backend) {
     let mut sse = SseClient::open(&app.address, &user_token("alice"), None).await;
     let mut ws = WsClient::open(&app.address, &user_token("alice"), None).await;
     let mut bob = SseClient::open(&app.address, &user_token("bob"), None).await;
+    let mut stomp = StompFeed::open(&app, &user_token("alice"), None).await;
+    let mut grpc = NotificationsClient::connect(app.grpc_address.clone())
+        .await
+        .expect("connect");
+    let mut stream = grpc
+        .subscribe(authed(
+            &user_token("alice"),
+            proto::SubscribeRequest { after: Some(0) },
+        ))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    // Registered with the hub once the replay's counters arrive.
+    assert!(matches!(
+        grpc_next(&mut stream).await,
+        event::Event::Unread(_)
+    ));
     put_prefs(&app, "alice", &mute(&["a.*"])).await;
     let want = json!({"version": 1, "preferences": {"rules": [{"types": ["a.*"], "topics": [], "channels": ["inbox"], "action": "mute"}], "quiet_hours": null}});
     loop {
@@ -409,6 +547,63 @@ async fn every_tab_hears_of_a_change(b: Backend) {
             other => panic!("unexpected {other:?}"),
         }
     }
+    loop {
+        let m = stomp.next().await;
+        match m.event.as_str() {
+            "preferences" => {
+                assert_eq!(m.body, want);
+                break;
+            }
+            "unread" => {}
+            _ => panic!("unexpected {m:?}"),
+        }
+    }
+    loop {
+        match grpc_next(&mut stream).await {
+            event::Event::Preferences(p) => {
+                assert_eq!(
+                    p,
+                    proto::Preferences {
+                        version: 1,
+                        rules: vec![proto::PreferenceRule {
+                            types: vec!["a.*".into()],
+                            topics: vec![],
+                            channels: vec!["inbox".into()],
+                            action: "mute".into(),
+                        }],
+                        quiet_hours: None,
+                    }
+                );
+                break;
+            }
+            event::Event::Unread(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Quiet hours reach gRPC as a message of their own.
+    let (status, _, body) = patch(
+        &app,
+        PREFS,
+        &user_token("alice"),
+        None,
+        &json!({"quiet_hours": {"start": "22:00", "end": "07:00", "time_zone": "Europe/Berlin"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    loop {
+        if let event::Event::Preferences(p) = grpc_next(&mut stream).await {
+            assert_eq!(p.version, 2);
+            assert_eq!(
+                p.quiet_hours,
+                Some(proto::QuietHours {
+                    start: "22:00".into(),
+                    end: "07:00".into(),
+                    time_zone: "Europe/Berlin".into(),
+                })
+            );
+            break;
+        }
+    }
     // Bob's streams are not told of alice's preferences.
     while let Some(ev) = bob.next_within(Duration::from_millis(300)).await {
         assert!(matches!(ev, SseEvent::Unread { .. }), "{ev:?}");
@@ -418,20 +613,11 @@ async fn every_tab_hears_of_a_change(b: Backend) {
 /// gRPC: a muted type is left out of a gRPC publish's receipts, never reaches `Subscribe`, and
 /// the next notification there has the next seq.
 async fn grpc_never_delivers_a_muted_type(b: Backend) {
-    use tidings::grpc::proto::{self, event, notifications_client::NotificationsClient};
     let app = spawn_app(b).await;
     put_prefs(&app, "alice", &mute(&["marketing.*"])).await;
     let mut c = NotificationsClient::connect(app.grpc_address.clone())
         .await
         .expect("connect");
-    fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("metadata"),
-        );
-        req
-    }
     let mut stream = c
         .subscribe(authed(
             &user_token("alice"),
@@ -469,6 +655,55 @@ async fn grpc_never_delivers_a_muted_type(b: Backend) {
         if let Some(event::Event::Notification(n)) = ev.event {
             assert_eq!((n.seq, n.r#type.as_str()), (1, "order.shipped"));
             break;
+        }
+    }
+}
+
+/// STOMP: a muted type never reaches the feed (nor a topic subscription), live or in the
+/// replay, and the next notification there has the next seq.
+async fn stomp_never_delivers_a_muted_type(b: Backend) {
+    let app = spawn_app(b).await;
+    put_prefs(&app, "alice", &mute(&["marketing.*"])).await;
+    let alice = user_token("alice");
+    let mut live = StompFeed::open(&app, &alice, None).await;
+    let r = app
+        .publish(&typed("marketing.sale", &["alice", "bob"]))
+        .await;
+    assert_eq!(r["muted"], 1, "{r}");
+    app.publish(&typed("order.shipped", &["alice"])).await;
+    // A replay from the start holds the same: the muted one was never stored.
+    let mut replay = StompFeed::open(&app, &alice, Some(0)).await;
+    for feed in [&mut live, &mut replay] {
+        loop {
+            let m = feed.next().await;
+            match m.event.as_str() {
+                "notification" => {
+                    assert_eq!(
+                        (m.seq, m.body["type"].as_str()),
+                        (Some(1), Some("order.shipped"))
+                    );
+                    break;
+                }
+                "unread" => {}
+                _ => panic!("unexpected {m:?}"),
+            }
+        }
+    }
+    // The next one alice gets is seq 2, and it is the unmuted one.
+    app.publish(&typed("marketing.news", &["alice"])).await;
+    app.publish(&typed("order.paid", &["alice"])).await;
+    loop {
+        let m = live.next().await;
+        match m.event.as_str() {
+            "notification" => {
+                assert_eq!(
+                    (m.seq, m.body["type"].as_str()),
+                    (Some(2), Some("order.paid"))
+                );
+                break;
+            }
+            "unread" => {}
+            _ => panic!("unexpected {m:?}"),
         }
     }
 }
@@ -511,6 +746,7 @@ async fn an_idempotent_publish_mutes_and_replays_the_same(b: Backend) {
 crate::both_backends!(
     an_idempotent_publish_mutes_and_replays_the_same,
     grpc_never_delivers_a_muted_type,
+    stomp_never_delivers_a_muted_type,
     a_muted_type_is_not_stored_counted_or_delivered,
     etag_if_match_and_merge_patch,
     bad_input_is_a_422_naming_the_field,

@@ -73,7 +73,8 @@ pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// application/json`, `content-length`, `x-tidings-event` and, in the `client` modes, `ack`.
 /// `x-tidings-event: notification` carries the Notification JSON and `x-tidings-seq`;
 /// `unread` carries `{"unread":n,"seq":s}` (feed only); `resync` carries `{"seq":s}`
-/// (page through `GET /v1/notifications?after=`).
+/// (page through `GET /v1/notifications?after=`); `preferences` carries
+/// `{"version":n,"preferences":{...}}` when the user's preferences change (feed only).
 ///
 /// **ACK/NACK** by `id` (1.2) or `message-id` (1.0, 1.1). ACK is cumulative in `client`
 /// mode. It does not mark read. NACK sends the message again once, with `redelivered:

@@ -49,6 +49,10 @@ pub enum Event {
     Changed {
         json: Arc<str>,
     },
+    /// The user's preferences changed: `{"version":N,"preferences":{...}}`, shared.
+    Preferences {
+        json: Arc<str>,
+    },
 }
 
 impl Event {
@@ -60,6 +64,7 @@ impl Event {
             Event::Truncated { .. } => "truncated",
             Event::Ahead { .. } => "ahead",
             Event::Changed { .. } => "changed",
+            Event::Preferences { .. } => "preferences",
         }
     }
 }
@@ -104,7 +109,10 @@ pub fn events(destination: &Destination, frame: HubFrame) -> Vec<Event> {
             },
         ],
         HubFrame::Changed(_) => Vec::new(),
-        // Not carried over STOMP yet: a settings page reads GET /v1/preferences.
+        // The feed only, like the count: it is about the user, not about a topic.
+        HubFrame::Preferences(json) if *destination == Destination::Feed => {
+            vec![Event::Preferences { json }]
+        }
         HubFrame::Preferences(_) => Vec::new(),
         HubFrame::Resync { seq } => vec![Event::Resync { seq }],
         // A topic is a filter over the feed, whose history it shares: it lost the same.
@@ -153,7 +161,7 @@ pub fn message_frame(
             f.push_header("x-tidings-seq", seq.to_string());
             format!("{{\"seq\":{seq}}}").into_bytes()
         }
-        Event::Changed { json } => json.as_bytes().to_vec(),
+        Event::Changed { json } | Event::Preferences { json } => json.as_bytes().to_vec(),
     };
     f.with_body(body).with_content_length()
 }
@@ -210,6 +218,15 @@ mod tests {
             topic.as_slice(),
             [Event::Notification { seq, .. }] if *seq == Seq::new(2)
         ));
+        let prefs = HubFrame::Preferences(Arc::from(r#"{"version":2,"preferences":{}}"#));
+        let feed = events(&Destination::Feed, prefs.clone());
+        assert!(matches!(
+            feed.as_slice(),
+            [Event::Preferences { json }] if json.contains(r#""version":2"#)
+        ));
+        assert_eq!(feed[0].name(), "preferences");
+        let topic = TopicName::parse("t").unwrap();
+        assert!(events(&Destination::Topic(topic), prefs).is_empty());
         let resync = events(&Destination::Feed, HubFrame::Resync { seq: Seq::new(9) });
         assert!(matches!(resync.as_slice(), [Event::Resync { seq }] if *seq == Seq::new(9)));
     }
