@@ -50,6 +50,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const QUEUE_BUDGET: Duration = Duration::from_secs(30);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 const DEPTH_CAP: i64 = 1_000_000;
+/// How often at most it looks for ended quiet-hours holds.
+const QUIET_RELEASE_MIN: Duration = Duration::from_millis(250);
 /// After a failed lease (the database away), wait before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -110,6 +112,13 @@ pub fn start(
         store.clone(),
         Duration::from_secs(settings.ttl_seconds),
         metrics.clone(),
+        shutdown.clone(),
+    ));
+    // Quiet hours (issue 25) hold pushes back; this sends what is due when they end.
+    shutdown.spawn(super::release_quiet_hours(
+        store.clone(),
+        OutboxChannel::WebPush,
+        Duration::from_millis(settings.poll_millis).max(QUIET_RELEASE_MIN),
         shutdown.clone(),
     ));
     shutdown.spawn(sender(
