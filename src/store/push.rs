@@ -43,6 +43,9 @@ pub struct PushTarget {
     pub p256dh: String,
     pub auth: String,
     pub failures: i32,
+    /// The browser's `expirationTime` (ms since the epoch): past it, the push service no
+    /// longer takes pushes for this subscription.
+    pub expires: Option<i64>,
 }
 
 /// One outbox row for one subscription.
@@ -300,7 +303,7 @@ impl Store {
                 let ids: Vec<i64> = distinct_subscriptions(&rows);
                 let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
                 let targets = sqlx::query(
-                    "SELECT id, user_id, endpoint, p256dh, auth, failures FROM push_subscriptions
+                    "SELECT id, user_id, endpoint, p256dh, auth, failures, expiration_time FROM push_subscriptions
                      WHERE id IN (SELECT value FROM json_each(?1))",
                 )
                 .bind(ids_json)
@@ -356,7 +359,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 let targets = sqlx::query(
-                    "SELECT id, user_id, endpoint, p256dh, auth, failures FROM push_subscriptions
+                    "SELECT id, user_id, endpoint, p256dh, auth, failures, expiration_time FROM push_subscriptions
                      WHERE id = ANY($1::bigint[])",
                 )
                 .bind(&heads)
@@ -498,6 +501,7 @@ where
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let mut out = HashMap::with_capacity(rows.len());
     for r in rows {
@@ -508,6 +512,7 @@ where
             p256dh: r.try_get(3)?,
             auth: r.try_get(4)?,
             failures: r.try_get(5)?,
+            expires: r.try_get(6)?,
         };
         out.insert(t.id, t);
     }

@@ -711,6 +711,37 @@ async fn quiet_hours_hold_push_then_send_one_update(backend: Backend) {
     assert_eq!(push.violations(), Vec::<String>::new());
 }
 
+/// A subscription past its `expirationTime` is never sent to, and is removed (with its
+/// queue) the first time a push for it comes up; the user's other subscriptions go on.
+async fn an_expired_subscription_is_not_sent_to_and_is_removed(backend: Backend) {
+    let app = push_app(backend).await;
+    let push = app.push_service().await;
+    let (expired, mut expired_sub) = push.subscribe();
+    let (live, live_sub) = push.subscribe();
+    let past = chrono::Utc::now().timestamp_millis() - 1_000;
+    expired_sub["expirationTime"] = json!(past);
+    assert_eq!(app.push_subscribe("alice", &expired_sub).await.0, 201);
+    assert_eq!(app.push_subscribe("alice", &live_sub).await.0, 201);
+    assert_eq!(app.push_list("alice").await.len(), 2);
+    for _ in 0..3 {
+        app.publish(&sample(&["alice"])).await;
+    }
+    wait_until(WAIT, "the live one gets all three", || {
+        firsts(&push, &live).len() == 3
+    })
+    .await;
+    let live_endpoint = live_sub["endpoint"].as_str().expect("endpoint").to_owned();
+    eventually(WAIT, "the expired subscription removed", || async {
+        (app.push_list("alice").await == vec![live_endpoint.clone()]).then_some(())
+    })
+    .await;
+    assert!(
+        push.requests(&expired).is_empty(),
+        "nothing was sent to the expired subscription"
+    );
+    assert_eq!(push.violations(), Vec::<String>::new());
+}
+
 crate::both_backends!(
     off_without_a_key_and_says_how_to_turn_it_on,
     the_key_is_served_for_browsers,
@@ -726,4 +757,5 @@ crate::both_backends!(
     a_push_refused_as_too_large_is_dropped_and_the_queue_goes_on,
     a_type_muted_for_push_is_stored_but_never_pushed,
     quiet_hours_hold_push_then_send_one_update,
+    an_expired_subscription_is_not_sent_to_and_is_removed,
 );

@@ -180,6 +180,8 @@ async fn sender(
         }
         let mut jobs = Vec::with_capacity(queues.len());
         let mut orphans = Vec::new();
+        let mut expired = Vec::new();
+        let now_ms = Utc::now().timestamp_millis();
         for (sid, rows) in queues {
             let Some(target) = lease.targets.get(&sid) else {
                 // Its subscription was deleted after the lease read the rows: nobody to
@@ -187,6 +189,17 @@ async fn sender(
                 orphans.extend(rows.iter().map(|r| r.id));
                 continue;
             };
+            if is_expired(target.expires, now_ms) {
+                // Past the browser's `expirationTime` the push service refuses it anyway
+                // (and the browser has subscribed anew, through `pushsubscriptionchange`):
+                // removed like a 410, with its queue, without a request.
+                tracing::info!(
+                    subscription = sid,
+                    "Web Push: the subscription is past its expirationTime; removing it"
+                );
+                expired.push(sid);
+                continue;
+            }
             let auth = signer.authorization(&target.endpoint);
             jobs.push((target.clone(), rows, auth));
         }
@@ -199,6 +212,10 @@ async fn sender(
             done: orphans,
             ..PushResult::default()
         };
+        for sid in expired {
+            m.removed.inc();
+            result.gone.push(sid);
+        }
         for o in outcomes {
             result.done.extend(o.done);
             match o.end {
@@ -359,6 +376,11 @@ async fn send_queue(
     out
 }
 
+/// Whether a subscription's `expirationTime` (ms since the epoch) has passed by `now_ms`.
+fn is_expired(expires: Option<i64>, now_ms: i64) -> bool {
+    expires.is_some_and(|at| at <= now_ms)
+}
+
 /// The browser's keys, decoded once per queue.
 struct BrowserKeys {
     public: web_push_native::p256::PublicKey,
@@ -453,6 +475,14 @@ mod tests {
         assert!(at >= now + chrono::Duration::seconds(8));
         let at = retry_at(40, Some(Duration::from_secs(86_400 * 30)));
         assert!(at <= now + chrono::Duration::seconds(3601));
+    }
+
+    #[test]
+    fn a_subscription_past_its_expiration_time_is_expired() {
+        assert!(!is_expired(None, 1_000));
+        assert!(!is_expired(Some(1_001), 1_000));
+        assert!(is_expired(Some(1_000), 1_000));
+        assert!(is_expired(Some(0), 1_000));
     }
 
     #[test]
