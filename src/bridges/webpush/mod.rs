@@ -22,6 +22,7 @@
 
 pub mod payload;
 pub mod policy;
+mod resolve;
 mod vapid;
 
 use crate::configuration::WebPushSettings;
@@ -74,10 +75,12 @@ struct Limits {
 }
 
 /// The HTTP client for push services: rustls, pooled connections (one push service takes
-/// many pushes over one), bounded by timeouts, and no redirects (a push resource that
-/// redirects is not one, and following it could reach the internal network).
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// many pushes over one), bounded by timeouts, no redirects (a push resource that
+/// redirects is not one, and following it could reach the internal network), and DNS
+/// names resolved to public addresses only unless `allow_private` (see [`resolve`]).
+pub fn client(timeout: Duration, allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(resolve::PublicOnly { allow_private }))
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(90))
@@ -96,7 +99,10 @@ pub fn start(
     shutdown: &Shutdown,
 ) -> Result<(), WebPushError> {
     let signer = Signer::new(&key, subject)?;
-    let http = client(Duration::from_secs(settings.request_timeout_seconds))?;
+    let http = client(
+        Duration::from_secs(settings.request_timeout_seconds),
+        settings.allow_insecure_endpoints,
+    )?;
     let limits = Limits {
         subscriptions: settings.batch_subscriptions,
         per_subscription: settings.batch_per_subscription,
