@@ -742,6 +742,44 @@ async fn an_expired_subscription_is_not_sent_to_and_is_removed(backend: Backend)
     assert_eq!(push.violations(), Vec::<String>::new());
 }
 
+/// A push service that takes a push and never answers holds up nobody else: the batch
+/// records what the other queues did after a short grace and leases again, while the silent
+/// one waits out its request timeout (here far longer than the test) on its own.
+async fn a_push_service_that_never_answers_holds_up_nobody_else(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        with_webpush(s);
+        s.webpush.request_timeout_seconds = 120;
+    })
+    .await;
+    let push = app.push_service().await;
+    let (silent, silent_sub) = push.subscribe();
+    let (ok, ok_sub) = push.subscribe();
+    push.answer(&silent, Answer::Hang);
+    assert_eq!(app.push_subscribe("wp-silent", &silent_sub).await.0, 201);
+    assert_eq!(app.push_subscribe("wp-ok", &ok_sub).await.0, 201);
+    app.publish(&sample(&["wp-silent"])).await;
+    wait_until(WAIT, "the silent push service taking a push", || {
+        !push.requests(&silent).is_empty()
+    })
+    .await;
+    for i in 1..=3 {
+        let started = Instant::now();
+        app.publish(&sample(&["wp-ok"])).await;
+        wait_until(WAIT, "wp-ok's push", || firsts(&push, &ok).len() == i).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "push {i} to wp-ok took {:?} while another push service was silent",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        push.requests(&silent).len(),
+        1,
+        "the silent queue is not sent again meanwhile"
+    );
+    assert_eq!(push.violations(), Vec::<String>::new());
+}
+
 crate::both_backends!(
     off_without_a_key_and_says_how_to_turn_it_on,
     the_key_is_served_for_browsers,
@@ -758,4 +796,5 @@ crate::both_backends!(
     a_type_muted_for_push_is_stored_but_never_pushed,
     quiet_hours_hold_push_then_send_one_update,
     an_expired_subscription_is_not_sent_to_and_is_removed,
+    a_push_service_that_never_answers_holds_up_nobody_else,
 );

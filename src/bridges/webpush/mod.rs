@@ -34,9 +34,11 @@ use crate::telemetry::Chain;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use vapid::Signer;
@@ -49,6 +51,11 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// A queue stops sending after this much of a batch (rows left for the next lease), so a
 /// batch always ends well within the lease's 60 s.
 const QUEUE_BUDGET: Duration = Duration::from_secs(30);
+/// How long a batch waits for its slowest queues before it records what the others did
+/// and leases again: a push service that takes a request and never answers must not hold
+/// up anybody else's pushes for the whole request timeout. Push services answer in well
+/// under this; the slow queues go on and record their outcome when they end.
+const BATCH_GRACE: Duration = Duration::from_secs(1);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 const DEPTH_CAP: i64 = 1_000_000;
 /// How often at most it looks for ended quiet-hours holds.
@@ -72,6 +79,7 @@ struct Limits {
     concurrency: usize,
     ttl: u64,
     poll: Duration,
+    request_timeout: Duration,
 }
 
 /// The HTTP client for push services: rustls, pooled connections (one push service takes
@@ -109,6 +117,7 @@ pub fn start(
         concurrency: settings.concurrency,
         ttl: settings.ttl_seconds,
         poll: Duration::from_millis(settings.poll_millis),
+        request_timeout: Duration::from_secs(settings.request_timeout_seconds),
     };
     tracing::info!(
         public_key = %key.public_key(),
@@ -146,6 +155,7 @@ async fn sender(
     m: WebPushMetrics,
     shutdown: Shutdown,
 ) {
+    let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -209,39 +219,103 @@ async fn sender(
             let auth = signer.authorization(&target.endpoint);
             jobs.push((target.clone(), rows, auth));
         }
-        let outcomes: Vec<QueueOutcome> = stream::iter(jobs)
-            .map(|(target, rows, auth)| send_queue(&http, target, rows, auth, &limits, &m))
-            .buffer_unordered(limits.concurrency)
-            .collect()
-            .await;
-        let mut result = PushResult {
-            done: orphans,
-            ..PushResult::default()
-        };
+        // Each queue on a task of its own, at most `concurrency` sending at once across
+        // batches (a straggler keeps its permit).
+        let mut running: JoinSet<QueueOutcome> = JoinSet::new();
+        let mut in_flight: BTreeSet<i64> = BTreeSet::new();
+        for (target, rows, auth) in jobs {
+            in_flight.insert(target.id);
+            let (http, limits, m, permits) =
+                (http.clone(), limits.clone(), m.clone(), permits.clone());
+            running.spawn(async move {
+                // Never closed; if it were, the queue would go on without a permit.
+                let _permit = permits.acquire_owned().await.ok();
+                send_queue(&http, target, rows, auth, &limits, &m).await
+            });
+        }
+        let mut outcomes = Vec::with_capacity(in_flight.len());
+        let grace = tokio::time::sleep(BATCH_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = running.join_next() => match joined {
+                    Some(Ok(o)) => {
+                        in_flight.remove(&o.subscription);
+                        outcomes.push(o);
+                    }
+                    // A queue task that panicked: its rows stay, sent again by a later lease.
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                () = &mut grace => break,
+            }
+        }
+        let mut result = fold(outcomes, &m);
+        result.done.extend(orphans);
         for sid in expired {
             m.removed.inc();
             result.gone.push(sid);
         }
-        for o in outcomes {
-            result.done.extend(o.done);
-            match o.end {
-                QueueEnd::Drained => {
-                    if o.accepted {
-                        result.healthy.push(o.subscription);
-                    }
-                }
-                QueueEnd::Gone => {
-                    m.removed.inc();
-                    result.gone.push(o.subscription);
-                }
-                QueueEnd::RetryAt(at) => result.retry.push((o.subscription, at)),
-            }
-        }
+        // Queues still sending (a push service that accepts and does not answer) do not
+        // hold up the rest: the batch is recorded now, and they are marked busy (no lease,
+        // here or on another replica, takes them) until they record their own outcome, or,
+        // if this replica dies first, until their requests would have timed out.
+        let busy_until = Utc::now()
+            + chrono::Duration::from_std(QUEUE_BUDGET + limits.request_timeout + BATCH_GRACE)
+                .unwrap_or(chrono::Duration::seconds(60));
+        result
+            .busy
+            .extend(in_flight.iter().map(|sid| (*sid, busy_until)));
         if let Err(e) = lease.complete(&result).await {
             // The rows stay; they are sent again (a redelivery, which workers drop by id).
             tracing::warn!(error = %Chain(&e), "Web Push: could not record a batch");
         }
+        if !running.is_empty() {
+            // After the batch's record, so the stragglers' own outcome overwrites `busy`.
+            shutdown.spawn(stragglers(store.clone(), running, m.clone()));
+        }
     }
+}
+
+/// Waits for the queues a batch left running and records what they did, in a transaction
+/// of their own.
+async fn stragglers(store: Store, mut running: JoinSet<QueueOutcome>, m: WebPushMetrics) {
+    let mut outcomes = Vec::new();
+    while let Some(joined) = running.join_next().await {
+        if let Ok(o) = joined {
+            outcomes.push(o);
+        }
+    }
+    let mut result = fold(outcomes, &m);
+    // A straggler that drained has its busy mark cleared even with nothing accepted.
+    result.healthy.append(&mut result.drained);
+    if let Err(e) = store.push_complete(&result).await {
+        // The rows stay; the busy mark ends by itself; they are sent again.
+        tracing::warn!(error = %Chain(&e), "Web Push: could not record a slow queue");
+    }
+}
+
+/// What a batch's queues did, as the store records it.
+fn fold(outcomes: Vec<QueueOutcome>, m: &WebPushMetrics) -> PushResult {
+    let mut result = PushResult::default();
+    for o in outcomes {
+        result.done.extend(o.done);
+        match o.end {
+            QueueEnd::Drained => {
+                if o.accepted {
+                    result.healthy.push(o.subscription);
+                } else {
+                    result.drained.push(o.subscription);
+                }
+            }
+            QueueEnd::Gone => {
+                m.removed.inc();
+                result.gone.push(o.subscription);
+            }
+            QueueEnd::RetryAt(at) => result.retry.push((o.subscription, at)),
+        }
+    }
+    result
 }
 
 #[derive(Debug)]
