@@ -24,6 +24,6 @@ pub use preferences::{
     MAX_PATTERNS, MAX_RULES,
 };
 pub use publish::{FieldError, NewNotification};
-pub use push::{parse_subscription, NewPushSubscription, VapidKey, VapidKeyError};
+pub use push::{is_public_ip, parse_subscription, NewPushSubscription, VapidKey, VapidKeyError};
 pub use text::{json_depth, Body, IdempotencyKey, Link, NotificationData, NotificationType, Title};
 pub use user_id::{ServiceName, TopicName, UserId};

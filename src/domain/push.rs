@@ -147,6 +147,13 @@ pub fn check_endpoint(raw: &str, allow_insecure: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `ip` is on the public internet: not private, loopback, link-local, shared
+/// (CGNAT), multicast, documentation or unspecified. Also checked at send time, on what an
+/// endpoint's DNS name resolves to (`bridges::webpush::resolve`).
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    is_public(ip)
+}
+
 fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {

@@ -27,7 +27,7 @@
 //! version and no cache entry, so the common case costs one array parameter and a join.
 
 use super::pg_rows::{self, OutboxColumns};
-use super::preferences::{holds, pg_record_holds, pg_refresh};
+use super::preferences::{pg_record_all_holds, pg_refresh};
 use super::{
     Counts, Outbox, PrefsCache, PreparedPublish, PublishCommand, PublishOutcome, StoreError,
 };
@@ -540,7 +540,7 @@ async fn commit_with_outbox(
     inbox.insert(&mut tx).await?;
     outbox.insert(&mut tx, with).await?;
     // Quiet hours: the recipients held back get a hold instead of outbox rows.
-    pg_record_holds(&mut tx, &holds(batch.iter())).await?;
+    pg_record_all_holds(&mut tx, with, batch.iter()).await?;
     tx.commit().await?;
     outcomes(batch, per_job, messages)
 }

@@ -463,11 +463,13 @@ pub(crate) struct PreparedPublish<'a> {
     /// outbox rows for them; the commit records the hold in `mqtt_quiet` instead, and the
     /// bridge sends one update when it ends. Sorted by user id.
     pub mqtt_held: Vec<(UserId, DateTime<Utc>)>,
-    /// Stored recipients who get no Web Push for this notification: muted on the `push`
-    /// channel, or inside their quiet hours. A held push is not sent later (a push is an
-    /// interruption, and quiet hours are for not being interrupted): the inbox has the
-    /// notification and the app badge catches up with the next push. Sorted by user id.
-    pub push_skipped: Vec<UserId>,
+    /// Stored recipients who muted this notification on the `push` channel: no Web Push
+    /// for it. Sorted by user id.
+    pub push_muted: Vec<UserId>,
+    /// Stored recipients whose quiet hours hold back `push` now, with when they end: no Web
+    /// Push rows; the commit records the hold in `push_quiet`, and when it ends the newest
+    /// unread notification is pushed, carrying the unread count then. Sorted by user id.
+    pub push_held: Vec<(UserId, DateTime<Utc>)>,
 }
 
 impl<'a> PreparedPublish<'a> {
@@ -488,7 +490,8 @@ impl<'a> PreparedPublish<'a> {
             muted: Vec::new(),
             mqtt_muted: Vec::new(),
             mqtt_held: Vec::new(),
-            push_skipped: Vec::new(),
+            push_muted: Vec::new(),
+            push_held: Vec::new(),
         }
     }
 
@@ -515,9 +518,8 @@ impl<'a> PreparedPublish<'a> {
                         Decision::Deliver => {}
                     }
                     match p.decide(kind, topic, Channel::Push, false, self.created_at) {
-                        Decision::Mute | Decision::Hold { .. } => {
-                            self.push_skipped.push(row.0.clone())
-                        }
+                        Decision::Mute => self.push_muted.push(row.0.clone()),
+                        Decision::Hold { until } => self.push_held.push((row.0.clone(), until)),
                         Decision::Deliver => {}
                     }
                     kept.push(row);
@@ -532,8 +534,7 @@ impl<'a> PreparedPublish<'a> {
     /// written. MQTT: the notification and the badge update, only the badge when the
     /// recipient muted this notification on `mqtt`, none while their quiet hours hold `mqtt`
     /// back. Web Push: the notification (which carries the badge), none when `push` is muted
-    /// or held (see [`PreparedPublish::push_skipped`]). The writers keep the channels that
-    /// are on.
+    /// or held. The writers keep the channels that are on.
     pub fn outbox_rows(
         &self,
         user: &str,
@@ -549,9 +550,13 @@ impl<'a> PreparedPublish<'a> {
             .binary_search_by(|(u, _)| u.as_str().cmp(user))
             .is_ok();
         let push_skipped = self
-            .push_skipped
+            .push_muted
             .binary_search_by(|u| u.as_str().cmp(user))
-            .is_ok();
+            .is_ok()
+            || self
+                .push_held
+                .binary_search_by(|(u, _)| u.as_str().cmp(user))
+                .is_ok();
         let mqtt = outbox::rows_for(n, counts, OutboxChannel::Mqtt)
             .into_iter()
             .filter(|(kind, _)| !(held || (muted && *kind == OutboxKind::Notification)))
@@ -561,6 +566,15 @@ impl<'a> PreparedPublish<'a> {
             .filter(|_| !push_skipped)
             .map(|(kind, payload)| (OutboxChannel::WebPush, kind, payload));
         mqtt.chain(push).collect()
+    }
+
+    /// The recipients whose quiet hours hold this notification back on `channel`, with when
+    /// they end. Sorted by user id.
+    pub fn held(&self, channel: OutboxChannel) -> &[(UserId, DateTime<Utc>)] {
+        match channel {
+            OutboxChannel::Mqtt => &self.mqtt_held,
+            OutboxChannel::WebPush => &self.push_held,
+        }
     }
 
     /// Every recipient, stored or muted: the rows whose cursor a commit locks.

@@ -63,6 +63,23 @@ impl OutboxChannel {
             OutboxChannel::WebPush => "webpush_outbox",
         }
     }
+
+    /// The table of this channel's quiet-hours holds (issue 25): one row per user whose
+    /// deliveries on this channel wait for the end of their quiet hours.
+    pub(crate) fn quiet_table(self) -> &'static str {
+        match self {
+            OutboxChannel::Mqtt => "mqtt_quiet",
+            OutboxChannel::WebPush => "push_quiet",
+        }
+    }
+
+    /// For log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutboxChannel::Mqtt => "MQTT",
+            OutboxChannel::WebPush => "Web Push",
+        }
+    }
 }
 
 /// Whether the store writes outbox rows (per channel), and whom it wakes when it did. A

@@ -344,23 +344,27 @@ fn types(rows: Vec<(String, i64)>) -> Vec<NotificationTypeCount> {
         .collect()
 }
 
-// ---- Quiet hours on the MQTT bridge ----
+// ---- Quiet hours on the bridges ----
 //
-// A commit that a recipient's quiet hours hold back writes no outbox rows for them but a row
-// in `mqtt_quiet` (the end of the hold); `Store::release_quiet` later writes one badge update
-// and the newest unread notification to the outbox for every hold that has ended, holding the
+// A commit that a recipient's quiet hours hold back on a bridge channel (MQTT, Web Push)
+// writes no outbox rows on it for them but a row in the channel's hold table
+// (`OutboxChannel::quiet_table`: `mqtt_quiet`, `push_quiet`) with the end of the hold;
+// `Store::release_quiet` later writes, for every hold on that channel that has ended, the
+// newest unread notification and the unread count then (see [`release_rows`]), holding the
 // user's cursor row lock like every other outbox writer, so per user the outbox stays in
 // commit order. A notification that commits after a hold ended but before its release runs
-// may reach the broker before that newest one: consumers keep the highest seq, as with any
-// at-least-once repeat.
+// may be delivered before that newest one: consumers keep the highest seq, as with any
+// at-least-once repeat. Each bridge releases its own channel's holds, so a hold is recorded
+// only for a channel that is on.
 
-/// The holds of a commit, one per user (the latest end), in user order.
+/// The holds of a commit on `channel`, one per user (the latest end), in user order.
 pub(crate) fn holds<'a, 'b: 'a>(
     batch: impl Iterator<Item = &'a super::PreparedPublish<'b>>,
+    channel: super::OutboxChannel,
 ) -> std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> {
     let mut out = std::collections::BTreeMap::new();
     for prep in batch {
-        for (user, until) in &prep.mqtt_held {
+        for (user, until) in prep.held(channel) {
             let e = out.entry(user.as_str().to_owned()).or_insert(*until);
             *e = (*e).max(*until);
         }
@@ -368,33 +372,64 @@ pub(crate) fn holds<'a, 'b: 'a>(
     out
 }
 
+/// What the end of a hold sends on `channel`: the newest unread notification with the
+/// unread count now (as a commit writes them: on MQTT the notification and the count, on
+/// Web Push one push that carries both, the banner and the badge), or the count alone when
+/// nothing is unread any more. Everything older stays in the inbox, unsent: one update, not
+/// a burst of interruptions at the end of the night.
+pub(crate) fn release_rows(
+    newest: Option<&crate::domain::Notification>,
+    counts: &crate::domain::Counts,
+    channel: super::OutboxChannel,
+) -> Vec<(super::OutboxKind, String)> {
+    match newest {
+        Some(n) => super::outbox::rows_for(n, counts, channel),
+        None => vec![(
+            super::OutboxKind::Unread,
+            super::outbox::unread_payload(counts),
+        )],
+    }
+}
+
+fn bad_hold(channel: super::OutboxChannel, m: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(format!(
+        "{}: {m}",
+        channel.quiet_table()
+    )))
+}
+
 impl SqliteStore {
     pub(super) async fn record_holds(
         conn: &mut sqlx::SqliteConnection,
+        channel: super::OutboxChannel,
         holds: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {t} (user_id, until) VALUES (?1, ?2)
+             ON CONFLICT (user_id) DO UPDATE SET until = max(until, excluded.until)",
+            t = channel.quiet_table()
+        );
         for (user, until) in holds {
-            sqlx::query(
-                "INSERT INTO mqtt_quiet (user_id, until) VALUES (?1, ?2)
-                 ON CONFLICT (user_id) DO UPDATE SET until = max(until, excluded.until)",
-            )
-            .bind(user)
-            .bind(crate::domain::format_time(until))
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(&sql)
+                .bind(user)
+                .bind(crate::domain::format_time(until))
+                .execute(&mut *conn)
+                .await?;
         }
         Ok(())
     }
 
     pub async fn release_quiet(
         &self,
+        channel: super::OutboxChannel,
         now: chrono::DateTime<chrono::Utc>,
         limit: u32,
     ) -> Result<u64, StoreError> {
+        let table = channel.quiet_table();
         let stamp = crate::domain::format_time(&now);
         // Checked on a reader first: the one writer is taken only when a hold has ended.
         let due: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM mqtt_quiet WHERE until <= ?1 LIMIT 1")
+            sqlx::query_scalar(&format!("SELECT 1 FROM {table} WHERE until <= ?1 LIMIT 1"))
                 .bind(&stamp)
                 .fetch_optional(&self.reader)
                 .await?;
@@ -402,19 +437,17 @@ impl SqliteStore {
             return Ok(0);
         }
         let mut tx = self.writer.begin().await?;
-        let users: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM mqtt_quiet WHERE user_id IN
-               (SELECT user_id FROM mqtt_quiet WHERE until <= ?1 ORDER BY until LIMIT ?2)
-             RETURNING user_id",
-        )
+        let users: Vec<String> = sqlx::query_scalar(&format!(
+            "DELETE FROM {table} WHERE user_id IN
+               (SELECT user_id FROM {table} WHERE until <= ?1 ORDER BY until LIMIT ?2)
+             RETURNING user_id"
+        ))
         .bind(&stamp)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
         for user in &users {
-            let user = UserId::parse(user).map_err(|m| {
-                StoreError::Database(sqlx::Error::Protocol(format!("mqtt_quiet: {m}")))
-            })?;
+            let user = UserId::parse(user).map_err(|m| bad_hold(channel, m))?;
             let newest = sqlx::query(&format!(
                 "SELECT {} FROM {} WHERE i.user_id = ?1 AND i.read_at IS NULL
                  ORDER BY i.seq DESC LIMIT 1",
@@ -424,30 +457,14 @@ impl SqliteStore {
             .bind(user.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(row) = newest {
-                let n = super::sqlite::decode(&row, &self.ids)?;
-                let payload = serde_json::to_string(&n).unwrap_or_default();
-                super::sqlite::insert_row(
-                    &mut tx,
-                    super::OutboxChannel::Mqtt,
-                    &user,
-                    super::OutboxKind::Notification,
-                    &payload,
-                    &stamp,
-                )
-                .await?;
-            }
+            let newest = match newest {
+                Some(row) => Some(super::sqlite::decode(&row, &self.ids)?),
+                None => None,
+            };
             let counts = super::sqlite::counts(&mut tx, &user).await?;
-            let payload = super::outbox::unread_payload(&counts);
-            super::sqlite::insert_row(
-                &mut tx,
-                super::OutboxChannel::Mqtt,
-                &user,
-                super::OutboxKind::Unread,
-                &payload,
-                &stamp,
-            )
-            .await?;
+            for (kind, payload) in release_rows(newest.as_ref(), &counts, channel) {
+                super::sqlite::insert_row(&mut tx, channel, &user, kind, &payload, &stamp).await?;
+            }
         }
         tx.commit().await?;
         if !users.is_empty() {
@@ -459,6 +476,7 @@ impl SqliteStore {
 
 pub(crate) async fn pg_record_holds(
     conn: &mut sqlx::PgConnection,
+    channel: super::OutboxChannel,
     holds: &std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), StoreError> {
     if holds.is_empty() {
@@ -466,11 +484,12 @@ pub(crate) async fn pg_record_holds(
     }
     let users: Vec<&str> = holds.keys().map(String::as_str).collect();
     let until: Vec<chrono::DateTime<chrono::Utc>> = holds.values().copied().collect();
-    sqlx::query(
-        "INSERT INTO mqtt_quiet (user_id, until)
+    sqlx::query(&format!(
+        "INSERT INTO {t} (user_id, until)
          SELECT * FROM unnest($1::text[], $2::timestamptz[])
-         ON CONFLICT (user_id) DO UPDATE SET until = GREATEST(mqtt_quiet.until, EXCLUDED.until)",
-    )
+         ON CONFLICT (user_id) DO UPDATE SET until = GREATEST({t}.until, EXCLUDED.until)",
+        t = channel.quiet_table()
+    ))
     .bind(&users)
     .bind(&until)
     .execute(conn)
@@ -478,15 +497,29 @@ pub(crate) async fn pg_record_holds(
     Ok(())
 }
 
+/// The holds of a commit batch on every channel that is on.
+pub(crate) async fn pg_record_all_holds<'a, 'b: 'a>(
+    conn: &mut sqlx::PgConnection,
+    outbox: &super::Outbox,
+    batch: impl Iterator<Item = &'a super::PreparedPublish<'b>> + Clone,
+) -> Result<(), StoreError> {
+    for channel in outbox.channels() {
+        pg_record_holds(&mut *conn, channel, &holds(batch.clone(), channel)).await?;
+    }
+    Ok(())
+}
+
 impl PgStore {
     pub async fn release_quiet(
         &self,
+        channel: super::OutboxChannel,
         now: chrono::DateTime<chrono::Utc>,
         limit: u32,
     ) -> Result<u64, StoreError> {
+        let table = channel.quiet_table();
         // Checked on the read pool first: a write transaction only when a hold has ended.
         let due: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM mqtt_quiet WHERE until <= $1 LIMIT 1")
+            sqlx::query_scalar(&format!("SELECT 1 FROM {table} WHERE until <= $1 LIMIT 1"))
                 .bind(now)
                 .fetch_optional(&self.read_pool)
                 .await?;
@@ -494,12 +527,12 @@ impl PgStore {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let mut users: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM mqtt_quiet WHERE user_id IN
-               (SELECT user_id FROM mqtt_quiet WHERE until <= $1 ORDER BY until LIMIT $2
+        let mut users: Vec<String> = sqlx::query_scalar(&format!(
+            "DELETE FROM {table} WHERE user_id IN
+               (SELECT user_id FROM {table} WHERE until <= $1 ORDER BY until LIMIT $2
                 FOR UPDATE SKIP LOCKED)
-             RETURNING user_id",
-        )
+             RETURNING user_id"
+        ))
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
@@ -508,9 +541,7 @@ impl PgStore {
         users.sort_unstable();
         let mut rows = super::pg_rows::OutboxColumns::default();
         for user in &users {
-            let uid = UserId::parse(user).map_err(|m| {
-                StoreError::Database(sqlx::Error::Protocol(format!("mqtt_quiet: {m}")))
-            })?;
+            let uid = UserId::parse(user).map_err(|m| bad_hold(channel, m))?;
             sqlx::query("SELECT 1 FROM user_cursors WHERE user_id = $1 FOR UPDATE")
                 .bind(user)
                 .fetch_optional(&mut *tx)
@@ -524,24 +555,15 @@ impl PgStore {
             .bind(user)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(row) = newest {
-                let n = super::postgres::decode(&row, &self.ids)?;
-                let payload = serde_json::to_string(&n).unwrap_or_default();
-                rows.push_on(
-                    super::OutboxChannel::Mqtt,
-                    user,
-                    super::OutboxKind::Notification,
-                    payload,
-                );
-            }
+            let newest = match newest {
+                Some(row) => Some(super::postgres::decode(&row, &self.ids)?),
+                None => None,
+            };
             let counts = super::postgres::counts(&mut tx, &uid).await?;
-            // MQTT only: the release ends an MQTT hold (Web Push skips held pushes instead).
-            rows.push_on(
-                super::OutboxChannel::Mqtt,
-                user,
-                super::OutboxKind::Unread,
-                super::outbox::unread_payload(&counts),
-            );
+            // On this channel only: each bridge ends its own holds.
+            for (kind, payload) in release_rows(newest.as_ref(), &counts, channel) {
+                rows.push_on(channel, user, kind, payload);
+            }
         }
         rows.insert(&mut tx, &self.outbox).await?;
         tx.commit().await?;
@@ -553,16 +575,18 @@ impl PgStore {
 }
 
 impl Store {
-    /// Ends the MQTT holds of quiet hours that are over by `now` (at most `limit` users):
-    /// one badge update and the newest unread notification each. Returns how many.
+    /// Ends the holds on `channel` of quiet hours that are over by `now` (at most `limit`
+    /// users): the newest unread notification and the unread count each (see
+    /// [`release_rows`]). Returns how many.
     pub async fn release_quiet(
         &self,
+        channel: super::OutboxChannel,
         now: chrono::DateTime<chrono::Utc>,
         limit: u32,
     ) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => s.release_quiet(now, limit).await,
-            Store::Postgres(s) => s.release_quiet(now, limit).await,
+            Store::Sqlite(s) => s.release_quiet(channel, now, limit).await,
+            Store::Postgres(s) => s.release_quiet(channel, now, limit).await,
         }
     }
 }
@@ -584,5 +608,26 @@ mod tests {
             next_version(None, Some(1)),
             Err(StoreError::PreconditionFailed { current: 0 })
         ));
+    }
+
+    #[test]
+    fn a_release_with_nothing_unread_sends_the_count_alone_on_its_channel() {
+        use super::super::{OutboxChannel, OutboxKind};
+        let counts = crate::domain::Counts {
+            unread: 0,
+            seq: crate::domain::Seq::new(7),
+            version: 9,
+        };
+        for channel in [OutboxChannel::Mqtt, OutboxChannel::WebPush] {
+            let rows = release_rows(None, &counts, channel);
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].0, OutboxKind::Unread);
+            let v: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap_or_default();
+            assert_eq!(v, serde_json::json!({"unread": 0, "seq": 7, "version": 9}));
+        }
+        assert_ne!(
+            OutboxChannel::Mqtt.quiet_table(),
+            OutboxChannel::WebPush.quiet_table()
+        );
     }
 }

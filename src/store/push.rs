@@ -43,6 +43,9 @@ pub struct PushTarget {
     pub p256dh: String,
     pub auth: String,
     pub failures: i32,
+    /// The browser's `expirationTime` (ms since the epoch): past it, the push service no
+    /// longer takes pushes for this subscription.
+    pub expires: Option<i64>,
 }
 
 /// One outbox row for one subscription.
@@ -64,8 +67,15 @@ pub struct PushResult {
     pub gone: Vec<i64>,
     /// Subscriptions to try again no sooner than the time given (429, 5xx, no answer).
     pub retry: Vec<(i64, DateTime<Utc>)>,
-    /// Subscriptions that accepted a push: their failure count starts again.
+    /// Subscriptions that accepted a push: their failure count starts again (and a busy
+    /// mark ends).
     pub healthy: Vec<i64>,
+    /// Subscriptions whose queue ended with nothing accepted and nothing failing (every
+    /// push dropped); recorded only by a slow queue's own outcome, as `healthy`.
+    pub drained: Vec<i64>,
+    /// Subscriptions still sending when the batch is recorded: no lease takes them before
+    /// the time given, unless their own outcome, recorded later, says otherwise.
+    pub busy: Vec<(i64, DateTime<Utc>)>,
 }
 
 /// Rows taken by one sender, released by [`PushLease::complete`] (or, on Postgres, when
@@ -271,6 +281,22 @@ impl Store {
         Ok(removed.is_some())
     }
 
+    /// Records what a sender did outside a lease (the queues a batch left running), in a
+    /// transaction of its own.
+    pub async fn push_complete(&self, r: &PushResult) -> Result<(), StoreError> {
+        let hold = match self {
+            Store::Sqlite(s) => Hold::Sqlite(s.writer.clone()),
+            Store::Postgres(s) => Hold::Postgres(s.outbox_pool().begin().await?),
+        };
+        PushLease {
+            rows: Vec::new(),
+            targets: HashMap::new(),
+            hold,
+        }
+        .complete(r)
+        .await
+    }
+
     /// Takes the oldest rows of at most `subscriptions` subscriptions that are not backing
     /// off, at most `per_subscription` each, in id order.
     pub async fn push_lease(
@@ -300,7 +326,7 @@ impl Store {
                 let ids: Vec<i64> = distinct_subscriptions(&rows);
                 let ids_json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
                 let targets = sqlx::query(
-                    "SELECT id, user_id, endpoint, p256dh, auth, failures FROM push_subscriptions
+                    "SELECT id, user_id, endpoint, p256dh, auth, failures, expiration_time FROM push_subscriptions
                      WHERE id IN (SELECT value FROM json_each(?1))",
                 )
                 .bind(ids_json)
@@ -356,7 +382,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 let targets = sqlx::query(
-                    "SELECT id, user_id, endpoint, p256dh, auth, failures FROM push_subscriptions
+                    "SELECT id, user_id, endpoint, p256dh, auth, failures, expiration_time FROM push_subscriptions
                      WHERE id = ANY($1::bigint[])",
                 )
                 .bind(&heads)
@@ -407,9 +433,17 @@ impl PushLease {
                     .execute(&mut *tx)
                     .await?;
                 }
+                for (id, at) in &r.busy {
+                    sqlx::query("UPDATE push_subscriptions SET retry_at = ?1 WHERE id = ?2")
+                        .bind(format_time(at))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query(
                     "UPDATE push_subscriptions SET retry_at = NULL, failures = 0
-                     WHERE failures > 0 AND id IN (SELECT value FROM json_each(?1))",
+                     WHERE (failures > 0 OR retry_at IS NOT NULL)
+                       AND id IN (SELECT value FROM json_each(?1))",
                 )
                 .bind(json(&r.healthy))
                 .execute(&mut *tx)
@@ -439,9 +473,18 @@ impl PushLease {
                 .bind(&ats)
                 .execute(&mut *tx)
                 .await?;
+                let (ids, ats): (Vec<i64>, Vec<DateTime<Utc>>) = r.busy.iter().copied().unzip();
+                sqlx::query(
+                    "UPDATE push_subscriptions s SET retry_at = t.at
+                     FROM unnest($1::bigint[], $2::timestamptz[]) AS t(id, at) WHERE s.id = t.id",
+                )
+                .bind(&ids)
+                .bind(&ats)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query(
                     "UPDATE push_subscriptions SET retry_at = NULL, failures = 0
-                     WHERE failures > 0 AND id = ANY($1::bigint[])",
+                     WHERE (failures > 0 OR retry_at IS NOT NULL) AND id = ANY($1::bigint[])",
                 )
                 .bind(&r.healthy)
                 .execute(&mut *tx)
@@ -498,6 +541,7 @@ where
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let mut out = HashMap::with_capacity(rows.len());
     for r in rows {
@@ -508,6 +552,7 @@ where
             p256dh: r.try_get(3)?,
             auth: r.try_get(4)?,
             failures: r.try_get(5)?,
+            expires: r.try_get(6)?,
         };
         out.insert(t.id, t);
     }

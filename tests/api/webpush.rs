@@ -626,6 +626,160 @@ async fn a_type_muted_for_push_is_stored_but_never_pushed(backend: Backend) {
     assert_eq!(push.violations(), Vec::<String>::new());
 }
 
+/// Quiet hours (issue 25) hold Web Push back, as they hold MQTT: while they last, the user's
+/// notifications are stored and counted (the inbox is never held back) but nothing is pushed;
+/// when they end, one push: the newest held notification, carrying the unread count then
+/// (the badge). The window is the real current minute in UTC, as in the MQTT bridge's test,
+/// so the test waits for at most about a minute and a quarter.
+async fn quiet_hours_hold_push_then_send_one_update(backend: Backend) {
+    use chrono::{Timelike, Utc};
+    let app = push_app(backend).await;
+    let push = app.push_service().await;
+    let (quiet, quiet_sub) = push.subscribe();
+    let (other, other_sub) = push.subscribe();
+    assert_eq!(app.push_subscribe("wp-quiet", &quiet_sub).await.0, 201);
+    assert_eq!(app.push_subscribe("wp-other", &other_sub).await.0, 201);
+    let now = Utc::now();
+    let minute = now
+        - chrono::Duration::seconds(i64::from(now.second()))
+        - chrono::Duration::nanoseconds(i64::from(now.nanosecond()));
+    // At least 15 s of quiet left for the publishes and the checks below.
+    let end = minute + chrono::Duration::minutes(if now.second() >= 45 { 2 } else { 1 });
+    let start = minute - chrono::Duration::minutes(1);
+    let resp = app
+        .client
+        .put(app.url("/v1/preferences"))
+        .bearer_auth(user_token("wp-quiet"))
+        .json(&json!({"quiet_hours": {
+            "start": start.format("%H:%M").to_string(),
+            "end": end.format("%H:%M").to_string(),
+            "time_zone": "UTC",
+        }}))
+        .send()
+        .await
+        .expect("put preferences");
+    assert_eq!(resp.status(), 200);
+    for i in 1..=3 {
+        let mut n = sample(&["wp-quiet"]);
+        n["title"] = json!(format!("held #{i}"));
+        app.publish(&n).await;
+    }
+    app.publish(&sample(&["wp-other"])).await;
+    // The inbox is never held back.
+    assert_eq!(app.unread("wp-quiet").await["unread"], 3);
+    // The sender runs (the other user's arrives), and nothing of wp-quiet's went out.
+    wait_until(WAIT, "wp-other's push", || {
+        !firsts(&push, &other).is_empty()
+    })
+    .await;
+    assert!(Utc::now() < end, "the checks ran within the quiet hours");
+    assert!(
+        push.requests(&quiet).is_empty(),
+        "nothing pushed to wp-quiet during quiet hours: {:?}",
+        push.received(&quiet)
+    );
+    // At the end: one push, the newest notification with the unread count.
+    wait_until(
+        Duration::from_secs(150),
+        "the push at the end of quiet hours",
+        || !push.received(&quiet).is_empty(),
+    )
+    .await;
+    assert!(Utc::now() >= end);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<Value> = push
+        .received(&quiet)
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(got.len(), 1, "one push: {got:?}");
+    assert_eq!(
+        (
+            &got[0]["kind"],
+            &got[0]["seq"],
+            &got[0]["title"],
+            &got[0]["unread"]
+        ),
+        (
+            &json!("notification"),
+            &json!(3),
+            &json!("held #3"),
+            &json!(3)
+        ),
+        "{got:?}"
+    );
+    assert_eq!(push.violations(), Vec::<String>::new());
+}
+
+/// A subscription past its `expirationTime` is never sent to, and is removed (with its
+/// queue) the first time a push for it comes up; the user's other subscriptions go on.
+async fn an_expired_subscription_is_not_sent_to_and_is_removed(backend: Backend) {
+    let app = push_app(backend).await;
+    let push = app.push_service().await;
+    let (expired, mut expired_sub) = push.subscribe();
+    let (live, live_sub) = push.subscribe();
+    let past = chrono::Utc::now().timestamp_millis() - 1_000;
+    expired_sub["expirationTime"] = json!(past);
+    assert_eq!(app.push_subscribe("alice", &expired_sub).await.0, 201);
+    assert_eq!(app.push_subscribe("alice", &live_sub).await.0, 201);
+    assert_eq!(app.push_list("alice").await.len(), 2);
+    for _ in 0..3 {
+        app.publish(&sample(&["alice"])).await;
+    }
+    wait_until(WAIT, "the live one gets all three", || {
+        firsts(&push, &live).len() == 3
+    })
+    .await;
+    let live_endpoint = live_sub["endpoint"].as_str().expect("endpoint").to_owned();
+    eventually(WAIT, "the expired subscription removed", || async {
+        (app.push_list("alice").await == vec![live_endpoint.clone()]).then_some(())
+    })
+    .await;
+    assert!(
+        push.requests(&expired).is_empty(),
+        "nothing was sent to the expired subscription"
+    );
+    assert_eq!(push.violations(), Vec::<String>::new());
+}
+
+/// A push service that takes a push and never answers holds up nobody else: the batch
+/// records what the other queues did after a short grace and leases again, while the silent
+/// one waits out its request timeout (here far longer than the test) on its own.
+async fn a_push_service_that_never_answers_holds_up_nobody_else(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        with_webpush(s);
+        s.webpush.request_timeout_seconds = 120;
+    })
+    .await;
+    let push = app.push_service().await;
+    let (silent, silent_sub) = push.subscribe();
+    let (ok, ok_sub) = push.subscribe();
+    push.answer(&silent, Answer::Hang);
+    assert_eq!(app.push_subscribe("wp-silent", &silent_sub).await.0, 201);
+    assert_eq!(app.push_subscribe("wp-ok", &ok_sub).await.0, 201);
+    app.publish(&sample(&["wp-silent"])).await;
+    wait_until(WAIT, "the silent push service taking a push", || {
+        !push.requests(&silent).is_empty()
+    })
+    .await;
+    for i in 1..=3 {
+        let started = Instant::now();
+        app.publish(&sample(&["wp-ok"])).await;
+        wait_until(WAIT, "wp-ok's push", || firsts(&push, &ok).len() == i).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "push {i} to wp-ok took {:?} while another push service was silent",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        push.requests(&silent).len(),
+        1,
+        "the silent queue is not sent again meanwhile"
+    );
+    assert_eq!(push.violations(), Vec::<String>::new());
+}
+
 crate::both_backends!(
     off_without_a_key_and_says_how_to_turn_it_on,
     the_key_is_served_for_browsers,
@@ -640,4 +794,7 @@ crate::both_backends!(
     nothing_is_lost_while_the_push_service_is_down,
     a_push_refused_as_too_large_is_dropped_and_the_queue_goes_on,
     a_type_muted_for_push_is_stored_but_never_pushed,
+    quiet_hours_hold_push_then_send_one_update,
+    an_expired_subscription_is_not_sent_to_and_is_removed,
+    a_push_service_that_never_answers_holds_up_nobody_else,
 );

@@ -1,24 +1,53 @@
-// Web Push in a real browser: the demo's "Enable desktop notifications" registers tidings-sw.js,
-// a push is delivered to it through the DevTools protocol (ServiceWorker.deliverPushMessage, as
-// the browser's push service would), and the worker shows the notification, sets the badge, and
-// a click marks it read over the REST API.
+// Web Push in a real browser: the demo's "Enable desktop notifications" registers tidings-sw.js;
+// the server pushes to a real push service run by this test (lib/push-service.js: RFC 8030, the
+// VAPID JWT checked, the aes128gcm body decrypted with the subscription's keys, made here as a
+// browser makes them); and exactly the bytes that service decrypted are delivered to the worker
+// through the DevTools protocol (ServiceWorker.deliverPushMessage, as the browser's push service
+// would). The worker shows the notification, sets the badge, and a click marks it read over the
+// REST API; a mark-read's silent badge update, taken from the push service too, only moves the
+// badge.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { e2e, publish, inbox, waitFor } from './lib/harness.js';
+import { e2e, publish, inbox, markReadRest, userToken, timeoutSignal, waitFor } from './lib/harness.js';
+import { request } from '../js-support/harness.js';
+import { PushService } from './lib/push-service.js';
 
-/** A VAPID key as `tidings vapid-keys` prints it: base64url of the raw 32-byte P-256 scalar. */
-function vapidKey() {
-  const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  return privateKey.export({ format: 'jwk' }).d;
+/**
+ * A VAPID key pair: the private key as `tidings vapid-keys` prints it (base64url of the raw
+ * 32-byte P-256 scalar) and the public key as `GET /v1/push/vapid-public-key` gives it.
+ */
+function vapidKeys() {
+  const ecdh = crypto.createECDH('prime256v1');
+  ecdh.generateKeys();
+  return {
+    privateKey: ecdh.getPrivateKey().toString('base64url').padStart(43, 'A'),
+    publicKey: ecdh.getPublicKey().toString('base64url'),
+  };
 }
 
-e2e('web push: the service worker shows a pushed notification, sets the badge, and a click marks it read', async (s) => {
+e2e('web push: the service worker shows a pushed notification, sets the badge, and a click marks it read', async (s, t) => {
+  const vapid = vapidKeys();
+  const pushService = await PushService.start(vapid.publicKey);
+  t.after(() => pushService.stop());
   const server = await s.sqliteServer({
     env: {
-      TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY: vapidKey(),
+      TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY: vapid.privateKey,
       TIDINGS__WEBPUSH__SUBJECT: 'mailto:ops@example.com',
+      // The push service is plain HTTP on 127.0.0.1 (see lib/push-service.js).
+      TIDINGS__WEBPUSH__ALLOW_INSECURE_ENDPOINTS: 'true',
+      TIDINGS__WEBPUSH__POLL_MILLIS: '100',
     },
   });
+  const key = await request(server.url, 'GET', '/v1/push/vapid-public-key', userToken('alice'), undefined, { signal: timeoutSignal(10000) });
+  assert.equal(key.status, 200);
+  assert.equal(key.json.publicKey, vapid.publicKey, 'the server publishes the key it signs with');
+
+  // Headless Chromium has no push service of its own, so the subscription the browser would make
+  // is made here (its key pair and auth secret) and registered for alice through the REST API.
+  const sub = pushService.subscribe();
+  const registered = await request(server.url, 'POST', '/v1/push/subscriptions', userToken('alice'), sub.toJSON(), { signal: timeoutSignal(10000) });
+  assert.equal(registered.status, 201, JSON.stringify(registered.json));
+
   const ctx = await s.context();
   await ctx.grantPermissions(['notifications'], { origin: server.url });
   const page = await s.openDemo(ctx, server);
@@ -38,13 +67,11 @@ e2e('web push: the service worker shows a pushed notification, sets the badge, a
     return res ? Boolean((await res.json()).token) : false;
   }), { timeout: 10000, message: 'the worker to hold the token' });
 
-  // What Tidings would push for this notification (see bridges/webpush/payload.rs).
+  // What Tidings pushes for this notification, as the push service decrypted it.
   const [n] = await publish(server, [{ title: 'Order #1001 shipped', body: 'On its way', link: `${server.url}/demo/` }]);
-  const stored = (await inbox(server)).notifications.find((x) => x.id === n.id);
-  const payload = {
-    kind: 'notification', id: n.id, seq: n.seq, title: stored.title, body: stored.body,
-    link: stored.link, type: stored.type, created_at: stored.created_at, unread: 1,
-  };
+  const pushed = await pushService.waitFor(sub, (j) => j.kind === 'notification' && j.id === n.id, { message: `the push of ${n.id}` });
+  assert.equal(pushed.json.title, 'Order #1001 shipped');
+  assert.equal(pushed.json.unread, 1);
 
   // No visible, focused tab of the app: the worker shows it (a focused tab would have shown it live).
   const blank = await ctx.newPage();
@@ -57,7 +84,7 @@ e2e('web push: the service worker shows a pushed notification, sets the badge, a
     const r = registrations.find((x) => x.scopeURL === `${server.url}/demo/` && !x.isDeleted);
     return r ? r.registrationId : null;
   }, { timeout: 10000, message: 'the worker registration over CDP' });
-  await cdp.send('ServiceWorker.deliverPushMessage', { origin: server.url, registrationId, data: JSON.stringify(payload) });
+  await cdp.send('ServiceWorker.deliverPushMessage', { origin: server.url, registrationId, data: pushed.bytes.toString('utf8') });
 
   const shown = await waitFor(async () => {
     const ns = await sw.evaluate(async () => (await self.registration.getNotifications()).map((x) => ({ title: x.title, body: x.body, tag: x.tag })));
@@ -77,8 +104,20 @@ e2e('web push: the service worker shows a pushed notification, sets the badge, a
   assert.equal((await sw.evaluate(() => self.tidings.lastBadge)).unread, 0, 'the badge is cleared');
   assert.deepEqual(await sw.evaluate(async () => (await self.registration.getNotifications()).length), 0, 'the notification is closed');
 
-  // A silent badge update (mark-read elsewhere) only moves the badge.
-  await cdp.send('ServiceWorker.deliverPushMessage', { origin: server.url, registrationId, data: JSON.stringify({ kind: 'badge', unread: 4, seq: 9 }) });
-  await waitFor(async () => (await sw.evaluate(() => self.tidings.lastBadge)).unread === 4, { timeout: 10000, message: 'badge 4' });
+  // The click's mark-read made the server push a silent badge update (unread 0).
+  const cleared = await pushService.waitFor(sub, (j) => j.kind === 'badge' && j.unread === 0, { message: 'the badge update after the click' });
+  await cdp.send('ServiceWorker.deliverPushMessage', { origin: server.url, registrationId, data: cleared.bytes.toString('utf8') });
+
+  // A silent badge update (mark-read elsewhere) only moves the badge: two more notifications
+  // (pushed, not delivered to the browser), one marked read over REST, and the badge update that
+  // mark-read pushes (unread 1) is delivered.
+  const [n2, n3] = await publish(server, [{ title: 'second' }, { title: 'third' }]);
+  await pushService.waitFor(sub, (j) => j.kind === 'notification' && j.id === n3.id, { message: 'the push of the third' });
+  await markReadRest(server, [n2.id]);
+  const badgeUpdate = await pushService.waitFor(sub, (j) => j.kind === 'badge' && j.unread === 1 && j.seq >= n3.seq,
+    { message: 'the badge update after the mark-read' });
+  await cdp.send('ServiceWorker.deliverPushMessage', { origin: server.url, registrationId, data: badgeUpdate.bytes.toString('utf8') });
+  await waitFor(async () => (await sw.evaluate(() => self.tidings.lastBadge)).unread === 1, { timeout: 10000, message: 'badge 1' });
   assert.equal(await sw.evaluate(async () => (await self.registration.getNotifications()).length), 0, 'no notification for a badge update');
+  assert.deepEqual(pushService.violations, [], 'every push passed the push service\'s checks');
 }, { strictConsole: false });

@@ -29,7 +29,7 @@ pub use options::{BrokerOptions, OptionsError};
 use crate::configuration::MqttSettings;
 use crate::metrics::MqttMetrics;
 use crate::shutdown::Shutdown;
-use crate::store::{OutboxKind, OutboxLease, OutboxRow, Store, StoreError};
+use crate::store::{OutboxChannel, OutboxKind, OutboxLease, OutboxRow, Store, StoreError};
 use crate::telemetry::Chain;
 use chrono::Utc;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS};
@@ -45,8 +45,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the outbox depth is measured (and old rows dropped, when configured).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
-/// Ended quiet-hours holds released per step, and how often at most it looks for them.
-const QUIET_RELEASE_BATCH: u32 = 500;
+/// How often at most it looks for ended quiet-hours holds.
 const QUIET_RELEASE_MIN: Duration = Duration::from_millis(250);
 /// A lease ends (on Postgres, by `idle_in_transaction_session_timeout`) after 60 s; a batch
 /// must be abandoned well before that.
@@ -128,8 +127,9 @@ pub fn start(
         metrics.clone(),
         shutdown.clone(),
     ));
-    shutdown.spawn(release_quiet_hours(
+    shutdown.spawn(super::release_quiet_hours(
         store.clone(),
+        OutboxChannel::Mqtt,
         limits.poll.max(QUIET_RELEASE_MIN),
         shutdown.clone(),
     ));
@@ -411,28 +411,6 @@ async fn housekeeping(store: Store, max_age: Duration, m: MqttMetrics, shutdown:
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-/// Ends the holds of users whose quiet hours are over (issue 25): the store writes one badge
-/// update and the newest unread notification each to the outbox, which the worker publishes
-/// like any other rows. Every replica runs it; a hold is released once (the store deletes it
-/// in the same transaction).
-async fn release_quiet_hours(store: Store, every: Duration, shutdown: Shutdown) {
-    loop {
-        let wait = match store.release_quiet(Utc::now(), QUIET_RELEASE_BATCH).await {
-            // A full batch: more may be due at once.
-            Ok(n) if n == u64::from(QUIET_RELEASE_BATCH) => Duration::ZERO,
-            Ok(_) => every,
-            Err(e) => {
-                tracing::warn!(error = %Chain(&e), "could not release ended MQTT quiet hours");
-                every.max(MIN_BACKOFF)
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
         }
     }
 }

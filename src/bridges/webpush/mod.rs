@@ -22,6 +22,7 @@
 
 pub mod payload;
 pub mod policy;
+mod resolve;
 mod vapid;
 
 use crate::configuration::WebPushSettings;
@@ -33,9 +34,11 @@ use crate::telemetry::Chain;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use vapid::Signer;
@@ -48,8 +51,15 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// A queue stops sending after this much of a batch (rows left for the next lease), so a
 /// batch always ends well within the lease's 60 s.
 const QUEUE_BUDGET: Duration = Duration::from_secs(30);
+/// How long a batch waits for its slowest queues before it records what the others did
+/// and leases again: a push service that takes a request and never answers must not hold
+/// up anybody else's pushes for the whole request timeout. Push services answer in well
+/// under this; the slow queues go on and record their outcome when they end.
+const BATCH_GRACE: Duration = Duration::from_secs(1);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 const DEPTH_CAP: i64 = 1_000_000;
+/// How often at most it looks for ended quiet-hours holds.
+const QUIET_RELEASE_MIN: Duration = Duration::from_millis(250);
 /// After a failed lease (the database away), wait before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -69,13 +79,16 @@ struct Limits {
     concurrency: usize,
     ttl: u64,
     poll: Duration,
+    request_timeout: Duration,
 }
 
 /// The HTTP client for push services: rustls, pooled connections (one push service takes
-/// many pushes over one), bounded by timeouts, and no redirects (a push resource that
-/// redirects is not one, and following it could reach the internal network).
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// many pushes over one), bounded by timeouts, no redirects (a push resource that
+/// redirects is not one, and following it could reach the internal network), and DNS
+/// names resolved to public addresses only unless `allow_private` (see [`resolve`]).
+pub fn client(timeout: Duration, allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(resolve::PublicOnly { allow_private }))
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(90))
@@ -94,13 +107,17 @@ pub fn start(
     shutdown: &Shutdown,
 ) -> Result<(), WebPushError> {
     let signer = Signer::new(&key, subject)?;
-    let http = client(Duration::from_secs(settings.request_timeout_seconds))?;
+    let http = client(
+        Duration::from_secs(settings.request_timeout_seconds),
+        settings.allow_insecure_endpoints,
+    )?;
     let limits = Limits {
         subscriptions: settings.batch_subscriptions,
         per_subscription: settings.batch_per_subscription,
         concurrency: settings.concurrency,
         ttl: settings.ttl_seconds,
         poll: Duration::from_millis(settings.poll_millis),
+        request_timeout: Duration::from_secs(settings.request_timeout_seconds),
     };
     tracing::info!(
         public_key = %key.public_key(),
@@ -110,6 +127,13 @@ pub fn start(
         store.clone(),
         Duration::from_secs(settings.ttl_seconds),
         metrics.clone(),
+        shutdown.clone(),
+    ));
+    // Quiet hours (issue 25) hold pushes back; this sends what is due when they end.
+    shutdown.spawn(super::release_quiet_hours(
+        store.clone(),
+        OutboxChannel::WebPush,
+        Duration::from_millis(settings.poll_millis).max(QUIET_RELEASE_MIN),
         shutdown.clone(),
     ));
     shutdown.spawn(sender(
@@ -131,6 +155,7 @@ async fn sender(
     m: WebPushMetrics,
     shutdown: Shutdown,
 ) {
+    let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -171,6 +196,8 @@ async fn sender(
         }
         let mut jobs = Vec::with_capacity(queues.len());
         let mut orphans = Vec::new();
+        let mut expired = Vec::new();
+        let now_ms = Utc::now().timestamp_millis();
         for (sid, rows) in queues {
             let Some(target) = lease.targets.get(&sid) else {
                 // Its subscription was deleted after the lease read the rows: nobody to
@@ -178,38 +205,117 @@ async fn sender(
                 orphans.extend(rows.iter().map(|r| r.id));
                 continue;
             };
+            if is_expired(target.expires, now_ms) {
+                // Past the browser's `expirationTime` the push service refuses it anyway
+                // (and the browser has subscribed anew, through `pushsubscriptionchange`):
+                // removed like a 410, with its queue, without a request.
+                tracing::info!(
+                    subscription = sid,
+                    "Web Push: the subscription is past its expirationTime; removing it"
+                );
+                expired.push(sid);
+                continue;
+            }
             let auth = signer.authorization(&target.endpoint);
             jobs.push((target.clone(), rows, auth));
         }
-        let outcomes: Vec<QueueOutcome> = stream::iter(jobs)
-            .map(|(target, rows, auth)| send_queue(&http, target, rows, auth, &limits, &m))
-            .buffer_unordered(limits.concurrency)
-            .collect()
-            .await;
-        let mut result = PushResult {
-            done: orphans,
-            ..PushResult::default()
-        };
-        for o in outcomes {
-            result.done.extend(o.done);
-            match o.end {
-                QueueEnd::Drained => {
-                    if o.accepted {
-                        result.healthy.push(o.subscription);
+        // Each queue on a task of its own, at most `concurrency` sending at once across
+        // batches (a straggler keeps its permit).
+        let mut running: JoinSet<QueueOutcome> = JoinSet::new();
+        let mut in_flight: BTreeSet<i64> = BTreeSet::new();
+        for (target, rows, auth) in jobs {
+            in_flight.insert(target.id);
+            let (http, limits, m, permits) =
+                (http.clone(), limits.clone(), m.clone(), permits.clone());
+            running.spawn(async move {
+                // Never closed; if it were, the queue would go on without a permit.
+                let _permit = permits.acquire_owned().await.ok();
+                send_queue(&http, target, rows, auth, &limits, &m).await
+            });
+        }
+        let mut outcomes = Vec::with_capacity(in_flight.len());
+        let grace = tokio::time::sleep(BATCH_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = running.join_next() => match joined {
+                    Some(Ok(o)) => {
+                        in_flight.remove(&o.subscription);
+                        outcomes.push(o);
                     }
-                }
-                QueueEnd::Gone => {
-                    m.removed.inc();
-                    result.gone.push(o.subscription);
-                }
-                QueueEnd::RetryAt(at) => result.retry.push((o.subscription, at)),
+                    // A queue task that panicked: its rows stay, sent again by a later lease.
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+                () = &mut grace => break,
             }
         }
+        let mut result = fold(outcomes, &m);
+        result.done.extend(orphans);
+        for sid in expired {
+            m.removed.inc();
+            result.gone.push(sid);
+        }
+        // Queues still sending (a push service that accepts and does not answer) do not
+        // hold up the rest: the batch is recorded now, and they are marked busy (no lease,
+        // here or on another replica, takes them) until they record their own outcome, or,
+        // if this replica dies first, until their requests would have timed out.
+        let busy_until = Utc::now()
+            + chrono::Duration::from_std(QUEUE_BUDGET + limits.request_timeout + BATCH_GRACE)
+                .unwrap_or(chrono::Duration::seconds(60));
+        result
+            .busy
+            .extend(in_flight.iter().map(|sid| (*sid, busy_until)));
         if let Err(e) = lease.complete(&result).await {
             // The rows stay; they are sent again (a redelivery, which workers drop by id).
             tracing::warn!(error = %Chain(&e), "Web Push: could not record a batch");
         }
+        if !running.is_empty() {
+            // After the batch's record, so the stragglers' own outcome overwrites `busy`.
+            shutdown.spawn(stragglers(store.clone(), running, m.clone()));
+        }
     }
+}
+
+/// Waits for the queues a batch left running and records what they did, in a transaction
+/// of their own.
+async fn stragglers(store: Store, mut running: JoinSet<QueueOutcome>, m: WebPushMetrics) {
+    let mut outcomes = Vec::new();
+    while let Some(joined) = running.join_next().await {
+        if let Ok(o) = joined {
+            outcomes.push(o);
+        }
+    }
+    let mut result = fold(outcomes, &m);
+    // A straggler that drained has its busy mark cleared even with nothing accepted.
+    result.healthy.append(&mut result.drained);
+    if let Err(e) = store.push_complete(&result).await {
+        // The rows stay; the busy mark ends by itself; they are sent again.
+        tracing::warn!(error = %Chain(&e), "Web Push: could not record a slow queue");
+    }
+}
+
+/// What a batch's queues did, as the store records it.
+fn fold(outcomes: Vec<QueueOutcome>, m: &WebPushMetrics) -> PushResult {
+    let mut result = PushResult::default();
+    for o in outcomes {
+        result.done.extend(o.done);
+        match o.end {
+            QueueEnd::Drained => {
+                if o.accepted {
+                    result.healthy.push(o.subscription);
+                } else {
+                    result.drained.push(o.subscription);
+                }
+            }
+            QueueEnd::Gone => {
+                m.removed.inc();
+                result.gone.push(o.subscription);
+            }
+            QueueEnd::RetryAt(at) => result.retry.push((o.subscription, at)),
+        }
+    }
+    result
 }
 
 #[derive(Debug)]
@@ -350,6 +456,11 @@ async fn send_queue(
     out
 }
 
+/// Whether a subscription's `expirationTime` (ms since the epoch) has passed by `now_ms`.
+fn is_expired(expires: Option<i64>, now_ms: i64) -> bool {
+    expires.is_some_and(|at| at <= now_ms)
+}
+
 /// The browser's keys, decoded once per queue.
 struct BrowserKeys {
     public: web_push_native::p256::PublicKey,
@@ -444,6 +555,14 @@ mod tests {
         assert!(at >= now + chrono::Duration::seconds(8));
         let at = retry_at(40, Some(Duration::from_secs(86_400 * 30)));
         assert!(at <= now + chrono::Duration::seconds(3601));
+    }
+
+    #[test]
+    fn a_subscription_past_its_expiration_time_is_expired() {
+        assert!(!is_expired(None, 1_000));
+        assert!(!is_expired(Some(1_001), 1_000));
+        assert!(is_expired(Some(1_000), 1_000));
+        assert!(is_expired(Some(0), 1_000));
     }
 
     #[test]

@@ -268,8 +268,8 @@ impl PgStore {
                 }
             }
             rows.insert(&mut tx, &self.outbox).await?;
-            let holds = super::preferences::holds(std::iter::once(&prep));
-            super::preferences::pg_record_holds(&mut tx, &holds).await?;
+            super::preferences::pg_record_all_holds(&mut tx, &self.outbox, std::iter::once(&prep))
+                .await?;
         }
         finish_idempotency(&mut tx, cmd, &outcome).await?;
         tx.commit().await?;

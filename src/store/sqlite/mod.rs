@@ -192,9 +192,9 @@ impl SqliteStore {
             bumped.push(counts);
         }
 
-        if self.outbox.is_on() && !prep.mqtt_held.is_empty() {
-            let holds = super::preferences::holds(std::iter::once(&prep));
-            Self::record_holds(&mut tx, &holds).await?;
+        for channel in self.outbox.channels() {
+            let holds = super::preferences::holds(std::iter::once(&prep), channel);
+            Self::record_holds(&mut tx, channel, &holds).await?;
         }
         let outcome = prep.outcome(message, &bumped)?;
         self.finish_idempotency(&mut tx, cmd, &outcome).await?;

@@ -121,6 +121,8 @@ pub enum Answer {
         retry_after: u64,
         times: u32,
     },
+    /// Takes every push (reads it whole) and never answers.
+    Hang,
     /// Another status (such as 413) for the next `times` pushes.
     Refuse {
         status: u16,
@@ -324,6 +326,10 @@ async fn connection(
             .unwrap_or("")
             .to_owned();
         let (status, extra) = handle(&state, port, &path, &headers, &body);
+        if status == 0 {
+            // Answer::Hang: the connection stays open, silent, until the client gives up.
+            std::future::pending::<()>().await;
+        }
         let reason = match status {
             201 => "Created",
             400 => "Bad Request",
@@ -354,6 +360,10 @@ fn handle(
     let status = match answer {
         Answer::Created => 201,
         Answer::Gone => 410,
+        Answer::Hang => {
+            st.requests.push((id.clone(), Instant::now(), 0));
+            return (0, String::new());
+        }
         Answer::TooMany { retry_after, times } => {
             if times <= 1 {
                 st.answers.remove(&id);
