@@ -372,7 +372,9 @@ pub fn parse_deliver_at(v: &Value, now: DateTime<Utc>) -> Result<Option<DateTime
         .as_str()
         .ok_or("must be a date and time as an RFC 3339 string, such as 2026-12-24T09:00:00Z")?;
     let at = DateTime::parse_from_rfc3339(text)
-        .map_err(|_| "must be an RFC 3339 date and time with its offset, such as 2026-12-24T09:00:00Z")?
+        .map_err(|_| {
+            "must be an RFC 3339 date and time with its offset, such as 2026-12-24T09:00:00Z"
+        })?
         .with_timezone(&Utc);
     if at > now + chrono::Duration::days(MAX_SCHEDULE_AHEAD_DAYS) {
         return Err(format!(
@@ -522,7 +524,10 @@ mod tests {
         assert_eq!(at("2026-12-08T11:59:59Z"), Ok(None), "past: now");
         assert_eq!(at("2026-12-08T12:00:00Z"), Ok(None), "now: now");
         assert_eq!(
-            at("2026-12-08T13:00:00.1234567+01:00").unwrap().unwrap().to_rfc3339(),
+            at("2026-12-08T13:00:00.1234567+01:00")
+                .unwrap()
+                .unwrap()
+                .to_rfc3339(),
             "2026-12-08T12:00:00.123456+00:00",
             "UTC, to the microsecond"
         );

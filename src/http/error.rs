@@ -113,7 +113,9 @@ impl ApiError {
             ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::TooManyConnections { .. } => ("too-many-connections", "Too many connections"),
-            ApiError::TooManyScheduled(_) => ("too-many-scheduled", "Too many scheduled notifications"),
+            ApiError::TooManyScheduled(_) => {
+                ("too-many-scheduled", "Too many scheduled notifications")
+            }
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }

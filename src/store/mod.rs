@@ -60,8 +60,8 @@ pub use preferences::{NotificationTypeCount, StoredPreferences};
 pub use push::{PushLease, PushResult, PushRow, PushSubscription, PushTarget, SubscribeOutcome};
 pub use retention::{CountCursor, Pruned, RetentionLease};
 pub use scheduled::{
-    Cancel, DueSchedule, NewSchedule, ScheduleClaim, ScheduleOutcome, ScheduleReceipt, ScheduledItem,
-    DELIVERED_KEPT,
+    Cancel, DueSchedule, NewSchedule, ScheduleClaim, ScheduleOutcome, ScheduleReceipt,
+    ScheduledItem, DELIVERED_KEPT,
 };
 pub use sqlite::SqliteStore;
 

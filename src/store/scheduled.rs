@@ -170,10 +170,12 @@ impl PgStore {
         }
         // One service's schedules at a time: the count and the insert cannot interleave with
         // another of its own, so the cap holds exactly.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('tidings.scheduled:' || $1, 0))")
-            .bind(&s.service)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('tidings.scheduled:' || $1, 0))",
+        )
+        .bind(&s.service)
+        .execute(&mut *tx)
+        .await?;
         let pending: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT 1 FROM scheduled
                WHERE service = $1 AND delivered_at IS NULL LIMIT $2) t",
@@ -201,12 +203,14 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         if let Some(idem) = &s.idempotency {
-            sqlx::query("UPDATE idempotency_keys SET response = $1 WHERE service = $2 AND key = $3")
-                .bind(serde_json::to_string(&receipt).unwrap_or_default())
-                .bind(&s.service)
-                .bind(idem.key.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE idempotency_keys SET response = $1 WHERE service = $2 AND key = $3",
+            )
+            .bind(serde_json::to_string(&receipt).unwrap_or_default())
+            .bind(&s.service)
+            .bind(idem.key.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(ScheduleOutcome {
@@ -468,12 +472,14 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         if let Some(idem) = &s.idempotency {
-            sqlx::query("UPDATE idempotency_keys SET response = ?1 WHERE service = ?2 AND key = ?3")
-                .bind(serde_json::to_string(&receipt).unwrap_or_default())
-                .bind(&s.service)
-                .bind(idem.key.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE idempotency_keys SET response = ?1 WHERE service = ?2 AND key = ?3",
+            )
+            .bind(serde_json::to_string(&receipt).unwrap_or_default())
+            .bind(&s.service)
+            .bind(idem.key.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(ScheduleOutcome {
