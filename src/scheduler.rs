@@ -22,7 +22,7 @@ use crate::store::{DueSchedule, PublishCommand, ScheduleClaim, Store, StoreError
 use crate::telemetry::Chain;
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -40,6 +40,8 @@ pub const LEASE: Duration = Duration::from_secs(5);
 const BATCH: u32 = 256;
 /// Publishes in flight at once.
 const IN_FLIGHT: usize = 4;
+/// Schedules this replica cannot read that it remembers to leave alone, at most.
+const SKIP_CAP: usize = 1000;
 
 /// Starts the scheduler under `shutdown`.
 pub fn spawn(store: Store, notifier: Notifier, shutdown: &Shutdown) {
@@ -48,6 +50,7 @@ pub fn spawn(store: Store, notifier: Notifier, shutdown: &Shutdown) {
         store,
         notifier,
         me: Uuid::new_v4(),
+        skip: Mutex::new(Vec::new()),
         shutdown: shutdown.clone(),
     };
     shutdown.spawn(task.run());
@@ -59,17 +62,12 @@ struct Scheduler {
     /// This replica, as the lease names it.
     me: Uuid,
     wake: Arc<Notify>,
+    /// Schedules whose stored request this replica cannot read (stored by a later release,
+    /// during a rolling upgrade or after a rollback): left pending, lease given back, for a
+    /// replica that can; not taken again by this one, so they neither block the rows behind
+    /// them nor keep it busy.
+    skip: Mutex<Vec<Uuid>>,
     shutdown: Shutdown,
-}
-
-/// Why one schedule was not delivered this round.
-#[derive(Debug, thiserror::Error)]
-enum DeliverError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The stored request no longer passes validation (it did when stored).
-    #[error("the stored request of schedule {0} is not a valid publish")]
-    Invalid(Uuid),
 }
 
 impl Scheduler {
@@ -100,7 +98,7 @@ impl Scheduler {
 
     async fn until_next_due(&self) -> Duration {
         let now = Utc::now();
-        match self.store.next_due(now, self.me).await {
+        match self.store.next_due(now, self.me, &self.skipped()).await {
             Ok(Some(at)) => (at - now).to_std().unwrap_or(Duration::ZERO).min(POLL),
             Ok(None) => POLL,
             Err(e) => {
@@ -111,13 +109,13 @@ impl Scheduler {
     }
 
     /// Delivers one batch of due schedules; `true` when the batch was full (more may be due).
-    async fn round(&self) -> Result<bool, DeliverError> {
+    async fn round(&self) -> Result<bool, StoreError> {
         let due = self
             .store
-            .lease_due(Utc::now(), LEASE, self.me, BATCH)
+            .lease_due(Utc::now(), LEASE, self.me, BATCH, &self.skipped())
             .await?;
         let full = due.len() == BATCH as usize;
-        let results: Vec<Result<(), DeliverError>> = stream::iter(due)
+        let results: Vec<Result<(), StoreError>> = stream::iter(due)
             .map(|d| self.deliver(d))
             .buffer_unordered(IN_FLIGHT)
             .collect()
@@ -126,11 +124,30 @@ impl Scheduler {
         Ok(full)
     }
 
-    async fn deliver(&self, due: DueSchedule) -> Result<(), DeliverError> {
-        let notification = serde_json::from_str(&due.request)
+    fn skipped(&self) -> Vec<Uuid> {
+        self.skip.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Leaves a schedule this replica cannot read to the others.
+    async fn set_aside(&self, id: Uuid) -> Result<(), StoreError> {
+        tracing::warn!(schedule = %id, "a scheduled request this release cannot read; left to another replica");
+        if let Ok(mut skip) = self.skip.lock() {
+            if skip.len() >= SKIP_CAP {
+                skip.remove(0);
+            }
+            skip.push(id);
+        }
+        self.store.release_schedule(id).await?;
+        Ok(())
+    }
+
+    async fn deliver(&self, due: DueSchedule) -> Result<(), StoreError> {
+        let Some(notification) = serde_json::from_str(&due.request)
             .ok()
             .and_then(|body| NewNotification::parse(&body).ok())
-            .ok_or(DeliverError::Invalid(due.id))?;
+        else {
+            return self.set_aside(due.id).await;
+        };
         let result = match &notification.topic {
             None => {
                 let cmd = PublishCommand {
@@ -151,7 +168,7 @@ impl Scheduler {
         match result {
             // Cancelled, or delivered by another replica whose lease ran out under it.
             Err(StoreError::ScheduleGone) => Ok(()),
-            other => Ok(other?),
+            other => other,
         }
     }
 

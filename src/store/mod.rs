@@ -388,31 +388,39 @@ impl Store {
         dispatch!(self, s => s.cancel_scheduled(service, id).await)
     }
 
-    /// Up to `limit` due schedules for replica `me`, oldest first. Postgres leases them for
-    /// `lease` (`FOR UPDATE SKIP LOCKED`: other replicas take others); SQLite has one process.
+    /// Up to `limit` due schedules for replica `me`, oldest first, except those in `skip`.
+    /// Postgres leases them for `lease` (`FOR UPDATE SKIP LOCKED`: other replicas take
+    /// others); SQLite has one process.
     pub async fn lease_due(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         me: Uuid,
         limit: u32,
+        skip: &[Uuid],
     ) -> Result<Vec<DueSchedule>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.lease_due(now, limit).await,
-            Store::Postgres(s) => s.lease_due(now, lease, me, limit).await,
+            Store::Sqlite(s) => s.lease_due(now, limit, skip).await,
+            Store::Postgres(s) => s.lease_due(now, lease, me, limit, skip).await,
         }
     }
 
-    /// When the next pending schedule that replica `me` may take is due.
+    /// When the next pending schedule that replica `me` may take is due (`skip` aside).
     pub async fn next_due(
         &self,
         now: DateTime<Utc>,
         me: Uuid,
+        skip: &[Uuid],
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.next_due().await,
-            Store::Postgres(s) => s.next_due(now, me).await,
+            Store::Sqlite(s) => s.next_due(skip).await,
+            Store::Postgres(s) => s.next_due(now, me, skip).await,
         }
+    }
+
+    /// Gives a leased row back at once (this replica cannot read its request).
+    pub async fn release_schedule(&self, id: Uuid) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release_schedule(id).await)
     }
 
     /// Applies a schedule claim without a publish (a topic fan-out's empty last page).

@@ -275,13 +275,15 @@ impl PgStore {
     }
 
     /// Leases up to `limit` due rows for `lease` to replica `me` (rows it leased before
-    /// included: after an error it takes them again at once rather than after the lease).
+    /// included: after an error it takes them again at once rather than after the lease),
+    /// except those in `skip`.
     pub async fn lease_due(
         &self,
         now: DateTime<Utc>,
         lease: std::time::Duration,
         me: Uuid,
         limit: u32,
+        skip: &[Uuid],
     ) -> Result<Vec<DueSchedule>, StoreError> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
         let rows = sqlx::query(
@@ -290,6 +292,7 @@ impl PgStore {
                SELECT id FROM scheduled
                WHERE delivered_at IS NULL AND deliver_at <= $1
                  AND (leased_until IS NULL OR leased_until <= $1 OR leased_by = $3)
+                 AND NOT (id = ANY($5))
                ORDER BY deliver_at LIMIT $4
                FOR UPDATE SKIP LOCKED)
              RETURNING id, service, deliver_at, request, topic_after",
@@ -298,6 +301,7 @@ impl PgStore {
         .bind(until)
         .bind(me)
         .bind(i64::from(limit))
+        .bind(skip)
         .fetch_all(&self.pool)
         .await?;
         let mut due = rows
@@ -321,15 +325,26 @@ impl PgStore {
         &self,
         now: DateTime<Utc>,
         me: Uuid,
+        skip: &[Uuid],
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT min(deliver_at) FROM scheduled WHERE delivered_at IS NULL
-               AND (leased_until IS NULL OR leased_until <= $1 OR leased_by = $2)",
+               AND (leased_until IS NULL OR leased_until <= $1 OR leased_by = $2)
+               AND NOT (id = ANY($3))",
         )
         .bind(now)
         .bind(me)
+        .bind(skip)
         .fetch_one(&self.read_pool)
         .await?)
+    }
+
+    pub async fn release_schedule(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE scheduled SET leased_until = NULL, leased_by = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A claim on its own (a topic whose last page was empty).
@@ -406,6 +421,12 @@ fn sqlite_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// Ids as a JSON array of strings, for `json_each`.
+fn skip_json(skip: &[Uuid]) -> String {
+    serde_json::to_string(&skip.iter().map(Uuid::to_string).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into())
 }
 
 fn sqlite_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -549,14 +570,17 @@ impl SqliteStore {
         &self,
         now: DateTime<Utc>,
         limit: u32,
+        skip: &[Uuid],
     ) -> Result<Vec<DueSchedule>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, service, deliver_at, request, topic_after FROM scheduled
              WHERE delivered_at IS NULL AND deliver_at <= ?1
+               AND id NOT IN (SELECT value FROM json_each(?3))
              ORDER BY deliver_at, id LIMIT ?2",
         )
         .bind(format_time(&now))
         .bind(i64::from(limit))
+        .bind(skip_json(skip))
         .fetch_all(&self.writer)
         .await?;
         rows.iter()
@@ -572,12 +596,20 @@ impl SqliteStore {
             .collect()
     }
 
-    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let min: Option<String> =
-            sqlx::query_scalar("SELECT min(deliver_at) FROM scheduled WHERE delivered_at IS NULL")
-                .fetch_one(&self.reader)
-                .await?;
+    pub async fn next_due(&self, skip: &[Uuid]) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let min: Option<String> = sqlx::query_scalar(
+            "SELECT min(deliver_at) FROM scheduled WHERE delivered_at IS NULL
+               AND id NOT IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(skip_json(skip))
+        .fetch_one(&self.reader)
+        .await?;
         min.as_deref().map(sqlite_time).transpose()
+    }
+
+    /// No lease to give back: nothing to do.
+    pub async fn release_schedule(&self, _id: Uuid) -> Result<(), StoreError> {
+        Ok(())
     }
 
     pub async fn claim_schedule(&self, claim: &ScheduleClaim) -> Result<(), StoreError> {
