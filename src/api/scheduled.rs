@@ -26,7 +26,7 @@ pub struct ScheduledPage {
 ///
 /// Only the calling service's, only those not delivered yet, oldest schedule first.
 #[utoipa::path(
-    get, path = "/v1/scheduled", tag = "publishing",
+    get, path = "/v1/scheduled", tag = "publishing", operation_id = "list_scheduled",
     params(
         ("after" = Option<uuid::Uuid>, Query, nullable = false, description = "A page's `next`: the schedules made after that one."),
         ("limit" = Option<i64>, Query, nullable = false, minimum = 1, maximum = 200, description = "1 to 200, default 50."),
@@ -71,7 +71,7 @@ pub async fn list(
 /// Only before it is delivered: afterwards a 409 (for a day after delivery; later, a 404).
 /// A topic's schedule whose fan-out has begun is delivered as far as this goes.
 #[utoipa::path(
-    delete, path = "/v1/scheduled/{id}", tag = "publishing",
+    delete, path = "/v1/scheduled/{id}", tag = "publishing", operation_id = "cancel_scheduled",
     params(("id" = uuid::Uuid, Path, description = "The `schedule_id` of the 202 answer.")),
     responses(
         (status = 204, description = "Cancelled: it will not be delivered."),
