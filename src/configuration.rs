@@ -59,6 +59,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     #[serde(default)]
     pub webpush: WebPushSettings,
+    #[serde(default)]
+    pub schedule: ScheduleSettings,
     #[serde(skip_deserializing, default = "default_profile")]
     pub profile: Profile,
 }
@@ -214,6 +216,23 @@ impl RetentionSettings {
     /// Whether there is anything to prune at all.
     pub fn enabled(&self) -> bool {
         self.max_age.is_some() || self.max_per_user.is_some()
+    }
+}
+
+/// Scheduled notifications (`deliver_at`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ScheduleSettings {
+    /// A service may hold at most this many pending scheduled notifications; past it a
+    /// schedule is refused with 429 until some are delivered or cancelled. Bounds the table.
+    pub max_pending_per_service: u64,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        ScheduleSettings {
+            max_pending_per_service: crate::notifier::DEFAULT_MAX_PENDING_SCHEDULES,
+        }
     }
 }
 
@@ -618,6 +637,10 @@ impl Settings {
             (
                 "TIDINGS__RETENTION__INTERVAL_SECONDS",
                 self.retention.interval_seconds as usize,
+            ),
+            (
+                "TIDINGS__SCHEDULE__MAX_PENDING_PER_SERVICE",
+                usize::try_from(self.schedule.max_pending_per_service).unwrap_or(usize::MAX),
             ),
         ];
         for (name, value) in positive {

@@ -9,6 +9,7 @@ use crate::domain::{
     NotificationType, Seq, Title, TopicName, UserId,
 };
 use crate::store::{Idempotency, PublishCommand};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -311,7 +312,77 @@ pub fn publish_command(
             fingerprint: fingerprint(body),
         }),
         notification,
+        schedule: None,
     })
+}
+
+/// `deliver_at` may be at most this many days ahead: a year and a day, so "same time next
+/// year" fits, and the table of pending schedules cannot fill with the far future.
+pub const MAX_SCHEDULE_AHEAD_DAYS: i64 = 366;
+
+/// A publish body checked whole, `deliver_at` included: what to publish, and when.
+#[derive(Debug, Clone)]
+pub struct PublishPlan {
+    pub cmd: PublishCommand,
+    /// In the future: schedule it. `None` when absent, or now or past ("now").
+    pub deliver_at: Option<DateTime<Utc>>,
+    /// The body without `deliver_at`: what a schedule stores and publishes at its time.
+    pub request: Value,
+}
+
+/// [`publish_command`] for a body that may carry `deliver_at` (RFC 3339, at most
+/// [`MAX_SCHEDULE_AHEAD_DAYS`] after `now`). Every bad field is named at once, `deliver_at`
+/// among them. The idempotency fingerprint covers the whole body, `deliver_at` included, so
+/// the same key with another time is a conflict, as with any other changed field.
+pub fn publish_plan(
+    service: String,
+    key: Option<IdempotencyKey>,
+    body: &Value,
+    now: DateTime<Utc>,
+) -> Result<PublishPlan, Vec<FieldError>> {
+    let mut request = body.clone();
+    let deliver_at = match request.as_object_mut().and_then(|o| o.remove("deliver_at")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => parse_deliver_at(&v, now).map_err(|m| FieldError::new("deliver_at", m)),
+    };
+    let cmd = publish_command(service, key, &request);
+    match (cmd, deliver_at) {
+        (Ok(mut cmd), Ok(deliver_at)) => {
+            if let Some(idem) = &mut cmd.idempotency {
+                idem.fingerprint = fingerprint(body);
+            }
+            Ok(PublishPlan {
+                cmd,
+                deliver_at,
+                request,
+            })
+        }
+        (Err(mut errors), Err(e)) => {
+            errors.push(e);
+            Err(errors)
+        }
+        (Err(errors), Ok(_)) => Err(errors),
+        (Ok(_), Err(e)) => Err(vec![e]),
+    }
+}
+
+/// `Some` for a time after `now` (to the microsecond, as stored), `None` for now or past.
+pub fn parse_deliver_at(v: &Value, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, String> {
+    let text = v
+        .as_str()
+        .ok_or("must be a date and time as an RFC 3339 string, such as 2026-12-24T09:00:00Z")?;
+    let at = DateTime::parse_from_rfc3339(text)
+        .map_err(|_| {
+            "must be an RFC 3339 date and time with its offset, such as 2026-12-24T09:00:00Z"
+        })?
+        .with_timezone(&Utc);
+    if at > now + chrono::Duration::days(MAX_SCHEDULE_AHEAD_DAYS) {
+        return Err(format!(
+            "must be at most {MAX_SCHEDULE_AHEAD_DAYS} days ahead"
+        ));
+    }
+    let at = DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at);
+    Ok((at > now).then_some(at))
 }
 
 /// A digest of the request body that ignores formatting and key order, so a client that
@@ -442,6 +513,64 @@ mod tests {
         assert_eq!(fields(json!({"ids": ["nope"]})), ["ids[0]"]);
         assert_eq!(fields(json!({"up_to": -1})), ["up_to"]);
         assert_eq!(fields(json!({"up_to": 1, "x": 1})), ["x"]);
+    }
+
+    #[test]
+    fn deliver_at_is_a_time_within_the_limit() {
+        let now = DateTime::parse_from_rfc3339("2026-12-08T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: &str| parse_deliver_at(&json!(s), now);
+        assert_eq!(at("2026-12-08T11:59:59Z"), Ok(None), "past: now");
+        assert_eq!(at("2026-12-08T12:00:00Z"), Ok(None), "now: now");
+        assert_eq!(
+            at("2026-12-08T13:00:00.1234567+01:00")
+                .unwrap()
+                .unwrap()
+                .to_rfc3339(),
+            "2026-12-08T12:00:00.123456+00:00",
+            "UTC, to the microsecond"
+        );
+        assert!(at("2027-12-09T12:00:00Z").unwrap().is_some(), "366 days");
+        assert!(at("2027-12-09T12:00:01Z").is_err(), "beyond 366 days");
+        assert!(at("tomorrow").is_err());
+        assert!(at("2026-12-09T12:00:00").is_err(), "no offset");
+        assert!(parse_deliver_at(&json!(1_765_000_000), now).is_err());
+    }
+
+    #[test]
+    fn a_plan_names_deliver_at_beside_the_other_fields() {
+        let now = Utc::now();
+        let fields = |body: Value| -> Vec<String> {
+            publish_plan("s".into(), None, &body, now)
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        assert_eq!(
+            fields(json!({"recipients": ["a"], "type": "a", "title": "", "deliver_at": "x"})),
+            ["title", "deliver_at"]
+        );
+        let key = IdempotencyKey::parse("k").unwrap();
+        let plan = |t: &str| {
+            publish_plan(
+                "s".into(),
+                Some(key.clone()),
+                &json!({"recipients": ["a"], "type": "a", "title": "t", "deliver_at": t}),
+                now,
+            )
+            .unwrap()
+        };
+        let soon = crate::domain::format_time(&(now + chrono::Duration::hours(1)));
+        let (a, b) = (plan(&soon), plan("2000-01-01T00:00:00Z"));
+        assert!(a.deliver_at.is_some() && b.deliver_at.is_none());
+        assert_ne!(
+            a.cmd.idempotency.clone().unwrap().fingerprint,
+            b.cmd.idempotency.unwrap().fingerprint,
+            "the time is part of the request"
+        );
+        assert!(a.request.get("deliver_at").is_none());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod retention;
 pub mod routes;
+pub mod scheduler;
 pub mod shutdown;
 pub mod sockjs;
 pub mod startup;

@@ -11,7 +11,10 @@ use crate::store::{
     StoreError,
 };
 use crate::store::{CountCursor, Pruned};
+use crate::store::{NewSchedule, ScheduleOutcome};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::sync::Arc;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// Recipients per transaction in a topic fan-out.
@@ -40,11 +43,19 @@ impl TopicReach {
     }
 }
 
+/// A service's pending scheduled notifications, unless configured otherwise.
+pub const DEFAULT_MAX_PENDING_SCHEDULES: u64 = 100_000;
+
 #[derive(Debug, Clone)]
 pub struct Notifier {
     store: Store,
     bus: Bus,
     metrics: Metrics,
+    /// The cap on one service's pending schedules (`TIDINGS__SCHEDULE__MAX_PENDING_PER_SERVICE`).
+    max_pending_schedules: u64,
+    /// Wakes this replica's scheduler when a schedule is stored, so one due sooner than its
+    /// next look is not late.
+    scheduler_wake: Arc<Notify>,
 }
 
 impl Notifier {
@@ -53,7 +64,42 @@ impl Notifier {
             store,
             bus,
             metrics,
+            max_pending_schedules: DEFAULT_MAX_PENDING_SCHEDULES,
+            scheduler_wake: Arc::new(Notify::new()),
         }
+    }
+
+    pub fn with_max_pending_schedules(mut self, max: u64) -> Self {
+        self.max_pending_schedules = max;
+        self
+    }
+
+    pub(crate) fn scheduler_wake(&self) -> Arc<Notify> {
+        self.scheduler_wake.clone()
+    }
+
+    /// Stores a publish for later (see `scheduler.rs`): nothing is visible, counted or
+    /// delivered before `deliver_at`. `request` is the body without `deliver_at`.
+    pub async fn schedule(
+        &self,
+        cmd: &PublishCommand,
+        deliver_at: chrono::DateTime<chrono::Utc>,
+        request: &serde_json::Value,
+    ) -> Result<ScheduleOutcome, StoreError> {
+        let outcome = self
+            .store
+            .schedule(&NewSchedule {
+                service: cmd.service.clone(),
+                deliver_at,
+                request: request.to_string(),
+                idempotency: cmd.idempotency.clone(),
+                max_pending: self.max_pending_schedules,
+            })
+            .await?;
+        if !outcome.replayed {
+            self.scheduler_wake.notify_one();
+        }
+        Ok(outcome)
     }
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {

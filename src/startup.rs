@@ -176,7 +176,8 @@ impl Application {
             )?),
             None => Bus::InProcess(hub.clone()),
         };
-        let notifier = Notifier::new(store.clone(), bus, metrics.clone());
+        let notifier = Notifier::new(store.clone(), bus, metrics.clone())
+            .with_max_pending_schedules(settings.schedule.max_pending_per_service);
         let grace = Duration::from_secs(settings.server.shutdown_grace_seconds);
         if let Some(listener) = grpc_listener {
             grpc::spawn(
@@ -244,6 +245,8 @@ impl Application {
 
         let purge = shutdown.child();
         purge.spawn(purge_idempotency_keys(store.clone(), purge.clone()));
+        // Under the root like the purge: a delivery in flight ends at its commit.
+        crate::scheduler::spawn(store.clone(), notifier.clone(), &shutdown.child());
         // Under the root like the purge: a run in flight ends at its next step.
         crate::retention::spawn(
             store.clone(),
@@ -521,6 +524,11 @@ async fn purge_idempotency_keys(store: Store, shutdown: Shutdown) {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "purged expired idempotency keys"),
             Err(e) => tracing::warn!(error = %Chain(&e), "could not purge idempotency keys"),
+        }
+        match store.purge_scheduled().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged delivered schedules"),
+            Err(e) => tracing::warn!(error = %Chain(&e), "could not purge delivered schedules"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -358,7 +358,16 @@ function renderSnippet() {
        "type":"order.shipped",
        "title":"Your order has shipped",
        "body":"Parcel 1Z999 is on its way.",
-       "link":"https://shop.example/orders/1234"}'`;
+       "link":"https://shop.example/orders/1234"}'
+
+# Or remind yourself in 5 s: a 202 now, the bell rings then.
+curl -X POST ${readApi()}/v1/notifications \\
+  -H "Authorization: Bearer $SERVICE_TOKEN" \\
+  -H "Content-Type: application/json" \\
+  -d '{"recipients":["${name}"],
+       "type":"reminder",
+       "title":"Reminder: 5 seconds are up",
+       "deliver_at":"'$(date -u -d '+5 seconds' +%Y-%m-%dT%H:%M:%SZ)'"}'`;
 }
 
 let toastTimer = null;

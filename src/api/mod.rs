@@ -7,4 +7,5 @@ pub mod health;
 pub mod notifications;
 pub mod preferences;
 pub mod push;
+pub mod scheduled;
 pub mod topics;

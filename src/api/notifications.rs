@@ -9,7 +9,8 @@ use crate::http::extract::{
 use crate::http::jsonp;
 use crate::http::pages::{NotificationPage, UnreadCount};
 use crate::http::AppState;
-use crate::ingest::{parse_mark_read, publish_command};
+use crate::ingest::{parse_mark_read, publish_plan};
+use crate::store::ScheduleReceipt;
 use crate::store::{ListQuery, Receipt, DEFAULT_PAGE, MAX_PAGE};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -95,6 +96,11 @@ macro_rules! publish_body {
             link: Option<String>,
             /// Passes every recipient's mutes and quiet hours (security, billing). Default false.
             critical: Option<bool>,
+            /// Publish at this time instead of now (RFC 3339 with its offset; at most 366 days
+            /// ahead): the answer is then a 202 with a `schedule_id`. Now or past means now.
+            /// A topic's subscribers are read at that time, not when scheduled.
+            #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-24T09:00:00Z")]
+            deliver_at: Option<String>,
         }
     };
 }
@@ -180,12 +186,15 @@ pub struct ReadUpTo {
     responses(
         (status = 201, body = PublishResponse, description = "Committed. An idempotent replay carries `Idempotent-Replayed: true`.",
             headers(("Idempotent-Replayed" = String, description = "`true` when this is the first response again, for a reused Idempotency-Key."))),
+        (status = 202, body = ScheduleReceipt, description = "Scheduled (`deliver_at` in the future): stored, and published at that time. Nothing is visible, counted or delivered before. An idempotent replay carries `Idempotent-Replayed: true`.",
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the first response again, for a reused Idempotency-Key."))),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "The body is empty or not JSON."),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "No token, or an invalid or expired one."),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not a service token."),
         (status = 408, body = Problem, content_type = "application/problem+json", description = "The body did not arrive within the body timeout."),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB."),
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields, or a reused Idempotency-Key."),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid or unknown fields (`deliver_at` more than 366 days ahead or not a time among them), or a reused Idempotency-Key."),
+        (status = 429, body = Problem, content_type = "application/problem+json", description = "`deliver_at`: the service already has its maximum of pending scheduled notifications."),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is unavailable; see Retry-After."),
     ),
     security(("service_token" = []))
@@ -206,7 +215,13 @@ pub async fn publish(
         ),
     };
     let body = read_json(&req, payload, MAX_BODY_BYTES).await?;
-    let cmd = publish_command(service.name, key, &body).map_err(ApiError::Validation)?;
+    let plan =
+        publish_plan(service.name, key, &body, chrono::Utc::now()).map_err(ApiError::Validation)?;
+    let cmd = plan.cmd;
+    if let Some(at) = plan.deliver_at {
+        let scheduled = state.notifier.schedule(&cmd, at, &plan.request).await?;
+        return Ok(scheduled_response(scheduled.receipt, scheduled.replayed));
+    }
     if let Some(topic) = &cmd.notification.topic {
         let reached = state.notifier.publish_topic(&cmd).await?;
         return Ok(HttpResponse::Created().json(PublishResponse {
@@ -217,6 +232,10 @@ pub async fn publish(
         }));
     }
     let outcome = state.notifier.publish(&cmd).await?;
+    if let Some(receipt) = outcome.scheduled {
+        // This key and body were scheduled when first sent; their time has come since.
+        return Ok(scheduled_response(receipt, true));
+    }
     let mut response = HttpResponse::Created();
     if outcome.replayed {
         response.insert_header(("Idempotent-Replayed", "true"));
@@ -228,6 +247,14 @@ pub async fn publish(
         recipients: None,
         muted,
     }))
+}
+
+fn scheduled_response(receipt: ScheduleReceipt, replayed: bool) -> HttpResponse {
+    let mut response = HttpResponse::Accepted();
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.json(receipt)
 }
 
 /// List the caller's notifications.

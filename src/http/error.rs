@@ -48,6 +48,10 @@ pub enum ApiError {
     /// help a client that opens connections without end.
     #[error("{detail}")]
     TooManyConnections { detail: String, retry_after: u64 },
+    /// The service holds its maximum of pending scheduled notifications: cancel some, or wait
+    /// until some are delivered. Names `deliver_at`, the field that asked for a schedule.
+    #[error("this service already has {0} scheduled notifications pending, the most allowed (TIDINGS__SCHEDULE__MAX_PENDING_PER_SERVICE); cancel some or wait for them to be delivered")]
+    TooManyScheduled(u64),
     /// A dependency is down or the replica is full or stopping: try again, maybe elsewhere.
     #[error("{detail}")]
     Unavailable {
@@ -109,6 +113,9 @@ impl ApiError {
             ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::TooManyConnections { .. } => ("too-many-connections", "Too many connections"),
+            ApiError::TooManyScheduled(_) => {
+                ("too-many-scheduled", "Too many scheduled notifications")
+            }
             ApiError::Unavailable { .. } => ("unavailable", "Service unavailable"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
@@ -122,6 +129,7 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed { current } => {
                 ApiError::PreconditionFailed { current: *current }
             }
+            StoreError::TooManyScheduled { max } => ApiError::TooManyScheduled(*max),
             StoreError::Unavailable(_) => {
                 tracing::error!(error = %Chain(&e), "database unavailable");
                 ApiError::database_unavailable()
@@ -183,6 +191,10 @@ impl ApiError {
         };
         let errors = match self {
             ApiError::Validation(errors) | ApiError::BadRequest { errors, .. } => errors.clone(),
+            ApiError::TooManyScheduled(max) => vec![FieldError::new(
+                "deliver_at",
+                format!("this service already has {max} scheduled notifications pending"),
+            )],
             _ => Vec::new(),
         };
         Problem {
@@ -211,7 +223,9 @@ impl ResponseError for ApiError {
             ApiError::NotFound | ApiError::NotEnabled(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyConnections { .. } | ApiError::TooManyScheduled(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -6,7 +6,7 @@
 
 pub mod openapi;
 
-use crate::api::{demo, health, notifications, preferences, push, topics};
+use crate::api::{demo, health, notifications, preferences, push, scheduled, topics};
 use crate::http::error::ApiError;
 use crate::sockjs::Endpoint;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
@@ -56,6 +56,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/notifications/{id}")
             .route(web::delete().to(notifications::delete_one))
+            .default_service(method_not_allowed("DELETE")),
+    )
+    .service(
+        web::resource("/v1/scheduled")
+            .route(web::get().to(scheduled::list))
+            .default_service(method_not_allowed("GET")),
+    )
+    .service(
+        web::resource("/v1/scheduled/{id}")
+            .route(web::delete().to(scheduled::cancel))
             .default_service(method_not_allowed("DELETE")),
     )
     .service(get_only("/metrics", health::metrics))

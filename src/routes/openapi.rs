@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document. `openapi/openapi.json` is this, pretty-printed; a test fails
 //! when they drift, and `cargo run -- openapi > openapi/openapi.json` regenerates it.
 
-use crate::api::{health, notifications, preferences, push, topics};
+use crate::api::{health, notifications, preferences, push, scheduled, topics};
 use crate::http::error;
 use crate::transports::{iframe, longpoll, ndjson, sse, stomp, ws};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -25,6 +25,8 @@ use utoipa::{Modify, OpenApi};
         notifications::unarchive,
         notifications::delete_many,
         notifications::delete_one,
+        scheduled::list,
+        scheduled::cancel,
         sse::stream,
         ndjson::stream,
         iframe::stream,

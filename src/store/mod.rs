@@ -18,6 +18,7 @@ mod postgres;
 mod preferences;
 mod push;
 mod retention;
+mod scheduled;
 mod sqlite;
 
 /// The MQTT outbox is counted up to this many rows: a bounded query however large the
@@ -58,6 +59,10 @@ pub(crate) use preferences::PrefsCache;
 pub use preferences::{NotificationTypeCount, StoredPreferences};
 pub use push::{PushLease, PushResult, PushRow, PushSubscription, PushTarget, SubscribeOutcome};
 pub use retention::{CountCursor, Pruned, RetentionLease};
+pub use scheduled::{
+    Cancel, DueSchedule, NewSchedule, ScheduleClaim, ScheduleOutcome, ScheduleReceipt,
+    ScheduledItem, DELIVERED_KEPT,
+};
 pub use sqlite::SqliteStore;
 
 /// How long an idempotency key is remembered.
@@ -88,6 +93,13 @@ pub enum StoreError {
     /// A conditional write (`If-Match`) found a newer version: a 412.
     #[error("the preferences changed since version {current} was read")]
     PreconditionFailed { current: i64 },
+    /// A scheduled publish found its schedule delivered, moved on or cancelled meanwhile (by
+    /// another replica, or a cancel): nothing was written; never reaches a client.
+    #[error("the scheduled notification was delivered or cancelled meanwhile")]
+    ScheduleGone,
+    /// The service holds its maximum of pending scheduled notifications: a 429.
+    #[error("the service already has {max} scheduled notifications pending")]
+    TooManyScheduled { max: u64 },
     /// Anything else the database said: a bug on our side, not a client error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
@@ -130,6 +142,9 @@ pub struct PublishCommand {
     pub service: String,
     pub idempotency: Option<Idempotency>,
     pub notification: NewNotification,
+    /// Set when the scheduler publishes a scheduled notification: the publish's transaction
+    /// marks the schedule row (see [`ScheduleClaim`]), so it commits exactly once.
+    pub schedule: Option<ScheduleClaim>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +213,8 @@ pub struct PublishOutcome {
     /// Empty when the request was an idempotent replay: nothing new to announce.
     pub deliveries: Vec<Delivery>,
     pub replayed: bool,
+    /// An idempotent replay of a request that was scheduled (202) when first sent.
+    pub scheduled: Option<ScheduleReceipt>,
 }
 
 /// Which slice of the inbox to read.
@@ -350,6 +367,71 @@ impl Store {
 
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
+    }
+
+    /// Stores a scheduled publish (see `scheduled.rs`), under its idempotency key if any.
+    pub async fn schedule(&self, s: &NewSchedule) -> Result<ScheduleOutcome, StoreError> {
+        dispatch!(self, st => st.schedule(s).await)
+    }
+
+    /// A page of `service`'s pending schedules in creation order, after schedule `after`.
+    pub async fn list_scheduled(
+        &self,
+        service: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<ScheduledItem>, StoreError> {
+        dispatch!(self, s => s.list_scheduled(service, after, limit).await)
+    }
+
+    pub async fn cancel_scheduled(&self, service: &str, id: Uuid) -> Result<Cancel, StoreError> {
+        dispatch!(self, s => s.cancel_scheduled(service, id).await)
+    }
+
+    /// Up to `limit` due schedules for replica `me`, oldest first, except those in `skip`.
+    /// Postgres leases them for `lease` (`FOR UPDATE SKIP LOCKED`: other replicas take
+    /// others); SQLite has one process.
+    pub async fn lease_due(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        me: Uuid,
+        limit: u32,
+        skip: &[Uuid],
+    ) -> Result<Vec<DueSchedule>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_due(now, limit, skip).await,
+            Store::Postgres(s) => s.lease_due(now, lease, me, limit, skip).await,
+        }
+    }
+
+    /// When the next pending schedule that replica `me` may take is due (`skip` aside).
+    pub async fn next_due(
+        &self,
+        now: DateTime<Utc>,
+        me: Uuid,
+        skip: &[Uuid],
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.next_due(skip).await,
+            Store::Postgres(s) => s.next_due(now, me, skip).await,
+        }
+    }
+
+    /// Gives a leased row back at once (this replica cannot read its request).
+    pub async fn release_schedule(&self, id: Uuid) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release_schedule(id).await)
+    }
+
+    /// Applies a schedule claim without a publish (a topic fan-out's empty last page).
+    pub async fn claim_schedule(&self, claim: &ScheduleClaim) -> Result<(), StoreError> {
+        dispatch!(self, s => s.claim_schedule(claim).await)
+    }
+
+    /// Forgets schedules delivered longer than [`DELIVERED_KEPT`] ago; returns how many.
+    pub async fn purge_scheduled(&self) -> Result<u64, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(DELIVERED_KEPT).unwrap_or_default();
+        dispatch!(self, s => s.purge_scheduled(cutoff).await)
     }
 
     /// Whether outbox rows are written, and the signal that some were.
@@ -668,6 +750,7 @@ impl<'a> PreparedPublish<'a> {
             receipts,
             deliveries,
             replayed: false,
+            scheduled: None,
         })
     }
 }
@@ -719,11 +802,22 @@ pub(crate) fn stored_id(
 
 /// Decodes a stored idempotent response back into receipts.
 pub(crate) fn replay(response: &str) -> Result<PublishOutcome, StoreError> {
+    // The same key and body, sent first with a `deliver_at` then to come, now past: the
+    // first answer was the schedule's, and it is the one to give again.
+    if let Some(receipt) = scheduled::receipt_of(response) {
+        return Ok(PublishOutcome {
+            receipts: Vec::new(),
+            deliveries: Vec::new(),
+            replayed: true,
+            scheduled: Some(receipt),
+        });
+    }
     let receipts: Vec<Receipt> = serde_json::from_str(response)
         .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
     Ok(PublishOutcome {
         receipts,
         deliveries: Vec::new(),
         replayed: true,
+        scheduled: None,
     })
 }

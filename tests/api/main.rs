@@ -23,6 +23,7 @@ mod operations;
 mod preferences;
 mod publish;
 mod retention;
+mod scheduled;
 mod sockjs;
 mod sockjs_owner;
 mod streams;

@@ -10,6 +10,7 @@ mod cluster;
 mod mqtt;
 mod preferences;
 mod redis_cluster;
+mod scheduled;
 mod webpush;
 
 use cluster::{service_token, user_token, Cluster, GRACE_SECONDS};

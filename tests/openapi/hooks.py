@@ -18,10 +18,15 @@ And JSONP (`callback=` on the two inbox reads) answers every outcome, a refused 
 200 script, because a `<script>` cannot read a status: the authentication checks cannot know
 that, so cases with a `callback` are left to the API tests (tests/api/jsonp.rs).
 A positive publish with an `Idempotency-Key` gets a fresh key: reusing one with another body is
-a 422 by design ("use a new key for a new request"). And the long poll waits up to `timeout` seconds for news: valid polls ask for 1 second, so the
+a 422 by design ("use a new key for a new request"). A positive publish's `deliver_at` (any
+RFC 3339 time by the document, at most 366 days ahead by the server; 422 naming it beyond) is
+written the one way the server reads, and moved to an hour from now when it is later than that
+or is not a time Python reads: the
+scheduled path (202) is still exercised, and the limit is checked by tests/api/scheduled.rs. And the long poll waits up to `timeout` seconds for news: valid polls ask for 1 second, so the
 run spends its time on requests, not on waiting.
 """
 
+import datetime
 import uuid
 
 import schemathesis
@@ -78,9 +83,25 @@ def filter_case(ctx, case):
     return True
 
 
+def _deliver_at(text):
+    """The time as the server reads it (RFC 3339, UTC, `Z`), or an hour from now when Python
+    cannot read it, it has no offset, or it is past the server's limit."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        at = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None or at > now + datetime.timedelta(days=365):
+        at = now + datetime.timedelta(hours=1)
+    return at.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 @schemathesis.hook
 def map_case(ctx, case):
     if case.operation.path == "/v1/notifications" and case.operation.method.upper() == "POST" and _positive(case):
+        body = case.body if isinstance(case.body, dict) else None
+        if body is not None and body.get("deliver_at") is not None:
+            case.body = {**body, "deliver_at": _deliver_at(body["deliver_at"])}
         headers = dict(case.headers or {})
         for name in [k for k in headers if k.lower() == "idempotency-key"]:
             headers[name] = str(uuid.uuid4())

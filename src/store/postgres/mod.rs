@@ -115,7 +115,9 @@ impl PgStore {
     }
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
-        if cmd.idempotency.is_none() {
+        // Idempotent and scheduled publishes take the single-request path: the claim of the
+        // key or the schedule row must be in the publish's own transaction.
+        if cmd.idempotency.is_none() && cmd.schedule.is_none() {
             return self.group.publish(cmd).await;
         }
         retrying(|| self.try_publish(cmd)).await
@@ -124,6 +126,9 @@ impl PgStore {
     async fn try_publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
         let mut prep = PreparedPublish::new(cmd, &self.ids);
         let mut tx = self.pool.begin().await?;
+        if let Some(claim) = &cmd.schedule {
+            super::scheduled::pg_claim(&mut tx, claim).await?;
+        }
 
         if let Some(idem) = &cmd.idempotency {
             // Blocks on a concurrent first use of the same key until it commits, then sees it.

@@ -86,6 +86,9 @@ impl SqliteStore {
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
         let mut prep = PreparedPublish::new(cmd, &self.ids);
         let mut tx = self.writer.begin().await?;
+        if let Some(claim) = &cmd.schedule {
+            super::scheduled::sqlite_claim(&mut tx, claim).await?;
+        }
 
         if let Some(idem) = &cmd.idempotency {
             let claimed = sqlx::query(
