@@ -25,7 +25,11 @@
 #                  rate: 50,000 notifications to 1,000 users published at once, time until the
 #                  outbox is empty, without and with MQTT subscribers consuming, and with the
 #                  broker started only after the backlog is written (about 3 minutes)
-#   all            every one of them but scaling and faces (about 15 minutes), then
+#   prefs          Tidings only (issue 25): fanout to 1,000 and ingest x100 without preference
+#                  rules, then with BENCH_PREFS_RULES (20) rules per user set through
+#                  PUT /v1/preferences for every recipient first (none mutes what the bench
+#                  publishes); one table each with the ratio (about 3 minutes)
+#   all            every one of them but scaling and faces (about 18 minutes), then
 #                  results/summary.md and results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
 # users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
@@ -98,7 +102,7 @@ for a in "$@"; do
   esac
 done
 case "$SCEN" in
-  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | faces | all) ;;
+  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | faces | prefs | all) ;;
   *) usage ;;
 esac
 if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
@@ -176,7 +180,7 @@ log "server binary: $TIDINGS"
 if [ "$SCEN" = faces ]; then
   MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
   [ -x "$MOSQUITTO" ] || die "mosquitto is not installed: apt-get install -y mosquitto"
-elif [ "$SCEN" != scaling ]; then
+elif [ "$SCEN" != scaling ] && [ "$SCEN" != prefs ]; then
   [ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
     die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
@@ -385,6 +389,7 @@ FC_DUR="${BENCH_FACES_SECS:-$FC_DUR}"
 MQ_PER_CONN="${BENCH_MQTT_USERS_PER_CONN:-100}"
 DR_N="${BENCH_DRAIN_NOTIFICATIONS:-$DR_N}"
 DR_USERS="${BENCH_DRAIN_USERS:-$DR_USERS}"
+PR_RULES="${BENCH_PREFS_RULES:-20}"
 
 run_idle() {
   local tr
@@ -493,6 +498,32 @@ run_cross_replica() {
     --url "http://127.0.0.1:$N_PORT_A" --sub-url "http://127.0.0.1:$N_PORT_B" \
     --server-pid "$N_WORKERS" --cpu-pid "$a" --label nchan-redis "${UC_ARGS[@]}"
   stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
+}
+
+# -------------------------------------------------------------------- prefs ---
+# The fan-out and ingest x100 figures without preference rules and with PR_RULES per user, in
+# turn, each pair back to back on fresh databases, so drift in the machine hits both alike.
+run_prefs() {
+  local n label
+  for n in 0 "$PR_RULES"; do
+    label=tidings-pg-no-rules
+    [ "$n" = 0 ] || label="tidings-pg-$n-rules"
+    start_tidings "$T_PORT_A"
+    bench "prefs-fanout-sse-tidings-pg-$n-rules" fanout --target tidings \
+      --url "http://127.0.0.1:$T_PORT_A" --server-pid "$T_PID" --label "$label" \
+      --preference-rules "$n" --recipients "$FO_N" --rounds "$FO_ROUNDS" --transport sse "${CHECK[@]}"
+    stop_tidings "$T_PID"; drop_tidings_db
+  done
+  for n in 0 "$PR_RULES"; do
+    label=tidings-pg-no-rules
+    [ "$n" = 0 ] || label="tidings-pg-$n-rules"
+    start_tidings "$T_PORT_A"
+    bench "prefs-ingest-x100-tidings-pg-$n-rules" ingest --target tidings \
+      --url "http://127.0.0.1:$T_PORT_A" --server-pid "$T_PID" --label "$label" \
+      --preference-rules "$n" --users 10000 --recipients-per-request 100 \
+      --concurrency "$ING_CONC" --duration "$ING_DUR"
+    stop_tidings "$T_PID"; drop_tidings_db
+  done
 }
 
 # -------------------------------------------------------------------- faces ---
@@ -735,7 +766,8 @@ case "$SCEN" in
   scaling) run_scaling ;;
   baseline) run_baseline ;;
   faces) run_faces ;;
-  all) run_idle; run_baseline; run_unicast; run_fanout; run_topic; run_ingest; run_cross_replica ;;
+  prefs) run_prefs ;;
+  all) run_idle; run_baseline; run_unicast; run_fanout; run_topic; run_ingest; run_cross_replica; run_prefs ;;
 esac
 
 echo

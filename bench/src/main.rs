@@ -200,6 +200,11 @@ struct Common {
     /// not by name, so another test's Mosquitto on the same machine does not count).
     #[arg(long, value_delimiter = ',')]
     broker_pid: Vec<u32>,
+    /// Tidings (`fanout`, `ingest`): before measuring, give every user this many preference
+    /// rules through `PUT /v1/preferences` (see `scenarios/prefs.rs`). Given (even 0), the
+    /// run's variant is marked `preferences` and the report compares each count with 0.
+    #[arg(long)]
+    preference_rules: Option<usize>,
     /// Tidings' gRPC listener, `http://host:port` (`--transport grpc`).
     #[arg(long)]
     grpc_url: Option<String>,
@@ -327,7 +332,15 @@ impl Common {
     ) -> serde_json::Map<String, Value> {
         let mut m = serde_json::Map::new();
         m.insert("scenario".into(), json!(scenario));
-        m.insert("variant".into(), json!(variant));
+        match self.preference_rules {
+            Some(n) => {
+                m.insert("variant".into(), json!(format!("{variant}, preferences")));
+                m.insert("preference_rules".into(), json!(n));
+            }
+            None => {
+                m.insert("variant".into(), json!(variant));
+            }
+        }
         m.insert(
             "target".into(),
             json!(match self.target {

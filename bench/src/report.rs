@@ -1,6 +1,7 @@
 //! `tidings-bench report FILE...`: Markdown tables, one per scenario and variant, with a column
 //! per label (Tidings first, then Nchan) and the ratio of each Tidings column to each Nchan one;
-//! for `faces` (one Tidings per transport), the ratio of each transport's column to SSE's.
+//! for `faces` (one Tidings per transport), the ratio of each transport's column to SSE's; for
+//! the `preferences` runs, the ratio of the run with rules to the one without.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -516,6 +517,12 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
             };
             cols.sort_by_key(|d| rank(d));
             cols.iter().copied().partition(|d| d["transport"] != "sse")
+        } else if cols.iter().all(|d| d.get("preference_rules").is_some()) {
+            // The `prefs` runs: each count of rules ÷ none, in the order of the counts.
+            cols.sort_by_key(|d| d["preference_rules"].as_u64());
+            cols.iter()
+                .copied()
+                .partition(|d| d["preference_rules"].as_u64() != Some(0))
         } else {
             (
                 cols.iter()

@@ -4,6 +4,7 @@ pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod ingest;
 pub(crate) mod mqtt_drain;
+pub(crate) mod prefs;
 mod publishing;
 mod subscribers;
 pub(crate) mod topic;
