@@ -29,7 +29,12 @@
 #                  rules, then with BENCH_PREFS_RULES (20) rules per user set through
 #                  PUT /v1/preferences for every recipient first (none mutes what the bench
 #                  publishes); one table each with the ratio (about 3 minutes)
-#   all            every one of them but scaling and faces (about 18 minutes), then
+#   webpush        Tidings only (issue 24): Web Push on (a fresh VAPID key, private endpoints
+#                  allowed), a push service inside tidings-bench that time-stamps and answers
+#                  201 (it does not decrypt: a push service never does), 1,000 subscriptions;
+#                  10 notifications to all 1,000 at once (pushes/s), then one-recipient
+#                  publishes at 200/s for 20 s (publish-to-receipt p50/p99) (about 1 minute)
+#   all            every one of them but scaling, faces and webpush (about 18 minutes), then
 #                  results/summary.md and results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
 # users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
@@ -102,7 +107,7 @@ for a in "$@"; do
   esac
 done
 case "$SCEN" in
-  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | faces | prefs | all) ;;
+  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | faces | prefs | webpush | all) ;;
   *) usage ;;
 esac
 if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
@@ -180,7 +185,7 @@ log "server binary: $TIDINGS"
 if [ "$SCEN" = faces ]; then
   MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
   [ -x "$MOSQUITTO" ] || die "mosquitto is not installed: apt-get install -y mosquitto"
-elif [ "$SCEN" != scaling ] && [ "$SCEN" != prefs ]; then
+elif [ "$SCEN" != scaling ] && [ "$SCEN" != prefs ] && [ "$SCEN" != webpush ]; then
   [ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
     die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
@@ -390,6 +395,11 @@ MQ_PER_CONN="${BENCH_MQTT_USERS_PER_CONN:-100}"
 DR_N="${BENCH_DRAIN_NOTIFICATIONS:-$DR_N}"
 DR_USERS="${BENCH_DRAIN_USERS:-$DR_USERS}"
 PR_RULES="${BENCH_PREFS_RULES:-20}"
+WP_USERS="${BENCH_WEBPUSH_USERS:-$([ "$SMALL" = 1 ] && echo 100 || echo 1000)}"
+WP_PER_USER="${BENCH_WEBPUSH_PER_USER:-1}"
+WP_ROUNDS="${BENCH_WEBPUSH_ROUNDS:-$([ "$SMALL" = 1 ] && echo 3 || echo 10)}"
+WP_RATE="${BENCH_WEBPUSH_RATE:-$([ "$SMALL" = 1 ] && echo 50 || echo 200)}"
+WP_DUR="${BENCH_WEBPUSH_SECS:-$([ "$SMALL" = 1 ] && echo 3 || echo 20)}"
 
 run_idle() {
   local tr
@@ -524,6 +534,19 @@ run_prefs() {
       --concurrency "$ING_CONC" --duration "$ING_DUR"
     stop_tidings "$T_PID"; drop_tidings_db
   done
+}
+
+# ------------------------------------------------------------------ webpush ---
+run_webpush() {
+  local key
+  key="$("$TIDINGS" vapid-keys | sed -n 's/^TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY=//p')"
+  [ -n "$key" ] || die "tidings vapid-keys printed no key"
+  TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY="$key" TIDINGS__WEBPUSH__SUBJECT="mailto:bench@example.com" \
+    TIDINGS__WEBPUSH__ALLOW_INSECURE_ENDPOINTS=true start_tidings "$T_PORT_A"
+  bench "webpush-tidings-pg" webpush --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+    --server-pid "$T_PID" --label tidings-pg --users "$WP_USERS" --per-user "$WP_PER_USER" \
+    --rounds "$WP_ROUNDS" --rate "$WP_RATE" --duration "$WP_DUR" "${CHECK[@]}"
+  stop_tidings "$T_PID"; drop_tidings_db
 }
 
 # -------------------------------------------------------------------- faces ---
@@ -767,6 +790,7 @@ case "$SCEN" in
   baseline) run_baseline ;;
   faces) run_faces ;;
   prefs) run_prefs ;;
+  webpush) run_webpush ;;
   all) run_idle; run_baseline; run_unicast; run_fanout; run_topic; run_ingest; run_cross_replica; run_prefs ;;
 esac
 

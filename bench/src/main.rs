@@ -148,6 +148,14 @@ enum Cmd {
         #[command(flatten)]
         args: scenarios::topic::TopicArgs,
     },
+    /// The Web Push sender (Tidings only): 1,000 subscriptions on a push service in this
+    /// process; pushes per second sent, and publish-to-receipt latency.
+    Webpush {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: scenarios::webpush::WebPushArgs,
+    },
     /// Side-by-side tables (Markdown) from the JSON files the scenarios wrote.
     Report { files: Vec<PathBuf> },
 }
@@ -449,6 +457,10 @@ fn main() -> Result<()> {
             }
             Cmd::Topic { common, args } => {
                 let r = scenarios::topic::topic(&common, &args).await;
+                (common, r)
+            }
+            Cmd::Webpush { common, args } => {
+                let r = scenarios::webpush::webpush(&common, &args).await;
                 (common, r)
             }
             Cmd::Report { .. } => unreachable!(),

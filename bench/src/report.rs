@@ -424,6 +424,100 @@ fn rows(scenario: &str) -> Vec<Row> {
                 get: |v| ptr(v, "/cpu/machine_busy_cores"),
             },
         ],
+        "webpush" => vec![
+            Row {
+                name: "subscriptions",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/params/subscriptions"),
+            },
+            Row {
+                name: "sustained: pushes sent per second (first publish to last receipt)",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/sustained/pushes_per_s"),
+            },
+            Row {
+                name: "sustained: pushes received",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/sustained/delivery/received"),
+            },
+            Row {
+                name: "sustained: publish→receipt p50 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/sustained/delivery/latency_us/p50"),
+            },
+            Row {
+                name: "sustained: publish→receipt p99 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/sustained/delivery/latency_us/p99"),
+            },
+            Row {
+                name: "sustained: Tidings CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/sustained/cpu/server_cores"),
+            },
+            Row {
+                name: "sustained: Postgres CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/sustained/cpu/named_cores/postgres"),
+            },
+            Row {
+                name: "steady: publishes per second",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/params/rate"),
+            },
+            Row {
+                name: "steady: publish→receipt p50 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/p50"),
+            },
+            Row {
+                name: "steady: publish→receipt p90 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/p90"),
+            },
+            Row {
+                name: "steady: publish→receipt p99 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/p99"),
+            },
+            Row {
+                name: "steady: publish→receipt max (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/max"),
+            },
+            Row {
+                name: "steady: Tidings CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/steady/cpu/server_cores"),
+            },
+            Row {
+                name: "lost, both phases",
+                unit: Unit::Count,
+                get: |v| {
+                    Some(ptr(v, "/sustained/delivery/lost")? + ptr(v, "/steady/delivery/lost")?)
+                },
+            },
+            Row {
+                name: "duplicated, both phases",
+                unit: Unit::Count,
+                get: |v| {
+                    Some(
+                        ptr(v, "/sustained/delivery/duplicated")?
+                            + ptr(v, "/steady/delivery/duplicated")?,
+                    )
+                },
+            },
+            Row {
+                name: "failed publishes",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/failed_publishes"),
+            },
+            Row {
+                name: "malformed pushes (push service)",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/push_service_violations"),
+            },
+        ],
         _ => Vec::new(),
     }
 }
@@ -478,6 +572,7 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
         "cross-replica",
         "faces",
         "mqtt-drain",
+        "webpush",
     ];
     let mut groups: Vec<(String, String)> = Vec::new();
     for d in &docs {

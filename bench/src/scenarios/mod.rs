@@ -9,3 +9,4 @@ mod publishing;
 mod subscribers;
 pub(crate) mod topic;
 pub(crate) mod unicast;
+pub(crate) mod webpush;
