@@ -43,7 +43,10 @@
 #
 # It starts what it needs and stops it again (trap EXIT): Tidings release builds on a fresh
 # PostgreSQL database per server (dropped afterwards), with Redis for cross-replica; Nchan via
-# ../shared/peers/nchan/start.sh with its memory store and with `redis`. Only loopback.
+# ../shared/peers/nchan/start.sh with its memory store, with `redis` (the Redis on 6379, no
+# persistence), and as "nchan-redis-aof" with `redis` on a Redis of its own started here on
+# BENCH_PORT_BASE+20 with `appendonly yes`, `appendfsync always` (as durable as Tidings: every
+# table that has nchan-redis has it too). Only loopback.
 #
 # Needs: cargo, PostgreSQL reachable as postgres@127.0.0.1:5432 (trust auth, as scripts/test.sh
 # sets up), redis-server (started here if nothing answers on 6379), and
@@ -54,7 +57,8 @@
 #                          (then only tidings-bench is built; scripts/test.sh passes its debug build)
 #   BENCH_RESULTS=DIR      where JSON results go (default bench/results; --small: a temp dir)
 #   BENCH_PG_ADMIN=URL     admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
-#   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan (default 18080)
+#   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan, N+20 for the AOF
+#                          Redis (default 18080)
 #   NCHAN_PEER_DIR=DIR     the Nchan peer scripts (default ../shared/peers/nchan)
 #   BENCH_TOPIC_SUBSCRIBERS / _ONLINE / _ROUNDS   the topic scenario's size (100,000 / 10,000 / 3)
 #   BENCH_SCALING_USERS / _RATE / _SECS / _MAX / _MODES   the scaling scenario's users (2,000),
@@ -160,6 +164,7 @@ cleanup() {
     redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "*r${RUNID}*" 2>/dev/null |
       xargs -r -n 1000 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1 || true
   fi
+  if declare -F stop_redis_aof >/dev/null; then stop_redis_aof; fi
   if [ -n "$REDIS_PIDFILE" ] && [ -f "$REDIS_PIDFILE" ]; then
     kill -TERM "$(cat "$REDIS_PIDFILE")" 2>/dev/null || true
   fi
@@ -278,11 +283,53 @@ drop_tidings_db() {
   T_DB=""
 }
 
-# start_nchan PORT [redis]: sets N_WORKERS (comma-separated worker pids)
+# The durable peer: Nchan's Redis store on a Redis of its own, on port AOF_PORT, that appends
+# every write to its AOF and fsyncs it before answering (`appendfsync always`), as durable as
+# Tidings' commit. The tests' Redis on 6379 is left alone. The peer's scripts are copied with
+# every 6379 turned into AOF_PORT (../shared is not edited). One per scenario: started when
+# first needed, stopped (and its files removed) by stop_redis_aof, so no scenario pays for an
+# earlier one's AOF growing or being rewritten.
+AOF_PORT=$((PORT_BASE + 20))
+AOF_PEER="$WORK/nchan-aof-peer"
+AOF_PID=""
+start_redis_aof() {
+  [ -n "$AOF_PID" ] && kill -0 "$AOF_PID" 2>/dev/null && return 0
+  command -v redis-server >/dev/null || die "redis-server not found (apt-get install -y redis-server)"
+  local dir="$WORK/redis-aof"
+  rm -rf "$dir"; mkdir -p "$dir"
+  (cd "$dir" && exec redis-server --port "$AOF_PORT" --bind 127.0.0.1 --dir "$dir" --save '' \
+    --appendonly yes --appendfsync always) >"$dir/log" 2>&1 &
+  AOF_PID=$!
+  for _ in $(seq 100); do
+    [ "$(redis-cli -p "$AOF_PORT" ping 2>/dev/null)" = PONG ] && break
+    kill -0 "$AOF_PID" 2>/dev/null || { cat "$dir/log" >&2; die "redis-server (AOF) exited at start"; }
+    sleep 0.1
+  done
+  [ "$(redis-cli -p "$AOF_PORT" config get appendfsync | tail -1)" = always ] ||
+    die "the AOF Redis on $AOF_PORT does not say appendfsync always"
+  mkdir -p "$AOF_PEER"
+  cp "$PEER/start.sh" "$PEER/stop.sh" "$PEER/nginx.conf" "$AOF_PEER/"
+  sed "s/6379/$AOF_PORT/g" "$PEER/nginx-redis.conf" >"$AOF_PEER/nginx-redis.conf"
+  sed -i "s/6379/$AOF_PORT/g" "$AOF_PEER/start.sh"
+  log "redis-server up on $AOF_PORT (pid $AOF_PID, appendonly yes, appendfsync always)"
+}
+stop_redis_aof() {
+  [ -n "$AOF_PID" ] || return 0
+  kill -TERM "$AOF_PID" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$AOF_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$AOF_PID" 2>/dev/null || true
+  AOF_PID=""
+  rm -rf "$WORK/redis-aof"
+}
+
+# start_nchan PORT [memory|redis|redis-aof]: sets N_WORKERS (comma-separated worker pids)
 start_nchan() {
-  local port=$1 mode=${2:-memory} pidfile master
-  [ "$mode" = redis ] && need_redis
-  pidfile="$("$PEER/start.sh" "$port" "$mode")"
+  local port=$1 mode=${2:-memory} pidfile master peer=$PEER pmode=${2:-memory}
+  case "$mode" in
+    redis) need_redis ;;
+    redis-aof) start_redis_aof; peer=$AOF_PEER; pmode=redis ;;
+  esac
+  pidfile="$("$peer/start.sh" "$port" "$pmode")"
   NCHAN_PORTS+=("$port")
   master="$(cat "$pidfile")"
   N_WORKERS="$(pgrep -P "$master" | paste -sd, -)"
@@ -413,10 +460,14 @@ run_idle() {
       --connections "$IDLE_N" --transport "$tr" --server-pid "$N_WORKERS" --label nchan-memory
     stop_nchan "$N_PORT"
   done
-  start_nchan "$N_PORT" redis
-  bench "idle-sse-nchan-redis" idle --target nchan --url "http://127.0.0.1:$N_PORT" \
-    --connections "$IDLE_N" --transport sse --server-pid "$N_WORKERS" --label nchan-redis
-  stop_nchan "$N_PORT"
+  local mode
+  for mode in redis redis-aof; do
+    start_nchan "$N_PORT" "$mode"
+    bench "idle-sse-nchan-$mode" idle --target nchan --url "http://127.0.0.1:$N_PORT" \
+      --connections "$IDLE_N" --transport sse --server-pid "$N_WORKERS" --label "nchan-$mode"
+    stop_nchan "$N_PORT"
+  done
+  stop_redis_aof
 }
 
 UC_ARGS=()
@@ -433,10 +484,14 @@ run_unicast() {
     --server-pid "$N_WORKERS" --label nchan-memory "${UC_ARGS[@]}"
   stop_nchan "$N_PORT"
   if [ "$SMALL" != 1 ] || [ "$SCEN" != unicast ]; then
-    start_nchan "$N_PORT" redis
-    bench "unicast-sse-nchan-redis" unicast --target nchan --url "http://127.0.0.1:$N_PORT" \
-      --server-pid "$N_WORKERS" --label nchan-redis "${UC_ARGS[@]}"
-    stop_nchan "$N_PORT"
+    local mode
+    for mode in redis redis-aof; do
+      start_nchan "$N_PORT" "$mode"
+      bench "unicast-sse-nchan-$mode" unicast --target nchan --url "http://127.0.0.1:$N_PORT" \
+        --server-pid "$N_WORKERS" --label "nchan-$mode" "${UC_ARGS[@]}"
+      stop_nchan "$N_PORT"
+    done
+    stop_redis_aof
   fi
 }
 
@@ -447,12 +502,13 @@ run_fanout() {
     --server-pid "$T_PID" --label tidings-pg "${args[@]}"
   stop_tidings "$T_PID"; drop_tidings_db
   local mode
-  for mode in memory redis; do
+  for mode in memory redis redis-aof; do
     start_nchan "$N_PORT" "$mode"
     bench "fanout-sse-nchan-$mode" fanout --target nchan --url "http://127.0.0.1:$N_PORT" \
       --server-pid "$N_WORKERS" --label "nchan-$mode" "${args[@]}"
     stop_nchan "$N_PORT"
   done
+  stop_redis_aof
 }
 
 # Tidings on Postgres: a topic of TP_SUBS users, TP_ONLINE of them online. Nchan (memory, then
@@ -464,12 +520,13 @@ run_topic() {
     --server-pid "$T_PID" --label tidings-pg --subscribers "$TP_SUBS" "${args[@]}"
   stop_tidings "$T_PID"; drop_tidings_db
   local mode
-  for mode in memory redis; do
+  for mode in memory redis redis-aof; do
     start_nchan "$N_PORT" "$mode"
     bench "topic-sse-nchan-$mode" topic --target nchan --url "http://127.0.0.1:$N_PORT" \
       --server-pid "$N_WORKERS" --label "nchan-$mode" "${args[@]}"
     stop_nchan "$N_PORT"
   done
+  stop_redis_aof
 }
 
 run_ingest() {
@@ -501,13 +558,17 @@ run_cross_replica() {
     --url "http://127.0.0.1:$T_PORT_A" --sub-url "http://127.0.0.1:$T_PORT_B" \
     --server-pid "$b" --cpu-pid "$a" --label tidings-pg-redis "${UC_ARGS[@]}"
   stop_tidings "$a"; stop_tidings "$b"; drop_tidings_db
-  start_nchan "$N_PORT_A" redis
-  a=$N_WORKERS
-  start_nchan "$N_PORT_B" redis
-  bench "cross-replica-sse-nchan-redis" cross-replica --target nchan \
-    --url "http://127.0.0.1:$N_PORT_A" --sub-url "http://127.0.0.1:$N_PORT_B" \
-    --server-pid "$N_WORKERS" --cpu-pid "$a" --label nchan-redis "${UC_ARGS[@]}"
-  stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
+  local mode
+  for mode in redis redis-aof; do
+    start_nchan "$N_PORT_A" "$mode"
+    a=$N_WORKERS
+    start_nchan "$N_PORT_B" "$mode"
+    bench "cross-replica-sse-nchan-$mode" cross-replica --target nchan \
+      --url "http://127.0.0.1:$N_PORT_A" --sub-url "http://127.0.0.1:$N_PORT_B" \
+      --server-pid "$N_WORKERS" --cpu-pid "$a" --label "nchan-$mode" "${UC_ARGS[@]}"
+    stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
+  done
+  stop_redis_aof
 }
 
 # -------------------------------------------------------------------- prefs ---
