@@ -74,7 +74,11 @@ fn b64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(bytes.len() * 4 / 3 + 2);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -470,8 +474,11 @@ pub(crate) async fn webpush(c: &Common, a: &WebPushArgs) -> Result<(Value, bool)
     wait_for(&ps, want1, Duration::from_secs(a.drain)).await;
     let cpu1 = cpu_json(&cpu0, &cpu_sample(&c.cpu_pids(), &c.watch_comm));
     let phase1 = account(&ps, &sustained, per_user, &user_subs);
-    let span_us = phase1["first_publish_to_last_receipt_us"].as_u64().unwrap_or(0);
-    let pushes1 = phase1["received"].as_u64().unwrap_or(0) - phase1["duplicated"].as_u64().unwrap_or(0);
+    let span_us = phase1["first_publish_to_last_receipt_us"]
+        .as_u64()
+        .unwrap_or(0);
+    let pushes1 =
+        phase1["received"].as_u64().unwrap_or(0) - phase1["duplicated"].as_u64().unwrap_or(0);
     let rate1 = if span_us > 0 {
         (pushes1 as f64 / (span_us as f64 / 1e6)).round()
     } else {
