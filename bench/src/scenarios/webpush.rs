@@ -193,7 +193,7 @@ async fn serve(
             (_, None) => Some("no Topic".to_owned()),
             _ if !auth => Some("Authorization is not `vapid t=…, k=…`".to_owned()),
             _ if !encoding => Some("Content-Encoding is not aes128gcm".to_owned()),
-            _ if len < 21 + 65 + 16 || len > 4096 => Some(format!("a body of {len} bytes")),
+            _ if !(21 + 65 + 16..=4096).contains(&len) => Some(format!("a body of {len} bytes")),
             _ => None,
         };
         let status = match (problem, sub, topic) {
