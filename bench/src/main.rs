@@ -156,6 +156,13 @@ enum Cmd {
         #[command(flatten)]
         args: scenarios::webpush::WebPushArgs,
     },
+    /// One of the load-generator processes of `bench/run.sh c100k` (see scenarios/c100k.rs).
+    C100kGen {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: scenarios::c100k::GenArgs,
+    },
     /// Side-by-side tables (Markdown) from the JSON files the scenarios wrote.
     Report { files: Vec<PathBuf> },
 }
@@ -461,6 +468,10 @@ fn main() -> Result<()> {
             }
             Cmd::Webpush { common, args } => {
                 let r = scenarios::webpush::webpush(&common, &args).await;
+                (common, r)
+            }
+            Cmd::C100kGen { common, args } => {
+                let r = scenarios::c100k::c100k_gen(&common, &args).await;
                 (common, r)
             }
             Cmd::Report { .. } => unreachable!(),

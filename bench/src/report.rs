@@ -424,6 +424,68 @@ fn rows(scenario: &str) -> Vec<Row> {
                 get: |v| ptr(v, "/cpu/machine_busy_cores"),
             },
         ],
+        "c100k" => {
+            let mut r = vec![
+                Row {
+                    name: "connections held",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/connections/connected"),
+                },
+                Row {
+                    name: "time to open all (s)",
+                    unit: Unit::Secs,
+                    get: |v| ptr(v, "/connections/connect_secs"),
+                },
+                Row {
+                    name: "server RSS per connection, all servers (KiB)",
+                    unit: Unit::Kib,
+                    get: |v| ptr(v, "/rss/bytes_per_conn"),
+                },
+                Row {
+                    name: "server RSS per connection, largest replica (KiB)",
+                    unit: Unit::Kib,
+                    get: |v| ptr(v, "/rss/max_bytes_per_conn"),
+                },
+                Row {
+                    name: "topic: publish request (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/publish/publish_us"),
+                },
+                Row {
+                    name: "topic: recipients committed per second",
+                    unit: Unit::CountOrNa,
+                    get: |v| ptr(v, "/topic/recipients_per_s"),
+                },
+                Row {
+                    name: "topic: time until the last has it (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/time_to_last_us"),
+                },
+                Row {
+                    name: "topic: received",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/topic/received"),
+                },
+                latency("unicast latency p50 (ms)", "p50"),
+                latency("unicast latency p90 (ms)", "p90"),
+                latency("unicast latency p99 (ms)", "p99"),
+                latency("unicast latency p99.9 (ms)", "p999"),
+                latency("unicast latency max (ms)", "max"),
+                Row {
+                    name: "unicast delivered per second",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/delivered_per_s"),
+                },
+                Row {
+                    name: "server CPU per 1,000 delivered (ms)",
+                    unit: Unit::Float,
+                    get: |v| ptr(v, "/server_cpu_ms_per_1000"),
+                },
+            ];
+            r.extend(loss);
+            r.extend(cpu());
+            r
+        }
         "webpush" => vec![
             Row {
                 name: "subscriptions",
@@ -573,6 +635,7 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
         "faces",
         "mqtt-drain",
         "webpush",
+        "c100k",
     ];
     let mut groups: Vec<(String, String)> = Vec::new();
     for d in &docs {

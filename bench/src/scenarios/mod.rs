@@ -1,5 +1,6 @@
 //! The scenarios, one module each, and what they share: opening the subscribers and publishing.
 
+pub(crate) mod c100k;
 pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod ingest;
