@@ -28,7 +28,7 @@
 #   prefs          Tidings only (issue 25): fanout to 1,000 and ingest x100 without preference
 #                  rules, then with BENCH_PREFS_RULES (20) rules per user set through
 #                  PUT /v1/preferences for every recipient first (none mutes what the bench
-#                  publishes); one table each with the ratio (about 3 minutes)
+#                  publishes); one table each with the ratio (about 2 minutes)
 #   webpush        Tidings only (issue 24): Web Push on (a fresh VAPID key, private endpoints
 #                  allowed), a push service inside tidings-bench that time-stamps and answers
 #                  201 (it does not decrypt: a push service never does), 1,000 subscriptions;
@@ -45,7 +45,7 @@
 #                  memory, redis) with 8 workers (reuseport) and the same 100,000 subscribers,
 #                  each also on one shared channel for the topic publish. --small: 6,000
 #                  connections, 600/s for 10 s. Heavy: run it on a quiet machine only.
-#   all            every one of them but scaling, faces, webpush and c100k (about 18 minutes), then
+#   all            every one of them but scaling, faces, webpush and c100k (about 20 minutes), then
 #                  results/summary.md and results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
 # users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
@@ -69,7 +69,12 @@
 #   BENCH_RESULTS=DIR      where JSON results go (default bench/results; --small: a temp dir)
 #   BENCH_PG_ADMIN=URL     admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
 #   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan, N+20 for the AOF
-#                          Redis (default 18080)
+#                          Redis, N+30.. for c100k's replicas (default 18080)
+#   BENCH_PREFS_RULES      rules per user in prefs (20)
+#   BENCH_WEBPUSH_USERS / _PER_USER / _ROUNDS / _RATE / _SECS   webpush's size (1,000 / 1 / 10 /
+#                          200 / 20)
+#   BENCH_C100K_CONNECTIONS / _REPLICAS / _PROCS / _RATE / _SECS / _NCHAN_MODE   c100k's size
+#                          (100,000 / 6 / one per replica / 2,000 / 60 / redis-aof)
 #   NCHAN_PEER_DIR=DIR     the Nchan peer scripts (default ../shared/peers/nchan)
 #   BENCH_TOPIC_SUBSCRIBERS / _ONLINE / _ROUNDS   the topic scenario's size (100,000 / 10,000 / 3)
 #   BENCH_SCALING_USERS / _RATE / _SECS / _MAX / _MODES   the scaling scenario's users (2,000),
