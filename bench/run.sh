@@ -25,7 +25,27 @@
 #                  rate: 50,000 notifications to 1,000 users published at once, time until the
 #                  outbox is empty, without and with MQTT subscribers consuming, and with the
 #                  broker started only after the backlog is written (about 3 minutes)
-#   all            every one of them but scaling and faces (about 15 minutes), then
+#   prefs          Tidings only (issue 25): fanout to 1,000 and ingest x100 without preference
+#                  rules, then with BENCH_PREFS_RULES (20) rules per user set through
+#                  PUT /v1/preferences for every recipient first (none mutes what the bench
+#                  publishes); one table each with the ratio (about 2 minutes)
+#   webpush        Tidings only (issue 24): Web Push on (a fresh VAPID key, private endpoints
+#                  allowed), a push service inside tidings-bench that time-stamps and answers
+#                  201 (it does not decrypt: a push service never does), 1,000 subscriptions;
+#                  10 notifications to all 1,000 at once (pushes/s), then one-recipient
+#                  publishes at 200/s for 20 s (publish-to-receipt p50/p99) (about 1 minute)
+#   c100k          100,000 SSE connections on this machine (issue 27): BENCH_C100K_REPLICAS (6)
+#                  Tidings replicas on one Postgres and the Redis on 6379 (per-user channels),
+#                  as many tidings-bench c100k-gen processes (one per replica, each under the
+#                  20,000 open files of a process) holding the connections; one publish to a
+#                  topic of all 100,000 users (time until the last has it), then unicast at
+#                  BENCH_C100K_RATE (2,000/s) for BENCH_C100K_SECS (60), published through
+#                  another replica than the recipient's: p50/p99, RSS per connection per
+#                  replica, CPU, 0 lost. Then Nchan (BENCH_C100K_NCHAN_MODE: redis-aof, or
+#                  memory, redis) with 8 workers (reuseport) and the same 100,000 subscribers,
+#                  each also on one shared channel for the topic publish. --small: 6,000
+#                  connections, 600/s for 10 s. Heavy: run it on a quiet machine only.
+#   all            every one of them but scaling, faces, webpush and c100k (about 20 minutes), then
 #                  results/summary.md and results/latency.svg
 # --small: the CI check. `all --small` (or `unicast --small`) runs unicast over SSE with 200
 # users for 5 seconds against Tidings and Nchan and exits non-zero if either lost, duplicated
@@ -34,7 +54,10 @@
 #
 # It starts what it needs and stops it again (trap EXIT): Tidings release builds on a fresh
 # PostgreSQL database per server (dropped afterwards), with Redis for cross-replica; Nchan via
-# ../shared/peers/nchan/start.sh with its memory store and with `redis`. Only loopback.
+# ../shared/peers/nchan/start.sh with its memory store, with `redis` (the Redis on 6379, no
+# persistence), and as "nchan-redis-aof" with `redis` on a Redis of its own started here on
+# BENCH_PORT_BASE+20 with `appendonly yes`, `appendfsync always` (as durable as Tidings: every
+# table that has nchan-redis has it too). Only loopback.
 #
 # Needs: cargo, PostgreSQL reachable as postgres@127.0.0.1:5432 (trust auth, as scripts/test.sh
 # sets up), redis-server (started here if nothing answers on 6379), and
@@ -45,7 +68,13 @@
 #                          (then only tidings-bench is built; scripts/test.sh passes its debug build)
 #   BENCH_RESULTS=DIR      where JSON results go (default bench/results; --small: a temp dir)
 #   BENCH_PG_ADMIN=URL     admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
-#   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan (default 18080)
+#   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan, N+20 for the AOF
+#                          Redis, N+30.. for c100k's replicas (default 18080)
+#   BENCH_PREFS_RULES      rules per user in prefs (20)
+#   BENCH_WEBPUSH_USERS / _PER_USER / _ROUNDS / _RATE / _SECS   webpush's size (1,000 / 1 / 10 /
+#                          200 / 20)
+#   BENCH_C100K_CONNECTIONS / _REPLICAS / _PROCS / _RATE / _SECS / _NCHAN_MODE   c100k's size
+#                          (100,000 / 6 / one per replica / 2,000 / 60 / redis-aof)
 #   NCHAN_PEER_DIR=DIR     the Nchan peer scripts (default ../shared/peers/nchan)
 #   BENCH_TOPIC_SUBSCRIBERS / _ONLINE / _ROUNDS   the topic scenario's size (100,000 / 10,000 / 3)
 #   BENCH_SCALING_USERS / _RATE / _SECS / _MAX / _MODES   the scaling scenario's users (2,000),
@@ -98,7 +127,7 @@ for a in "$@"; do
   esac
 done
 case "$SCEN" in
-  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | faces | all) ;;
+  idle | unicast | fanout | topic | ingest | cross-replica | scaling | baseline | faces | prefs | webpush | c100k | all) ;;
   *) usage ;;
 esac
 if [ "$SMALL" = 1 ] && [ "$SCEN" = all ]; then SCEN=unicast; fi
@@ -151,6 +180,7 @@ cleanup() {
     redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "*r${RUNID}*" 2>/dev/null |
       xargs -r -n 1000 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1 || true
   fi
+  if declare -F stop_redis_aof >/dev/null; then stop_redis_aof; fi
   if [ -n "$REDIS_PIDFILE" ] && [ -f "$REDIS_PIDFILE" ]; then
     kill -TERM "$(cat "$REDIS_PIDFILE")" 2>/dev/null || true
   fi
@@ -176,7 +206,7 @@ log "server binary: $TIDINGS"
 if [ "$SCEN" = faces ]; then
   MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
   [ -x "$MOSQUITTO" ] || die "mosquitto is not installed: apt-get install -y mosquitto"
-elif [ "$SCEN" != scaling ]; then
+elif [ "$SCEN" != scaling ] && [ "$SCEN" != prefs ] && [ "$SCEN" != webpush ]; then
   [ -x "$PEER/start.sh" ] || die "no Nchan peer scripts in $PEER"
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
     die "Nchan is not installed: apt-get install -y nginx libnginx-mod-nchan"
@@ -269,11 +299,53 @@ drop_tidings_db() {
   T_DB=""
 }
 
-# start_nchan PORT [redis]: sets N_WORKERS (comma-separated worker pids)
+# The durable peer: Nchan's Redis store on a Redis of its own, on port AOF_PORT, that appends
+# every write to its AOF and fsyncs it before answering (`appendfsync always`), as durable as
+# Tidings' commit. The tests' Redis on 6379 is left alone. The peer's scripts are copied with
+# every 6379 turned into AOF_PORT (../shared is not edited). One per scenario: started when
+# first needed, stopped (and its files removed) by stop_redis_aof, so no scenario pays for an
+# earlier one's AOF growing or being rewritten.
+AOF_PORT=$((PORT_BASE + 20))
+AOF_PEER="$WORK/nchan-aof-peer"
+AOF_PID=""
+start_redis_aof() {
+  [ -n "$AOF_PID" ] && kill -0 "$AOF_PID" 2>/dev/null && return 0
+  command -v redis-server >/dev/null || die "redis-server not found (apt-get install -y redis-server)"
+  local dir="$WORK/redis-aof"
+  rm -rf "$dir"; mkdir -p "$dir"
+  (cd "$dir" && exec redis-server --port "$AOF_PORT" --bind 127.0.0.1 --dir "$dir" --save '' \
+    --appendonly yes --appendfsync always) >"$dir/log" 2>&1 &
+  AOF_PID=$!
+  for _ in $(seq 100); do
+    [ "$(redis-cli -p "$AOF_PORT" ping 2>/dev/null)" = PONG ] && break
+    kill -0 "$AOF_PID" 2>/dev/null || { cat "$dir/log" >&2; die "redis-server (AOF) exited at start"; }
+    sleep 0.1
+  done
+  [ "$(redis-cli -p "$AOF_PORT" config get appendfsync | tail -1)" = always ] ||
+    die "the AOF Redis on $AOF_PORT does not say appendfsync always"
+  mkdir -p "$AOF_PEER"
+  cp "$PEER/start.sh" "$PEER/stop.sh" "$PEER/nginx.conf" "$AOF_PEER/"
+  sed "s/6379/$AOF_PORT/g" "$PEER/nginx-redis.conf" >"$AOF_PEER/nginx-redis.conf"
+  sed -i "s/6379/$AOF_PORT/g" "$AOF_PEER/start.sh"
+  log "redis-server up on $AOF_PORT (pid $AOF_PID, appendonly yes, appendfsync always)"
+}
+stop_redis_aof() {
+  [ -n "$AOF_PID" ] || return 0
+  kill -TERM "$AOF_PID" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$AOF_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$AOF_PID" 2>/dev/null || true
+  AOF_PID=""
+  rm -rf "$WORK/redis-aof"
+}
+
+# start_nchan PORT [memory|redis|redis-aof]: sets N_WORKERS (comma-separated worker pids)
 start_nchan() {
-  local port=$1 mode=${2:-memory} pidfile master
-  [ "$mode" = redis ] && need_redis
-  pidfile="$("$PEER/start.sh" "$port" "$mode")"
+  local port=$1 mode=${2:-memory} pidfile master peer=$PEER pmode=${2:-memory}
+  case "$mode" in
+    redis) need_redis ;;
+    redis-aof) start_redis_aof; peer=$AOF_PEER; pmode=redis ;;
+  esac
+  pidfile="$("$peer/start.sh" "$port" "$pmode")"
   NCHAN_PORTS+=("$port")
   master="$(cat "$pidfile")"
   N_WORKERS="$(pgrep -P "$master" | paste -sd, -)"
@@ -385,6 +457,18 @@ FC_DUR="${BENCH_FACES_SECS:-$FC_DUR}"
 MQ_PER_CONN="${BENCH_MQTT_USERS_PER_CONN:-100}"
 DR_N="${BENCH_DRAIN_NOTIFICATIONS:-$DR_N}"
 DR_USERS="${BENCH_DRAIN_USERS:-$DR_USERS}"
+PR_RULES="${BENCH_PREFS_RULES:-20}"
+C1_N="${BENCH_C100K_CONNECTIONS:-$([ "$SMALL" = 1 ] && echo 6000 || echo 100000)}"
+C1_REPLICAS="${BENCH_C100K_REPLICAS:-6}"
+C1_PROCS="${BENCH_C100K_PROCS:-$C1_REPLICAS}"
+C1_RATE="${BENCH_C100K_RATE:-$([ "$SMALL" = 1 ] && echo 600 || echo 2000)}"
+C1_DUR="${BENCH_C100K_SECS:-$([ "$SMALL" = 1 ] && echo 10 || echo 60)}"
+C1_NCHAN_MODE="${BENCH_C100K_NCHAN_MODE:-redis-aof}"
+WP_USERS="${BENCH_WEBPUSH_USERS:-$([ "$SMALL" = 1 ] && echo 100 || echo 1000)}"
+WP_PER_USER="${BENCH_WEBPUSH_PER_USER:-1}"
+WP_ROUNDS="${BENCH_WEBPUSH_ROUNDS:-$([ "$SMALL" = 1 ] && echo 3 || echo 10)}"
+WP_RATE="${BENCH_WEBPUSH_RATE:-$([ "$SMALL" = 1 ] && echo 50 || echo 200)}"
+WP_DUR="${BENCH_WEBPUSH_SECS:-$([ "$SMALL" = 1 ] && echo 3 || echo 20)}"
 
 run_idle() {
   local tr
@@ -398,10 +482,14 @@ run_idle() {
       --connections "$IDLE_N" --transport "$tr" --server-pid "$N_WORKERS" --label nchan-memory
     stop_nchan "$N_PORT"
   done
-  start_nchan "$N_PORT" redis
-  bench "idle-sse-nchan-redis" idle --target nchan --url "http://127.0.0.1:$N_PORT" \
-    --connections "$IDLE_N" --transport sse --server-pid "$N_WORKERS" --label nchan-redis
-  stop_nchan "$N_PORT"
+  local mode
+  for mode in redis redis-aof; do
+    start_nchan "$N_PORT" "$mode"
+    bench "idle-sse-nchan-$mode" idle --target nchan --url "http://127.0.0.1:$N_PORT" \
+      --connections "$IDLE_N" --transport sse --server-pid "$N_WORKERS" --label "nchan-$mode"
+    stop_nchan "$N_PORT"
+  done
+  stop_redis_aof
 }
 
 UC_ARGS=()
@@ -418,10 +506,14 @@ run_unicast() {
     --server-pid "$N_WORKERS" --label nchan-memory "${UC_ARGS[@]}"
   stop_nchan "$N_PORT"
   if [ "$SMALL" != 1 ] || [ "$SCEN" != unicast ]; then
-    start_nchan "$N_PORT" redis
-    bench "unicast-sse-nchan-redis" unicast --target nchan --url "http://127.0.0.1:$N_PORT" \
-      --server-pid "$N_WORKERS" --label nchan-redis "${UC_ARGS[@]}"
-    stop_nchan "$N_PORT"
+    local mode
+    for mode in redis redis-aof; do
+      start_nchan "$N_PORT" "$mode"
+      bench "unicast-sse-nchan-$mode" unicast --target nchan --url "http://127.0.0.1:$N_PORT" \
+        --server-pid "$N_WORKERS" --label "nchan-$mode" "${UC_ARGS[@]}"
+      stop_nchan "$N_PORT"
+    done
+    stop_redis_aof
   fi
 }
 
@@ -432,12 +524,13 @@ run_fanout() {
     --server-pid "$T_PID" --label tidings-pg "${args[@]}"
   stop_tidings "$T_PID"; drop_tidings_db
   local mode
-  for mode in memory redis; do
+  for mode in memory redis redis-aof; do
     start_nchan "$N_PORT" "$mode"
     bench "fanout-sse-nchan-$mode" fanout --target nchan --url "http://127.0.0.1:$N_PORT" \
       --server-pid "$N_WORKERS" --label "nchan-$mode" "${args[@]}"
     stop_nchan "$N_PORT"
   done
+  stop_redis_aof
 }
 
 # Tidings on Postgres: a topic of TP_SUBS users, TP_ONLINE of them online. Nchan (memory, then
@@ -449,12 +542,13 @@ run_topic() {
     --server-pid "$T_PID" --label tidings-pg --subscribers "$TP_SUBS" "${args[@]}"
   stop_tidings "$T_PID"; drop_tidings_db
   local mode
-  for mode in memory redis; do
+  for mode in memory redis redis-aof; do
     start_nchan "$N_PORT" "$mode"
     bench "topic-sse-nchan-$mode" topic --target nchan --url "http://127.0.0.1:$N_PORT" \
       --server-pid "$N_WORKERS" --label "nchan-$mode" "${args[@]}"
     stop_nchan "$N_PORT"
   done
+  stop_redis_aof
 }
 
 run_ingest() {
@@ -486,13 +580,238 @@ run_cross_replica() {
     --url "http://127.0.0.1:$T_PORT_A" --sub-url "http://127.0.0.1:$T_PORT_B" \
     --server-pid "$b" --cpu-pid "$a" --label tidings-pg-redis "${UC_ARGS[@]}"
   stop_tidings "$a"; stop_tidings "$b"; drop_tidings_db
-  start_nchan "$N_PORT_A" redis
-  a=$N_WORKERS
-  start_nchan "$N_PORT_B" redis
-  bench "cross-replica-sse-nchan-redis" cross-replica --target nchan \
-    --url "http://127.0.0.1:$N_PORT_A" --sub-url "http://127.0.0.1:$N_PORT_B" \
-    --server-pid "$N_WORKERS" --cpu-pid "$a" --label nchan-redis "${UC_ARGS[@]}"
-  stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
+  local mode
+  for mode in redis redis-aof; do
+    start_nchan "$N_PORT_A" "$mode"
+    a=$N_WORKERS
+    start_nchan "$N_PORT_B" "$mode"
+    bench "cross-replica-sse-nchan-$mode" cross-replica --target nchan \
+      --url "http://127.0.0.1:$N_PORT_A" --sub-url "http://127.0.0.1:$N_PORT_B" \
+      --server-pid "$N_WORKERS" --cpu-pid "$a" --label "nchan-$mode" "${UC_ARGS[@]}"
+    stop_nchan "$N_PORT_A"; stop_nchan "$N_PORT_B"
+  done
+  stop_redis_aof
+}
+
+# -------------------------------------------------------------------- prefs ---
+# The fan-out and ingest x100 figures without preference rules and with PR_RULES per user, in
+# turn, each pair back to back on fresh databases, so drift in the machine hits both alike.
+run_prefs() {
+  local n label
+  for n in 0 "$PR_RULES"; do
+    label=tidings-pg-no-rules
+    [ "$n" = 0 ] || label="tidings-pg-$n-rules"
+    start_tidings "$T_PORT_A"
+    bench "prefs-fanout-sse-tidings-pg-$n-rules" fanout --target tidings \
+      --url "http://127.0.0.1:$T_PORT_A" --server-pid "$T_PID" --label "$label" \
+      --preference-rules "$n" --recipients "$FO_N" --rounds "$FO_ROUNDS" --transport sse "${CHECK[@]}"
+    stop_tidings "$T_PID"; drop_tidings_db
+  done
+  for n in 0 "$PR_RULES"; do
+    label=tidings-pg-no-rules
+    [ "$n" = 0 ] || label="tidings-pg-$n-rules"
+    start_tidings "$T_PORT_A"
+    bench "prefs-ingest-x100-tidings-pg-$n-rules" ingest --target tidings \
+      --url "http://127.0.0.1:$T_PORT_A" --server-pid "$T_PID" --label "$label" \
+      --preference-rules "$n" --users 10000 --recipients-per-request 100 \
+      --concurrency "$ING_CONC" --duration "$ING_DUR"
+    stop_tidings "$T_PID"; drop_tidings_db
+  done
+}
+
+# ------------------------------------------------------------------ webpush ---
+run_webpush() {
+  local key
+  key="$("$TIDINGS" vapid-keys | sed -n 's/^TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY=//p')"
+  [ -n "$key" ] || die "tidings vapid-keys printed no key"
+  TIDINGS__WEBPUSH__VAPID_PRIVATE_KEY="$key" TIDINGS__WEBPUSH__SUBJECT="mailto:bench@example.com" \
+    TIDINGS__WEBPUSH__ALLOW_INSECURE_ENDPOINTS=true start_tidings "$T_PORT_A"
+  bench "webpush-tidings-pg" webpush --target tidings --url "http://127.0.0.1:$T_PORT_A" \
+    --server-pid "$T_PID" --label tidings-pg --users "$WP_USERS" --per-user "$WP_PER_USER" \
+    --rounds "$WP_ROUNDS" --rate "$WP_RATE" --duration "$WP_DUR" "${CHECK[@]}"
+  stop_tidings "$T_PID"; drop_tidings_db
+}
+
+# -------------------------------------------------------------------- c100k ---
+# VmRSS of each PID (kB), space-separated.
+rss_kb() { local p; for p in "$@"; do awk '/^VmRSS:/ {printf "%s ", $2}' "/proc/$p/status" 2>/dev/null || printf '0 '; done; }
+
+# c100k_run LABEL TARGET: starts the generator processes against the servers in C1_PORTS /
+# C1_PIDS (Nchan: one port, every worker in C1_PIDS), runs the barriers, and merges their
+# JSON into $RESULTS/c100k-LABEL.json.
+c100k_run() {
+  local label=$1 target=$2 k n_srv=${#C1_PORTS[@]} gpids=() dir="$WORK/c100k-$1"
+  local prefix="r${RUNID}c${label//[^a-z0-9]/}-" topic
+  topic="${prefix}all"
+  [ "$target" = nchan ] && topic="$C1_NCHAN_TOPIC"
+  mkdir -p "$dir/barrier"
+  local all_pids; all_pids="$(IFS=,; echo "${C1_PIDS[*]}")"
+  local rss0; rss0="$(rss_kb "${C1_PIDS[@]}")"
+  echo
+  echo "=== c100k-$label ($C1_N connections, $C1_PROCS generator processes, $n_srv server ports)"
+  for k in $(seq 0 $((C1_PROCS - 1))); do
+    local users=$((C1_N / C1_PROCS)) sub=$((k % n_srv)) pub=$(((k + 1) % n_srv)) more=()
+    [ "$k" -lt $((C1_N % C1_PROCS)) ] && users=$((users + 1))
+    [ "$k" = 0 ] && more=(--topic-publisher)
+    local rate=$((C1_RATE / C1_PROCS))
+    [ "$k" -lt $((C1_RATE % C1_PROCS)) ] && rate=$((rate + 1))
+    "$BENCH" c100k-gen --target "$target" --label "$label" \
+      --url "http://127.0.0.1:${C1_PORTS[$pub]}" --sub-url "http://127.0.0.1:${C1_PORTS[$sub]}" \
+      --cpu-pid "$all_pids" --users "$users" --index "$k" --procs "$C1_PROCS" \
+      --topic "$topic" --topic-total "$C1_N" --barrier "$dir/barrier" --rate "$rate" \
+      --duration "$C1_DUR" --prefix "$prefix" --json "$dir/gen-$k.json" "${more[@]}" \
+      >"$dir/gen-$k.log" 2>&1 &
+    gpids+=($!)
+  done
+  local t0; t0=$(date +%s)
+  while [ "$(find "$dir/barrier" -name 'ready-*' | wc -l)" -lt "$C1_PROCS" ]; do
+    for k in "${gpids[@]}"; do
+      kill -0 "$k" 2>/dev/null || { tail -5 "$dir"/gen-*.log >&2; die "a c100k generator exited before it was ready"; }
+    done
+    [ $(($(date +%s) - t0)) -lt 900 ] || die "c100k: the generators did not connect within 900 s"
+    sleep 1
+  done
+  local connect_s=$(($(date +%s) - t0))
+  sleep 2
+  local rss1; rss1="$(rss_kb "${C1_PIDS[@]}")"
+  log "c100k-$label: every generator ready after ${connect_s} s; server RSS (kB) $rss0 -> $rss1"
+  : >"$dir/barrier/go"
+  local failed=0
+  for k in "${gpids[@]}"; do wait "$k" || failed=$((failed + 1)); done
+  grep -h '^\[' "$dir"/gen-*.log | sed 's/^/  /' || true
+  python3 - "$dir" "$RESULTS/c100k-$label.json" "$label" "$target" "$C1_N" "$C1_PROCS" \
+    "$connect_s" "$rss0" "$rss1" "$failed" "$all_pids" "$C1_RATE" "$C1_DUR" <<'PY'
+import json, sys, glob, os
+d, out, label, target, n, procs, connect_s, rss0, rss1, failed, pids, rate, dur = sys.argv[1:]
+gens = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(d, "gen-*.json")))]
+rss0 = [int(x) for x in rss0.split()]; rss1 = [int(x) for x in rss1.split()]
+pids = pids.split(",")
+# Merged unicast latency: every process's histogram buckets.
+buckets = {}
+for g in gens:
+    for v, c in g.get("latency_buckets", []):
+        buckets[v] = buckets.get(v, 0) + c
+total = sum(buckets.values())
+def q(p):
+    if not total: return None
+    want, acc = p * total, 0
+    for v in sorted(buckets):
+        acc += buckets[v]
+        if acc >= want: return v
+    return max(buckets)
+lat = {"count": total, "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+       "max": max(buckets) if buckets else None}
+conns = sum(g["connections"]["connected"] for g in gens)
+# Connections per server: Tidings, each replica's own generators (process k on port k % R);
+# Nchan, all on one server whose workers are summed.
+if target == "tidings":
+    per = {}
+    for g in gens:
+        r = g["params"]["index"] % len(pids)
+        per[r] = per.get(r, 0) + g["connections"]["connected"]
+    replicas = [{"pid": int(pids[i]), "connections": per.get(i, 0), "rss_kb_before": rss0[i],
+                 "rss_kb_after": rss1[i],
+                 "bytes_per_conn": round((rss1[i] - rss0[i]) * 1024 / per[i]) if per.get(i) else None}
+                for i in range(len(pids))]
+else:
+    replicas = [{"pids": [int(p) for p in pids], "connections": conns, "rss_kb_before": sum(rss0),
+                 "rss_kb_after": sum(rss1),
+                 "bytes_per_conn": round((sum(rss1) - sum(rss0)) * 1024 / conns) if conns else None}]
+sum_of = lambda key: sum(g["delivery"][key] for g in gens)
+pub = next((g["topic"]["published"] for g in gens if g["topic"]["published"].get("status")), {})
+topic_last = max(g["topic"]["time_to_last_us"] for g in gens)
+received_topic = sum(g["topic"]["received"] for g in gens)
+g0 = next((g for g in gens if g["params"]["index"] == 0), gens[0])
+delivered = sum(g["delivery"]["received"] for g in gens) - received_topic
+cpu = g0["cpu"]
+res = {
+    "scenario": "c100k", "variant": "sse", "target": target, "label": label,
+    "params": {"connections": int(n), "processes": int(procs), "servers": len(replicas) if target == "tidings" else 1,
+               "unicast_rate": int(rate), "duration_s": int(dur)},
+    "machine": g0.get("machine"), "finished_unix": max(g["finished_unix"] for g in gens),
+    "connections": {"requested": int(n), "connected": conns,
+                    "failed": sum(g["connections"]["failed"] for g in gens),
+                    "dropped": sum(g["connections"]["dropped"] for g in gens),
+                    "connect_secs": int(connect_s)},
+    "servers": replicas,
+    "rss": {"bytes_per_conn": round((sum(rss1) - sum(rss0)) * 1024 / conns) if conns else None,
+            "max_bytes_per_conn": max((r["bytes_per_conn"] or 0) for r in replicas)},
+    "topic": {"publish": pub, "expected": sum(g["topic"]["expected"] for g in gens),
+              "received": received_topic, "time_to_last_us": topic_last,
+              "recipients_per_s": round(pub["recipients"] / (pub["publish_us"] / 1e6)) if pub.get("recipients") and pub.get("publish_us") else None,
+              "cpu": g0["topic"]["cpu"]},
+    "latency_us": lat,
+    "delivered_per_s": round(delivered / max(1e-9, max(g["publish"]["secs"] for g in gens))),
+    "publish": {"accepted": sum(g["publish"]["accepted"] for g in gens),
+                "failed": sum(g["publish"]["failed"] for g in gens)},
+    "delivery": {k: sum_of(k) for k in ["expected", "received", "lost", "duplicated", "unexpected", "seq_gaps", "seq_backwards"]},
+    "cpu": cpu,
+    "server_cpu_ms_per_1000": round(cpu["server_cpu_s"] * 1e6 / delivered, 2) if delivered else None,
+    "generators_failed": int(failed),
+    "ok": all(g["ok"] for g in gens) and int(failed) == 0,
+    "generators": [os.path.basename(f) for f in sorted(glob.glob(os.path.join(d, "gen-*.json")))],
+}
+json.dump(res, open(out, "w"), indent=2)
+ms = lambda us: "–" if us is None else f"{us / 1000:.2f}"
+print(f"[{label}] {conns}/{n} connected in {connect_s} s; RSS per connection "
+      + ", ".join(str(r['bytes_per_conn']) for r in replicas) + " B")
+print(f"  topic: {received_topic}/{res['topic']['expected']} received, the last after {ms(topic_last)} ms; publish {ms(pub.get('publish_us'))} ms, recipients {pub.get('recipients')}")
+print(f"  unicast: p50 {ms(lat['p50'])} p99 {ms(lat['p99'])} p99.9 {ms(lat['p999'])} max {ms(lat['max'])} ms over {total}; "
+      f"lost {res['delivery']['lost']}, duplicated {res['delivery']['duplicated']}, seq gaps {res['delivery']['seq_gaps']}; failed publishes {res['publish']['failed']}")
+print(f"  cpu (cores): {json.dumps(cpu)}")
+PY
+  OUTPUTS+=("$RESULTS/c100k-$label.json")
+  [ "$failed" = 0 ] || { log "c100k-$label: $failed generator(s) failed (see $dir)"; FAILED=1; }
+}
+
+run_c100k() {
+  local i port ports=() pids=() db_url
+  need_redis
+  # Every replica on the same database and Redis, per-user channels (the default routing).
+  for i in $(seq 0 $((C1_REPLICAS - 1))); do
+    port=$((PORT_BASE + 30 + i))
+    if [ "$i" = 0 ]; then
+      start_tidings "$port" redis
+      db_url=$T_DB_URL
+    else
+      T_SHARED_DB="$db_url" start_tidings "$port" redis
+    fi
+    ports+=("$port"); pids+=("$T_PID")
+  done
+  C1_PORTS=("${ports[@]}") C1_PIDS=("${pids[@]}")
+  c100k_run tidings-pg-redis tidings
+  for i in "${pids[@]}"; do stop_tidings "$i"; done
+  drop_tidings_db
+  unset T_SHARED_DB
+
+  # Nchan: one nginx, 8 workers (each with the same 20,000 files), SO_REUSEPORT so the kernel
+  # spreads the connections evenly over them; /sub/<user> also listens on one shared channel.
+  local mode="$C1_NCHAN_MODE" src peer="$WORK/nchan-c100k-peer"
+  case "$mode" in
+    memory) src=nginx.conf ;;
+    redis) need_redis; src=nginx-redis.conf ;;
+    redis-aof) start_redis_aof; src=nginx-redis.conf ;;
+    *) die "BENCH_C100K_NCHAN_MODE must be memory, redis or redis-aof" ;;
+  esac
+  C1_NCHAN_TOPIC="r${RUNID}c-all"
+  mkdir -p "$peer"
+  cp "$PEER/start.sh" "$PEER/stop.sh" "$PEER/nginx.conf" "$PEER/nginx-redis.conf" "$peer/"
+  [ "$mode" = redis-aof ] && cp "$AOF_PEER/start.sh" "$AOF_PEER/nginx-redis.conf" "$peer/"
+  sed -i -e 's/^worker_processes .*/worker_processes     8;/' \
+    -e 's/listen 127.0.0.1:${PORT} backlog=4096;/listen 127.0.0.1:${PORT} backlog=4096 reuseport;/' \
+    -e "/location ~ \^\/sub\//,/}/ s/nchan_channel_id \$1;/nchan_channel_id \$1 $C1_NCHAN_TOPIC;/" \
+    "$peer/$src"
+  grep -q "nchan_channel_id \$1 $C1_NCHAN_TOPIC;" "$peer/$src" || die "could not add the shared channel to $src"
+  local pidfile master
+  pidfile="$("$peer/start.sh" "$N_PORT" "$([ "$mode" = memory ] && echo memory || echo redis)")"
+  NCHAN_PORTS+=("$N_PORT")
+  master="$(cat "$pidfile")"
+  mapfile -t C1_PIDS < <(pgrep -P "$master")
+  C1_PORTS=("$N_PORT")
+  log "nchan up on $N_PORT ($mode; master $master, ${#C1_PIDS[@]} workers)"
+  c100k_run "nchan-$mode" nchan
+  stop_nchan "$N_PORT"
+  stop_redis_aof
 }
 
 # -------------------------------------------------------------------- faces ---
@@ -735,7 +1054,10 @@ case "$SCEN" in
   scaling) run_scaling ;;
   baseline) run_baseline ;;
   faces) run_faces ;;
-  all) run_idle; run_baseline; run_unicast; run_fanout; run_topic; run_ingest; run_cross_replica ;;
+  prefs) run_prefs ;;
+  webpush) run_webpush ;;
+  c100k) run_c100k ;;
+  all) run_idle; run_baseline; run_unicast; run_fanout; run_topic; run_ingest; run_cross_replica; run_prefs ;;
 esac
 
 echo

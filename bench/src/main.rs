@@ -148,6 +148,21 @@ enum Cmd {
         #[command(flatten)]
         args: scenarios::topic::TopicArgs,
     },
+    /// The Web Push sender (Tidings only): 1,000 subscriptions on a push service in this
+    /// process; pushes per second sent, and publish-to-receipt latency.
+    Webpush {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: scenarios::webpush::WebPushArgs,
+    },
+    /// One of the load-generator processes of `bench/run.sh c100k` (see scenarios/c100k.rs).
+    C100kGen {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: scenarios::c100k::GenArgs,
+    },
     /// Side-by-side tables (Markdown) from the JSON files the scenarios wrote.
     Report { files: Vec<PathBuf> },
 }
@@ -200,6 +215,11 @@ struct Common {
     /// not by name, so another test's Mosquitto on the same machine does not count).
     #[arg(long, value_delimiter = ',')]
     broker_pid: Vec<u32>,
+    /// Tidings (`fanout`, `ingest`): before measuring, give every user this many preference
+    /// rules through `PUT /v1/preferences` (see `scenarios/prefs.rs`). Given (even 0), the
+    /// run's variant is marked `preferences` and the report compares each count with 0.
+    #[arg(long)]
+    preference_rules: Option<usize>,
     /// Tidings' gRPC listener, `http://host:port` (`--transport grpc`).
     #[arg(long)]
     grpc_url: Option<String>,
@@ -327,7 +347,15 @@ impl Common {
     ) -> serde_json::Map<String, Value> {
         let mut m = serde_json::Map::new();
         m.insert("scenario".into(), json!(scenario));
-        m.insert("variant".into(), json!(variant));
+        match self.preference_rules {
+            Some(n) => {
+                m.insert("variant".into(), json!(format!("{variant}, preferences")));
+                m.insert("preference_rules".into(), json!(n));
+            }
+            None => {
+                m.insert("variant".into(), json!(variant));
+            }
+        }
         m.insert(
             "target".into(),
             json!(match self.target {
@@ -436,6 +464,14 @@ fn main() -> Result<()> {
             }
             Cmd::Topic { common, args } => {
                 let r = scenarios::topic::topic(&common, &args).await;
+                (common, r)
+            }
+            Cmd::Webpush { common, args } => {
+                let r = scenarios::webpush::webpush(&common, &args).await;
+                (common, r)
+            }
+            Cmd::C100kGen { common, args } => {
+                let r = scenarios::c100k::c100k_gen(&common, &args).await;
                 (common, r)
             }
             Cmd::Report { .. } => unreachable!(),

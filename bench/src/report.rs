@@ -1,6 +1,7 @@
 //! `tidings-bench report FILE...`: Markdown tables, one per scenario and variant, with a column
 //! per label (Tidings first, then Nchan) and the ratio of each Tidings column to each Nchan one;
-//! for `faces` (one Tidings per transport), the ratio of each transport's column to SSE's.
+//! for `faces` (one Tidings per transport), the ratio of each transport's column to SSE's; for
+//! the `preferences` runs, the ratio of the run with rules to the one without.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -423,6 +424,162 @@ fn rows(scenario: &str) -> Vec<Row> {
                 get: |v| ptr(v, "/cpu/machine_busy_cores"),
             },
         ],
+        "c100k" => {
+            let mut r = vec![
+                Row {
+                    name: "connections held",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/connections/connected"),
+                },
+                Row {
+                    name: "time to open all (s)",
+                    unit: Unit::Secs,
+                    get: |v| ptr(v, "/connections/connect_secs"),
+                },
+                Row {
+                    name: "server RSS per connection, all servers (KiB)",
+                    unit: Unit::Kib,
+                    get: |v| ptr(v, "/rss/bytes_per_conn"),
+                },
+                Row {
+                    name: "server RSS per connection, largest replica (KiB)",
+                    unit: Unit::Kib,
+                    get: |v| ptr(v, "/rss/max_bytes_per_conn"),
+                },
+                Row {
+                    name: "topic: publish request (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/publish/publish_us"),
+                },
+                Row {
+                    name: "topic: recipients committed per second",
+                    unit: Unit::CountOrNa,
+                    get: |v| ptr(v, "/topic/recipients_per_s"),
+                },
+                Row {
+                    name: "topic: time until the last has it (ms)",
+                    unit: Unit::Ms,
+                    get: |v| ptr(v, "/topic/time_to_last_us"),
+                },
+                Row {
+                    name: "topic: received",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/topic/received"),
+                },
+                latency("unicast latency p50 (ms)", "p50"),
+                latency("unicast latency p90 (ms)", "p90"),
+                latency("unicast latency p99 (ms)", "p99"),
+                latency("unicast latency p99.9 (ms)", "p999"),
+                latency("unicast latency max (ms)", "max"),
+                Row {
+                    name: "unicast delivered per second",
+                    unit: Unit::Count,
+                    get: |v| ptr(v, "/delivered_per_s"),
+                },
+                Row {
+                    name: "server CPU per 1,000 delivered (ms)",
+                    unit: Unit::Float,
+                    get: |v| ptr(v, "/server_cpu_ms_per_1000"),
+                },
+            ];
+            r.extend(loss);
+            r.extend(cpu());
+            r
+        }
+        "webpush" => vec![
+            Row {
+                name: "subscriptions",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/params/subscriptions"),
+            },
+            Row {
+                name: "sustained: pushes sent per second (first publish to last receipt)",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/sustained/pushes_per_s"),
+            },
+            Row {
+                name: "sustained: pushes received",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/sustained/delivery/received"),
+            },
+            Row {
+                name: "sustained: publish→receipt p50 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/sustained/delivery/latency_us/p50"),
+            },
+            Row {
+                name: "sustained: publish→receipt p99 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/sustained/delivery/latency_us/p99"),
+            },
+            Row {
+                name: "sustained: Tidings CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/sustained/cpu/server_cores"),
+            },
+            Row {
+                name: "sustained: Postgres CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/sustained/cpu/named_cores/postgres"),
+            },
+            Row {
+                name: "steady: publishes per second",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/params/rate"),
+            },
+            Row {
+                name: "steady: publish→receipt p50 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/p50"),
+            },
+            Row {
+                name: "steady: publish→receipt p90 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/p90"),
+            },
+            Row {
+                name: "steady: publish→receipt p99 (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/p99"),
+            },
+            Row {
+                name: "steady: publish→receipt max (ms)",
+                unit: Unit::Ms,
+                get: |v| ptr(v, "/steady/delivery/latency_us/max"),
+            },
+            Row {
+                name: "steady: Tidings CPU (cores)",
+                unit: Unit::Float,
+                get: |v| ptr(v, "/steady/cpu/server_cores"),
+            },
+            Row {
+                name: "lost, both phases",
+                unit: Unit::Count,
+                get: |v| {
+                    Some(ptr(v, "/sustained/delivery/lost")? + ptr(v, "/steady/delivery/lost")?)
+                },
+            },
+            Row {
+                name: "duplicated, both phases",
+                unit: Unit::Count,
+                get: |v| {
+                    Some(
+                        ptr(v, "/sustained/delivery/duplicated")?
+                            + ptr(v, "/steady/delivery/duplicated")?,
+                    )
+                },
+            },
+            Row {
+                name: "failed publishes",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/failed_publishes"),
+            },
+            Row {
+                name: "malformed pushes (push service)",
+                unit: Unit::Count,
+                get: |v| ptr(v, "/push_service_violations"),
+            },
+        ],
         _ => Vec::new(),
     }
 }
@@ -477,6 +634,8 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
         "cross-replica",
         "faces",
         "mqtt-drain",
+        "webpush",
+        "c100k",
     ];
     let mut groups: Vec<(String, String)> = Vec::new();
     for d in &docs {
@@ -516,6 +675,12 @@ pub fn print(files: &[PathBuf]) -> Result<()> {
             };
             cols.sort_by_key(|d| rank(d));
             cols.iter().copied().partition(|d| d["transport"] != "sse")
+        } else if cols.iter().all(|d| d.get("preference_rules").is_some()) {
+            // The `prefs` runs: each count of rules ÷ none, in the order of the counts.
+            cols.sort_by_key(|d| d["preference_rules"].as_u64());
+            cols.iter()
+                .copied()
+                .partition(|d| d["preference_rules"].as_u64() != Some(0))
         } else {
             (
                 cols.iter()

@@ -23,6 +23,8 @@ pub(crate) async fn fanout(
     let prefix = c.prefix();
     let users = Arc::new(c.users(&prefix, k));
     let tokens = c.user_tokens(&users)?;
+    // Before the streams open: a change is announced on the user's live transports.
+    super::prefs::apply(c, &users).await?;
     let before = rss(&c.server_pid);
     let subs = open_subs(c, transport, &users, &tokens, rounds).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

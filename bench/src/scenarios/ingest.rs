@@ -24,6 +24,7 @@ pub(crate) async fn ingest(
 ) -> Result<(Value, bool)> {
     let prefix = c.prefix();
     let users = Arc::new(c.users(&prefix, n_users.max(per_request)));
+    super::prefs::apply(c, &users).await?;
     let ep = Endpoint::parse(&c.url)?;
     let connector = Arc::new(Connector::new(c.source_ips, &ep.addr));
     let bearer = Arc::new(format!("Bearer {}", c.service_token()?));

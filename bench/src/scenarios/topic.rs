@@ -62,7 +62,7 @@ fn spread(xs: &[f64]) -> Value {
 
 /// Subscribes `users` to `topic` in bulk requests of [`BULK`]; returns the topic's size as
 /// Tidings reports it afterwards.
-async fn subscribe_all(
+pub(super) async fn subscribe_all(
     ep: &Endpoint,
     connector: &Arc<Connector>,
     bearer: &Arc<String>,
@@ -127,7 +127,7 @@ async fn subscribe_all(
 
 /// One publish of message `m` to the topic (Nchan: to the channel): the status, and for
 /// Tidings the recipients it reports.
-async fn publish_once(
+pub(super) async fn publish_once(
     target: Target,
     client: &mut Client,
     bearer: &str,
