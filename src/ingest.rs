@@ -5,8 +5,8 @@
 //! trips over.
 
 use crate::domain::{
-    Body, FieldError, IdempotencyKey, Link, MarkRead, NewNotification, NotificationData,
-    NotificationType, Seq, Title, TopicName, UserId,
+    now_micros, parse_expiry, Body, CollapseKey, FieldError, IdempotencyKey, Link, MarkRead,
+    NewNotification, NotificationData, NotificationType, Seq, Title, TopicName, UserId,
 };
 use crate::store::{Idempotency, PublishCommand};
 use serde_json::{Map, Value};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 /// At most this many distinct recipients per request.
 pub const MAX_RECIPIENTS: usize = 1000;
 
-const KNOWN_FIELDS: [&str; 8] = [
+const KNOWN_FIELDS: [&str; 11] = [
     "recipients",
     "topic",
     "type",
@@ -25,6 +25,9 @@ const KNOWN_FIELDS: [&str; 8] = [
     "data",
     "link",
     "critical",
+    "expires_at",
+    "ttl_seconds",
+    "collapse_key",
 ];
 
 /// The parser lives here rather than beside the type in `domain`: turning untrusted JSON
@@ -99,6 +102,30 @@ impl NewNotification {
             }
         };
 
+        let expires_at = optional_str(obj, "expires_at", &mut errors);
+        let ttl_seconds = match obj.get("ttl_seconds") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64().or_else(|| whole_f64(v)) {
+                Some(n) => Some(n),
+                None => {
+                    errors.push(FieldError::new(
+                        "ttl_seconds",
+                        "must be a whole number of seconds",
+                    ));
+                    None
+                }
+            },
+        };
+        let expires_at = parse_expiry(expires_at, ttl_seconds, now_micros())
+            .map_err(|(field, m)| errors.push(FieldError::new(field, m)))
+            .ok()
+            .flatten();
+        let collapse_key = optional_str(obj, "collapse_key", &mut errors).and_then(|s| {
+            CollapseKey::parse(s)
+                .map_err(|m| errors.push(FieldError::new("collapse_key", m)))
+                .ok()
+        });
+
         match (recipients, kind, title) {
             (Some(recipients), Some(kind), Some(title)) if errors.is_empty() => Ok(Self {
                 recipients,
@@ -109,6 +136,8 @@ impl NewNotification {
                 data,
                 link,
                 critical,
+                expires_at,
+                collapse_key,
             }),
             _ => Err(errors),
         }
@@ -415,6 +444,37 @@ mod tests {
         )
         .unwrap();
         assert!(n.body.is_none() && n.data.is_none() && n.link.is_none());
+    }
+
+    #[test]
+    fn lifecycle_fields_name_themselves() {
+        let base = |extra: Value| {
+            let mut v = json!({"recipients": ["a"], "type": "a", "title": "t"});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            NewNotification::parse(&v)
+        };
+        let n = base(json!({"ttl_seconds": 60, "collapse_key": "chat:general"})).unwrap();
+        assert!(n.expires_at.is_some());
+        assert_eq!(n.collapse_key.unwrap().as_str(), "chat:general");
+        assert_eq!(fields(base(json!({"collapse_key": ""}))), ["collapse_key"]);
+        assert_eq!(
+            fields(base(json!({"collapse_key": "k".repeat(65)}))),
+            ["collapse_key"]
+        );
+        assert_eq!(
+            fields(base(json!({"expires_at": "2001-01-01T00:00:00Z"}))),
+            ["expires_at"]
+        );
+        assert_eq!(fields(base(json!({"expires_at": "soon"}))), ["expires_at"]);
+        assert_eq!(fields(base(json!({"ttl_seconds": "60"}))), ["ttl_seconds"]);
+        assert_eq!(
+            fields(base(
+                json!({"ttl_seconds": 60, "expires_at": "2999-01-01T00:00:00Z"})
+            )),
+            ["ttl_seconds"]
+        );
     }
 
     #[test]

@@ -245,6 +245,7 @@ impl Application {
         let purge = shutdown.child();
         purge.spawn(purge_idempotency_keys(store.clone(), purge.clone()));
         // Under the root like the purge: a run in flight ends at its next step.
+        crate::expiry::spawn(notifier.clone(), &shutdown.child());
         crate::retention::spawn(
             store.clone(),
             notifier,

@@ -12,6 +12,7 @@
 
 mod changes;
 mod group_commit;
+mod lifecycle;
 mod outbox;
 mod pg_rows;
 mod postgres;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use changes::{ChangeOutcome, Retracted};
+pub use lifecycle::{Expired, EXPIRY_BATCH};
 pub use outbox::{Outbox, OutboxChannel, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
 pub(crate) use preferences::PrefsCache;
@@ -190,6 +192,9 @@ pub struct Delivery {
     pub notification: Notification,
     /// The recipient's counters right after this notification committed.
     pub counts: Counts,
+    /// The recipient's unread notification with the same `collapse_key` that this one
+    /// replaced (deleted in the same transaction), announced as `changed` before it.
+    pub replaced: Option<Box<crate::domain::InboxChange>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -595,6 +600,7 @@ impl<'a> PreparedPublish<'a> {
             read_at: None,
             archived_at: None,
             topic: n.topic.as_ref().map(|t| t.as_str().to_owned()),
+            expires_at: n.expires_at,
         }
     }
 
@@ -618,6 +624,7 @@ impl<'a> PreparedPublish<'a> {
                     counts.seq,
                 ),
                 counts: *counts,
+                replaced: None,
             });
         }
         let mut by_user: std::collections::HashMap<&UserId, Receipt> = deliveries
