@@ -54,7 +54,7 @@ use uuid::Uuid;
 
 pub use changes::{ChangeOutcome, Retracted};
 pub use lifecycle::{Expired, EXPIRY_BATCH};
-pub use outbox::{Outbox, OutboxChannel, OutboxKind, OutboxRow};
+pub use outbox::{expires_at_of, Outbox, OutboxChannel, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
 pub(crate) use preferences::PrefsCache;
 pub use preferences::{NotificationTypeCount, StoredPreferences};
@@ -557,11 +557,17 @@ impl<'a> PreparedPublish<'a> {
             .push_skipped
             .binary_search_by(|u| u.as_str().cmp(user))
             .is_ok();
-        let mqtt = outbox::rows_for(n, counts, OutboxChannel::Mqtt)
+        let key = self
+            .cmd
+            .notification
+            .collapse_key
+            .as_ref()
+            .map(|k| k.as_str());
+        let mqtt = outbox::rows_for(n, counts, OutboxChannel::Mqtt, None)
             .into_iter()
             .filter(|(kind, _)| !(held || (muted && *kind == OutboxKind::Notification)))
             .map(|(kind, payload)| (OutboxChannel::Mqtt, kind, payload));
-        let push = outbox::rows_for(n, counts, OutboxChannel::WebPush)
+        let push = outbox::rows_for(n, counts, OutboxChannel::WebPush, key)
             .into_iter()
             .filter(|_| !push_skipped)
             .map(|(kind, payload)| (OutboxChannel::WebPush, kind, payload));
