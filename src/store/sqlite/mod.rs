@@ -271,19 +271,21 @@ impl SqliteStore {
                AND (x.expires_at IS NULL OR x.expires_at > ?4)
              ORDER BY i.seq {order} LIMIT ?3"
         );
-        // No read returns a copy past its time, even before the clean-up deletes it.
+        // No read returns a copy past its time, even before the clean-up deletes it; the
+        // counts below leave out the same copies (one `now` for both).
+        let now = format_time(&now_micros());
         let rows = sqlx::query(&sql)
             .bind(user.as_str())
             .bind(bound)
             .bind(i64::from(limit))
-            .bind(format_time(&now_micros()))
+            .bind(&now)
             .fetch_all(&mut *tx)
             .await?;
         let notifications = rows
             .iter()
             .map(|r| decode(r, &self.ids))
             .collect::<Result<Vec<_>, _>>()?;
-        let counts = counts(&mut tx, user).await?;
+        let counts = counts_at(&mut tx, user, &now).await?;
         tx.commit().await?;
         Ok(Page {
             notifications,
@@ -563,6 +565,15 @@ pub(super) async fn counts(
     conn: &mut sqlx::SqliteConnection,
     user: &UserId,
 ) -> Result<Counts, StoreError> {
+    counts_at(conn, user, &format_time(&now_micros())).await
+}
+
+/// The user's counters as of `now` (an RFC 3339 time as stored).
+async fn counts_at(
+    conn: &mut sqlx::SqliteConnection,
+    user: &UserId,
+    now: &str,
+) -> Result<Counts, StoreError> {
     // The stored counter, less the user's unread copies that expired but that the clean-up
     // has not deleted yet, so the count is exact at the second, like the list.
     let row = sqlx::query(
@@ -573,7 +584,7 @@ pub(super) async fn counts(
          FROM user_cursors c WHERE c.user_id = ?1",
     )
     .bind(user.as_str())
-    .bind(format_time(&now_micros()))
+    .bind(now)
     .fetch_optional(conn)
     .await?;
     Ok(match row {
