@@ -5,8 +5,8 @@
 //! trips over.
 
 use crate::domain::{
-    Body, FieldError, IdempotencyKey, Link, MarkRead, NewNotification, NotificationData,
-    NotificationType, Seq, Title, TopicName, UserId,
+    now_micros, parse_expiry, Body, CollapseKey, FieldError, IdempotencyKey, Link, MarkRead,
+    NewNotification, NotificationData, NotificationType, Seq, Title, TopicName, UserId,
 };
 use crate::store::{Idempotency, PublishCommand};
 use chrono::{DateTime, Utc};
@@ -17,7 +17,7 @@ use uuid::Uuid;
 /// At most this many distinct recipients per request.
 pub const MAX_RECIPIENTS: usize = 1000;
 
-const KNOWN_FIELDS: [&str; 8] = [
+const KNOWN_FIELDS: [&str; 11] = [
     "recipients",
     "topic",
     "type",
@@ -26,6 +26,9 @@ const KNOWN_FIELDS: [&str; 8] = [
     "data",
     "link",
     "critical",
+    "expires_at",
+    "ttl_seconds",
+    "collapse_key",
 ];
 
 /// The parser lives here rather than beside the type in `domain`: turning untrusted JSON
@@ -100,6 +103,30 @@ impl NewNotification {
             }
         };
 
+        let expires_at = optional_str(obj, "expires_at", &mut errors);
+        let ttl_seconds = match obj.get("ttl_seconds") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64().or_else(|| whole_f64(v)) {
+                Some(n) => Some(n),
+                None => {
+                    errors.push(FieldError::new(
+                        "ttl_seconds",
+                        "must be a whole number of seconds",
+                    ));
+                    None
+                }
+            },
+        };
+        let expires_at = parse_expiry(expires_at, ttl_seconds, now_micros())
+            .map_err(|(field, m)| errors.push(FieldError::new(field, m)))
+            .ok()
+            .flatten();
+        let collapse_key = optional_str(obj, "collapse_key", &mut errors).and_then(|s| {
+            CollapseKey::parse(s)
+                .map_err(|m| errors.push(FieldError::new("collapse_key", m)))
+                .ok()
+        });
+
         match (recipients, kind, title) {
             (Some(recipients), Some(kind), Some(title)) if errors.is_empty() => Ok(Self {
                 recipients,
@@ -110,6 +137,8 @@ impl NewNotification {
                 data,
                 link,
                 critical,
+                expires_at,
+                collapse_key,
             }),
             _ => Err(errors),
         }
@@ -346,6 +375,20 @@ pub fn publish_plan(
         Some(v) => parse_deliver_at(&v, now).map_err(|m| FieldError::new("deliver_at", m)),
     };
     let cmd = publish_command(service, key, &request);
+    // An absolute `expires_at` must leave the notification some life after it is delivered
+    // (a `ttl_seconds` counts from the delivery, so it always does).
+    let deliver_at = match (deliver_at, &cmd) {
+        (Ok(Some(at)), Ok(cmd))
+            if request.get("expires_at").is_some_and(|v| !v.is_null())
+                && cmd.notification.expires_at.is_some_and(|e| e <= at) =>
+        {
+            return Err(vec![FieldError::new(
+                "expires_at",
+                "must be after `deliver_at`: the notification would expire before it is delivered",
+            )]);
+        }
+        (deliver_at, _) => deliver_at,
+    };
     match (cmd, deliver_at) {
         (Ok(mut cmd), Ok(deliver_at)) => {
             if let Some(idem) = &mut cmd.idempotency {
@@ -489,6 +532,37 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_fields_name_themselves() {
+        let base = |extra: Value| {
+            let mut v = json!({"recipients": ["a"], "type": "a", "title": "t"});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            NewNotification::parse(&v)
+        };
+        let n = base(json!({"ttl_seconds": 60, "collapse_key": "chat:general"})).unwrap();
+        assert!(n.expires_at.is_some());
+        assert_eq!(n.collapse_key.unwrap().as_str(), "chat:general");
+        assert_eq!(fields(base(json!({"collapse_key": ""}))), ["collapse_key"]);
+        assert_eq!(
+            fields(base(json!({"collapse_key": "k".repeat(65)}))),
+            ["collapse_key"]
+        );
+        assert_eq!(
+            fields(base(json!({"expires_at": "2001-01-01T00:00:00Z"}))),
+            ["expires_at"]
+        );
+        assert_eq!(fields(base(json!({"expires_at": "soon"}))), ["expires_at"]);
+        assert_eq!(fields(base(json!({"ttl_seconds": "60"}))), ["ttl_seconds"]);
+        assert_eq!(
+            fields(base(
+                json!({"ttl_seconds": 60, "expires_at": "2999-01-01T00:00:00Z"})
+            )),
+            ["ttl_seconds"]
+        );
+    }
+
+    #[test]
     fn mark_read_takes_ids_or_up_to() {
         let id = Uuid::now_v7();
         assert_eq!(
@@ -571,6 +645,25 @@ mod tests {
             "the time is part of the request"
         );
         assert!(a.request.get("deliver_at").is_none());
+    }
+
+    #[test]
+    fn expires_at_must_come_after_deliver_at() {
+        let now = Utc::now();
+        let at = |h: i64| crate::domain::format_time(&(now + chrono::Duration::hours(h)));
+        let plan = |extra: Value| {
+            let mut body =
+                json!({"recipients": ["a"], "type": "a", "title": "t", "deliver_at": at(2)});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            publish_plan("s".into(), None, &body, now)
+        };
+        let errors = plan(json!({"expires_at": at(1)})).unwrap_err();
+        assert_eq!(errors[0].field, "expires_at");
+        assert!(plan(json!({"expires_at": at(3)})).is_ok());
+        // A TTL counts from the delivery.
+        assert!(plan(json!({"ttl_seconds": 60})).is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod bridges;
 pub mod bus;
 pub mod configuration;
 pub mod domain;
+pub mod expiry;
 pub mod grpc;
 pub mod http;
 pub mod hub;

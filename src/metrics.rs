@@ -52,6 +52,8 @@ pub struct Metrics {
     connections: Family<TransportLabel, Gauge>,
     pub published: Counter,
     pub delivered: Counter,
+    /// Notifications deleted because their `expires_at` passed (one per recipient).
+    pub expired: Counter,
     pub latency: Histogram,
     pub bus_reconnects: Counter,
     pub slow_consumers: Counter,
@@ -344,6 +346,12 @@ impl Metrics {
         let connections = Family::<TransportLabel, Gauge>::default();
         let published = Counter::default();
         let delivered = Counter::default();
+        let expired = Counter::default();
+        registry.register(
+            "notifications_expired",
+            "Notifications deleted because their expiry passed (one per recipient)",
+            expired.clone(),
+        );
         // 0.5 ms to ~16 s: local delivery is sub-millisecond, cross-replica a few ms.
         let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
             0.0005, 2.0, 16,
@@ -435,6 +443,7 @@ impl Metrics {
             m
         });
         Self {
+            expired,
             mqtt,
             webpush,
             retention,

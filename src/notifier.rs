@@ -4,7 +4,7 @@
 //! a notification that a crash could still undo.
 
 use crate::bus::{Bus, BusState};
-use crate::domain::{ChangeKind, Event, MarkRead, Preferences, UserId};
+use crate::domain::{ChangeKind, Counts, Event, MarkRead, Preferences, UserId};
 use crate::metrics::Metrics;
 use crate::store::{
     ChangeOutcome, Delivery, PublishCommand, PublishOutcome, ReadOutcome, Retracted, Store,
@@ -108,12 +108,20 @@ impl Notifier {
             let committed_at_us = chrono::Utc::now().timestamp_micros();
             let deliveries = std::mem::take(&mut outcome.deliveries);
             self.metrics.published.inc_by(deliveries.len() as u64);
-            self.bus.publish(
-                deliveries
-                    .into_iter()
-                    .map(|d| committed(d, committed_at_us))
-                    .collect(),
-            );
+            let mut events = Vec::with_capacity(deliveries.len());
+            for mut d in deliveries {
+                // A collapse: the replaced notification is announced as deleted first, so a
+                // client that follows `changed` never shows both (see `replaced_counts`).
+                if let Some(change) = d.replaced.take() {
+                    events.push(Event::Changed {
+                        user: d.recipient.clone(),
+                        change,
+                        counts: replaced_counts(&d.counts),
+                    });
+                }
+                events.push(committed(d, committed_at_us));
+            }
+            self.bus.publish(events);
         }
         Ok(outcome)
     }
@@ -279,6 +287,35 @@ impl Notifier {
         Ok(Some(reached))
     }
 
+    /// One expiry step (see `Store::expire_due`), announced like a retraction: each user's
+    /// connections get a `changed` event with the deleted ids and seqs. Returns how many due
+    /// rows it took (fewer than `batch`: nothing more is due).
+    pub async fn expire_due(&self, batch: u32) -> Result<u64, StoreError> {
+        let expired = self.store.expire_due(batch).await?;
+        if !expired.retracted.is_empty() {
+            self.metrics.expired.inc_by(
+                expired
+                    .retracted
+                    .iter()
+                    .map(|r| r.outcome.change.ids.len() as u64)
+                    .sum(),
+            );
+            self.bus.publish(
+                expired
+                    .retracted
+                    .into_iter()
+                    .filter(|r| !r.outcome.change.ids.is_empty())
+                    .map(|Retracted { user, outcome }| Event::Changed {
+                        user,
+                        change: Box::new(outcome.change),
+                        counts: outcome.counts,
+                    })
+                    .collect(),
+            );
+        }
+        Ok(expired.due)
+    }
+
     /// Replaces a user's preferences (see `Store::put_preferences`) and tells every
     /// connection of the user, on every replica, so each open settings page follows.
     pub async fn put_preferences(
@@ -301,6 +338,17 @@ impl Notifier {
 
     pub fn bus_state(&self) -> BusState {
         self.bus.state()
+    }
+}
+
+/// The counters between a collapse's deletion and its new notification: the commit took the
+/// replaced one off (`unread - 1`, `version + 1`) and then added the new one (`unread + 1`,
+/// `version + 1`, `seq + 1`), so one step back from the counters after it.
+fn replaced_counts(after: &Counts) -> Counts {
+    Counts {
+        unread: after.unread - 1,
+        seq: after.seq.plus(-1),
+        version: after.version - 1,
     }
 }
 

@@ -142,11 +142,28 @@ impl Scheduler {
     }
 
     async fn deliver(&self, due: DueSchedule) -> Result<(), StoreError> {
-        let Some(notification) = serde_json::from_str(&due.request)
-            .ok()
-            .and_then(|body| NewNotification::parse(&body).ok())
-        else {
-            return self.set_aside(due.id).await;
+        let body: Option<serde_json::Value> = serde_json::from_str(&due.request).ok();
+        let notification = match body.as_ref().map(NewNotification::parse) {
+            Some(Ok(n)) => n,
+            // Its `expires_at` passed while it waited (an outage, a backlog): it would be gone
+            // at once, so it is done without being published, never retried for ever.
+            Some(Err(errors)) if expired_while_waiting(body.as_ref(), &errors) => {
+                tracing::info!(schedule = %due.id, "a scheduled notification expired before it could be delivered; dropped");
+                return self
+                    .store
+                    .claim_schedule(&ScheduleClaim {
+                        id: due.id,
+                        after: due.topic_after.clone(),
+                        next: due.topic_after,
+                        done: true,
+                    })
+                    .await
+                    .or_else(|e| match e {
+                        StoreError::ScheduleGone => Ok(()),
+                        e => Err(e),
+                    });
+            }
+            _ => return self.set_aside(due.id).await,
         };
         let result = match &notification.topic {
             None => {
@@ -220,5 +237,34 @@ impl Scheduler {
             }
             cursor = Some(last);
         }
+    }
+}
+
+/// `true` when the only thing wrong with a stored request is that its `expires_at` has passed.
+fn expired_while_waiting(
+    body: Option<&serde_json::Value>,
+    errors: &[crate::domain::FieldError],
+) -> bool {
+    let passed = body
+        .and_then(|b| b.get("expires_at"))
+        .and_then(|v| v.as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t <= Utc::now());
+    passed && !errors.is_empty() && errors.iter().all(|e| e.field == "expires_at")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_a_passed_expiry_is_dropped() {
+        let past = json!({"recipients": ["a"], "type": "a", "title": "t", "expires_at": "2001-01-01T00:00:00Z"});
+        let errors = NewNotification::parse(&past).unwrap_err();
+        assert!(expired_while_waiting(Some(&past), &errors));
+        let broken = json!({"recipients": ["a"], "type": "a", "title": "", "expires_at": "2001-01-01T00:00:00Z"});
+        let errors = NewNotification::parse(&broken).unwrap_err();
+        assert!(!expired_while_waiting(Some(&broken), &errors));
     }
 }

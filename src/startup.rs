@@ -248,6 +248,7 @@ impl Application {
         // Under the root like the purge: a delivery in flight ends at its commit.
         crate::scheduler::spawn(store.clone(), notifier.clone(), &shutdown.child());
         // Under the root like the purge: a run in flight ends at its next step.
+        crate::expiry::spawn(notifier.clone(), &shutdown.child());
         crate::retention::spawn(
             store.clone(),
             notifier,

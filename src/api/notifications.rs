@@ -101,6 +101,20 @@ macro_rules! publish_body {
             /// A topic's subscribers are read at that time, not when scheduled.
             #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-24T09:00:00Z")]
             deliver_at: Option<String>,
+            /// When it leaves every recipient's inbox, unread count and replay (announced as a
+            /// `changed` event, like a retraction): an RFC 3339 time in the future, at most 366
+            /// days ahead. Not with `ttl_seconds`.
+            #[schema(format = DateTime, example = "2026-12-24T18:00:00Z")]
+            expires_at: Option<String>,
+            /// `expires_at` as seconds from now: 1 to 31622400 (366 days). Not with `expires_at`.
+            #[schema(minimum = 1, maximum = 31622400, example = 3600)]
+            ttl_seconds: Option<i64>,
+            /// 1 to 64 characters. Replaces each recipient's unread notification from the same
+            /// service with the same key (deleted, announced as `changed`); the unread count
+            /// rises only when nothing was replaced. A read one is kept. Web Push uses it as
+            /// the push's `Topic`.
+            #[schema(min_length = 1, max_length = 64, example = "chat:general")]
+            collapse_key: Option<String>,
         }
     };
 }

@@ -7,6 +7,7 @@
 
 mod event;
 mod inbox;
+mod lifecycle;
 mod notification;
 mod notification_id;
 mod preferences;
@@ -17,6 +18,9 @@ mod user_id;
 
 pub use event::Event;
 pub use inbox::{ChangeKind, Counts, InboxChange, MarkRead, Page};
+pub use lifecycle::{
+    parse_expiry, remaining_seconds, CollapseKey, MAX_COLLAPSE_KEY, MAX_LIFETIME_DAYS,
+};
 pub use notification::{format_time, now_micros, serialize_time, Cursor, Notification, Seq};
 pub use notification_id::{IdKey, NotificationId};
 pub use preferences::{

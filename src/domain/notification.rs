@@ -108,6 +108,15 @@ pub struct Notification {
     /// The topic it was published to; absent for a publish to named recipients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// When it leaves the inbox (its publisher set `expires_at` or `ttl_seconds`); absent
+    /// when it does not expire. No read returns it after this time.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_opt"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// One timestamp format everywhere, with microseconds: both databases keep exactly that
@@ -163,6 +172,7 @@ mod tests {
             read_at: None,
             archived_at: None,
             topic: None,
+            expires_at: None,
         };
         let v = serde_json::to_value(&n).unwrap();
         assert_eq!(v["type"], "order.shipped");

@@ -1,6 +1,8 @@
 //! A publish that passed validation, and the per-field report of one that did not.
 
-use super::{Body, Link, NotificationData, NotificationType, Title, TopicName, UserId};
+use super::{
+    Body, CollapseKey, Link, NotificationData, NotificationType, Title, TopicName, UserId,
+};
 use serde::Serialize;
 
 /// One problem with one field of the input, as reported in a problem's `errors` list.
@@ -35,4 +37,15 @@ pub struct NewNotification {
     /// Passes every mute and quiet hours of the recipients' preferences (security, billing).
     /// Only services publish, so only a service token can set it.
     pub critical: bool,
+    /// When it leaves every recipient's inbox, unread count and replay (issue 26).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Replaces the recipient's unread notification from the same service with this key.
+    pub collapse_key: Option<CollapseKey>,
+}
+
+impl NewNotification {
+    /// Whether its commit does more than the plain publish: expiry rows, or a replacement.
+    pub fn has_lifecycle(&self) -> bool {
+        self.expires_at.is_some() || self.collapse_key.is_some()
+    }
 }

@@ -90,6 +90,17 @@ pub fn publish_body(r: &proto::PublishRequest) -> Value {
     if let Some(data) = &r.data {
         body.insert("data".into(), struct_to_json(data));
     }
+    for (field, value) in [
+        ("expires_at", &r.expires_at),
+        ("collapse_key", &r.collapse_key),
+    ] {
+        if let Some(v) = value {
+            body.insert(field.into(), Value::String(v.clone()));
+        }
+    }
+    if let Some(ttl) = r.ttl_seconds {
+        body.insert("ttl_seconds".into(), ttl.into());
+    }
     Value::Object(body)
 }
 
@@ -136,6 +147,7 @@ pub fn notification(n: &Notification) -> proto::Notification {
         read_at: n.read_at.as_ref().map(format_time),
         topic: n.topic.clone(),
         archived_at: n.archived_at.as_ref().map(format_time),
+        expires_at: n.expires_at.as_ref().map(format_time),
     }
 }
 

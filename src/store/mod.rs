@@ -12,6 +12,7 @@
 
 mod changes;
 mod group_commit;
+mod lifecycle;
 mod outbox;
 mod pg_rows;
 mod postgres;
@@ -53,7 +54,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use changes::{ChangeOutcome, Retracted};
-pub use outbox::{Outbox, OutboxChannel, OutboxKind, OutboxRow};
+pub use lifecycle::{Expired, EXPIRY_BATCH};
+pub use outbox::{expires_at_of, Outbox, OutboxChannel, OutboxKind, OutboxRow};
 pub use postgres::PgStore;
 pub(crate) use preferences::PrefsCache;
 pub use preferences::{NotificationTypeCount, StoredPreferences};
@@ -205,6 +207,9 @@ pub struct Delivery {
     pub notification: Notification,
     /// The recipient's counters right after this notification committed.
     pub counts: Counts,
+    /// The recipient's unread notification with the same `collapse_key` that this one
+    /// replaced (deleted in the same transaction), announced as `changed` before it.
+    pub replaced: Option<Box<crate::domain::InboxChange>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -639,11 +644,17 @@ impl<'a> PreparedPublish<'a> {
                 .push_held
                 .binary_search_by(|(u, _)| u.as_str().cmp(user))
                 .is_ok();
-        let mqtt = outbox::rows_for(n, counts, OutboxChannel::Mqtt)
+        let key = self
+            .cmd
+            .notification
+            .collapse_key
+            .as_ref()
+            .map(|k| k.as_str());
+        let mqtt = outbox::rows_for(n, counts, OutboxChannel::Mqtt, None)
             .into_iter()
             .filter(|(kind, _)| !(held || (muted && *kind == OutboxKind::Notification)))
             .map(|(kind, payload)| (OutboxChannel::Mqtt, kind, payload));
-        let push = outbox::rows_for(n, counts, OutboxChannel::WebPush)
+        let push = outbox::rows_for(n, counts, OutboxChannel::WebPush, key)
             .into_iter()
             .filter(|_| !push_skipped)
             .map(|(kind, payload)| (OutboxChannel::WebPush, kind, payload));
@@ -691,6 +702,7 @@ impl<'a> PreparedPublish<'a> {
             read_at: None,
             archived_at: None,
             topic: n.topic.as_ref().map(|t| t.as_str().to_owned()),
+            expires_at: n.expires_at,
         }
     }
 
@@ -714,6 +726,7 @@ impl<'a> PreparedPublish<'a> {
                     counts.seq,
                 ),
                 counts: *counts,
+                replaced: None,
             });
         }
         let mut by_user: std::collections::HashMap<&UserId, Receipt> = deliveries

@@ -161,6 +161,7 @@ pub(crate) fn rows_for(
     n: &Notification,
     counts: &Counts,
     channel: OutboxChannel,
+    collapse_key: Option<&str>,
 ) -> Vec<(OutboxKind, String)> {
     match channel {
         OutboxChannel::Mqtt => vec![
@@ -174,10 +175,26 @@ pub(crate) fn rows_for(
             let mut v = serde_json::to_value(n).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.insert("unread".into(), json!(counts.unread));
+                // The push's `Topic` (a newer push with it replaces one still undelivered).
+                if let Some(k) = collapse_key {
+                    o.insert("collapse_key".into(), json!(k));
+                }
             }
             vec![(OutboxKind::Notification, v.to_string())]
         }
     }
+}
+
+/// The `expires_at` a notification row carries (issue 26), if any: a bridge drops a row
+/// past it, and tells a push service how long the rest may wait.
+pub fn expires_at_of(payload: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Expiring {
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    }
+    serde_json::from_str::<Expiring>(payload)
+        .ok()
+        .and_then(|e| e.expires_at)
 }
 
 /// `version` grows with every change to the counters (publish and read alike), so a

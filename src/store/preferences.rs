@@ -383,7 +383,7 @@ pub(crate) fn release_rows(
     channel: super::OutboxChannel,
 ) -> Vec<(super::OutboxKind, String)> {
     match newest {
-        Some(n) => super::outbox::rows_for(n, counts, channel),
+        Some(n) => super::outbox::rows_for(n, counts, channel, None),
         None => vec![(
             super::OutboxKind::Unread,
             super::outbox::unread_payload(counts),

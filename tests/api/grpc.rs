@@ -1043,7 +1043,55 @@ async fn grpc_resubscribing_from_the_cursor_while_publishing_loses_and_repeats_n
     assert_eq!(app.unread("racer").await["seq"], RACE_NOTIFICATIONS);
 }
 
+/// `expires_at` / `ttl_seconds` and `collapse_key` (issue 26) as REST takes them: the same
+/// rules, the same field names, and the expiry shown on the notification.
+async fn grpc_publish_takes_expiry_and_collapse_key(b: Backend) {
+    let app = spawn_app(b).await;
+    let mut c = client(&app).await;
+    let billing = service_token("billing");
+    let mut req = publish_req(&["alice"]);
+    req.ttl_seconds = Some(60);
+    req.collapse_key = Some("chat:general".into());
+    for _ in 0..2 {
+        c.publish(authed(&billing, req.clone()))
+            .await
+            .expect("publish");
+    }
+    let page = app.list("alice", "?after=0").await;
+    assert_eq!(crate::helpers::seqs(&page), [2], "{page}");
+    assert!(page["notifications"][0]["expires_at"].is_string(), "{page}");
+    assert_eq!(page["unread"], 1);
+    for (bad, field) in [
+        (
+            proto::PublishRequest {
+                collapse_key: Some(String::new()),
+                ..publish_req(&["alice"])
+            },
+            "collapse_key",
+        ),
+        (
+            proto::PublishRequest {
+                expires_at: Some("yesterday".into()),
+                ..publish_req(&["alice"])
+            },
+            "expires_at",
+        ),
+        (
+            proto::PublishRequest {
+                ttl_seconds: Some(0),
+                ..publish_req(&["alice"])
+            },
+            "ttl_seconds",
+        ),
+    ] {
+        let err = c.publish(authed(&billing, bad)).await.expect_err("invalid");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(fields(&err), [field]);
+    }
+}
+
 crate::both_backends!(
+    grpc_publish_takes_expiry_and_collapse_key,
     grpc_every_method_with_rest_semantics,
     grpc_validation_names_every_field,
     grpc_tokens_follow_the_rest_rules,

@@ -15,6 +15,7 @@ mod head;
 mod idempotency;
 mod inbox;
 mod jsonp;
+mod lifecycle;
 mod live;
 mod migrate;
 mod mqtt;

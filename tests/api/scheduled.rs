@@ -223,6 +223,16 @@ async fn bad_input_is_named(b: Backend) {
     assert_eq!(status, 422);
     assert_eq!(problem_fields(&problem), ["title", "deliver_at"]);
 
+    // It would expire before it is delivered.
+    let mut early = at(&["alice"], Utc::now() + chrono::Duration::hours(2));
+    early["expires_at"] = json!(rfc3339(Utc::now() + chrono::Duration::hours(1)));
+    let (status, problem) = post(&app, &token, &early, None).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem_fields(&problem), ["expires_at"]);
+    early["expires_at"] = json!(rfc3339(Utc::now() + chrono::Duration::hours(3)));
+    let (status, problem) = post(&app, &token, &early, None).await;
+    assert_eq!(status, 202, "{problem}");
+
     let future = at(&["alice"], Utc::now() + chrono::Duration::hours(1));
     let (status, problem) = post(&app, &user_token("alice"), &future, None).await;
     assert_eq!(status, 403, "{problem}");

@@ -359,8 +359,15 @@ fn plan(rows: &[OutboxRow]) -> (Vec<&OutboxRow>, Vec<i64>) {
     }
     let mut publish = Vec::with_capacity(rows.len());
     let mut redundant = Vec::new();
+    let now = Utc::now();
     for r in rows {
         if r.kind == OutboxKind::Unread && newest_unread.get(r.user.as_str()) != Some(&r.id) {
+            redundant.push(r.id);
+        } else if r.kind == OutboxKind::Notification
+            && crate::store::expires_at_of(&r.payload).is_some_and(|t| t <= now)
+        {
+            // The bridge speaks MQTT 3.1.1, which has no message expiry: a notification
+            // past its `expires_at` is dropped here instead of reaching the broker.
             redundant.push(r.id);
         } else {
             publish.push(r);

@@ -393,10 +393,21 @@ async fn send_queue(
                 continue;
             }
         };
+        // An expiring notification is kept by the push service only for the time it has
+        // left, and one already past is not sent at all.
+        let now = chrono::Utc::now();
+        let ttl = match push.expires_at {
+            Some(t) => limits.ttl.min(crate::domain::remaining_seconds(t, now)),
+            None => limits.ttl,
+        };
+        if push.expires_at.is_some_and(|t| t <= now) {
+            out.done.push(row.id);
+            continue;
+        }
         let sent_at = Instant::now();
         let answer = http
             .post(&target.endpoint)
-            .header("TTL", limits.ttl.to_string())
+            .header("TTL", ttl.to_string())
             .header("Urgency", push.urgency.as_str())
             .header("Topic", push.topic.as_str())
             .header("Content-Encoding", "aes128gcm")

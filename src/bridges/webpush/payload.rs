@@ -52,6 +52,8 @@ pub struct Push {
     /// Replaces an undelivered push with the same topic at the push service: at most 32
     /// characters of the base64url alphabet.
     pub topic: String,
+    /// When the notification expires (issue 26): the push's `TTL` is the time left.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The push for a notification row (the notification's JSON with `unread` in it).
@@ -80,11 +82,16 @@ pub fn notification(row: &str) -> Option<Push> {
             p.insert(key.into(), v.clone());
         }
     }
+    let topic = match n.get("collapse_key").and_then(Value::as_str) {
+        Some(key) => collapse_topic(key),
+        None => topic_of(&id),
+    };
     let body = fit(p)?;
     Some(Push {
         body,
         urgency,
-        topic: topic_of(&id),
+        topic,
+        expires_at: crate::store::expires_at_of(row),
     })
 }
 
@@ -101,7 +108,17 @@ pub fn badge(row: &str) -> Option<Push> {
         body: body.to_string().into_bytes(),
         urgency: Urgency::Normal,
         topic: "unread".into(),
+        expires_at: None,
     })
+}
+
+/// A `collapse_key` as a Topic: any key of 1 to 64 characters maps to 32 characters of the
+/// base64url alphabet (the first 24 bytes of its SHA-256), the most RFC 8030 allows.
+pub fn collapse_topic(key: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..24])
 }
 
 /// The notification id without its dashes: 32 hex digits, within the Topic alphabet.
@@ -161,6 +178,23 @@ mod tests {
                "title": "Hello", "body": body, "link": "/x", "data": {"priority": "high"},
                "unread": 3})
         .to_string()
+    }
+
+    #[test]
+    fn a_collapse_key_becomes_a_topic_within_the_grammar() {
+        for key in ["a", "chat:#general", &"é".repeat(64)] {
+            let t = collapse_topic(key);
+            assert_eq!(t.len(), 32);
+            assert!(t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        }
+        assert_eq!(collapse_topic("x"), collapse_topic("x"));
+        assert_ne!(collapse_topic("x"), collapse_topic("y"));
+        let row = r#"{"id":"0190a0b2-7c3e-7f00-8000-000000000001","seq":1,"title":"t","collapse_key":"k","expires_at":"2030-01-01T00:00:00Z"}"#;
+        let p = notification(row).unwrap();
+        assert_eq!(p.topic, collapse_topic("k"));
+        assert!(p.expires_at.is_some());
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl PgStore {
 /// Deletes the messages no inbox row refers to any more. Each is locked first, so of two
 /// users deleting the last two copies at once the second to lock sees the first's delete
 /// committed and drops the message.
-async fn drop_unreferenced_messages(
+pub(super) async fn drop_unreferenced_messages(
     tx: &mut sqlx::PgConnection,
     messages: &[i64],
 ) -> Result<(), StoreError> {

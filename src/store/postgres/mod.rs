@@ -5,6 +5,7 @@
 //! arrays. A transaction that loses a deadlock or serialization race is retried whole.
 
 mod changes;
+pub(super) mod lifecycle;
 
 use super::group_commit::GroupCommit;
 use super::outbox::{unread_payload, OutboxChannel};
@@ -49,8 +50,13 @@ const LEASE_TIMEOUT: &str = "60s";
 /// A notification as the inbox shows it: the recipient's row joined to its message.
 pub(super) const COLUMNS: &str =
     "i.seq, i.message_id, i.ordinal, i.legacy_id, i.read_at, i.archived_at,
-     m.type, m.title, m.body, m.data, m.link, m.created_at, m.topic";
-pub(super) const FROM: &str = "inbox i JOIN messages m ON m.id = i.message_id";
+     m.type, m.title, m.body, m.data, m.link, m.created_at, m.topic, x.expires_at";
+/// With the copy's expiry, if it has one (a primary-key lookup; see [`ALIVE`]).
+pub(super) const FROM: &str = "inbox i JOIN messages m ON m.id = i.message_id
+     LEFT JOIN inbox_expiry x ON x.user_id = i.user_id AND x.seq = i.seq";
+/// Leaves out copies whose time has passed but that the clean-up has not deleted yet: no
+/// read returns an expired notification (issue 26).
+pub(super) const ALIVE: &str = "(x.expires_at IS NULL OR x.expires_at > now())";
 const ATTEMPTS: usize = 5;
 
 impl PgStore {
@@ -116,8 +122,12 @@ impl PgStore {
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {
         // Idempotent and scheduled publishes take the single-request path: the claim of the
-        // key or the schedule row must be in the publish's own transaction.
-        if cmd.idempotency.is_none() && cmd.schedule.is_none() {
+        // key or the schedule row must be in the publish's own transaction. So do expiring and
+        // collapsing ones: a collapse deletes and counts under the recipients' cursor locks
+        // before it can answer, which the group commit's single statement does not express
+        // (see `lifecycle`).
+        if cmd.idempotency.is_none() && cmd.schedule.is_none() && !cmd.notification.has_lifecycle()
+        {
             return self.group.publish(cmd).await;
         }
         retrying(|| self.try_publish(cmd)).await
@@ -262,7 +272,9 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
 
-        let outcome = prep.outcome(message, &bumped)?;
+        let replaced = lifecycle::apply(&mut tx, cmd, &users, &seqs, &mut bumped).await?;
+        let mut outcome = prep.outcome(message, &bumped)?;
+        super::lifecycle::attach(&self.ids, &mut outcome, replaced)?;
         if self.outbox.is_on() {
             let mut rows = OutboxColumns::default();
             for d in &outcome.deliveries {
@@ -332,7 +344,7 @@ impl PgStore {
             ""
         };
         let sql = format!(
-            "SELECT {COLUMNS} FROM {FROM} WHERE i.user_id = $1 AND {filter} {unread_filter}
+            "SELECT {COLUMNS} FROM {FROM} WHERE i.user_id = $1 AND {filter} {unread_filter} AND {ALIVE}
              ORDER BY i.seq {order} LIMIT $3"
         );
         let rows = sqlx::query(&sql)
@@ -669,10 +681,19 @@ pub(super) async fn counts(
     conn: &mut sqlx::PgConnection,
     user: &UserId,
 ) -> Result<Counts, StoreError> {
-    let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = $1")
-        .bind(user.as_str())
-        .fetch_optional(conn)
-        .await?;
+    // The stored counter, less the user's unread copies that expired but that the clean-up
+    // has not deleted yet (a few at most: it runs every half second), so the count is exact
+    // at the second, like the list.
+    let row = sqlx::query(
+        "SELECT c.unread - (SELECT count(*) FROM inbox_expiry x JOIN inbox i
+                              ON i.user_id = x.user_id AND i.seq = x.seq
+                            WHERE x.user_id = $1 AND x.expires_at <= now() AND i.read_at IS NULL),
+                c.last_seq, c.version
+         FROM user_cursors c WHERE c.user_id = $1",
+    )
+    .bind(user.as_str())
+    .fetch_optional(conn)
+    .await?;
     Ok(match row {
         Some(r) => Counts {
             unread: r.try_get(0)?,
@@ -703,6 +724,7 @@ pub(super) fn decode(row: &PgRow, key: &IdKey) -> Result<Notification, StoreErro
         read_at: row.try_get("read_at")?,
         topic: row.try_get("topic")?,
         archived_at: row.try_get("archived_at")?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 

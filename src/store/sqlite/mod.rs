@@ -6,6 +6,7 @@
 //! pool and, in WAL mode, never wait for the writer.
 
 mod changes;
+pub(super) mod lifecycle;
 
 use super::outbox::{unread_payload, OutboxChannel};
 use super::{
@@ -33,8 +34,10 @@ pub struct SqliteStore {
 /// A notification as the inbox shows it: the recipient's row joined to its message.
 pub(super) const COLUMNS: &str =
     "i.seq, i.message_id, i.ordinal, i.legacy_id, i.read_at, i.archived_at,
-     m.type, m.title, m.body, m.data, m.link, m.created_at, m.topic";
-pub(super) const FROM: &str = "inbox i JOIN messages m ON m.id = i.message_id";
+     m.type, m.title, m.body, m.data, m.link, m.created_at, m.topic, x.expires_at";
+/// With the copy's expiry, if it has one (a primary-key lookup).
+pub(super) const FROM: &str = "inbox i JOIN messages m ON m.id = i.message_id
+     LEFT JOIN inbox_expiry x ON x.user_id = i.user_id AND x.seq = i.seq";
 
 impl SqliteStore {
     pub async fn connect(
@@ -158,6 +161,7 @@ impl SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let mut bumped = Vec::with_capacity(prep.rows.len());
+        let mut replaced = super::lifecycle::Replaced::new();
         for (user, ordinal) in &prep.rows {
             let row = sqlx::query(
                 "INSERT INTO user_cursors (user_id, last_seq, unread, version) VALUES (?1, 1, 1, 1)
@@ -182,6 +186,12 @@ impl SqliteStore {
             .bind(i64::from(*ordinal))
             .execute(&mut *tx)
             .await?;
+            let mut counts = counts;
+            if let Some(r) =
+                lifecycle::apply(&mut tx, cmd, user.as_str(), counts.seq, &mut counts).await?
+            {
+                replaced.insert(user.as_str().to_owned(), r);
+            }
             if self.outbox.is_on() {
                 let id = PreparedPublish::id(&self.ids, message, *ordinal, counts.seq)?;
                 for (channel, kind, payload) in
@@ -199,7 +209,8 @@ impl SqliteStore {
             let holds = super::preferences::holds(std::iter::once(&prep), channel);
             Self::record_holds(&mut tx, channel, &holds).await?;
         }
-        let outcome = prep.outcome(message, &bumped)?;
+        let mut outcome = prep.outcome(message, &bumped)?;
+        super::lifecycle::attach(&self.ids, &mut outcome, replaced)?;
         self.finish_idempotency(&mut tx, cmd, &outcome).await?;
         tx.commit().await?;
         self.outbox.poke();
@@ -260,19 +271,24 @@ impl SqliteStore {
         };
         let sql = format!(
             "SELECT {COLUMNS} FROM {FROM} WHERE i.user_id = ?1 AND {filter} {unread_filter}
+               AND (x.expires_at IS NULL OR x.expires_at > ?4)
              ORDER BY i.seq {order} LIMIT ?3"
         );
+        // No read returns a copy past its time, even before the clean-up deletes it; the
+        // counts below leave out the same copies (one `now` for both).
+        let now = format_time(&now_micros());
         let rows = sqlx::query(&sql)
             .bind(user.as_str())
             .bind(bound)
             .bind(i64::from(limit))
+            .bind(&now)
             .fetch_all(&mut *tx)
             .await?;
         let notifications = rows
             .iter()
             .map(|r| decode(r, &self.ids))
             .collect::<Result<Vec<_>, _>>()?;
-        let counts = counts(&mut tx, user).await?;
+        let counts = counts_at(&mut tx, user, &now).await?;
         tx.commit().await?;
         Ok(Page {
             notifications,
@@ -552,10 +568,28 @@ pub(super) async fn counts(
     conn: &mut sqlx::SqliteConnection,
     user: &UserId,
 ) -> Result<Counts, StoreError> {
-    let row = sqlx::query("SELECT unread, last_seq, version FROM user_cursors WHERE user_id = ?1")
-        .bind(user.as_str())
-        .fetch_optional(conn)
-        .await?;
+    counts_at(conn, user, &format_time(&now_micros())).await
+}
+
+/// The user's counters as of `now` (an RFC 3339 time as stored).
+async fn counts_at(
+    conn: &mut sqlx::SqliteConnection,
+    user: &UserId,
+    now: &str,
+) -> Result<Counts, StoreError> {
+    // The stored counter, less the user's unread copies that expired but that the clean-up
+    // has not deleted yet, so the count is exact at the second, like the list.
+    let row = sqlx::query(
+        "SELECT c.unread - (SELECT count(*) FROM inbox_expiry x JOIN inbox i
+                              ON i.user_id = x.user_id AND i.seq = x.seq
+                            WHERE x.user_id = ?1 AND x.expires_at <= ?2 AND i.read_at IS NULL),
+                c.last_seq, c.version
+         FROM user_cursors c WHERE c.user_id = ?1",
+    )
+    .bind(user.as_str())
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
     Ok(match row {
         Some(r) => Counts {
             unread: r.try_get(0)?,
@@ -602,6 +636,11 @@ pub(super) fn decode(row: &SqliteRow, key: &IdKey) -> Result<Notification, Store
             .transpose()
             .map_err(|e| bad(Box::new(e)))?,
         topic: row.try_get("topic")?,
+        expires_at: row
+            .try_get::<Option<String>, _>("expires_at")?
+            .map(|t| parse_time(&t))
+            .transpose()
+            .map_err(|e| bad(Box::new(e)))?,
         archived_at: archived_at
             .map(|t| parse_time(&t))
             .transpose()
