@@ -107,13 +107,18 @@ macro_rules! publish_body {
             #[schema(format = DateTime, example = "2026-12-24T18:00:00Z")]
             expires_at: Option<String>,
             /// `expires_at` as seconds from now: 1 to 31622400 (366 days). Not with `expires_at`.
-            #[schema(minimum = 1, maximum = 31622400, example = 3600)]
+            #[schema(minimum = 1, maximum = 31622400)]
             ttl_seconds: Option<i64>,
-            /// 1 to 64 characters. Replaces each recipient's unread notification from the same
+            /// 1 to 64 characters, no control characters. Replaces each recipient's unread notification from the same
             /// service with the same key (deleted, announced as `changed`); the unread count
             /// rises only when nothing was replaced. A read one is kept. Web Push uses it as
             /// the push's `Topic`.
-            #[schema(min_length = 1, max_length = 64, example = "chat:general")]
+            #[schema(
+                min_length = 1,
+                max_length = 64,
+                pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+                example = "chat:general"
+            )]
             collapse_key: Option<String>,
         }
     };

@@ -22,7 +22,9 @@ a 422 by design ("use a new key for a new request"). A positive publish's `deliv
 RFC 3339 time by the document, at most 366 days ahead by the server; 422 naming it beyond) is
 written the one way the server reads, and moved to an hour from now when it is later than that
 or is not a time Python reads: the
-scheduled path (202) is still exercised, and the limit is checked by tests/api/scheduled.rs. And the long poll waits up to `timeout` seconds for news: valid polls ask for 1 second, so the
+scheduled path (202) is still exercised, and the limit is checked by tests/api/scheduled.rs.
+Its `expires_at` likewise is moved after the delivery when it is not (and `ttl_seconds`, which
+may not come with it, dropped): tests/api/lifecycle.rs checks those rules. And the long poll waits up to `timeout` seconds for news: valid polls ask for 1 second, so the
 run spends its time on requests, not on waiting.
 """
 
@@ -96,12 +98,32 @@ def _deliver_at(text):
     return at.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _expires_at(text, deliver_at):
+    """The time as the server reads it, moved to two hours after the delivery (now, or
+    `deliver_at`) when Python cannot read it, it has no offset, it is not after the delivery
+    or it is past the server's limit: the document cannot say "in the future" or "after
+    `deliver_at`", or "not with `ttl_seconds`" (the positive case keeps `expires_at`)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start = now
+    if deliver_at is not None:
+        start = max(now, datetime.datetime.fromisoformat(deliver_at.replace("Z", "+00:00")))
+    try:
+        at = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None or at <= start + datetime.timedelta(minutes=1) or at > now + datetime.timedelta(days=365):
+        at = start + datetime.timedelta(hours=2)
+    return at.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 @schemathesis.hook
 def map_case(ctx, case):
     if case.operation.path == "/v1/notifications" and case.operation.method.upper() == "POST" and _positive(case):
         body = case.body if isinstance(case.body, dict) else None
         if body is not None and body.get("deliver_at") is not None:
-            case.body = {**body, "deliver_at": _deliver_at(body["deliver_at"])}
+            case.body = body = {**body, "deliver_at": _deliver_at(body["deliver_at"])}
+        if body is not None and body.get("expires_at") is not None:
+            case.body = {**body, "ttl_seconds": None, "expires_at": _expires_at(body["expires_at"], body.get("deliver_at"))}
         headers = dict(case.headers or {})
         for name in [k for k in headers if k.lower() == "idempotency-key"]:
             headers[name] = str(uuid.uuid4())
