@@ -1,6 +1,6 @@
 //! Expiring and collapsing on Postgres (see `store::lifecycle`).
 
-use super::changes::drop_unreferenced_messages;
+use super::changes::{drop_unreferenced_messages, lower_unread};
 use super::{retrying, OutboxColumns, PgStore};
 use crate::domain::{ChangeKind, Counts, Seq};
 use crate::store::changes::{change_of, unread_among, ChangeOutcome, ChangedRow, Retracted};
@@ -156,34 +156,7 @@ impl PgStore {
         if !messages.is_empty() {
             drop_unreferenced_messages(&mut tx, &messages).await?;
         }
-        let users: Vec<&str> = per_user.keys().map(String::as_str).collect();
-        let deltas: Vec<i64> = per_user.values().map(|r| unread_among(r)).collect();
-        sqlx::query(
-            "SELECT 1 FROM user_cursors WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE",
-        )
-        .bind(&users)
-        .execute(&mut *tx)
-        .await?;
-        let updated = sqlx::query(
-            "UPDATE user_cursors c SET unread = c.unread - d.n, version = c.version + 1
-             FROM unnest($1::text[], $2::bigint[]) AS d(u, n)
-             WHERE c.user_id = d.u RETURNING c.user_id, c.unread, c.last_seq, c.version",
-        )
-        .bind(&users)
-        .bind(&deltas)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut after: BTreeMap<String, Counts> = BTreeMap::new();
-        for row in &updated {
-            after.insert(
-                row.try_get("user_id")?,
-                Counts {
-                    unread: row.try_get("unread")?,
-                    seq: Seq::new(row.try_get("last_seq")?),
-                    version: row.try_get("version")?,
-                },
-            );
-        }
+        let after = lower_unread(&mut tx, &per_user).await?;
         let mut out = OutboxColumns::default();
         let mut retracted = Vec::with_capacity(per_user.len());
         for (user, rows) in per_user {
