@@ -71,6 +71,7 @@
 #   BENCH_PORT_BASE=N      ports N..N+1 for Tidings, N+10..N+12 for Nchan, N+20 for the AOF
 #                          Redis, N+30.. for c100k's replicas (default 18080)
 #   BENCH_PREFS_RULES      rules per user in prefs (20)
+#   BENCH_PREFS_ROUNDS     prefs' fan-out rounds (40; the fanout scenario has 10)
 #   BENCH_WEBPUSH_USERS / _PER_USER / _ROUNDS / _RATE / _SECS   webpush's size (1,000 / 1 / 10 /
 #                          200 / 20)
 #   BENCH_C100K_CONNECTIONS / _REPLICAS / _PROCS / _RATE / _SECS / _NCHAN_MODE   c100k's size
@@ -458,6 +459,9 @@ MQ_PER_CONN="${BENCH_MQTT_USERS_PER_CONN:-100}"
 DR_N="${BENCH_DRAIN_NOTIFICATIONS:-$DR_N}"
 DR_USERS="${BENCH_DRAIN_USERS:-$DR_USERS}"
 PR_RULES="${BENCH_PREFS_RULES:-20}"
+# The fan-out rounds of prefs: a 10-round median moved by ±15 % between runs of the same
+# build (the disk's flush time), more than the 10 % the comparison is about.
+PR_ROUNDS="${BENCH_PREFS_ROUNDS:-$([ "$SMALL" = 1 ] && echo "$FO_ROUNDS" || echo 40)}"
 C1_N="${BENCH_C100K_CONNECTIONS:-$([ "$SMALL" = 1 ] && echo 6000 || echo 100000)}"
 C1_REPLICAS="${BENCH_C100K_REPLICAS:-6}"
 C1_PROCS="${BENCH_C100K_PROCS:-$C1_REPLICAS}"
@@ -604,7 +608,7 @@ run_prefs() {
     start_tidings "$T_PORT_A"
     bench "prefs-fanout-sse-tidings-pg-$n-rules" fanout --target tidings \
       --url "http://127.0.0.1:$T_PORT_A" --server-pid "$T_PID" --label "$label" \
-      --preference-rules "$n" --recipients "$FO_N" --rounds "$FO_ROUNDS" --transport sse "${CHECK[@]}"
+      --preference-rules "$n" --recipients "$FO_N" --rounds "$PR_ROUNDS" --transport sse "${CHECK[@]}"
     stop_tidings "$T_PID"; drop_tidings_db
   done
   for n in 0 "$PR_RULES"; do

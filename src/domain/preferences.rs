@@ -107,12 +107,6 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn applies_to(&self, channel: Channel) -> bool {
-        self.channels
-            .iter()
-            .any(|c| *c == channel || *c == Channel::All)
-    }
-
     /// The rule's rank for this notification (higher wins), or `None` if it does not match.
     fn rank(&self, kind: &str, topic: Option<&str>) -> Option<(u32, bool, bool)> {
         let type_rank = if self.types.is_empty() {
@@ -197,21 +191,100 @@ pub struct Preferences {
     pub quiet_hours: Option<QuietHours>,
 }
 
+/// What one notification gets on every channel: whether it is stored at all, and what
+/// `mqtt` and `push` do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub stored: bool,
+    pub mqtt: Decision,
+    pub push: Decision,
+}
+
+impl Verdict {
+    const DELIVER: Verdict = Verdict {
+        stored: true,
+        mqtt: Decision::Deliver,
+        push: Decision::Deliver,
+    };
+}
+
+/// The winning rule's rank and action for one channel so far.
+type Best = Option<((u32, bool, bool), Action)>;
+
 impl Preferences {
-    /// The most specific rule's action for this channel; `None` if no rule matches.
-    fn action(&self, kind: &str, topic: Option<&str>, channel: Channel) -> Option<Action> {
-        self.rules
-            .iter()
-            .filter(|r| r.applies_to(channel))
-            .filter_map(|r| r.rank(kind, topic).map(|rank| (rank, r.action)))
-            .max_by_key(|(rank, _)| *rank)
-            .map(|(_, a)| a)
+    /// Everything the commit path needs about one recipient, from one pass over the rules.
+    ///
+    /// Why one pass: the commit evaluates this for every recipient with rules, and asking per
+    /// channel walked the rules five times (`inbox` for storing, then `inbox` again and the
+    /// channel's own for each of `mqtt` and `push`): a publish to 1,000 users with 20 rules
+    /// each was 100,000 rule checks inside the commit batch, and 1.2× the time of the same
+    /// publish without rules in `bench/run.sh prefs`. Each rule's match is the same for every
+    /// channel, so it is computed once and offered to each channel the rule names.
+    pub fn verdict(
+        &self,
+        kind: &str,
+        topic: Option<&str>,
+        critical: bool,
+        now: DateTime<Utc>,
+    ) -> Verdict {
+        if critical || (self.rules.is_empty() && self.quiet_hours.is_none()) {
+            return Verdict::DELIVER;
+        }
+        // Inbox, push, mqtt.
+        let mut best: [Best; 3] = [None; 3];
+        for rule in &self.rules {
+            let Some(rank) = rule.rank(kind, topic) else {
+                continue;
+            };
+            for c in &rule.channels {
+                let slots: &[usize] = match c {
+                    Channel::Inbox => &[0],
+                    Channel::Push => &[1],
+                    Channel::Mqtt => &[2],
+                    Channel::All => &[0, 1, 2],
+                };
+                for &i in slots {
+                    // `>=`: the last of equal ranks wins, as `max_by_key` chose; equal ranks
+                    // have equal actions (the action is part of the rank), so either is right.
+                    if best[i].is_none_or(|(b, _)| rank >= b) {
+                        best[i] = Some((rank, rule.action));
+                    }
+                }
+            }
+        }
+        let muted = |b: &Best| matches!(b, Some((_, Action::Mute)));
+        if muted(&best[0]) {
+            return Verdict {
+                stored: false,
+                mqtt: Decision::Mute,
+                push: Decision::Mute,
+            };
+        }
+        // Computed once, and only when a channel is not muted: it converts the time zone.
+        let mut quiet: Option<Option<DateTime<Utc>>> = None;
+        let mut channel = |b: &Best| {
+            if muted(b) {
+                return Decision::Mute;
+            }
+            let until =
+                *quiet.get_or_insert_with(|| self.quiet_hours.as_ref().and_then(|q| q.until(now)));
+            match until {
+                Some(until) => Decision::Hold { until },
+                None => Decision::Deliver,
+            }
+        };
+        let push = channel(&best[1]);
+        let mqtt = channel(&best[2]);
+        Verdict {
+            stored: true,
+            mqtt,
+            push,
+        }
     }
 
     /// Whether a notification of `kind` (published to `topic`, if any) is stored at all.
-    /// The commit path calls this once per recipient with rules.
     pub fn stores(&self, kind: &str, topic: Option<&str>, critical: bool) -> bool {
-        critical || self.action(kind, topic, Channel::Inbox) != Some(Action::Mute)
+        self.verdict(kind, topic, critical, Utc::now()).stored
     }
 
     /// What to do with a notification on `channel` at `now`. A notification muted for the
@@ -225,21 +298,12 @@ impl Preferences {
         critical: bool,
         now: DateTime<Utc>,
     ) -> Decision {
-        if critical {
-            return Decision::Deliver;
-        }
-        if !self.stores(kind, topic, false) {
-            return Decision::Mute;
-        }
-        if matches!(channel, Channel::Inbox | Channel::All) {
-            return Decision::Deliver;
-        }
-        if self.action(kind, topic, channel) == Some(Action::Mute) {
-            return Decision::Mute;
-        }
-        match self.quiet_hours.as_ref().and_then(|q| q.until(now)) {
-            Some(until) => Decision::Hold { until },
-            None => Decision::Deliver,
+        let v = self.verdict(kind, topic, critical, now);
+        match channel {
+            Channel::Inbox | Channel::All if v.stored => Decision::Deliver,
+            Channel::Inbox | Channel::All => Decision::Mute,
+            Channel::Push => v.push,
+            Channel::Mqtt => v.mqtt,
         }
     }
 
@@ -530,6 +594,87 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// The rule order as the module's doc states it, one channel at a time: what the
+    /// one-pass [`Preferences::verdict`] must agree with.
+    fn reference(
+        p: &Preferences,
+        kind: &str,
+        topic: Option<&str>,
+        channel: Channel,
+    ) -> Option<Action> {
+        p.rules
+            .iter()
+            .filter(|r| {
+                r.channels
+                    .iter()
+                    .any(|c| *c == channel || *c == Channel::All)
+            })
+            .filter_map(|r| r.rank(kind, topic).map(|rank| (rank, r.action)))
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, a)| a)
+    }
+
+    #[test]
+    fn the_one_pass_verdict_agrees_with_each_channel_asked_alone() {
+        let docs = [
+            json!({"rules": [
+                {"types": ["marketing.*"], "channels": ["all"], "action": "mute"},
+                {"types": ["marketing.newsletter"], "channels": ["inbox"], "action": "allow"},
+                {"types": ["promo.*"], "channels": ["push", "mqtt"], "action": "mute"},
+                {"types": ["security.*"], "channels": ["all"], "action": "allow"},
+                {"types": ["social.*"], "channels": ["push"], "action": "mute"},
+                {"types": ["social.mention"], "channels": ["push"], "action": "allow"},
+                {"topics": ["team.random"], "channels": ["push"], "action": "mute"},
+                {"types": ["ci.build.*"], "channels": ["push"], "action": "mute"},
+                {"types": ["ci.build.failed"], "channels": ["push", "mqtt"], "action": "allow"},
+                {"channels": ["mqtt"], "action": "mute"},
+            ]}),
+            json!({"rules": [
+                {"channels": ["all"], "action": "mute"},
+                {"types": ["a.*"], "channels": ["inbox"], "action": "allow"},
+                {"types": ["a.b"], "topics": ["t"], "channels": ["push"], "action": "allow"},
+                {"types": ["a.b"], "channels": ["push"], "action": "mute"},
+            ], "quiet_hours": {"start": "00:00", "end": "23:59", "time_zone": "UTC"}}),
+        ];
+        let kinds = [
+            "marketing.newsletter",
+            "marketing.sale",
+            "promo.x",
+            "security.login",
+            "social.like",
+            "social.mention",
+            "ci.build.failed",
+            "ci.build.ok",
+            "a.b",
+            "a.c",
+            "other",
+        ];
+        let now = at("2026-06-01T12:00:00Z");
+        for doc in docs {
+            let p = prefs(doc);
+            for kind in kinds {
+                for topic in [None, Some("t"), Some("team.random")] {
+                    let v = p.verdict(kind, topic, false, now);
+                    let stored = reference(&p, kind, topic, Channel::Inbox) != Some(Action::Mute);
+                    assert_eq!(v.stored, stored, "{kind} {topic:?} stored");
+                    for (channel, got) in [(Channel::Push, v.push), (Channel::Mqtt, v.mqtt)] {
+                        let want = if !stored
+                            || reference(&p, kind, topic, channel) == Some(Action::Mute)
+                        {
+                            Decision::Mute
+                        } else {
+                            match p.quiet_hours.as_ref().and_then(|q| q.until(now)) {
+                                Some(until) => Decision::Hold { until },
+                                None => Decision::Deliver,
+                            }
+                        };
+                        assert_eq!(got, want, "{kind} {topic:?} {channel:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

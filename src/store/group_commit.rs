@@ -64,6 +64,7 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Job>,
+    prefs: Arc<PrefsCache>,
 }
 
 impl GroupCommit {
@@ -85,7 +86,12 @@ impl GroupCommit {
                 shutdown.clone(),
             ));
         }
-        Self { tx }
+        Self { tx, prefs }
+    }
+
+    /// The preferences the committers plan with (a `PUT` on this replica updates it).
+    pub fn prefs(&self) -> &PrefsCache {
+        &self.prefs
     }
 
     pub async fn publish(&self, cmd: &PublishCommand) -> Result<PublishOutcome, StoreError> {

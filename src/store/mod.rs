@@ -44,7 +44,7 @@ where
 }
 
 use crate::domain::{
-    Channel, Counts, Decision, IdKey, IdempotencyKey, MarkRead, NewNotification, Notification,
+    Counts, Decision, IdKey, IdempotencyKey, MarkRead, NewNotification, Notification,
     NotificationId, Page, Seq, TopicName, UserId,
 };
 use crate::shutdown::Shutdown;
@@ -597,14 +597,18 @@ impl<'a> PreparedPublish<'a> {
         let mut kept = Vec::with_capacity(self.rows.len());
         for row in std::mem::take(&mut self.rows) {
             match lookup(row.0.as_str()) {
-                Some(p) if !p.stores(kind, topic, false) => self.muted.push(row),
                 Some(p) => {
-                    match p.decide(kind, topic, Channel::Mqtt, false, self.created_at) {
+                    let v = p.verdict(kind, topic, false, self.created_at);
+                    if !v.stored {
+                        self.muted.push(row);
+                        continue;
+                    }
+                    match v.mqtt {
                         Decision::Mute => self.mqtt_muted.push(row.0.clone()),
                         Decision::Hold { until } => self.mqtt_held.push((row.0.clone(), until)),
                         Decision::Deliver => {}
                     }
-                    match p.decide(kind, topic, Channel::Push, false, self.created_at) {
+                    match v.push {
                         Decision::Mute => self.push_muted.push(row.0.clone()),
                         Decision::Hold { until } => self.push_held.push((row.0.clone(), until)),
                         Decision::Deliver => {}

@@ -31,7 +31,7 @@ use std::time::Duration;
 pub struct PgStore {
     pub(super) pool: PgPool,
     pub(super) read_pool: PgPool,
-    group: GroupCommit,
+    pub(super) group: GroupCommit,
     pub(super) outbox: Outbox,
     /// The bridges' own connections: a lease holds one for as long as the broker (or the
     /// push services) take with a batch, which must never take a connection publishing needs.
