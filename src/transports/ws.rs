@@ -1,8 +1,27 @@
 //! WebSocket: `GET /v1/ws`, JSON text frames both ways.
+//!
+//! The socket is the body of its own 101 response: one hand-written [`Stream`],
+//! [`Socket`], that the HTTP/1 dispatcher polls in the connection's task, as it polls SSE's
+//! [`EventStream`](super::stream::EventStream). It reads and decodes the client's frames
+//! from the request payload, which the same dispatcher feeds (so both directions are driven
+//! by one task, as actix-web-actors' WebSocket context was), polls the hub connection, the
+//! heartbeat and the token's expiry, and yields the encoded frames as the body's bytes.
+//!
+//! Why not a spawned task with a session queue (actix-ws' `handle`, as STOMP and SockJS
+//! use): nearly every socket is idle, and there an idle socket held a second task (its
+//! future about 1.6 KiB), the session's queue and a oneshot besides the connection's own
+//! state (bench/RESULTS.md, idle WebSocket). Here an idle socket is this struct and its two
+//! timers, and nothing is allocated for a client message except while one is answered.
+//!
+//! Backpressure: the dispatcher polls the body only while its write buffer has room, so a
+//! client that stops reading stops this stream; the hub's bounded per-connection queue then
+//! overflows and cuts it off, and the stream ends with 4008 once it is polled again, as SSE
+//! does. The payload is polled only while no client message is being answered, so a client
+//! that floods the socket is held back by the dispatcher's bounded read buffers.
 
-use super::is_overflow;
 use super::stream::expiry_instant;
-use crate::domain::{ChangeKind, UserId};
+use crate::domain::ChangeKind;
+use crate::domain::UserId;
 use crate::http::error::ApiError;
 use crate::http::extract::cursor_param;
 use crate::http::extract::{query_map, StreamUser};
@@ -11,15 +30,28 @@ use crate::http::AppState;
 use crate::hub::{Connection, Frame};
 use crate::ingest::parse_mark_read;
 use crate::metrics::Transport;
+use actix_http::ws::{
+    CloseCode, CloseReason, Codec, Frame as WsFrame, Item, OpCode, Parser, ProtocolError,
+};
+use actix_web::body::{BodyStream, BoxBody};
+use actix_web::dev::Payload;
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use futures_util::Stream;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval, Sleep};
+use tokio_util::codec::Decoder;
 
-/// The largest message a client may send: a `read` of 1000 ids fits easily.
+/// The largest message a client may send, one frame or continuations together: a `read` of
+/// 1000 ids fits easily.
 const MAX_MESSAGE: usize = 64 * 1024;
-/// A client that does not take a frame within this long is treated as gone.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames encoded into one chunk of the body at most, so a burst goes out in few writes
+/// (as [`EventStream`](super::stream::EventStream)'s chunk).
+const CHUNK: usize = 16 * 1024;
 
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 pub const CLOSE_TOO_SLOW: u16 = 4008;
@@ -57,133 +89,311 @@ pub async fn socket(
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state.allowed_origins)?;
     let cursor = cursor_param(&query_map(&req)?)?;
+    // The handshake is checked before a hub place is taken for a request that is not one.
+    let mut response = actix_http::ws::handshake(req.head())
+        .map_err(|e| ApiError::bad_request(format!("not a WebSocket handshake: {e}")))?;
     let user = user.0;
     let conn = state
         .hub
         .connect(&user.user, cursor, Transport::WebSocket)
         .await?;
-    let (response, session, messages) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request(format!("not a WebSocket handshake: {e}")))?;
-    let messages = messages
-        .max_frame_size(MAX_MESSAGE)
-        .aggregate_continuations()
-        .max_continuation_size(MAX_MESSAGE);
-    let task = SocketTask {
-        state: state.clone(),
-        user: user.user,
-        session,
+    let socket = Socket::new(
+        state.clone(),
         conn,
-        heartbeat: state.heartbeat,
-        expires: expiry_instant(user.expires_at),
-    };
-    actix_web::rt::spawn(task.run(messages));
-    Ok(response)
+        body.into_inner(),
+        state.heartbeat,
+        user.expires_at,
+    );
+    let response = response
+        .message_body(BoxBody::new(BodyStream::new(socket)))
+        .map_err(|e| ApiError::Internal(format!("the WebSocket response: {e}").into()))?;
+    Ok(HttpResponse::from(response))
 }
 
-struct SocketTask {
+/// An answer to a client message, boxed: `mark_read` goes down to the store and its future
+/// is kilobytes, which an idle socket should not carry.
+type Answer = Pin<Box<dyn Future<Output = Option<String>>>>;
+
+/// One WebSocket, from the 101 to the close: the response body (see the module's doc).
+pub struct Socket {
     state: web::Data<AppState>,
-    user: UserId,
-    session: Session,
     conn: Connection,
-    heartbeat: Duration,
-    expires: Instant,
+    /// The client's bytes, as the dispatcher reads them.
+    payload: Payload,
+    codec: Codec,
+    /// Read and not yet decoded: less than one frame. Emptied (no allocation) when idle.
+    read: BytesMut,
+    /// The fragments so far of a message sent in continuation frames (at most
+    /// [`MAX_MESSAGE`]); empty, with no allocation, between messages.
+    fragments: BytesMut,
+    fragments_text: bool,
+    /// The client message being answered. While one is, no further client frame is
+    /// decoded: one message at a time, in order, bounds what a client makes the server do.
+    answering: Option<Answer>,
+    /// A close decided while an answer was in flight: written once the answer is (a `read`
+    /// that committed also announces the new counts on the bus; cutting it off between the
+    /// two would leave the user's other tabs with a stale count).
+    ending: Option<End>,
+    ping: Interval,
+    missed_pongs: u8,
+    expiry: Pin<Box<Sleep>>,
+    done: bool,
 }
 
+/// How a socket ends.
+#[derive(Debug, Clone, Copy)]
 enum End {
     Close(CloseCode, &'static str),
     /// A message over [`MAX_MESSAGE`]: 1009, with a reason that names the limit.
     TooBig,
+    /// The client sent Close: the same code back, then the end.
+    Echo(Option<CloseCode>),
+    /// The client is gone: nothing more to write.
     Gone,
 }
 
-impl SocketTask {
-    async fn run(mut self, mut messages: actix_ws::AggregatedMessageStream) {
-        let mut ping = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
-        let expiry = tokio::time::sleep_until(self.expires);
-        tokio::pin!(expiry);
-        let mut missed_pongs = 0u8;
-        let end = loop {
-            tokio::select! {
-                _ = &mut expiry => break End::Close(CloseCode::Other(CLOSE_TOKEN_EXPIRED), "token expired"),
-                frame = self.conn.rx.recv() => match frame {
-                    Some(Frame::Shutdown) => break End::Close(CloseCode::Restart, "server restarting"),
-                    Some(frame) => {
-                        if !self.send_all(render(&frame)).await {
-                            break End::Gone;
-                        }
-                    }
-                    None if self.conn.control.overflowed() => {
-                        break End::Close(CloseCode::Other(CLOSE_TOO_SLOW), "too slow; reconnect with your cursor")
-                    }
-                    None => break End::Close(CloseCode::Restart, "session restarted"),
-                },
-                msg = messages.recv() => match msg {
-                    Some(Ok(AggregatedMessage::Text(text))) => {
-                        // Boxed, so that it is allocated only while a client message is being
-                        // handled: `mark_read` goes down to the store, and its future is
-                        // kilobytes. Awaited inline it would be part of this task's state, which
-                        // every idle socket holds for its lifetime (the idle WebSocket figure in
-                        // bench/RESULTS.md).
-                        let reply = Box::pin(on_client_message(&self.state, &self.user, &text)).await;
-                        if let Some(reply) = reply {
-                            if !self.send(reply).await {
-                                break End::Gone;
-                            }
-                        }
-                    }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if self.session.pong(&bytes).await.is_err() {
-                            break End::Gone;
-                        }
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => missed_pongs = 0,
-                    Some(Ok(AggregatedMessage::Binary(_))) => {
-                        break End::Close(CloseCode::Unsupported, "send JSON text frames")
-                    }
-                    Some(Ok(AggregatedMessage::Close(_))) | None => break End::Gone,
-                    Some(Err(e)) if is_overflow(&e) => break End::TooBig,
-                    Some(Err(_)) => break End::Close(CloseCode::Protocol, "protocol error"),
-                },
-                _ = ping.tick() => {
-                    if missed_pongs >= 2 {
-                        break End::Close(CloseCode::Away, "missed two pongs");
-                    }
-                    missed_pongs += 1;
-                    if self.session.ping(b"").await.is_err() {
-                        break End::Gone;
-                    }
+/// One client message, decoded and put together from its fragments.
+enum Incoming {
+    Text(Bytes),
+    Binary,
+    Ping(Bytes),
+    Pong,
+    Close(Option<CloseReason>),
+    TooBig,
+    Invalid,
+    Gone,
+}
+
+impl Socket {
+    fn new(
+        state: web::Data<AppState>,
+        conn: Connection,
+        payload: Payload,
+        heartbeat: Duration,
+        expires_at: i64,
+    ) -> Self {
+        Self {
+            state,
+            conn,
+            payload,
+            codec: Codec::new().max_size(MAX_MESSAGE),
+            read: BytesMut::new(),
+            fragments: BytesMut::new(),
+            fragments_text: false,
+            answering: None,
+            ending: None,
+            ping: tokio::time::interval_at(Instant::now() + heartbeat, heartbeat),
+            missed_pongs: 0,
+            expiry: Box::pin(tokio::time::sleep_until(expiry_instant(expires_at))),
+            done: false,
+        }
+    }
+
+    /// Everything that is ready, written to `out`; `Some` when the socket ends.
+    fn step(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Option<End> {
+        if let Some(answer) = self.answering.as_mut() {
+            if let Poll::Ready(reply) = answer.as_mut().poll(cx) {
+                self.answering = None;
+                if let Some(reply) = reply {
+                    text(out, &reply);
                 }
             }
-        };
-        let (code, description) = match end {
-            End::Close(code, description) => (code, description.to_owned()),
-            End::TooBig => (
-                CloseCode::Size,
-                format!("message larger than the limit of {MAX_MESSAGE} bytes"),
-            ),
-            End::Gone => return,
-        };
-        let reason = CloseReason {
-            code,
-            description: Some(description),
-        };
-        let _ = tokio::time::timeout(SEND_TIMEOUT, self.session.close(Some(reason))).await;
+        }
+        if let Some(end) = self.ending {
+            return self.answering.is_none().then_some(end);
+        }
+        let end = self.poll_sources(cx, out)?;
+        if self.answering.is_some() && !matches!(end, End::Gone) {
+            self.ending = Some(end);
+            return None;
+        }
+        Some(end)
     }
 
-    async fn send_all(&mut self, texts: Vec<String>) -> bool {
-        for text in texts {
-            if !self.send(text).await {
-                return false;
+    fn poll_sources(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Option<End> {
+        if let Some(end) = self.poll_client(cx, out) {
+            return Some(end);
+        }
+        if self.expiry.as_mut().poll(cx).is_ready() {
+            return Some(End::Close(
+                CloseCode::Other(CLOSE_TOKEN_EXPIRED),
+                "token expired",
+            ));
+        }
+        while out.len() < CHUNK {
+            match self.conn.rx.poll_recv(cx) {
+                Poll::Ready(Some(Frame::Shutdown)) => {
+                    return Some(End::Close(CloseCode::Restart, "server restarting"))
+                }
+                Poll::Ready(Some(frame)) => {
+                    for json in render(&frame) {
+                        text(out, &json);
+                    }
+                }
+                // Cut off by the hub for reading too slowly, after what was queued.
+                Poll::Ready(None) if self.conn.control.overflowed() => {
+                    return Some(End::Close(
+                        CloseCode::Other(CLOSE_TOO_SLOW),
+                        "too slow; reconnect with your cursor",
+                    ))
+                }
+                Poll::Ready(None) => {
+                    return Some(End::Close(CloseCode::Restart, "session restarted"))
+                }
+                Poll::Pending => break,
             }
         }
-        true
+        if self.ping.poll_tick(cx).is_ready() {
+            if self.missed_pongs >= 2 {
+                return Some(End::Close(CloseCode::Away, "missed two pongs"));
+            }
+            self.missed_pongs += 1;
+            Parser::write_message(out, b"", OpCode::Ping, true, false);
+        }
+        None
     }
 
-    async fn send(&mut self, text: String) -> bool {
-        matches!(
-            tokio::time::timeout(SEND_TIMEOUT, self.session.text(text)).await,
-            Ok(Ok(()))
-        )
+    /// The client's messages, while none is being answered and `out` has room.
+    fn poll_client(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Option<End> {
+        while self.answering.is_none() && out.len() < CHUNK {
+            let Poll::Ready(incoming) = self.poll_incoming(cx) else {
+                return None;
+            };
+            match incoming {
+                Incoming::Text(bytes) => {
+                    let Ok(message) = String::from_utf8(Vec::from(bytes)) else {
+                        return Some(End::Close(CloseCode::Protocol, "protocol error"));
+                    };
+                    let (state, user) = (self.state.clone(), self.conn.user().clone());
+                    let mut answer: Answer =
+                        Box::pin(async move { on_client_message(&state, &user, &message).await });
+                    match answer.as_mut().poll(cx) {
+                        Poll::Ready(Some(reply)) => text(out, &reply),
+                        Poll::Ready(None) => {}
+                        Poll::Pending => self.answering = Some(answer),
+                    }
+                }
+                Incoming::Ping(bytes) => {
+                    Parser::write_message(out, bytes, OpCode::Pong, true, false)
+                }
+                Incoming::Pong => self.missed_pongs = 0,
+                Incoming::Binary => {
+                    return Some(End::Close(CloseCode::Unsupported, "send JSON text frames"))
+                }
+                Incoming::Close(reason) => return Some(End::Echo(reason.map(|r| r.code))),
+                Incoming::TooBig => return Some(End::TooBig),
+                Incoming::Invalid => {
+                    return Some(End::Close(CloseCode::Protocol, "protocol error"))
+                }
+                Incoming::Gone => return Some(End::Gone),
+            }
+        }
+        None
+    }
+
+    /// The next whole client message: decoded from what was read, reading more as needed.
+    fn poll_incoming(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
+        loop {
+            match self.codec.decode(&mut self.read) {
+                Ok(Some(frame)) => {
+                    if self.read.is_empty() {
+                        // Give the read allocation back: the frame holds what it needs.
+                        self.read = BytesMut::new();
+                    }
+                    if let Some(incoming) = self.assemble(frame) {
+                        return Poll::Ready(incoming);
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(ProtocolError::Overflow) => return Poll::Ready(Incoming::TooBig),
+                Err(_) => return Poll::Ready(Incoming::Invalid),
+            }
+            match Pin::new(&mut self.payload).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    if self.read.is_empty() {
+                        self.read = BytesMut::from(bytes);
+                    } else {
+                        self.read.extend_from_slice(&bytes);
+                    }
+                }
+                // The connection closed, or broke, without a Close frame.
+                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Incoming::Gone),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// One decoded frame: a message, or `None` when it is a fragment of one still coming.
+    fn assemble(&mut self, frame: WsFrame) -> Option<Incoming> {
+        let (first, last, bytes) = match frame {
+            WsFrame::Text(bytes) => return Some(Incoming::Text(bytes)),
+            WsFrame::Binary(_) => return Some(Incoming::Binary),
+            WsFrame::Ping(bytes) => return Some(Incoming::Ping(bytes)),
+            WsFrame::Pong(_) => return Some(Incoming::Pong),
+            WsFrame::Close(reason) => return Some(Incoming::Close(reason)),
+            WsFrame::Continuation(Item::FirstText(bytes)) => (Some(true), false, bytes),
+            WsFrame::Continuation(Item::FirstBinary(bytes)) => (Some(false), false, bytes),
+            WsFrame::Continuation(Item::Continue(bytes)) => (None, false, bytes),
+            WsFrame::Continuation(Item::Last(bytes)) => (None, true, bytes),
+        };
+        if let Some(is_text) = first {
+            self.fragments_text = is_text;
+        }
+        if self.fragments.len() + bytes.len() > MAX_MESSAGE {
+            return Some(Incoming::TooBig);
+        }
+        self.fragments.extend_from_slice(&bytes);
+        if !last {
+            return None;
+        }
+        let message = std::mem::take(&mut self.fragments).freeze();
+        Some(if self.fragments_text {
+            Incoming::Text(message)
+        } else {
+            Incoming::Binary
+        })
+    }
+}
+
+/// One JSON text frame.
+fn text(out: &mut BytesMut, json: &str) {
+    Parser::write_message(out, json.as_bytes(), OpCode::Text, true, false);
+}
+
+impl Stream for Socket {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut out = BytesMut::new();
+        if let Some(end) = this.step(cx, &mut out) {
+            this.done = true;
+            let reason = match end {
+                End::Gone => return Poll::Ready(None),
+                End::Close(code, description) => Some(CloseReason {
+                    code,
+                    description: Some(description.to_owned()),
+                }),
+                End::TooBig => Some(CloseReason {
+                    code: CloseCode::Size,
+                    description: Some(format!(
+                        "message larger than the limit of {MAX_MESSAGE} bytes"
+                    )),
+                }),
+                End::Echo(code) => code.map(CloseReason::from),
+            };
+            // The body ends after the Close: the dispatcher then closes the connection.
+            Parser::write_close(&mut out, reason, false);
+        }
+        if out.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Some(Ok(out.freeze())))
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Hostile or unlucky conditions: the database gone under a waiting long-poll, oversized
-//! WebSocket messages and request URIs, and request bodies trickled in.
+//! Hostile or unlucky conditions: the database gone under a waiting long-poll, oversized or
+//! fragmented WebSocket messages and the WebSocket's control frames, request URIs too long,
+//! and request bodies trickled in.
 
 use crate::helpers::{sample, service_token, spawn_app, spawn_app_with, user_token, Backend};
 use futures::{SinkExt, StreamExt};
@@ -8,7 +9,44 @@ use std::time::Duration;
 use tidings_test_support::live::{long_poll, PollAnswer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket on `/v1/ws` for alice, with tungstenite's own view of every frame.
+async fn raw_socket(address: &str) -> RawWs {
+    let url = format!(
+        "{}/v1/ws?access_token={}",
+        address.replacen("http://", "ws://", 1),
+        user_token("alice")
+    );
+    let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    ws
+}
+
+/// The next message that `keep` selects, skipping the rest; panics on an error or the end.
+async fn next_matching<T>(ws: &mut RawWs, keep: impl Fn(Message) -> Option<T>) -> T {
+    timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(msg)) => {
+                    if let Some(found) = keep(msg) {
+                        break found;
+                    }
+                }
+                other => panic!("the socket ended or broke: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the awaited frame in time")
+}
 
 /// Splits a raw HTTP/1 response into its status, lower-cased head and body.
 fn parse_response(raw: &[u8]) -> (u16, String, String) {
@@ -129,6 +167,86 @@ async fn an_oversized_websocket_message_closes_with_1009(b: Backend) {
     );
 }
 
+/// Continuation frames are put together into one message, answered as if sent whole; the
+/// total over 64 KiB closes with 1009, though each fragment is under the frame limit.
+async fn a_fragmented_websocket_message_is_put_together_up_to_64_kib(b: Backend) {
+    let app = spawn_app(b).await;
+    let mut ws = raw_socket(&app.address).await;
+    let fragments = [
+        (OpCode::Data(Data::Text), false, r#"{"type""#),
+        (OpCode::Data(Data::Continue), false, r#":"pi"#),
+        (OpCode::Data(Data::Continue), true, r#"ng"}"#),
+    ];
+    for (opcode, fin, part) in fragments {
+        ws.send(Message::Frame(Frame::message(part.to_owned(), opcode, fin)))
+            .await
+            .expect("send a fragment");
+    }
+    next_matching(&mut ws, |m| match m {
+        Message::Text(t) if t.as_str() == r#"{"type":"pong"}"# => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let part = "x".repeat(40 * 1024);
+    ws.send(Message::Frame(Frame::message(
+        part.clone(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .expect("send a fragment");
+    ws.send(Message::Frame(Frame::message(
+        part,
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .expect("send a fragment");
+    let close = next_matching(&mut ws, |m| match m {
+        Message::Close(frame) => Some(frame),
+        _ => None,
+    })
+    .await
+    .expect("a close code and reason");
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    assert!(close.reason.contains("65536"), "{:?}", close.reason);
+}
+
+/// A protocol Ping is answered with a Pong carrying its payload, and the client's Close with
+/// a Close of the same code (RFC 6455 5.5.1), not by the connection just ending.
+async fn websocket_pings_and_closes_are_answered(b: Backend) {
+    let app = spawn_app(b).await;
+    let mut ws = raw_socket(&app.address).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .expect("send a ping");
+    next_matching(&mut ws, |m| match m {
+        Message::Pong(payload) => {
+            assert_eq!(&payload[..], b"are you there");
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("send the close");
+    let reply = next_matching(&mut ws, |m| match m {
+        Message::Close(frame) => Some(frame),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reply.map(|f| u16::from(f.code)),
+        Some(1000),
+        "the close is answered with the same code"
+    );
+}
+
 async fn a_request_uri_too_long_is_414_with_a_problem_document(b: Backend) {
     let app = spawn_app(b).await;
     let address = app.address.trim_start_matches("http://").to_owned();
@@ -194,6 +312,8 @@ crate::both_backends!(
     a_stream_from_now_is_503_when_the_database_cannot_be_read,
     long_poll_answers_503_when_the_database_cannot_be_read,
     an_oversized_websocket_message_closes_with_1009,
+    a_fragmented_websocket_message_is_put_together_up_to_64_kib,
+    websocket_pings_and_closes_are_answered,
     a_request_uri_too_long_is_414_with_a_problem_document,
     a_body_trickled_in_is_timed_out_with_408,
 );

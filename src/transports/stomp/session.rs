@@ -1,10 +1,11 @@
 //! One STOMP session: the task that owns a WebSocket from the upgrade to the close.
 //!
-//! Like the JSON WebSocket ([`crate::transports::ws`]), it is one task per socket that
-//! selects over the client's messages, the hub frames of its subscriptions, its timers
-//! (CONNECT deadline, heart-beats both ways, WebSocket pings, token expiry) and nothing
-//! else. Frames are handled one at a time, in order, so a `RECEIPT` is only sent once
-//! everything before it took effect, as the spec requires.
+//! It is one task per socket that selects over the client's messages, the hub frames of its
+//! subscriptions, its timers (CONNECT deadline, heart-beats both ways, WebSocket pings, token
+//! expiry) and nothing else; the JSON WebSocket ([`crate::transports::ws`]) polls the same
+//! kinds of things from its response body instead, with no task. Frames are handled one at a
+//! time, in order, so a `RECEIPT` is only sent once everything before it took effect, as the
+//! spec requires.
 //!
 //! Every problem ends the session the same way STOMP says it must: an `ERROR` frame with a
 //! one-line `message` header (and the detail in its body), then the close. STOMP has no
