@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Interval, Sleep};
+use tokio::time::{Instant, Sleep};
 
 /// Frames rendered into one chunk at most, so a burst goes out in few writes.
 const CHUNK: usize = 16 * 1024;
@@ -58,6 +58,64 @@ pub fn expiry_instant(exp: i64) -> Instant {
     Instant::now() + Duration::from_secs(left.clamp(0, 10 * 365 * 86_400) as u64)
 }
 
+/// What a connection's timer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// A heartbeat is due.
+    Ping,
+    /// The token's `exp` has passed (said again on every poll after).
+    Expired,
+}
+
+/// A connection's heartbeat and its token's expiry, on one timer.
+///
+/// Why one: an idle connection holds its timers for its whole life, and every tokio `Sleep`
+/// is an allocation of its own (an `Interval` holds one too). Two per connection were the
+/// last 100 bytes between an idle WebSocket and issue 27's 5 KiB (`bench/run.sh idle`).
+/// Missed beats are skipped, not sent in a burst.
+pub struct Timers {
+    sleep: Pin<Box<Sleep>>,
+    period: Duration,
+    next_ping: Instant,
+    expires: Instant,
+}
+
+impl Timers {
+    pub fn new(heartbeat: Duration, expires_at: i64) -> Self {
+        // A zero period would never move the next beat forward.
+        let period = heartbeat.max(Duration::from_millis(1));
+        let next_ping = Instant::now() + period;
+        let expires = expiry_instant(expires_at);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(next_ping.min(expires))),
+            period,
+            next_ping,
+            expires,
+        }
+    }
+
+    /// `Ready` when a beat is due or the token expired; registers for the next otherwise.
+    pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Tick> {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if now >= self.expires {
+                return Poll::Ready(Tick::Expired);
+            }
+            let due = now >= self.next_ping;
+            while self.next_ping <= now {
+                self.next_ping += self.period;
+            }
+            self.sleep.as_mut().reset(self.next_ping.min(self.expires));
+            if due {
+                return Poll::Ready(Tick::Ping);
+            }
+        }
+    }
+}
+
 /// The response body: polls the connection's queue, the heartbeat and the token's expiry.
 /// A hand-written stream rather than an async block, to keep an idle connection small.
 pub struct EventStream<F: Format> {
@@ -67,8 +125,7 @@ pub struct EventStream<F: Format> {
     done: bool,
     /// The user's latest seq as last told: what a `resync` points to.
     counts_seq: Seq,
-    ping: Interval,
-    expiry: Pin<Box<Sleep>>,
+    timers: Timers,
 }
 
 impl<F: Format> EventStream<F> {
@@ -79,8 +136,7 @@ impl<F: Format> EventStream<F> {
             opened: false,
             done: false,
             counts_seq: Seq::ZERO,
-            ping: tokio::time::interval_at(Instant::now() + heartbeat, heartbeat),
-            expiry: Box::pin(tokio::time::sleep_until(expiry_instant(expires_at))),
+            timers: Timers::new(heartbeat, expires_at),
         }
     }
 
@@ -142,7 +198,8 @@ impl<F: Format> Stream for EventStream<F> {
             let seq = this.counts_seq;
             return this.finish(out, |f, o| f.resync(o, seq));
         }
-        if this.expiry.as_mut().poll(cx).is_ready() {
+        let tick = this.timers.poll_tick(cx);
+        if tick == Poll::Ready(Tick::Expired) {
             return this.finish(out, |f, o| f.token_expired(o));
         }
         loop {
@@ -170,7 +227,8 @@ impl<F: Format> Stream for EventStream<F> {
                 Poll::Pending => break,
             }
         }
-        if out.is_empty() && this.ping.poll_tick(cx).is_ready() {
+        // Anything written is as good as a heartbeat.
+        if out.is_empty() && tick == Poll::Ready(Tick::Ping) {
             this.format.ping(&mut out);
         }
         if out.is_empty() {
@@ -178,5 +236,39 @@ impl<F: Format> Stream for EventStream<F> {
         } else {
             Poll::Ready(Some(Ok(Bytes::from(out))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_timer_beats_then_says_the_token_expired() {
+        let start = Instant::now();
+        let mut t = Timers::new(Duration::from_secs(10), chrono::Utc::now().timestamp() + 25);
+        assert_eq!(poll_fn(|cx| t.poll_tick(cx)).await, Tick::Ping);
+        assert_eq!(start.elapsed().as_secs(), 10);
+        assert_eq!(poll_fn(|cx| t.poll_tick(cx)).await, Tick::Ping);
+        assert_eq!(start.elapsed().as_secs(), 20);
+        assert_eq!(poll_fn(|cx| t.poll_tick(cx)).await, Tick::Expired);
+        assert!((24..=25).contains(&start.elapsed().as_secs()));
+        // And on every poll after.
+        assert_eq!(poll_fn(|cx| t.poll_tick(cx)).await, Tick::Expired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missed_beats_are_skipped_not_sent_in_a_burst() {
+        let start = Instant::now();
+        let mut t = Timers::new(
+            Duration::from_secs(10),
+            chrono::Utc::now().timestamp() + 3600,
+        );
+        tokio::time::advance(Duration::from_secs(35)).await;
+        assert_eq!(poll_fn(|cx| t.poll_tick(cx)).await, Tick::Ping);
+        // The next beat is at 40 s, not the missed ones at 20 and 30 s.
+        assert_eq!(poll_fn(|cx| t.poll_tick(cx)).await, Tick::Ping);
+        assert_eq!(start.elapsed().as_secs(), 40);
     }
 }

@@ -19,7 +19,7 @@
 //! does. The payload is polled only while no client message is being answered, so a client
 //! that floods the socket is held back by the dispatcher's bounded read buffers.
 
-use super::stream::expiry_instant;
+use super::stream::{Tick, Timers};
 use crate::domain::ChangeKind;
 use crate::domain::UserId;
 use crate::http::error::ApiError;
@@ -43,7 +43,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::codec::Decoder;
 
 /// The largest message a client may send, one frame or continuations together: a `read` of
@@ -134,9 +133,8 @@ pub struct Socket {
     /// that committed also announces the new counts on the bus; cutting it off between the
     /// two would leave the user's other tabs with a stale count).
     ending: Option<End>,
-    ping: Interval,
+    timers: Timers,
     missed_pongs: u8,
-    expiry: Pin<Box<Sleep>>,
     done: bool,
 }
 
@@ -182,9 +180,8 @@ impl Socket {
             fragments_text: false,
             answering: None,
             ending: None,
-            ping: tokio::time::interval_at(Instant::now() + heartbeat, heartbeat),
+            timers: Timers::new(heartbeat, expires_at),
             missed_pongs: 0,
-            expiry: Box::pin(tokio::time::sleep_until(expiry_instant(expires_at))),
             done: false,
         }
     }
@@ -214,7 +211,8 @@ impl Socket {
         if let Some(end) = self.poll_client(cx, out) {
             return Some(end);
         }
-        if self.expiry.as_mut().poll(cx).is_ready() {
+        let tick = self.timers.poll_tick(cx);
+        if tick == Poll::Ready(Tick::Expired) {
             return Some(End::Close(
                 CloseCode::Other(CLOSE_TOKEN_EXPIRED),
                 "token expired",
@@ -243,7 +241,7 @@ impl Socket {
                 Poll::Pending => break,
             }
         }
-        if self.ping.poll_tick(cx).is_ready() {
+        if tick == Poll::Ready(Tick::Ping) {
             if self.missed_pongs >= 2 {
                 return Some(End::Close(CloseCode::Away, "missed two pongs"));
             }
