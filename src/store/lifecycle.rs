@@ -18,6 +18,7 @@
 //! copy. Two publishes with one key to one user therefore run one after the other, and the
 //! second sees the first's copy: exactly one unread copy is left. The key is scoped to the
 //! publishing service: another service's "general" is another conversation.
+//! Retention deletes the rows whose copies it prunes, so the table is bounded as the inbox is.
 //!
 //! On Postgres these publishes take the per-request transaction rather than the group
 //! commit (whose whole batch is one statement, with seqs computed inside it); that keeps the

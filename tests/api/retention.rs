@@ -512,7 +512,47 @@ async fn assert_stomp_truncated(app: &TestApp, token: &str) {
     assert_eq!(events[1].1["seq"], 8);
 }
 
+/// Collapse keys are kept per (user, service, key): without pruning, a service that gives
+/// every notification a key of its own would grow `inbox_collapse` by a row per notification
+/// for ever. Retention removes the rows whose copies it pruned.
+async fn collapse_keys_are_pruned_with_their_notifications(b: Backend) {
+    use sqlx::Connection;
+    let app = spawn_app_with(b, retention(None, Some(2))).await;
+    for i in 0..6 {
+        let mut body = sample(&["alice"]);
+        body["collapse_key"] = json!(format!("order:{i}"));
+        app.publish(&body).await;
+    }
+    eventually(SETTLE, "alice down to her newest 2", || async {
+        let page = app.list("alice", "?after=0").await;
+        (seqs(&page) == [5, 6]).then_some(())
+    })
+    .await;
+    let query =
+        "SELECT collapse_key FROM inbox_collapse WHERE user_id = 'alice' ORDER BY collapse_key";
+    let keys: Vec<String> = match b {
+        Backend::Postgres => {
+            let mut db = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar(query).fetch_all(&mut db).await.unwrap()
+        }
+        Backend::Sqlite => {
+            let mut db = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar(query).fetch_all(&mut db).await.unwrap()
+        }
+    };
+    assert_eq!(
+        keys,
+        ["order:4", "order:5"],
+        "the pruned copies' keys are gone"
+    );
+}
+
 crate::both_backends!(
+    collapse_keys_are_pruned_with_their_notifications,
     retention_prunes_by_age_while_publishing,
     retention_prunes_by_count_while_publishing,
     a_cursor_below_the_floor_is_told_so_first_on_every_transport,

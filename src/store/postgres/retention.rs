@@ -213,6 +213,18 @@ impl PgStore {
         .bind(&touched)
         .execute(&mut *tx)
         .await?;
+        // The collapse keys that pointed at pruned copies go with them, or `inbox_collapse`
+        // would keep a row for every key ever used. After the cursor locks: a publish writes
+        // these rows while holding its recipient's cursor lock, so taking them first could
+        // deadlock with it.
+        sqlx::query(
+            "DELETE FROM inbox_collapse c USING unnest($1::text[], $2::bigint[]) AS t(user_id, top)
+             WHERE c.user_id = t.user_id AND c.seq <= t.top",
+        )
+        .bind(&touched)
+        .bind(&top)
+        .execute(&mut *tx)
+        .await?;
         let counted = sqlx::query(
             "UPDATE user_cursors c
              SET unread = c.unread - t.unread, version = c.version + 1,

@@ -129,6 +129,12 @@ impl SqliteStore {
                 .bind(upto.get())
                 .execute(&mut *tx)
                 .await?;
+            // The collapse keys that pointed at pruned copies go with them (see Postgres).
+            sqlx::query("DELETE FROM inbox_collapse WHERE user_id = ?1 AND seq <= ?2")
+                .bind(user.as_str())
+                .bind(upto.get())
+                .execute(&mut *tx)
+                .await?;
             let mut unread = 0i64;
             let mut top = 0i64;
             for r in &gone {
