@@ -273,6 +273,13 @@ impl Notifier {
             return Ok(None);
         };
         let reached = retracted.len() as u64;
+        self.announce_deleted(retracted);
+        Ok(Some(reached))
+    }
+
+    /// Tells each user's connections which of their notifications were deleted (a
+    /// retraction or an expiry step): one `changed` event per user who lost any.
+    fn announce_deleted(&self, retracted: Vec<Retracted>) {
         self.bus.publish(
             retracted
                 .into_iter()
@@ -284,7 +291,6 @@ impl Notifier {
                 })
                 .collect(),
         );
-        Ok(Some(reached))
     }
 
     /// One expiry step (see `Store::expire_due`), announced like a retraction: each user's
@@ -300,18 +306,7 @@ impl Notifier {
                     .map(|r| r.outcome.change.ids.len() as u64)
                     .sum(),
             );
-            self.bus.publish(
-                expired
-                    .retracted
-                    .into_iter()
-                    .filter(|r| !r.outcome.change.ids.is_empty())
-                    .map(|Retracted { user, outcome }| Event::Changed {
-                        user,
-                        change: Box::new(outcome.change),
-                        counts: outcome.counts,
-                    })
-                    .collect(),
-            );
+            self.announce_deleted(expired.retracted);
         }
         Ok(expired.due)
     }
