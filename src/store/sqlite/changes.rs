@@ -53,7 +53,7 @@ fn bind_target<'q>(
 
 const RETURNING: &str = "RETURNING seq, message_id, ordinal, legacy_id";
 
-fn changed_row(row: &SqliteRow, was_unread: bool) -> Result<ChangedRow, StoreError> {
+pub(super) fn changed_row(row: &SqliteRow, was_unread: bool) -> Result<ChangedRow, StoreError> {
     let legacy: Option<String> = row.try_get("legacy_id")?;
     let legacy = legacy
         .map(|s| s.parse())

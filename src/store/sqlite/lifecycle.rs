@@ -11,19 +11,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 use std::collections::BTreeMap;
 
+/// A deleted copy whose query also returned `was_unread`.
 fn changed_row(row: &SqliteRow) -> Result<ChangedRow, StoreError> {
-    let legacy: Option<String> = row.try_get("legacy_id")?;
-    let legacy = legacy
-        .map(|s| s.parse())
-        .transpose()
-        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?;
-    Ok(ChangedRow {
-        seq: row.try_get("seq")?,
-        message: row.try_get("message_id")?,
-        ordinal: row.try_get("ordinal")?,
-        legacy,
-        was_unread: row.try_get("was_unread")?,
-    })
+    super::changes::changed_row(row, row.try_get("was_unread")?)
 }
 
 /// One recipient's expiry row and collapse, in the publish's transaction, right after its
